@@ -1,0 +1,124 @@
+"""Loading checkpoints without turning off torch's unpickling protection.
+
+Policy:
+
+* every file is first read with ``torch.load(weights_only=True)``, which
+  cannot run code;
+* a file that needs full unpickling is loaded that way only if the user opted
+  in for it (``allow_unsafe_pickle=True``) or if it lies in a directory this
+  process trusts: the work directory of the current run, whose checkpoints
+  the run wrote itself (MMEngine stores its message hub in them, which
+  ``weights_only`` cannot read);
+* anything else is refused with an :class:`UnsafeCheckpointError` that says
+  why and how to opt in.
+"""
+import os
+import os.path as osp
+import pickle
+import warnings
+from typing import Dict, Iterable, List, Optional, Set
+
+import torch
+from torch import nn
+
+_TRUSTED_DIRS: Set[str] = set()
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint needs arbitrary unpickling and nobody vouched for it."""
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint does not fit the model it is loaded into."""
+
+
+def trust_directory(path: str) -> None:
+    """Allow full unpickling of checkpoints under ``path`` (a run's work dir)."""
+    _TRUSTED_DIRS.add(osp.realpath(path))
+
+
+def is_trusted(path: str) -> bool:
+    real = osp.realpath(path)
+    return any(real == d or real.startswith(d + os.sep) for d in _TRUSTED_DIRS)
+
+
+def safe_torch_load(path: str, map_location='cpu', allow_unsafe_pickle: bool = False,
+                    what: str = 'checkpoint'):
+    """``torch.load`` with ``weights_only=True``, falling back to full
+    unpickling only for opted-in or trusted files (see the module docstring)."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{what} not found: {path!r} (resolved to {osp.abspath(path)!r}); '
+                                f'check the path in the config')
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if allow_unsafe_pickle or is_trusted(path):
+            if allow_unsafe_pickle:
+                warnings.warn(f'{what} {path!r} is being unpickled without weights_only protection '
+                              f'because allow_unsafe_pickle=True: it can run arbitrary code')
+            return torch.load(path, map_location=map_location, weights_only=False)
+        raise UnsafeCheckpointError(
+            f'refusing to load {what} {path!r}: it holds Python objects beyond tensors and plain '
+            f'containers, and unpickling them can execute arbitrary code '
+            f'(torch.load(weights_only=True) said: {str(err).splitlines()[0]}). '
+            f'If you trust this file, opt in with allow_unsafe_pickle=True; better, re-save it as '
+            f'a plain state_dict (torch.save(model.state_dict(), path)).') from None
+
+
+def extract_state_dict(checkpoint) -> Dict[str, torch.Tensor]:
+    """The model weights of a checkpoint: ``state_dict`` / ``model`` entries
+    or the dict itself, without a DataParallel ``module.`` prefix."""
+    state = checkpoint
+    if isinstance(checkpoint, dict):
+        for key in ('state_dict', 'model'):
+            if isinstance(checkpoint.get(key), dict):
+                state = checkpoint[key]
+                break
+    if not isinstance(state, dict):
+        raise CheckpointMismatchError(f'expected a dict of tensors in the checkpoint, got {type(state)}')
+    if state and all(k.startswith('module.') for k in state):
+        state = {k[len('module.'):]: v for k, v in state.items()}
+    return state
+
+
+def _fmt(keys: Iterable[str], limit: int = 20) -> str:
+    keys = sorted(keys)
+    shown = ', '.join(keys[:limit])
+    return shown + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
+
+
+def load_weights(model: nn.Module, path: str, strict: bool = True, allow_unsafe_pickle: bool = False,
+                 what: str = 'checkpoint', prefix: Optional[str] = None) -> List[str]:
+    """Load the weights in ``path`` into ``model``.
+
+    ``strict=True`` fails with the lists of missing, unexpected and
+    wrong-shape keys; ``strict=False`` loads the keys that fit and returns
+    the list of problems (also warned). ``prefix`` keeps only keys under it
+    (and strips it), e.g. ``'student.'`` of a distillation checkpoint.
+    """
+    state = extract_state_dict(safe_torch_load(path, allow_unsafe_pickle=allow_unsafe_pickle, what=what))
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong_shape = [f'{k} (checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)})'
+                   for k in own if k in state and state[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f'missing keys ({len(missing)}): {_fmt(missing)}')
+    if unexpected:
+        problems.append(f'unexpected keys ({len(unexpected)}): {_fmt(unexpected)}')
+    if wrong_shape:
+        problems.append(f'keys with another shape ({len(wrong_shape)}): {_fmt(wrong_shape)}')
+    if problems and strict:
+        raise CheckpointMismatchError(
+            f'{what} {path!r} does not fit its model config:\n  ' + '\n  '.join(problems) +
+            '\nCheck that the config describes the model the checkpoint was trained as (backbone '
+            'depth, num_classes, ...). To load only the keys that fit, set strict=False.')
+    fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(fitting, strict=False)
+    if problems:
+        warnings.warn(f'{what} {path!r} loaded partially ({len(fitting)}/{len(own)} tensors):\n  ' +
+                      '\n  '.join(problems))
+    return problems

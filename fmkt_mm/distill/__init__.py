@@ -1,0 +1,8 @@
+"""MMEngine models that wrap a student and a frozen teacher."""
+from .adapters import FeatureAdapter
+from .base import BaseDistiller
+from .classifier import ClassificationDistiller, ClassifierTail
+from .taps import get_module, record_outputs, run_until_tapped
+
+__all__ = ['BaseDistiller', 'ClassificationDistiller', 'ClassifierTail', 'FeatureAdapter',
+           'get_module', 'record_outputs', 'run_until_tapped']

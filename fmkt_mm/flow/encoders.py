@@ -1,0 +1,220 @@
+"""Meta-encoders: shape-preserving networks ``g(Z, t[, context]) -> (B, C, ...)``.
+
+Every encoder accepts feature maps ``(B, C, H, W)`` and vectors ``(B, C)``
+(treated as ``1 x 1`` maps). Time enters additively: a sinusoidal embedding of
+``t`` goes through a small MLP to ``C`` channels and is added to the input,
+broadcast over ``H, W``. An optional context vector ``(B, context_dim)`` (a
+pooled image summary, a task or class embedding) enters the same way, so any
+encoder becomes a conditional flow network by setting ``context_dim``.
+
+The output layer starts at zero: an untrained flow predicts zero velocity,
+i.e. it starts as the identity on the student representation.
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..registry import META_ENCODERS, MODELS
+
+
+def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
+    """``(B,)`` times in ``(0, 1]`` -> ``(B, dim)`` sin/cos features (DDPM-style)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = scale * t.float()[:, None] * freqs[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channel dimension of a ``(B, C, H, W)`` map."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class MetaEncoder(nn.Module):
+    """Base class: time (and context) embedding, vector handling, zero output.
+
+    Subclasses implement :meth:`body` on ``(B, C, H, W)`` maps and name their
+    last layer ``self.output`` (zero-initialised here).
+    """
+
+    def __init__(self, channels: int, time_dim: int = 128, context_dim: Optional[int] = None):
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f'meta-encoder channels must be >= 1, got {channels}')
+        self.channels, self.time_dim, self.context_dim = channels, time_dim, context_dim
+        self.time_mlp = nn.Sequential(
+            nn.Linear(time_dim, channels), nn.SiLU(), nn.Linear(channels, channels))
+        self.context_mlp = None if context_dim is None else nn.Sequential(
+            nn.Linear(context_dim, channels), nn.SiLU(), nn.Linear(channels, channels))
+
+    def init_output(self):
+        nn.init.zeros_(self.output.weight)
+        if self.output.bias is not None:
+            nn.init.zeros_(self.output.bias)
+
+    def body(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, t: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        """x: ``(B, C)`` or ``(B, C, H, W)``; t: ``(B,)`` or a scalar tensor;
+        context: ``(B, context_dim)`` when the encoder is conditional."""
+        is_vector = x.dim() == 2
+        if is_vector:
+            x = x[:, :, None, None]
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(
+                f'{type(self).__name__} expects (B, {self.channels}) or (B, {self.channels}, H, W) '
+                f'inputs, got {tuple(x.shape)}; set the flow\'s channels to {x.shape[1] if x.dim() > 1 else "?"} '
+                f'or add an adapter in front of it')
+        t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t.reshape(-1)
+        cond = self.time_mlp(sinusoidal_embedding(t, self.time_dim).to(x.dtype))
+        if context is not None:
+            if self.context_mlp is None:
+                raise ValueError(f'{type(self).__name__} got a context but was built without '
+                                 f'context_dim; set context_dim={context.shape[-1]} to condition it')
+            cond = cond + self.context_mlp(context.to(x.dtype))
+        elif self.context_mlp is not None:
+            raise ValueError(f'{type(self).__name__} was built with context_dim={self.context_dim} '
+                             f'and needs a context tensor of shape (B, {self.context_dim})')
+        out = self.body(x + cond[:, :, None, None])
+        return out[:, :, 0, 0] if is_vector else out
+
+
+@META_ENCODERS.register_module(name='mlp')
+@MODELS.register_module()
+class MLPMetaEncoder(MetaEncoder):
+    """Token-wise MLP: ``num_blocks`` x [x + W2 GELU(W1 LN(x))] (1x1 convs), then
+    a 1x1 output layer."""
+
+    def __init__(self, channels: int, hidden_ratio: float = 2.0, num_blocks: int = 1, **kwargs):
+        super().__init__(channels, **kwargs)
+        hidden = max(1, int(round(channels * hidden_ratio)))
+        self.blocks = nn.ModuleList(nn.Sequential(
+            ChannelLayerNorm(channels), nn.Conv2d(channels, hidden, 1), nn.GELU(),
+            nn.Conv2d(hidden, channels, 1)) for _ in range(num_blocks))
+        self.output = nn.Conv2d(channels, channels, 1)
+        self.init_output()
+
+    def body(self, x):
+        for block in self.blocks:
+            x = x + block(x)
+        return self.output(x)
+
+
+@META_ENCODERS.register_module(name='conv')
+@MODELS.register_module()
+class ConvMetaEncoder(MetaEncoder):
+    """``num_blocks`` x [SiLU, 3x3 conv, GroupNorm(1, C), SiLU, 3x3 conv] with
+    residuals, then a 3x3 output conv."""
+
+    def __init__(self, channels: int, num_blocks: int = 1, **kwargs):
+        super().__init__(channels, **kwargs)
+        self.blocks = nn.ModuleList(nn.Sequential(
+            nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(1, channels),
+            nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1)) for _ in range(num_blocks))
+        self.output = nn.Conv2d(channels, channels, 3, padding=1)
+        self.init_output()
+
+    def body(self, x):
+        for block in self.blocks:
+            x = x + block(x)
+        return self.output(x)
+
+
+class WindowAttentionBlock(nn.Module):
+    """Pre-norm (shifted-)window self-attention + FFN on ``(B, C, H, W)``.
+
+    The map is padded to a multiple of the window; a shifted block rolls it by
+    half a window and masks attention between regions that were not adjacent
+    before the roll (as in Swin).
+    """
+
+    def __init__(self, channels: int, num_heads: int, window: int, shift: bool, ffn_ratio: float):
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f'transformer meta-encoder: channels ({channels}) must be divisible '
+                             f'by num_heads ({num_heads}); change num_heads')
+        self.num_heads, self.window, self.shift = num_heads, window, shift
+        self.norm1 = nn.LayerNorm(channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
+        self.norm2 = nn.LayerNorm(channels)
+        hidden = int(channels * ffn_ratio)
+        self.ffn = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, channels))
+
+    def _window_size(self, h, w):
+        if self.window:
+            return min(self.window, max(h, w))
+        return 7 if h % 7 == 0 and w % 7 == 0 else max(h, w)  # whole map when 7 does not fit
+
+    @staticmethod
+    def _partition(x, ws):  # (B, Hp, Wp, C) -> (B * nW, ws * ws, C)
+        b, h, w, c = x.shape
+        x = x.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(-1, ws * ws, c)
+
+    def _shift_mask(self, hp, wp, ws, s, device):
+        region = torch.zeros(1, hp, wp, 1, device=device)
+        cuts = (slice(0, -ws), slice(-ws, -s), slice(-s, None))
+        for i, hs in enumerate(cuts):
+            for j, wsl in enumerate(cuts):
+                region[:, hs, wsl, :] = i * 3 + j
+        ids = self._partition(region, ws).squeeze(-1)  # (nW, ws*ws)
+        return ids[:, :, None] == ids[:, None, :]  # True where attention is allowed
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        tokens = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        ws = self._window_size(h, w)
+        pad_h, pad_w = (-h) % ws, (-w) % ws
+        y = F.pad(self.norm1(tokens), (0, 0, 0, pad_w, 0, pad_h))
+        hp, wp = h + pad_h, w + pad_w
+        s = ws // 2 if self.shift and ws > 1 and min(hp, wp) > ws else 0
+        if s:
+            y = torch.roll(y, (-s, -s), dims=(1, 2))
+        windows = self._partition(y, ws)  # (B*nW, L, C)
+        qkv = self.qkv(windows).view(windows.shape[0], -1, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B*nW, heads, L, d)
+        mask = None
+        if s:
+            mask = self._shift_mask(hp, wp, ws, s, x.device).repeat(b, 1, 1)[:, None]
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        attn = self.proj(attn.transpose(1, 2).reshape(windows.shape[0], -1, c))
+        attn = attn.view(b, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
+        if s:
+            attn = torch.roll(attn, (s, s), dims=(1, 2))
+        tokens = tokens + attn[:, :h, :w]
+        tokens = tokens + self.ffn(self.norm2(tokens))
+        return tokens.permute(0, 3, 1, 2)
+
+
+@META_ENCODERS.register_module(name='transformer')
+@MODELS.register_module()
+class TransformerMetaEncoder(MetaEncoder):
+    """``num_blocks`` pre-norm window-attention blocks (every second one
+    shifted), then a 1x1 output layer. ``window=None`` uses 7 when both sides
+    divide by 7 and the whole map otherwise."""
+
+    def __init__(self, channels: int, num_blocks: int = 1, num_heads: int = 4,
+                 window: Optional[int] = None, ffn_ratio: float = 2.0, shift_first: bool = True,
+                 **kwargs):
+        super().__init__(channels, **kwargs)
+        self.blocks = nn.ModuleList(
+            WindowAttentionBlock(channels, num_heads, window, shift=(i % 2 == 0) == shift_first,
+                                 ffn_ratio=ffn_ratio) for i in range(num_blocks))
+        self.output = nn.Conv2d(channels, channels, 1)
+        self.init_output()
+
+    def body(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.output(x)

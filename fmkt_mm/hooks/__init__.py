@@ -1,0 +1,1 @@
+"""MMEngine hooks of fmkt_mm."""

@@ -1,0 +1,61 @@
+"""DIST: knowledge distillation from a stronger teacher (Huang et al., 2022)."""
+from torch import Tensor
+
+from fmkt_mm.registry import MODELS
+from .base import Labels, MetricLoss, check_same_shape, classes_last
+
+
+def pearson(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """Pearson correlation of the rows of ``a`` and ``b``, (N, D) -> (N,)."""
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+@MODELS.register_module()
+class DISTLoss(MetricLoss):
+    r"""Match the relations, not the values, of the class probabilities.
+
+    With :math:`Y = \mathrm{softmax}(Z / \tau)` row-wise, (B, C):
+
+    .. math::
+
+        L_{inter} &= 1 - \frac{1}{B} \sum_i \rho(Y^S_{i,:}, Y^T_{i,:}) \\
+        L_{intra} &= 1 - \frac{1}{C} \sum_j \rho(Y^S_{:,j}, Y^T_{:,j}) \\
+        L &= \tau^2 (\beta L_{inter} + \gamma L_{intra})
+
+    :math:`\rho` is the Pearson correlation, with ``eps = 1e-8`` added to the
+    product of the norms. Being invariant to shift and scale, it tolerates a
+    teacher much more confident than the student, which KL does not.
+
+    Shapes:
+        student, teacher: logits (B, C), or (B, C, ...) with classes in dim 1
+        (every other position then counts as a sample). ``labels`` is
+        ignored. The intra-class term needs B > 1 to be informative.
+
+    Args:
+        beta (float): Weight of the inter-class term. Defaults to 2.0.
+        gamma (float): Weight of the intra-class term. Defaults to 2.0.
+        tau (float): Softmax temperature. Defaults to 1.0.
+        loss_weight (float): Multiplier of the loss. Defaults to 1.0.
+    """
+
+    def __init__(self, beta: float = 2.0, gamma: float = 2.0, tau: float = 1.0,
+                 loss_weight: float = 1.0) -> None:
+        super().__init__(loss_weight)
+        self.beta = float(beta)
+        self.gamma = float(gamma)
+        self.tau = float(tau)
+
+    def compute(self, student: Tensor, teacher: Tensor,
+                labels: Labels = None) -> Tensor:
+        check_same_shape(student, teacher, 'DISTLoss')
+        y_s = (classes_last(student) / self.tau).softmax(dim=1)
+        y_t = (classes_last(teacher) / self.tau).softmax(dim=1)
+        inter = 1 - pearson(y_s, y_t).mean()
+        intra = 1 - pearson(y_s.t(), y_t.t()).mean()
+        return self.tau**2 * (self.beta * inter + self.gamma * intra)
+
+    def extra_repr(self) -> str:
+        return (f'beta={self.beta}, gamma={self.gamma}, tau={self.tau}, '
+                + super().extra_repr())

@@ -1,0 +1,81 @@
+"""PKD: feature distillation with Pearson correlation (Cao et al., 2022)."""
+import torch.nn.functional as F
+from torch import Tensor
+
+from fmkt_mm.registry import MODELS
+from .base import Labels, MetricLoss, check_same_shape
+
+
+def standardize(feat: Tensor, eps: float = 1e-6) -> Tensor:
+    """Standardise each channel (dim 1) over all other dims.
+
+    ``(x - mean) / (std + eps)``, with the unbiased std of MMRazor's
+    implementation; a channel with a single value maps to 0.
+    """
+    channels_first = feat.transpose(0, 1).reshape(feat.shape[1], -1)
+    mean = channels_first.mean(dim=1, keepdim=True)
+    # Unbiased std is NaN on one value; the population std (0) is not.
+    correction = 1 if channels_first.shape[1] > 1 else 0
+    std = channels_first.std(dim=1, keepdim=True, correction=correction)
+    normed = (channels_first - mean) / (std + eps)
+    moved_shape = (feat.shape[1], feat.shape[0]) + tuple(feat.shape[2:])
+    return normed.reshape(moved_shape).transpose(0, 1)
+
+
+@MODELS.register_module()
+class PKDLoss(MetricLoss):
+    r"""MSE between per-channel standardised feature maps.
+
+    Each map is standardised per channel over (N, H, W) (mean 0, unbiased
+    std 1, ``eps = 1e-6`` added to the std), then
+
+    .. math::
+
+        L = \frac{1}{2} \cdot \frac{1}{N C H W}
+            \sum (\hat F^S - \hat F^T)^2
+
+    Up to the factor :math:`(n - 1) / n` (n values per channel) and the eps,
+    this is :math:`1 - r` averaged over channels, :math:`r` being the Pearson
+    correlation of student and teacher: the student matches the teacher's
+    pattern, not its magnitude.
+
+    Shapes:
+        student, teacher: (B, C, H, W) feature maps, or (B, C) vectors
+        (standardised per channel over the batch). The channel counts must
+        match. When H, W differ, the student is resized bilinearly
+        (``align_corners=False``) to the teacher's size if ``resize_student``,
+        else the teacher to the student's. ``labels`` is ignored.
+
+    Args:
+        loss_weight (float): Multiplier of the loss. Defaults to 1.0.
+        resize_student (bool): Which side to resize on a spatial mismatch.
+            Defaults to True.
+    """
+
+    def __init__(self, loss_weight: float = 1.0,
+                 resize_student: bool = True) -> None:
+        super().__init__(loss_weight)
+        self.resize_student = resize_student
+
+    def compute(self, student: Tensor, teacher: Tensor,
+                labels: Labels = None) -> Tensor:
+        spatial_mismatch = (
+            student.dim() == 4 and teacher.dim() == 4
+            and student.shape[:2] == teacher.shape[:2]
+            and student.shape[2:] != teacher.shape[2:])
+        if spatial_mismatch:
+            if self.resize_student:
+                student = F.interpolate(student, size=teacher.shape[2:],
+                                        mode='bilinear', align_corners=False)
+            else:
+                teacher = F.interpolate(teacher, size=student.shape[2:],
+                                        mode='bilinear', align_corners=False)
+        check_same_shape(student, teacher, 'PKDLoss')
+        if student.dim() < 2:
+            raise ValueError('PKDLoss expects (B, C, H, W) or (B, C) inputs, '
+                             f'got {tuple(student.shape)}')
+        return F.mse_loss(standardize(student), standardize(teacher)) / 2
+
+    def extra_repr(self) -> str:
+        return (f'resize_student={self.resize_student}, '
+                + super().extra_repr())

@@ -1,0 +1,20 @@
+"""MMEngine registries of fmkt_mm, children of MMEngine's root registries.
+
+Being children of the root registries under the scope ``fmkt_mm`` is what lets
+any OpenMMLab config, whatever its ``default_scope`` (``mmdet``,
+``mmpretrain``, ...), build a component as ``dict(type='fmkt_mm.<Name>')``.
+"""
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
+from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import Registry
+
+#: Models, necks, losses and meta-encoders.
+MODELS = Registry('model', parent=MMENGINE_MODELS, scope='fmkt_mm',
+                  locations=['fmkt_mm.flow', 'fmkt_mm.losses', 'fmkt_mm.distill'])
+#: Training and evaluation hooks.
+HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='fmkt_mm',
+                 locations=['fmkt_mm.hooks'])
+#: Interpolation paths of the flow (``rectified``, ``vp``, ``ve``).
+FLOW_PATHS = Registry('flow path', scope='fmkt_mm', locations=['fmkt_mm.flow'])
+#: Meta-encoders, by short name (``mlp``, ``conv``, ``transformer``).
+META_ENCODERS = Registry('meta-encoder', scope='fmkt_mm', locations=['fmkt_mm.flow'])
