@@ -122,3 +122,18 @@ def load_weights(model: nn.Module, path: str, strict: bool = True, allow_unsafe_
         warnings.warn(f'{what} {path!r} loaded partially ({len(fitting)}/{len(own)} tensors):\n  ' +
                       '\n  '.join(problems))
     return problems
+
+
+def _load_local(filename, map_location=None):
+    """MMEngine's loader for local files, through :func:`safe_torch_load`."""
+    return safe_torch_load(osp.expanduser(filename), map_location=map_location)
+
+
+def register_safe_local_loader():
+    """Route MMEngine's local checkpoint loading (``load_from``, ``resume``)
+    through the policy above, with clear errors instead of a raw pickle one."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes='', loader=_load_local, force=True)
+
+
+register_safe_local_loader()

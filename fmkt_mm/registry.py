@@ -18,3 +18,9 @@ HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='fmkt_mm',
 FLOW_PATHS = Registry('flow path', scope='fmkt_mm', locations=['fmkt_mm.flow'])
 #: Meta-encoders, by short name (``mlp``, ``conv``, ``transformer``).
 META_ENCODERS = Registry('meta-encoder', scope='fmkt_mm', locations=['fmkt_mm.flow'])
+
+from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS  # noqa: E402
+
+#: Optimizer wrappers (bf16 autocast on CPU).
+OPTIM_WRAPPERS = Registry('optim wrapper', parent=MMENGINE_OPTIM_WRAPPERS, scope='fmkt_mm',
+                          locations=['fmkt_mm.optim'])

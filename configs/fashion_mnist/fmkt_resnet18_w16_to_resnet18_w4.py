@@ -1,0 +1,16 @@
+# FM-KT (logit-based): the student's feature map is carried toward the teacher
+# in 8 steps by an MLP meta-encoder; each step's logits are matched to the
+# teacher's with KD (tau 4) and to the label with cross-entropy; prediction is
+# the implicit ensemble of the steps.
+_base_ = ['./student_resnet18_w4.py']
+distiller = dict(
+    type='fmkt_mm.ClassificationDistiller',
+    variant='fmkt',
+    teacher=dict(config='{{fileDirname}}/teacher_resnet18_w16.py',
+                 checkpoint='work_dirs/fashion_mnist/teacher.pth'),
+    flow=dict(path='rectified', encoder=dict(type='mlp', hidden_ratio=2.0), num_steps=8,
+              loss=dict(type='fmkt_mm.KDLoss', tau=4.0)),
+    student_tap='backbone',
+    teacher_tap='head',
+    dummy_input_shape=(1, 28, 28))
+custom_hooks = [dict(type='fmkt_mm.FlowStepsHook', val_steps=8, test_steps=(1, 2, 4, 8))]

@@ -1,0 +1,41 @@
+"""Mixed precision that also works on a CPU."""
+from contextlib import contextmanager
+
+import torch
+from mmengine.config import Config
+from mmengine.optim import OptimWrapper
+
+from .registry import OPTIM_WRAPPERS
+
+
+@OPTIM_WRAPPERS.register_module()
+class CPUAmpOptimWrapper(OptimWrapper):
+    """bf16 autocast on CPU (MMEngine's AmpOptimWrapper requires a GPU).
+
+    bf16 keeps fp32's exponent range, so no loss scaling is needed; the flow
+    and the metric losses compute in fp32 where it matters.
+    """
+
+    def __init__(self, *args, dtype: str = 'bfloat16', **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cast_dtype = getattr(torch, dtype)
+
+    @contextmanager
+    def optim_context(self, model):
+        with super().optim_context(model), torch.autocast('cpu', dtype=self.cast_dtype):
+            yield
+
+
+def enable_amp(cfg: Config) -> Config:
+    """``--amp``: fp16 with dynamic loss scaling on GPU, bf16 autocast on CPU."""
+    wrapper = cfg.optim_wrapper
+    if wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper', 'AmpOptimWrapper',
+                                                   'CPUAmpOptimWrapper', 'fmkt_mm.CPUAmpOptimWrapper'):
+        raise ValueError(f'--amp is not supported with optim_wrapper type {wrapper.type!r}')
+    if torch.cuda.is_available():
+        wrapper.type = 'AmpOptimWrapper'
+        wrapper.setdefault('loss_scale', 'dynamic')
+    else:
+        wrapper.type = 'fmkt_mm.CPUAmpOptimWrapper'
+        wrapper.pop('loss_scale', None)
+    return cfg
