@@ -110,6 +110,7 @@ class ClassificationDistiller(BaseDistiller):
         self.theta_loss = None
         if variant != 'fmkt':
             self.theta_loss = build_from_registry(MODELS, theta_loss or flow['loss'], 'loss')
+        self._check_shapes(dummy_input_shape)
         self.eval_steps = eval_steps or self.flow.num_steps
         #: extra step counts evaluated in the same pass (set by FlowStepsHook)
         self.extra_eval_steps: List[int] = []
@@ -121,14 +122,37 @@ class ClassificationDistiller(BaseDistiller):
         return 'flow' if self.variant == 'fmkt' else 'student'
 
     @torch.no_grad()
-    def _infer_channels(self, dummy_input_shape) -> int:
+    def _dummy_feature(self, dummy_input_shape) -> Tensor:
         was_training = self.student.training
         self.student.eval()  # a dummy batch must not touch BatchNorm statistics
         try:
-            dummy = torch.zeros(1, *dummy_input_shape)
-            feature = self.student_feature(dummy)
+            return self.student_feature(torch.zeros(2, *dummy_input_shape))
         finally:
             self.student.train(was_training)
+
+    @torch.no_grad()
+    def _check_shapes(self, dummy_input_shape):
+        """Fail at build time when the flow's logits cannot meet the teacher's."""
+        if self.teacher is None:
+            return
+        dummy = torch.zeros(2, *dummy_input_shape)
+        feature = self._dummy_feature(dummy_input_shape)
+        was_training = self.flow.training
+        self.flow.eval()
+        try:
+            student_logits = self.flow.head(feature)
+        finally:
+            self.flow.train(was_training)
+        teacher_logits = self.teacher_logits(dummy, None)
+        if student_logits.shape != teacher_logits.shape:
+            raise ValueError(
+                f'the student predicts {tuple(student_logits.shape)} logits but the teacher tap '
+                f'{self.teacher_tap!r} gives {tuple(teacher_logits.shape)}; both models must '
+                f'classify the same classes (check num_classes in both configs) and teacher_tap '
+                f'must name the teacher\'s logits')
+
+    def _infer_channels(self, dummy_input_shape) -> int:
+        feature = self._dummy_feature(dummy_input_shape)
         if feature.dim() not in (2, 4):
             raise ValueError(f'student_tap {self.student_tap!r} gives a {tuple(feature.shape)} tensor; '
                              f'the flow needs (B, C) or (B, C, H, W)')

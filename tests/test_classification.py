@@ -1,0 +1,256 @@
+"""Classification distillation through the real MMEngine Runner (tiny sizes)."""
+import copy
+import os
+import os.path as osp
+import subprocess
+import sys
+import uuid
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.registry import DefaultScope
+from mmengine.runner import Runner
+
+import fmkt_mm  # noqa: F401
+from fmkt_mm.apis import apply_distiller, clean_up_on_failure, prepare_work_dir
+from fmkt_mm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
+from fmkt_mm.distill.teacher import build_model
+from fmkt_mm.export import export_student
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = osp.join(ROOT, 'configs', 'fashion_mnist')
+PYTHON = sys.executable
+VARIANT_CONFIGS = dict(fmkt='fmkt_resnet18_w16_to_resnet18_w4.py',
+                       fmkt_theta='fmkt_theta_resnet18_w16_to_resnet18_w4.py',
+                       ofmkt='ofmkt_resnet18_w4.py')
+
+
+def plain_model(config_name, **head):
+    cfg = Config.fromfile(osp.join(CONFIGS, config_name))
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.head.update(head)
+    model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        return build_model(model_cfg, 'mmpretrain')
+
+
+@pytest.fixture(scope='module')
+def teacher_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('teacher') / 'teacher.pth'
+    torch.save(plain_model('teacher_resnet18_w16.py').state_dict(), path)
+    return str(path)
+
+
+def tiny_cfg(variant, work_dir, teacher_checkpoint, max_epochs=1):
+    cfg = Config.fromfile(osp.join(CONFIGS, VARIANT_CONFIGS[variant]))
+    cfg.train_dataloader.batch_size = 4
+    cfg.train_dataloader.dataset.num_samples = 8  # 2 iterations per epoch
+    for loader in ('val_dataloader', 'test_dataloader'):
+        cfg[loader].batch_size = 8
+        cfg[loader].dataset.num_samples = 16
+    cfg.train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=100)
+    cfg.param_scheduler = []
+    cfg.default_hooks.logger.interval = 1
+    cfg.randomness = dict(seed=0, deterministic=True)
+    if cfg.distiller.get('teacher') is not None:
+        cfg.distiller.teacher.checkpoint = teacher_checkpoint
+    # runners built within the same second would share MMEngine's visualizer
+    cfg.experiment_name = f'{variant}-{uuid.uuid4().hex[:8]}'
+    apply_distiller(cfg)
+    prepare_work_dir(cfg, 'tiny', str(work_dir))
+    return cfg
+
+
+class RecordStart(Hook):
+    def before_train(self, runner):
+        self.start_iter = runner.iter
+
+
+@pytest.mark.parametrize('variant', ['fmkt', 'fmkt_theta', 'ofmkt'])
+def test_train_checkpoint_resume_and_test(variant, teacher_checkpoint, tmp_path):
+    runner = Runner.from_cfg(tiny_cfg(variant, tmp_path, teacher_checkpoint))
+    model = runner.model
+    teacher_before = None if model.teacher is None else copy.deepcopy(model.teacher.state_dict())
+    runner.train()
+    assert runner.iter == 2 and osp.isfile(tmp_path / 'epoch_1.pth')
+    logs = runner.message_hub.log_scalars
+    assert {'train/loss_cls', 'train/loss_flow', 'train/flow_step1', 'train/flow_step8'} <= set(logs)
+    if variant != 'fmkt':
+        assert 'train/loss_theta' in logs and 'train/loss_flow_cls' in logs
+    if teacher_before is not None:  # weights and BatchNorm statistics untouched
+        assert not model.teacher.training
+        for key, value in model.teacher.state_dict().items():
+            assert torch.equal(value, teacher_before[key]), key
+    # checkpoints hold only tensors and plain data
+    torch.load(tmp_path / 'epoch_1.pth', weights_only=True)
+
+    resume_cfg = tiny_cfg(variant, tmp_path, teacher_checkpoint, max_epochs=2)
+    resume_cfg.resume = True
+    resumed = Runner.from_cfg(resume_cfg)
+    recorder = RecordStart()
+    resumed.register_hook(recorder, 'LOWEST')
+    resumed.train()
+    assert recorder.start_iter == 2 and resumed.iter == 4
+    metrics = resumed.test()
+    assert 0.0 <= metrics['accuracy/top1'] <= 100.0
+
+
+def test_test_tool_prints_top1_and_steps(teacher_checkpoint, tmp_path):
+    cfg = tiny_cfg('fmkt', tmp_path / 'train', teacher_checkpoint)
+    Runner.from_cfg(cfg).train()
+    config = tmp_path / 'config.py'
+    cfg.dump(str(config))
+    out = subprocess.run([PYTHON, osp.join(ROOT, 'tools', 'test.py'), str(config),
+                          str(tmp_path / 'train' / 'epoch_1.pth'), '--work-dir', str(tmp_path / 'test')],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert 'accuracy/top1' in log
+    assert 'flow ensemble top-1 by number of steps: N=1:' in log
+
+
+def test_export_round_trip_in_a_process_without_fmkt_mm(teacher_checkpoint, tmp_path):
+    cfg = tiny_cfg('fmkt_theta', tmp_path / 'train', teacher_checkpoint)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    config = tmp_path / 'config.py'
+    cfg.dump(str(config))
+    summary = export_student(str(config), str(tmp_path / 'train' / 'epoch_1.pth'), str(tmp_path / 'student.pth'))
+    assert summary['deploy_mode'] == 'student' and summary['not_exported'] is None
+
+    torch.manual_seed(0)
+    inputs = torch.randn(5, 1, 28, 28)
+    model = runner.model.eval()
+    with torch.no_grad():
+        expected = torch.stack([s.pred_score for s in model.predict(inputs)])
+    torch.save(dict(inputs=inputs, expected=expected), tmp_path / 'io.pth')
+    student_cfg = osp.join(CONFIGS, 'student_resnet18_w4.py')
+    script = f'''
+import sys, torch
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+import mmpretrain.models  # noqa
+from mmpretrain.registry import MODELS
+cfg = Config.fromfile({student_cfg!r}, import_custom_modules=False)
+cfg.model.data_preprocessor = cfg.data_preprocessor
+with DefaultScope.overwrite_default_scope('mmpretrain'):
+    model = MODELS.build(cfg.model)
+ckpt = torch.load({str(tmp_path / 'student.pth')!r}, weights_only=True)
+model.load_state_dict(ckpt['state_dict'], strict=True)
+model.eval()
+io = torch.load({str(tmp_path / 'io.pth')!r}, weights_only=True)
+with torch.no_grad():
+    scores = torch.stack([s.pred_score for s in model.predict(io['inputs'])])
+assert 'fmkt_mm' not in sys.modules
+torch.testing.assert_close(scores, io['expected'], rtol=0, atol=1e-6)
+print('ROUND-TRIP-OK')
+'''
+    out = subprocess.run([PYTHON, '-c', script], capture_output=True, text=True, timeout=300)
+    assert 'ROUND-TRIP-OK' in out.stdout, out.stderr[-3000:]
+
+
+def test_fmkt_export_says_what_is_not_exportable(teacher_checkpoint, tmp_path):
+    cfg = tiny_cfg('fmkt', tmp_path / 'train', teacher_checkpoint)
+    Runner.from_cfg(cfg).train()
+    config = tmp_path / 'config.py'
+    cfg.dump(str(config))
+    with pytest.warns(UserWarning, match='meta-encoder'):
+        summary = export_student(str(config), str(tmp_path / 'train' / 'epoch_1.pth'),
+                                 str(tmp_path / 'student.pth'))
+    assert summary['deploy_mode'] == 'flow' and 'flow' in summary['not_exported']
+
+
+def build_in_work_dir(cfg, work_dir):
+    with clean_up_on_failure(str(work_dir)):
+        return Runner.from_cfg(cfg)
+
+
+def test_wrong_teacher_head_fails_with_the_keys_and_leaves_no_work_dir(tmp_path):
+    wrong = tmp_path / 'wrong_head.pth'
+    torch.save(plain_model('teacher_resnet18_w16.py', num_classes=5).state_dict(), wrong)
+    work_dir = tmp_path / 'run'
+    cfg = tiny_cfg('fmkt', work_dir, str(wrong))
+    with pytest.raises(CheckpointMismatchError, match=r'head\.fc\.weight \(checkpoint \(5, 128\) vs model \(10, 128\)\)'):
+        build_in_work_dir(cfg, work_dir)
+    assert not work_dir.exists()
+
+
+def test_missing_teacher_file_fails_in_train_tool_without_work_dir(tmp_path):
+    work_dir = tmp_path / 'run'
+    out = subprocess.run(
+        [PYTHON, osp.join(ROOT, 'tools', 'train.py'), osp.join(CONFIGS, VARIANT_CONFIGS['fmkt']),
+         '--work-dir', str(work_dir), '--cfg-options', 'distiller.teacher.checkpoint=/nonexistent/t.pth'],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode != 0
+    assert "teacher checkpoint not found: '/nonexistent/t.pth'" in out.stderr
+    assert not work_dir.exists()
+
+
+def test_unknown_tap_lists_the_real_paths(teacher_checkpoint, tmp_path):
+    cfg = tiny_cfg('fmkt', tmp_path / 'run', teacher_checkpoint)
+    cfg.model.teacher_tap = 'head.classifier'
+    with pytest.raises(ValueError, match=r"unknown module path 'head.classifier' in the teacher.*'head.fc'"):
+        build_in_work_dir(cfg, tmp_path / 'run')
+    assert not (tmp_path / 'run').exists()
+
+
+def test_mismatched_logits_name_both_shapes(tmp_path):
+    teacher5 = tmp_path / 'teacher5.pth'
+    torch.save(plain_model('teacher_resnet18_w16.py', num_classes=5).state_dict(), teacher5)
+    cfg = tiny_cfg('fmkt', tmp_path / 'run', str(teacher5))
+    cfg.model.teacher.config = dict(plain_model_cfg(num_classes=5))
+    with pytest.raises(ValueError, match=r'\(2, 10\) logits.*\(2, 5\).*num_classes'):
+        build_in_work_dir(cfg, tmp_path / 'run')
+    assert not (tmp_path / 'run').exists()
+
+
+def plain_model_cfg(**head):
+    cfg = Config.fromfile(osp.join(CONFIGS, 'teacher_resnet18_w16.py'))
+    cfg.model.head.update(head)
+    return dict(model=cfg.model.to_dict(), default_scope='mmpretrain',
+                data_preprocessor=cfg.data_preprocessor.to_dict())
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f'touch {MARKER}', ))
+
+
+MARKER = None
+
+
+def test_malicious_teacher_checkpoint_is_refused_and_never_runs(tmp_path):
+    global MARKER
+    MARKER = str(tmp_path / 'payload-ran')
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {}, 'meta': Payload()}, evil)
+    cfg = tiny_cfg('fmkt', tmp_path / 'run', str(evil))
+    with pytest.raises(UnsafeCheckpointError, match='allow_unsafe_pickle=True'):
+        build_in_work_dir(cfg, tmp_path / 'run')
+    assert not osp.exists(MARKER)
+
+
+def test_load_from_a_plain_student_checkpoint(teacher_checkpoint, tmp_path):
+    torch.manual_seed(3)
+    student = plain_model('student_resnet18_w4.py')
+    torch.save({'state_dict': student.state_dict()}, tmp_path / 'plain.pth')
+    cfg = tiny_cfg('fmkt_theta', tmp_path / 'run', teacher_checkpoint)
+    cfg.load_from = str(tmp_path / 'plain.pth')
+    runner = Runner.from_cfg(cfg)
+    runner.load_or_resume()
+    for key, value in student.state_dict().items():
+        assert torch.equal(runner.model.student.state_dict()[key], value), key
+
+
+def test_bf16_autocast_training_on_cpu(teacher_checkpoint, tmp_path):
+    from fmkt_mm.optim import enable_amp
+    cfg = tiny_cfg('fmkt', tmp_path, teacher_checkpoint)
+    enable_amp(cfg)
+    assert cfg.optim_wrapper.type == 'fmkt_mm.CPUAmpOptimWrapper'
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    loss = runner.message_hub.get_scalar('train/loss').current()
+    assert torch.isfinite(torch.tensor(loss))
