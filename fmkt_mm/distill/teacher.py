@@ -3,6 +3,7 @@ import copy
 from typing import Optional, Union
 
 from mmengine.config import Config, ConfigDict
+from mmengine.hub import get_config
 from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
 
@@ -14,7 +15,8 @@ def model_config(config: Union[str, dict, Config], what: str):
     path, ``package::path`` or loaded Config) or of a bare model dict."""
     if isinstance(config, str):
         try:
-            config = Config.fromfile(config)
+            # 'mmdet::path' / 'mmpretrain::path': a config shipped inside a package
+            config = get_config(config) if '::' in config else Config.fromfile(config)
         except FileNotFoundError as err:
             raise FileNotFoundError(f'{what} config not found: {config!r} ({err}). Give a local file '
                                     f"or 'mmdet::...' / 'mmpretrain::...' config path") from None
