@@ -14,3 +14,7 @@ distiller = dict(
     teacher_tap='head',
     dummy_input_shape=(1, 28, 28))
 custom_hooks = [dict(type='fmkt_mm.FlowStepsHook', val_steps=8, test_steps=(1, 2, 4, 8))]
+# The flow is a shared network applied N times in series: like any recurrent
+# net at SGD lr 0.1 it needs its gradient norm bounded (without clipping this
+# recipe diverged to NaN within the first epoch).
+optim_wrapper = dict(clip_grad=dict(max_norm=5.0))
