@@ -2,7 +2,8 @@
 from .adapters import FeatureAdapter
 from .base import BaseDistiller
 from .classifier import ClassificationDistiller, ClassifierTail
+from .detector import DetectionDistiller
 from .taps import get_module, record_outputs, run_until_tapped
 
-__all__ = ['BaseDistiller', 'ClassificationDistiller', 'ClassifierTail', 'FeatureAdapter',
-           'get_module', 'record_outputs', 'run_until_tapped']
+__all__ = ['BaseDistiller', 'ClassificationDistiller', 'ClassifierTail', 'DetectionDistiller',
+           'FeatureAdapter', 'get_module', 'record_outputs', 'run_until_tapped']

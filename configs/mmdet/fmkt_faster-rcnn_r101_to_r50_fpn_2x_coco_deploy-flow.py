@@ -1,0 +1,23 @@
+# FM-KT on COCO: Faster R-CNN R101 (teacher) -> Faster R-CNN R50 (student), 2x schedule.
+#
+# Teacher checkpoint: mmdet's model-zoo Faster R-CNN R101 FPN 2x, saved as
+#   checkpoints/faster_rcnn_r101_fpn_2x_coco.pth
+# (a placeholder path: point `checkpoint` at your file).
+#
+# Flows on the first four FPN levels (P2-P5), 4 steps, PKD, loss weight 6 as
+# in the paper; the RPN and the RoI head read the flows' ensemble features.
+# The teacher's forward stops at its neck: its RPN and RoI head never run.
+_base_ = ['mmdet::faster_rcnn/faster-rcnn_r50_fpn_2x_coco.py']
+distiller = dict(
+    type='fmkt_mm.DetectionDistiller',
+    teacher=dict(config='mmdet::faster_rcnn/faster-rcnn_r101_fpn_2x_coco.py',
+                 checkpoint='checkpoints/faster_rcnn_r101_fpn_2x_coco.pth'),
+    flow=dict(path='rectified', encoder=dict(type='conv', num_blocks=1), num_steps=4,
+              loss=dict(type='fmkt_mm.PKDLoss')),
+    levels=(0, 1, 2, 3),
+    level_weights=6.0,
+    student_tap='neck',
+    teacher_tap='neck',
+    deploy_mode='flow',
+    ema_momentum=0.0002,
+    dummy_input_shape=(3, 256, 256))

@@ -1,0 +1,29 @@
+# FM-KT on COCO: RetinaNet ResNeXt-101-64x4d (teacher) -> RetinaNet R50 (student), 2x schedule.
+#
+# Teacher checkpoint: mmdet's model-zoo RetinaNet X101-64x4d FPN 2x, saved as
+#   checkpoints/retinanet_x101_64x4d_fpn_2x_coco.pth
+# (a placeholder path: point `checkpoint` at your file). Model-zoo files hold a
+# state_dict and plain metadata and load with torch's weights_only=True; for
+# a file that does not, re-save its state_dict or set allow_unsafe_pickle=True.
+#
+# The teacher sees the student's preprocessed batch: both configs normalise
+# with the same ImageNet mean/std (RGB), as they must.
+#
+# The paper's setting: one flow per FPN level on the first four levels
+# (P3-P6), 4 serial steps, PKD against the teacher's level, loss weight 10;
+# the head reads the flows' ensemble features, and an EMA of the flows is
+# used for evaluation. The deployed model is student + flows.
+_base_ = ['mmdet::retinanet/retinanet_r50_fpn_2x_coco.py']
+distiller = dict(
+    type='fmkt_mm.DetectionDistiller',
+    teacher=dict(config='mmdet::retinanet/retinanet_x101-64x4d_fpn_2x_coco.py',
+                 checkpoint='checkpoints/retinanet_x101_64x4d_fpn_2x_coco.pth'),
+    flow=dict(path='rectified', encoder=dict(type='conv', num_blocks=1), num_steps=4,
+              loss=dict(type='fmkt_mm.PKDLoss')),
+    levels=(0, 1, 2, 3),
+    level_weights=10.0,
+    student_tap='neck',
+    teacher_tap='neck',
+    deploy_mode='flow',
+    ema_momentum=0.0002,
+    dummy_input_shape=(3, 256, 256))

@@ -1,0 +1,383 @@
+"""FM-KT for mmdet detectors (feature-based, one flow per FPN level).
+
+The flows sit between the student's neck and its head, so the distiller
+works for any detector with a neck (one-stage, two-stage, anchor-free)
+without knowing its head::
+
+    student.backbone -> student.neck -> (hook: flows) -> student heads
+                                            |
+    teacher.backbone -> teacher.neck  ------+  (teacher's forward stops here)
+
+A forward hook on the student's ``student_tap`` module (``neck``) receives
+the tuple of levels ``(B, C_l, H_l, W_l)``. For every distilled level ``l``
+a :class:`~fmkt_mm.flow.FlowTransfer` in the student's channel space carries
+the level toward the teacher's level in ``N`` serial steps; each step's
+endpoint estimate is mapped into the teacher's shape (by an adapter, or
+unchanged when the shapes match) and compared with the teacher's feature by
+the flow's metric loss (PKD by default). The hook then returns the tuple the
+student's heads read:
+
+* ``deploy_mode='flow'`` (the paper's setting): the flows' implicit ensemble
+  (mean of the endpoint estimates, in the student's space) replaces each
+  distilled level, in training and at inference. The deployed model is the
+  student plus its flows.
+* ``deploy_mode='student'`` (zero inference cost): the heads read the raw
+  student levels; an extra loss pulls each raw level toward the detached
+  ensemble, ``D(X_S, stopgrad(mean_i Xhat_i))``. Inference is the unchanged
+  student and :meth:`student_state_dict` is a plain detector checkpoint.
+
+The student's own ``loss``/``predict`` then run unchanged, so the task losses
+keep their mmdet names and ``predict`` returns mmdet ``DetDataSample`` s.
+"""
+import copy
+import warnings
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..flow import FlowTransfer
+from ..registry import MODELS
+from ..utils import build_from_registry
+from .base import BaseDistiller
+from .taps import get_module, run_until_tapped
+
+DEPLOY_MODES = ('flow', 'student')
+
+LevelSpec = Union[int, Tuple[int, int]]
+
+
+class TeacherShape(nn.Module):
+    """The head of one level's flow: student-space estimate -> teacher's shape.
+
+    Wraps an adapter such as :class:`~fmkt_mm.distill.FeatureAdapter`
+    (``(B, C_s, H_s, W_s) -> (B, C_t, H_t, W_t)``). The teacher's spatial
+    size changes with every padded batch, so the distiller sets
+    :attr:`size` right before each run of the flow.
+    """
+
+    def __init__(self, adapter: nn.Module):
+        super().__init__()
+        self.adapter = adapter
+        self.size: Optional[Tuple[int, int]] = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.adapter(x, self.size)
+
+
+class _HookState:
+    """What the neck hook needs for one call and what it leaves behind."""
+
+    def __init__(self, teacher_levels: Optional[Sequence[Tensor]], compute_losses: bool):
+        self.teacher_levels = teacher_levels
+        self.compute_losses = compute_losses
+        self.losses: Dict[str, Tensor] = {}
+        self.calls = 0
+
+
+@MODELS.register_module()
+class DetectionDistiller(BaseDistiller):
+    """Distils an mmdet detector with FM-KT, one flow per FPN level.
+
+    Args:
+        student, teacher, data_preprocessor, init_cfg: see
+            :class:`BaseDistiller`. The student is any mmdet detector whose
+            ``student_tap`` module returns a tuple of ``(B, C, H, W)`` levels.
+        flow: :class:`~fmkt_mm.flow.FlowTransfer` arguments shared by all
+            levels (``path``, ``encoder``, ``num_steps``, ``loss``, ...);
+            ``channels`` is inferred per level. Defaults: 4 steps, a
+            one-block ``conv`` meta-encoder, ``PKDLoss``.
+        levels: distilled levels. An int ``l`` pairs student level ``l``
+            with teacher level ``l``; a pair ``(s, t)`` pairs student level
+            ``s`` with teacher level ``t`` (necks with different level
+            counts). Default: the first four, as in the paper.
+        level_weights: weight of each level's flow loss (the sum over its
+            steps); a float for all levels or one per level. The paper uses
+            10 for RetinaNet and 6 for Faster R-CNN.
+        student_tap / teacher_tap: module paths whose outputs are the levels
+            (``'neck'``). The teacher's forward stops after its tap, so its
+            heads never run.
+        deploy_mode: ``'flow'`` (heads read the flows' ensemble) or
+            ``'student'`` (heads read the raw student; zero inference cost).
+        adapter: config of the module mapping a student level to the teacher
+            level's shape (``in_channels`` / ``out_channels`` are filled in
+            per level and it is called as ``adapter(x, size=(H_t, W_t))``),
+            e.g. ``dict(type='FeatureAdapter')``. Required when a pair of
+            levels differs in channels or spatial size; None otherwise (the
+            estimate is compared with the teacher directly).
+        theta_loss: metric loss of ``deploy_mode='student'`` that pulls the
+            raw student level toward the detached ensemble; defaults to the
+            flow's loss. ``theta_loss_weight`` multiplies it (on top of the
+            level weight).
+        eval_steps: flow steps at inference in ``deploy_mode='flow'``
+            (defaults to the training ``num_steps``).
+        ema_momentum: if set, an exponential moving average of the flows
+            (weight ``ema_momentum`` for the new weights, MMEngine's
+            convention, e.g. ``0.0002``-``0.001``) is kept and used for
+            inference in ``deploy_mode='flow'``. It absorbs the flows'
+            weights at the start of each training forward, i.e. after the
+            previous optimizer update.
+        dummy_input_shape: ``(C, H, W)`` of the zero batch used at build time
+            to read both necks' level shapes (a multiple of the largest
+            stride).
+    """
+
+    def __init__(self,
+                 student: dict,
+                 teacher: dict,
+                 flow: Optional[dict] = None,
+                 levels: Sequence[LevelSpec] = (0, 1, 2, 3),
+                 level_weights: Union[float, Sequence[float]] = 1.0,
+                 student_tap: str = 'neck',
+                 teacher_tap: str = 'neck',
+                 deploy_mode: str = 'flow',
+                 adapter: Optional[Union[str, dict]] = None,
+                 theta_loss: Optional[dict] = None,
+                 theta_loss_weight: float = 1.0,
+                 eval_steps: Optional[int] = None,
+                 ema_momentum: Optional[float] = None,
+                 dummy_input_shape: Sequence[int] = (3, 128, 128),
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None):
+        if deploy_mode not in DEPLOY_MODES:
+            raise ValueError(f'unknown deploy_mode {deploy_mode!r}; choose one of {list(DEPLOY_MODES)}')
+        if teacher is None:
+            raise ValueError('DetectionDistiller needs a teacher: teacher=dict(config=..., checkpoint=...)')
+        if ema_momentum is not None and not 0.0 < ema_momentum <= 1.0:
+            raise ValueError(f'ema_momentum must lie in (0, 1] (the weight of the new weights), '
+                             f'got {ema_momentum}')
+        super().__init__(student, teacher, data_preprocessor, init_cfg)
+        self.student_tap, self.teacher_tap = student_tap, teacher_tap
+        self.check_taps([student_tap], [teacher_tap])
+        self._deploy_mode = deploy_mode
+        self.level_pairs = self._parse_levels(levels)
+        self.level_weights = self._parse_weights(level_weights, len(self.level_pairs))
+        self.theta_loss_weight = theta_loss_weight
+
+        student_shapes, teacher_shapes = self._infer_level_shapes(dummy_input_shape)
+        self._check_levels(student_shapes, teacher_shapes)
+
+        flow = dict(flow or {})
+        if flow.pop('channels', None) is not None:
+            raise ValueError('flow.channels is inferred per level from the student; remove it')
+        if 'head' in flow:
+            raise ValueError('flow.head is the per-level adapter; configure `adapter` instead')
+        flow.setdefault('num_steps', 4)
+        flow.setdefault('encoder', dict(type='conv', num_blocks=1))
+        flow.setdefault('loss', dict(type='PKDLoss'))
+        flows = []
+        for s, t in self.level_pairs:
+            s_shape, t_shape = student_shapes[s], teacher_shapes[t]
+            head = None
+            if adapter is not None:
+                head = TeacherShape(build_from_registry(
+                    MODELS, adapter, 'adapter', in_channels=s_shape[1], out_channels=t_shape[1]))
+            elif s_shape[1:] != t_shape[1:]:
+                raise ValueError(
+                    f'student level {s} has shape {s_shape} but teacher level {t} has shape {t_shape} '
+                    f'(B, C, H, W at a {tuple(dummy_input_shape)} input): the flow\'s estimates cannot '
+                    f'be compared with the teacher. Configure an adapter from the student to the '
+                    f"teacher's shape, e.g. adapter=dict(type='FeatureAdapter') (1x1 conv "
+                    f'{s_shape[1]} -> {t_shape[1]} channels, bilinear resize), or pair other levels.')
+            flows.append(FlowTransfer(channels=s_shape[1], head=head, **flow))
+        #: one flow per entry of ``level_pairs``
+        self.flows = nn.ModuleList(flows)
+        self.theta_loss = None
+        if deploy_mode == 'student':
+            self.theta_loss = build_from_registry(MODELS, theta_loss or flow['loss'], 'loss')
+        self.ema_momentum = ema_momentum
+        self.ema_flows = None
+        if ema_momentum is not None:
+            if deploy_mode == 'student':
+                warnings.warn("ema_momentum is ignored with deploy_mode='student': inference does "
+                              'not run the flows')
+                self.ema_momentum = None
+            else:
+                self.ema_flows = copy.deepcopy(self.flows).requires_grad_(False).eval()
+        self.eval_steps = eval_steps or self.flows[0].num_steps
+        #: set by FlowStepsHook; detection scores one step count per pass
+        #: (``eval_steps``), so extra counts are not evaluated
+        self.extra_eval_steps: List[int] = []
+
+    @property
+    def deploy_mode(self) -> str:
+        """``'flow'`` if prediction runs the flows, ``'student'`` if the plain
+        student alone predicts."""
+        return self._deploy_mode
+
+    # -- building ----------------------------------------------------------------
+    @staticmethod
+    def _parse_levels(levels) -> List[Tuple[int, int]]:
+        pairs = []
+        for level in levels:
+            if isinstance(level, int):
+                pairs.append((level, level))
+            elif (isinstance(level, (tuple, list)) and len(level) == 2
+                  and all(isinstance(v, int) for v in level)):
+                pairs.append((int(level[0]), int(level[1])))
+            else:
+                raise ValueError(f'levels must hold ints (same level on both sides) or '
+                                 f'(student_level, teacher_level) pairs, got {level!r}')
+        if not pairs:
+            raise ValueError('levels is empty: name at least one level to distil, e.g. levels=(0, 1, 2, 3)')
+        students = [s for s, _ in pairs]
+        if len(set(students)) != len(students):
+            raise ValueError(f'a student level appears twice in levels={list(levels)}; each student '
+                             f'level has one flow')
+        return pairs
+
+    @staticmethod
+    def _parse_weights(weights, n: int) -> List[float]:
+        if isinstance(weights, (int, float)):
+            return [float(weights)] * n
+        weights = [float(w) for w in weights]
+        if len(weights) != n:
+            raise ValueError(f'level_weights has {len(weights)} values for {n} distilled levels; '
+                             f'give one per level or a single float')
+        return weights
+
+    @staticmethod
+    def _as_levels(output, tap: str, who: str) -> List[Tensor]:
+        levels = [output] if isinstance(output, Tensor) else list(output)
+        if not levels or not all(isinstance(x, Tensor) and x.dim() == 4 for x in levels):
+            raise ValueError(f'the {who}\'s tap {tap!r} must output a (B, C, H, W) tensor or a '
+                             f'tuple of them (an FPN neck); got {type(output).__name__}')
+        return levels
+
+    @torch.no_grad()
+    def _infer_level_shapes(self, dummy_input_shape):
+        """Level shapes ``(B, C, H, W)`` of both taps on a zero batch."""
+        dummy = torch.zeros(1, *dummy_input_shape)
+        was_training = self.student.training
+        self.student.eval()  # a dummy batch must not touch BatchNorm statistics
+        try:
+            out = run_until_tapped(self.student, [self.student_tap],
+                                   lambda: self.student(dummy, None, mode='tensor'), 'student')
+        finally:
+            self.student.train(was_training)
+        student = self._as_levels(out[self.student_tap], self.student_tap, 'student')
+        out = self.teacher_outputs(dummy, None, [self.teacher_tap])
+        teacher = self._as_levels(out[self.teacher_tap], self.teacher_tap, 'teacher')
+        return [tuple(x.shape) for x in student], [tuple(x.shape) for x in teacher]
+
+    def _check_levels(self, student_shapes, teacher_shapes):
+        for s, t in self.level_pairs:
+            if not 0 <= s < len(student_shapes) or not 0 <= t < len(teacher_shapes):
+                raise ValueError(
+                    f'levels pairs student level {s} with teacher level {t}, but the student\'s '
+                    f'{self.student_tap!r} outputs {len(student_shapes)} levels and the teacher\'s '
+                    f'{self.teacher_tap!r} {len(teacher_shapes)}; choose levels that exist on both sides')
+
+    # -- the neck hook -------------------------------------------------------------
+    def _inference_flows(self) -> nn.ModuleList:
+        return self.ema_flows if self.ema_flows is not None and not self.training else self.flows
+
+    def _transfer(self, levels: List[Tensor], state: _HookState) -> List[Tensor]:
+        """Run the flows on the student's levels; return what the heads read."""
+        levels = list(levels)
+        if not state.compute_losses:  # inference in deploy_mode 'flow'
+            for (s, _), flow in zip(self.level_pairs, self._inference_flows()):
+                levels[s] = flow.run(levels[s], self.eval_steps).mean_estimate()
+            return levels
+        for (s, t), flow, weight in zip(self.level_pairs, self.flows, self.level_weights):
+            target = state.teacher_levels[t]
+            if isinstance(flow.head, TeacherShape):
+                flow.head.size = tuple(target.shape[-2:])
+            step_losses, out = flow.loss(levels[s], target, prefix=f'loss_flow_l{s}')
+            n = len(out.estimates)
+            state.losses[f'loss_flow_l{s}'] = weight * sum(step_losses.values())
+            for key, value in step_losses.items():  # per step, undivided: logged only
+                state.losses[key.replace(f'loss_flow_l{s}_', f'flow_l{s}_')] = value.detach() * n
+            ensemble = out.mean_estimate()
+            if self.deploy_mode == 'flow':
+                levels[s] = ensemble
+            else:
+                state.losses[f'loss_theta_l{s}'] = weight * self.theta_loss_weight * self.theta_loss(
+                    levels[s], ensemble.detach())
+        return levels
+
+    @contextmanager
+    def _flows_on_neck(self, teacher_levels: Optional[Sequence[Tensor]] = None,
+                       compute_losses: bool = False) -> Iterator[_HookState]:
+        """Hook the flows onto the student's tap for the duration of the block."""
+        state = _HookState(teacher_levels, compute_losses)
+
+        def hook(module, inputs, output):
+            state.calls += 1
+            if state.calls > 1:
+                raise RuntimeError(
+                    f'the student\'s {self.student_tap!r} ran twice in one forward pass; the '
+                    f'distiller expects one call per batch (set student_tap to a module that runs once)')
+            levels = self._transfer(self._as_levels(output, self.student_tap, 'student'), state)
+            if isinstance(output, Tensor):
+                return levels[0]
+            return tuple(levels) if isinstance(output, tuple) else levels
+
+        handle = get_module(self.student, self.student_tap, 'student').register_forward_hook(hook)
+        try:
+            yield state
+        finally:
+            handle.remove()
+        if state.calls == 0:
+            raise RuntimeError(f'the student never ran {self.student_tap!r}; tap a module that its '
+                               f'forward calls (e.g. neck)')
+
+    # -- EMA of the flows ------------------------------------------------------------
+    @torch.no_grad()
+    def update_ema(self):
+        """``ema = (1 - m) * ema + m * flow`` for every parameter; buffers are copied."""
+        if self.ema_flows is None:
+            return
+        for ema, param in zip(self.ema_flows.parameters(), self.flows.parameters()):
+            ema.lerp_(param.detach(), self.ema_momentum)
+        for ema, buf in zip(self.ema_flows.buffers(), self.flows.buffers()):
+            ema.copy_(buf)
+
+    # -- training ------------------------------------------------------------------
+    def teacher_levels(self, inputs: Tensor, data_samples) -> List[Tensor]:
+        out = self.teacher_outputs(inputs, data_samples, [self.teacher_tap])
+        return self._as_levels(out[self.teacher_tap], self.teacher_tap, 'teacher')
+
+    def loss(self, inputs: Tensor, data_samples) -> Dict[str, Tensor]:
+        """The student's task losses (mmdet names) plus, per distilled level
+        ``l``: ``loss_flow_l{l}`` (sum over steps, times the level weight),
+        ``loss_theta_l{l}`` in deploy mode 'student', and the per-step values
+        ``flow_l{l}_step{k}`` (logged only)."""
+        if self.training:
+            self.update_ema()
+        teacher_levels = self.teacher_levels(inputs, data_samples)
+        with self._flows_on_neck(teacher_levels, compute_losses=True) as state:
+            losses = dict(self.student.loss(inputs, data_samples))
+        clash = set(losses) & set(state.losses)
+        if clash:
+            raise RuntimeError(f'the student\'s losses {sorted(clash)} collide with the distiller\'s')
+        losses.update(state.losses)
+        return losses
+
+    # -- inference -----------------------------------------------------------------
+    def predict(self, inputs: Tensor, data_samples=None):
+        """mmdet ``DetDataSample`` s with ``pred_instances``, as the student's."""
+        if self.deploy_mode == 'student':
+            return self.student.predict(inputs, data_samples)
+        if self.extra_eval_steps:
+            warnings.warn(f'detection is scored at eval_steps={self.eval_steps} only; the extra step '
+                          f'counts {self.extra_eval_steps} are not evaluated')
+            self.extra_eval_steps = []
+        with self._flows_on_neck():
+            return self.student.predict(inputs, data_samples)
+
+    def _forward(self, inputs: Tensor, data_samples=None):
+        if self.deploy_mode == 'student':
+            return self.student(inputs, data_samples, mode='tensor')
+        with self._flows_on_neck():
+            return self.student(inputs, data_samples, mode='tensor')
+
+    def forward(self, inputs, data_samples=None, mode: str = 'tensor'):
+        if mode == 'loss':
+            return self.loss(inputs, data_samples)
+        if mode == 'predict':
+            return self.predict(inputs, data_samples)
+        if mode == 'tensor':
+            return self._forward(inputs, data_samples)
+        raise RuntimeError(f'invalid mode {mode!r}; use loss, predict or tensor')

@@ -1,0 +1,433 @@
+"""Tests of fmkt_mm.DetectionDistiller on tiny RetinaNet and Faster R-CNN
+pairs: unit checks of the neck hook, and short runs through MMEngine's Runner
+on a 4-image COCO set composed from Fashion-MNIST (train, checkpoint, resume,
+COCO test). The Runner tests are skipped, saying why, where Fashion-MNIST is
+not installed."""
+import copy
+import glob
+import os.path as osp
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+from mmengine.runner import Runner
+
+import fmkt_mm  # noqa: F401  (registers the distiller)
+from fmkt_mm.apis import apply_distiller, prepare_work_dir
+from fmkt_mm.datasets import make_detection_set
+from fmkt_mm.datasets.idx import fashion_mnist_paths, fashion_mnist_root
+from fmkt_mm.distill import DetectionDistiller
+from fmkt_mm.export import export_student
+
+mmdet = pytest.importorskip('mmdet')
+from mmdet.structures import DetDataSample  # noqa: E402
+from mmdet.utils import register_all_modules  # noqa: E402
+from mmengine.structures import InstanceData  # noqa: E402
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = osp.join(ROOT, 'configs', 'fashion_det')
+SIZE = 64
+
+needs_data = pytest.mark.skipif(
+    not all(osp.isfile(p) for split in ('train', 'test') for p in fashion_mnist_paths(split)),
+    reason=f'Fashion-MNIST not found in {fashion_mnist_root()} (install Debian\'s '
+    'dataset-fashion-mnist or set $FMKT_FASHION_MNIST_ROOT)')
+
+
+register_all_modules(init_default_scope=False)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """The models are tiny: one thread is faster, and immune to other jobs on the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def mmdet_scope():
+    """Unscoped model names (``RetinaNet``) resolve in mmdet, as under a
+    Runner whose config says ``default_scope = 'mmdet'``."""
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        yield
+
+
+# -- tiny models ---------------------------------------------------------------------
+
+
+def retinanet(width: int, fpn: int) -> dict:
+    """The demo's RetinaNet with a ResNet-18 of base width ``width`` and an
+    FPN of ``fpn`` channels; scores every box so COCO eval has detections."""
+    model = copy.deepcopy(Config.fromfile(osp.join(CONFIGS, 'retinanet_r18_teacher.py')).model)
+    model.backbone.update(base_channels=width, stem_channels=width)
+    model.neck.update(in_channels=[2 * width, 4 * width, 8 * width], out_channels=fpn)
+    model.bbox_head.update(in_channels=fpn, feat_channels=fpn)
+    model.test_cfg.update(score_thr=0.0, max_per_img=20)
+    return model
+
+
+def faster_rcnn(width: int, fpn: int) -> dict:
+    model = copy.deepcopy(Config.fromfile(osp.join(CONFIGS, 'faster-rcnn_r18_teacher.py')).model)
+    model.backbone.update(base_channels=width, stem_channels=width)
+    model.neck.update(in_channels=[width, 2 * width, 4 * width, 8 * width], out_channels=fpn)
+    model.rpn_head.update(in_channels=fpn, feat_channels=fpn)
+    model.roi_head.bbox_roi_extractor.update(out_channels=fpn)
+    model.roi_head.bbox_head.update(in_channels=fpn, fc_out_channels=32)
+    model.test_cfg.rcnn.update(score_thr=0.0)
+    return model
+
+
+@pytest.fixture(scope='module')
+def teachers(tmp_path_factory):
+    """Teacher model configs and plain state_dict checkpoints."""
+    out = tmp_path_factory.mktemp('teachers')
+    from mmengine.registry import MODELS
+    made = {}
+    for name, model in [('retinanet', retinanet(16, 32)), ('faster_rcnn', faster_rcnn(16, 32)),
+                        ('retinanet_fpn64', retinanet(16, 64))]:
+        torch.manual_seed(0)
+        path = str(out / f'{name}.pth')
+        with DefaultScope.overwrite_default_scope('mmdet'):  # module fixtures run before mmdet_scope
+            torch.save(MODELS.build(model).state_dict(), path)
+        made[name] = (model, path)
+    return made
+
+
+def distiller(student: dict, teacher, **kwargs) -> DetectionDistiller:
+    model, path = teacher
+    kwargs.setdefault('dummy_input_shape', (3, SIZE, SIZE))
+    torch.manual_seed(0)
+    return DetectionDistiller(student=student, teacher=dict(config=model, checkpoint=path), **kwargs)
+
+
+def batch(model, n: int = 2, seed: int = 0, train: bool = True):
+    """A preprocessed batch of random images with one box each."""
+    gen = torch.Generator().manual_seed(seed)
+    images = [(torch.rand(3, SIZE, SIZE, generator=gen) * 255).byte() for _ in range(n)]
+    samples = []
+    for i in range(n):
+        sample = DetDataSample(metainfo=dict(img_shape=(SIZE, SIZE), ori_shape=(SIZE, SIZE),
+                                             scale_factor=(1.0, 1.0), img_id=i))
+        sample.gt_instances = InstanceData(bboxes=torch.tensor([[8.0, 10.0, 40.0, 50.0]]),
+                                           labels=torch.tensor([i % 10]))
+        samples.append(sample)
+    return model.data_preprocessor(dict(inputs=images, data_samples=samples), train)
+
+
+def head_inputs(model):
+    """Records the levels the student's bbox head reads (after the neck hook)."""
+    seen = []
+    return seen, model.student.bbox_head.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+
+
+# -- the neck hook ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('deploy_mode', ['flow', 'student'])
+@pytest.mark.parametrize('detector', ['retinanet', 'faster_rcnn'])
+def test_losses_and_every_parameter_gets_a_gradient(teachers, detector, deploy_mode):
+    build = retinanet if detector == 'retinanet' else faster_rcnn
+    model = distiller(build(8, 32), teachers[detector], deploy_mode=deploy_mode,
+                      level_weights=[10.0, 10.0, 6.0, 6.0])
+    model.init_weights()
+    model.train()
+    losses = model(**batch(model), mode='loss')
+    for level in range(4):
+        assert f'loss_flow_l{level}' in losses
+        assert [k for k in losses if k.startswith(f'flow_l{level}_step')] == \
+            [f'flow_l{level}_step{k}' for k in range(1, 5)]
+        assert (f'loss_theta_l{level}' in losses) == (deploy_mode == 'student')
+    task = {'retinanet': {'loss_cls', 'loss_bbox'},
+            'faster_rcnn': {'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox', 'acc'}}[detector]
+    assert task <= set(losses)  # mmdet's own names
+    # the level weight multiplies the sum over steps
+    steps = sum(losses[f'flow_l2_step{k}'] for k in range(1, 5)) / 4
+    torch.testing.assert_close(losses['loss_flow_l2'].detach(), 6.0 * steps)
+
+    loss, _ = model.parse_losses(losses)
+    loss.backward()
+    # DDP without find_unused_parameters: every trainable parameter is used
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    assert all(not p.requires_grad for p in model.teacher.parameters())
+
+
+def test_untrained_flows_are_the_identity_and_trained_ones_feed_the_head(teachers):
+    model = distiller(retinanet(8, 32), teachers['retinanet'], deploy_mode='flow', eval_steps=2)
+    model.eval()
+    data = batch(model, train=False)
+    seen, handle = head_inputs(model)
+    with torch.no_grad():
+        model(**copy.deepcopy(data), mode='predict')
+        plain = model.student.predict(*copy.deepcopy(list(data.values())))
+    # zero-initialised output layers: zero velocity, the estimates are X_S
+    for a, b in zip(seen[0], seen[1]):
+        torch.testing.assert_close(a, b)
+    torch.nn.init.normal_(model.flows[1].encoder.output.weight, std=0.1)
+    seen.clear()
+    with torch.no_grad():
+        preds = model(**copy.deepcopy(data), mode='predict')
+        model.student.predict(*copy.deepcopy(list(data.values())))
+    handle.remove()
+    assert torch.equal(seen[0][0], seen[1][0]) and not torch.allclose(seen[0][1], seen[1][1])
+    assert type(preds[0]) is type(plain[0]) and 'bboxes' in preds[0].pred_instances
+
+
+def test_deploy_student_predicts_as_the_plain_detector(teachers):
+    from mmengine.registry import MODELS
+    student_cfg = retinanet(8, 32)
+    model = distiller(student_cfg, teachers['retinanet'], deploy_mode='student')
+    assert model.deploy_mode == 'student'
+    model.train()
+    loss, _ = model.parse_losses(model(**batch(model), mode='loss'))
+    loss.backward()
+    model.eval()
+    plain = MODELS.build(student_cfg)
+    plain.load_state_dict(model.student_state_dict(), strict=True)
+    plain.eval()
+    data = batch(model, train=False)
+    with torch.no_grad():
+        ours = model(**copy.deepcopy(data), mode='predict')
+        theirs = plain.predict(*copy.deepcopy(list(data.values())))
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.pred_instances.bboxes, b.pred_instances.bboxes)
+        torch.testing.assert_close(a.pred_instances.scores, b.pred_instances.scores)
+
+
+def test_ema_of_the_flows_is_used_for_inference(teachers):
+    model = distiller(retinanet(8, 32), teachers['retinanet'], ema_momentum=0.5, levels=(0, 1))
+    assert len(model.ema_flows) == 2 and not any(p.requires_grad for p in model.ema_flows.parameters())
+    model.train()
+    with torch.no_grad():
+        model.flows[0].encoder.output.weight.fill_(1.0)
+    model(**batch(model), mode='loss')  # absorbs the weights of the last update
+    torch.testing.assert_close(model.ema_flows[0].encoder.output.weight,
+                               torch.full_like(model.flows[0].encoder.output.weight, 0.5))
+    model.eval()
+    assert model._inference_flows() is model.ema_flows
+    model.train()
+    assert model._inference_flows() is model.flows
+
+
+def test_heterogeneous_pair_needs_an_adapter(teachers):
+    with pytest.raises(ValueError) as err:
+        distiller(retinanet(8, 32), teachers['retinanet_fpn64'])
+    message = str(err.value)
+    assert '(1, 32, 8, 8)' in message and '(1, 64, 8, 8)' in message
+    assert "adapter=dict(type='FeatureAdapter')" in message
+
+    model = distiller(retinanet(8, 32), teachers['retinanet_fpn64'],
+                      adapter=dict(type='FeatureAdapter'), deploy_mode='student')
+    assert model.flows[0].channels == 32 and model.flows[0].head.adapter.proj.out_channels == 64
+    model.train()
+    loss, _ = model.parse_losses(model(**batch(model), mode='loss'))
+    loss.backward()
+    assert all(p.grad is not None for p in model.flows.parameters())
+
+
+def test_level_pairs_and_configuration_errors(teachers):
+    # a 5-level student neck against the teacher's 4 levels, paired explicitly
+    student = faster_rcnn(8, 32)
+    model = distiller(student, teachers['retinanet'], levels=[(1, 0), (2, 1)])
+    assert model.level_pairs == [(1, 0), (2, 1)]
+    model.train()
+    assert {'loss_flow_l1', 'loss_flow_l2'} <= set(model(**batch(model), mode='loss'))
+
+    with pytest.raises(ValueError, match='outputs 5 levels'):
+        distiller(student, teachers['retinanet'], levels=(4, ))
+    with pytest.raises(ValueError, match='one per level'):
+        distiller(retinanet(8, 32), teachers['retinanet'], level_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match='deploy_mode'):
+        distiller(retinanet(8, 32), teachers['retinanet'], deploy_mode='teacher')
+    with pytest.raises(ValueError) as err:
+        distiller(retinanet(8, 32), teachers['retinanet'], student_tap='nek')
+    assert "'nek'" in str(err.value) and 'neck' in str(err.value) and 'bbox_head' in str(err.value)
+    with pytest.raises(ValueError) as err:
+        distiller(retinanet(8, 32), teachers['retinanet'], teacher_tap='neck.fpn_convs.9')
+    assert 'teacher' in str(err.value) and 'neck.fpn_convs' in str(err.value)
+
+
+def test_coco_configs_parse():
+    configs = sorted(glob.glob(osp.join(ROOT, 'configs', 'mmdet', 'fmkt_*.py')))
+    assert len(configs) == 6
+    for path in configs:
+        cfg = apply_distiller(Config.fromfile(path))
+        assert cfg.model.type == 'fmkt_mm.DetectionDistiller'
+        assert cfg.model.teacher.config.startswith('mmdet::')
+        assert cfg.model.teacher.checkpoint.startswith('checkpoints/')
+        assert cfg.model.deploy_mode in path and cfg.model.levels == (0, 1, 2, 3)
+        assert cfg.model.level_weights == (6.0 if 'faster-rcnn' in path else 10.0)
+        assert cfg.model.student.type in ('RetinaNet', 'FasterRCNN')
+    for path in sorted(glob.glob(osp.join(CONFIGS, 'fmkt_*.py'))):
+        cfg = apply_distiller(Config.fromfile(path))
+        assert cfg.model.student.backbone.init_cfg is None  # nothing to download
+
+
+# -- through MMEngine's Runner -------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def coco_set(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('fashion_det'))
+    make_detection_set(root, num_train=4, num_val=2, image_size=SIZE, object_size=(16, 32))
+    return root
+
+
+def runner_config(config: str, work_dir: str, data_root: str, student: dict, teacher,
+                  max_iters: int = 2, **distiller_args) -> Config:
+    """A fashion_det config shrunk to tiny models, 64 px and ``max_iters``."""
+    cfg = Config.fromfile(osp.join(CONFIGS, config))
+    cfg.model = student
+    if 'distiller' in cfg:
+        model, path = teacher
+        cfg.distiller.teacher = dict(config=model, checkpoint=path)
+        cfg.distiller.update(dummy_input_shape=(3, SIZE, SIZE), **distiller_args)
+    root = data_root.rstrip('/') + '/'
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].batch_size = 2
+        cfg[loader].dataset.data_root = root
+        for step in cfg[loader].dataset.pipeline:
+            if step.type == 'Resize':
+                step.scale = (SIZE, SIZE)
+    for evaluator in ('val_evaluator', 'test_evaluator'):
+        cfg[evaluator].ann_file = root + 'annotations/instances_val.json'
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=100)
+    cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.5, by_epoch=False, begin=0, end=2)]
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=1, by_epoch=False)
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
+    cfg.log_processor = dict(by_epoch=False)
+    cfg.experiment_name = f'{osp.basename(work_dir)}_{time.time_ns()}'
+    apply_distiller(cfg)
+    prepare_work_dir(cfg, config, work_dir)  # as tools/train.py does
+    return cfg
+
+
+def teacher_head_calls(runner):
+    teacher = runner.model.teacher
+    calls = []
+    for name in ('bbox_head', 'rpn_head', 'roi_head'):
+        if getattr(teacher, name, None) is not None:
+            getattr(teacher, name).register_forward_hook(lambda *args, n=name: calls.append(n))
+    return calls
+
+
+def count_loss_calls(runner):
+    model, calls = runner.model, []
+    original = model.loss
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    model.loss = counted
+    return calls
+
+
+@needs_data
+def test_runner_train_resume_test_deploy_flow(coco_set, teachers, tmp_path):
+    work_dir = str(tmp_path / 'flow')
+    cfg = runner_config('fmkt_retinanet_r18_to_r18w16_deploy-flow.py', work_dir, coco_set,
+                        retinanet(8, 32), teachers['retinanet'], ema_momentum=0.1)
+    runner = Runner.from_cfg(cfg)
+    head_calls = teacher_head_calls(runner)
+    teacher_before = {k: v.clone() for k, v in runner.model.teacher.state_dict().items()}
+    runner.train()
+    assert runner.iter == 2 and osp.isfile(osp.join(work_dir, 'iter_2.pth'))
+    for key in ('loss_cls', 'loss_bbox', 'loss_flow_l0', 'loss_flow_l3', 'flow_l0_step4'):
+        assert f'train/{key}' in runner.message_hub.log_scalars
+    teacher_after = runner.model.teacher.state_dict()
+    assert all(torch.equal(teacher_before[k], teacher_after[k]) for k in teacher_before)
+    metrics = runner.test()
+    assert isinstance(metrics['coco/bbox_mAP'], float)
+    assert head_calls == []  # the teacher's forward stopped at its neck
+
+    cfg = runner_config('fmkt_retinanet_r18_to_r18w16_deploy-flow.py', work_dir, coco_set,
+                        retinanet(8, 32), teachers['retinanet'], max_iters=3, ema_momentum=0.1)
+    cfg.resume = True
+    runner = Runner.from_cfg(cfg)
+    calls = count_loss_calls(runner)
+    runner.train()
+    assert runner.iter == 3 and len(calls) == 1  # continued at iteration 2
+
+
+@needs_data
+def test_runner_faster_rcnn_deploy_student(coco_set, teachers, tmp_path):
+    work_dir = str(tmp_path / 'student')
+    cfg = runner_config('fmkt_faster-rcnn_r18_to_r18w16_deploy-student.py', work_dir, coco_set,
+                        faster_rcnn(8, 32), teachers['faster_rcnn'])
+    runner = Runner.from_cfg(cfg)
+    head_calls = teacher_head_calls(runner)
+    runner.train()
+    for key in ('loss_rpn_cls', 'loss_cls', 'loss_flow_l0', 'loss_theta_l0'):
+        assert f'train/{key}' in runner.message_hub.log_scalars
+    assert 'coco/bbox_mAP' in runner.test()
+    assert head_calls == []
+    # the deployed student is a plain Faster R-CNN
+    from mmengine.registry import MODELS
+    plain = MODELS.build(faster_rcnn(8, 32))
+    plain.load_state_dict(runner.model.student_state_dict(), strict=True)
+
+
+@needs_data
+def test_runner_heterogeneous_pair_with_adapter(coco_set, teachers, tmp_path):
+    cfg = runner_config('fmkt_retinanet_r18_to_r18w16-fpn64_deploy-student.py', str(tmp_path / 'het'),
+                        coco_set, retinanet(8, 32), teachers['retinanet_fpn64'], max_iters=1)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert runner.iter == 1 and 'train/loss_flow_l0' in runner.message_hub.log_scalars
+
+
+@needs_data
+def test_export_round_trip_with_plain_mmdet(coco_set, teachers, tmp_path):
+    """deploy_mode='student': the exported checkpoint loads strictly into a
+    plain RetinaNet through mmdet's init_detector in a process that never
+    imports fmkt_mm, and inference_detector gives the distiller's boxes."""
+    from mmdet.apis import inference_detector
+    work_dir = str(tmp_path / 'train')
+    student = retinanet(8, 32)
+    cfg = runner_config('fmkt_retinanet_r18_to_r18w16_deploy-student.py', work_dir, coco_set,
+                        student, teachers['retinanet'], max_iters=1)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    config = str(tmp_path / 'distill_config.py')
+    cfg.dump(config)
+    out = str(tmp_path / 'student.pth')
+    summary = export_student(config, osp.join(work_dir, 'iter_1.pth'), out)
+    assert summary['deploy_mode'] == 'student' and summary['not_exported'] is None
+
+    # the plain student's config: the stock detector plus the demo's pipelines
+    student_config = str(tmp_path / 'student_config.py')
+    plain_cfg = Config.fromfile(osp.join(CONFIGS, 'retinanet_r18w16_student.py'))
+    plain_cfg.model = student
+    plain_cfg.pop('custom_imports')
+    plain_cfg.dump(student_config)
+
+    image = sorted(glob.glob(osp.join(coco_set, 'val', '*')))[0]
+    model = runner.model.eval()
+    model.cfg = plain_cfg  # inference_detector reads the test pipeline from here
+    expected = inference_detector(model, image).pred_instances
+    torch.save(dict(bboxes=expected.bboxes, scores=expected.scores, labels=expected.labels),
+               tmp_path / 'expected.pth')
+    script = f'''
+import sys, torch
+from mmdet.apis import inference_detector, init_detector
+model = init_detector({student_config!r}, None, device='cpu')
+ckpt = torch.load({out!r}, weights_only=True)
+model.load_state_dict(ckpt['state_dict'], strict=True)
+got = inference_detector(model, {image!r}).pred_instances
+want = torch.load({str(tmp_path / 'expected.pth')!r}, weights_only=True)
+assert 'fmkt_mm' not in sys.modules
+assert len(got) == len(want['bboxes']) > 0
+torch.testing.assert_close(got.bboxes, want['bboxes'], rtol=0, atol=1e-4)
+torch.testing.assert_close(got.scores, want['scores'], rtol=0, atol=1e-6)
+assert torch.equal(got.labels, want['labels'])
+print('ROUND-TRIP-OK', len(got))
+'''
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300)
+    assert 'ROUND-TRIP-OK' in done.stdout, done.stderr[-3000:]
