@@ -35,6 +35,10 @@ def deploy_mode_of(model_cfg: dict) -> str:
     """``'student'`` when the plain student is what the distiller predicts with."""
     if 'deploy_mode' in model_cfg:
         return model_cfg['deploy_mode']
+    from .registry import MODELS
+    fixed = getattr(MODELS.get(model_cfg.get('type', '')), 'deploy_mode', None)
+    if isinstance(fixed, str):  # baselines always deploy the plain student
+        return fixed
     return 'flow' if model_cfg.get('variant', 'fmkt') == 'fmkt' else 'student'
 
 

@@ -1,9 +1,10 @@
 """MMEngine models that wrap a student and a frozen teacher."""
 from .adapters import FeatureAdapter
 from .base import BaseDistiller
+from .baselines import FeatureDistiller, LogitDistiller
 from .classifier import ClassificationDistiller, ClassifierTail
 from .detector import DetectionDistiller
 from .taps import get_module, record_outputs, run_until_tapped
 
 __all__ = ['BaseDistiller', 'ClassificationDistiller', 'ClassifierTail', 'DetectionDistiller',
-           'FeatureAdapter', 'get_module', 'record_outputs', 'run_until_tapped']
+           'FeatureAdapter', 'FeatureDistiller', 'LogitDistiller', 'get_module', 'record_outputs', 'run_until_tapped']
