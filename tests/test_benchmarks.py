@@ -1,0 +1,59 @@
+"""Smoke runs of the benchmark scripts at tiny sizes: they must not rot.
+(The numbers they print at these sizes mean nothing; see README's Benchmarks.)"""
+import importlib.util
+import json
+import os.path as osp
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cost_benchmark_measures_every_configuration(tmp_path):
+    cost = load_tool('benchmark_cost')
+    out = str(tmp_path / 'cost')
+    results = cost.main(['--quick', '--in-process', '--task', 'cls', '--cls-steps', '1',
+                         '--out', out])
+    methods = [(r['method'], r['steps']) for r in results]
+    assert methods == [('student', None), ('kd', None), ('fmkt', 1), ('fmkt_theta', 1)]
+    for r in results:
+        assert r['train_ms'] > 0 and r['trainable_params'] > 0
+    by_method = {r['method']: r for r in results}
+    assert set(by_method['fmkt']['inference_ms']) == {'ensemble'}
+    assert set(by_method['fmkt_theta']['inference_ms']) == {'exported student'}
+    # FM-KT trains the flow (and, with the teacher frozen, nothing of the teacher)
+    assert by_method['fmkt']['trainable_params'] > by_method['kd']['trainable_params'] \
+        == by_method['student']['trainable_params']
+    text = open(osp.join(out, 'quick', 'results.md')).read()
+    assert '| FM-KT (mlp, N=1) |' in text and 'x KD floor' in text
+
+
+def test_efficacy_benchmark_trains_teacher_baselines_and_fmkt(tmp_path):
+    efficacy = load_tool('benchmark_efficacy')
+    out = str(tmp_path / 'eff')
+    result = efficacy.main(['--quick', '--task', 'cls', '--rows', 'student alone', 'KD (tau 4)',
+                            'FM-KT rectified / mlp / N=8', '--out-dir', out])
+    rows = [r['row'] for r in result['cls']['runs']]
+    assert rows == ['student alone', 'KD (tau 4)', 'FM-KT rectified / mlp / N=8']
+    fmkt = result['cls']['runs'][-1]
+    assert sorted(fmkt['steps']) == [1, 2, 4, 8] and sorted(fmkt['step_loss']) == list(range(1, 9))
+    assert all(0.0 <= r['top1'] <= 100.0 for r in result['cls']['runs'])
+    saved = json.load(open(osp.join(out, 'quick', 'results.json')))
+    assert saved['cls']['summary']['student alone']['seeds'] == [0]
+    assert osp.isfile(osp.join(out, 'quick', 'fmkt_steps.png'))

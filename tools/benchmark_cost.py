@@ -1,0 +1,335 @@
+"""What FM-KT costs: training-iteration time, peak memory and inference time.
+
+Side by side in one run, on random ImageNet-shaped / COCO-shaped batches
+(the cost does not depend on the data):
+
+* classification, ResNet-34 -> ResNet-18 at 224 px: (a) the student alone,
+  (b) classic KD from the same teacher (teacher forward + student
+  forward/backward: the floor of any teacher-student method), (c) FM-KT at
+  N = 1, 2, 4, 8 with each meta-encoder, (d) FM-KT^Theta; inference of the
+  student alone, of FM-KT's ensemble at each N and of the exported student;
+* detection, RetinaNet R101 -> RetinaNet R50: (a) the student alone, (b)
+  PKD on the four FPN levels (teacher backbone+neck forward + student
+  forward/backward), (c) FM-KT (deploy mode 'flow') at N = 1, 2, 4,
+  (d) FM-KT with training-only flows (deploy mode 'student').
+
+Times are medians over ``--iters`` iterations after ``--warmup``; every
+configuration runs in its own process, so the peak memory of one does not
+leak into the next (CPU: peak resident memory above the process's footprint
+after imports; GPU: ``torch.cuda.max_memory_allocated``). Prints markdown
+tables and writes JSON::
+
+    python tools/benchmark_cost.py                          # CPU, about 15 min on 2 cores
+    python tools/benchmark_cost.py --device cuda --cls-batch 64 --det-batch 2
+    python tools/benchmark_cost.py --quick --in-process     # a smoke run (seconds)
+"""
+import argparse
+import copy
+import json
+import os
+import os.path as osp
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+CLS_CONFIG = osp.join(ROOT, 'configs', 'mmpretrain', 'fmkt_resnet34_resnet18_8xb32_in1k.py')
+DET_CONFIG = osp.join(ROOT, 'configs', 'mmdet', 'fmkt_retinanet_x101-64x4d_to_r50_fpn_2x_coco_deploy-flow.py')
+DET_TEACHER = 'mmdet::retinanet/retinanet_r101_fpn_2x_coco.py'
+
+#: targets reported next to the measurements (not enforced)
+TARGETS = dict(cls_train=1.10, det_train=1.15, memory=1.25)
+
+
+def specs(args):
+    """Every configuration measured: ``(task, method, steps, encoder)``."""
+    out = []
+    if args.task in ('cls', 'all'):
+        out += [('cls', 'student', None, None), ('cls', 'kd', None, None)]
+        for encoder in args.encoders:
+            for n in args.cls_steps:
+                out.append(('cls', 'fmkt', n, encoder))
+        out.append(('cls', 'fmkt_theta', max(args.cls_steps), 'mlp'))
+    if args.task in ('det', 'all'):
+        out += [('det', 'student', None, None), ('det', 'pkd', None, None)]
+        for n in args.det_steps:
+            out.append(('det', 'fmkt', n, 'conv'))
+        out.append(('det', 'fmkt_student', max(args.det_steps), 'conv'))
+    return out
+
+
+# -- one configuration -------------------------------------------------------------------
+
+
+def current_rss_mib() -> float:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build(task, method, steps, encoder, args):
+    """``(model, plain_student_or_None)`` for one configuration."""
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    from fmkt_mm.apis import apply_distiller
+    from fmkt_mm.distill.teacher import build_model
+    from fmkt_mm.registry import MODELS
+    cfg = apply_distiller(Config.fromfile(CLS_CONFIG if task == 'cls' else DET_CONFIG))
+    scope = cfg.default_scope
+    distiller = copy.deepcopy(cfg.model)
+    student = distiller['student']
+    if task == 'det':
+        student['backbone']['init_cfg'] = None  # no download: random weights cost the same
+    student.setdefault('data_preprocessor', distiller.get('data_preprocessor'))
+    teacher = dict(config=distiller['teacher']['config'] if task == 'cls' else DET_TEACHER,
+                   checkpoint=None, allow_random_init=True)
+    size = args.cls_size if task == 'cls' else args.det_size
+    with DefaultScope.overwrite_default_scope(scope):
+        if method == 'student':
+            return build_model(student, scope), None
+        common = dict(student=student, teacher=teacher,
+                      data_preprocessor=distiller.get('data_preprocessor'))
+        if method == 'kd':
+            model = MODELS.build(dict(type='fmkt_mm.LogitDistiller', loss=dict(type='fmkt_mm.KDLoss', tau=4.0), **common))
+        elif method == 'pkd':
+            model = MODELS.build(dict(type='fmkt_mm.FeatureDistiller', loss=dict(type='fmkt_mm.PKDLoss'),
+                                      level_weights=10.0, dummy_input_shape=(3, size, size), **common))
+        else:
+            distiller.update(common)
+            distiller['dummy_input_shape'] = (3, size, size)
+            flow = dict(distiller['flow'])
+            flow.update(num_steps=steps, encoder=dict(type=encoder))
+            distiller['flow'] = flow
+            if task == 'cls':
+                distiller['variant'] = 'fmkt' if method == 'fmkt' else 'fmkt_theta'
+            else:
+                distiller['deploy_mode'] = 'flow' if method == 'fmkt' else 'student'
+                if method != 'fmkt':
+                    distiller['ema_momentum'] = None
+            model = MODELS.build(distiller)
+        plain = None
+        if model.deploy_mode == 'student':  # the exported student: a plain model
+            plain = build_model(student, scope)
+            plain.load_state_dict(model.student_state_dict(), strict=True)
+        return model, plain
+
+
+def make_batch(task, batch, size, seed=0):
+    import torch
+    gen = torch.Generator().manual_seed(seed)
+    images = [(torch.rand(3, size, size, generator=gen) * 255).to(torch.uint8) for _ in range(batch)]
+    if task == 'cls':
+        from mmpretrain.structures import DataSample
+        samples = [DataSample().set_gt_label(i % 1000) for i in range(batch)]
+    else:
+        from mmdet.structures import DetDataSample
+        from mmengine.structures import InstanceData
+        samples = []
+        for i in range(batch):
+            sample = DetDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size),
+                                                 scale_factor=(1.0, 1.0)))
+            boxes = torch.rand(8, 2, generator=gen) * size * 0.6
+            sample.gt_instances = InstanceData(
+                bboxes=torch.cat([boxes, boxes + size * 0.3], 1), labels=torch.arange(8) % 80)
+            samples.append(sample)
+    return dict(inputs=images, data_samples=samples)
+
+
+def timed(fn, iters, warmup, sync):
+    times = []
+    for i in range(warmup + iters):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(spec, args):
+    """Train/inference times (ms) and peak memory (MiB) of one configuration."""
+    import torch
+    task, method, steps, encoder = spec
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == 'cuda'
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    rss_after_imports = current_rss_mib()
+
+    model, plain = build(task, method, steps, encoder, args)
+    model.to(device).train()
+    size = args.cls_size if task == 'cls' else args.det_size
+    batch = args.cls_batch if task == 'cls' else args.det_batch
+    data = model.data_preprocessor(make_batch(task, batch, size), True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+
+    def train_step():
+        losses = model(data['inputs'], data['data_samples'], mode='loss')
+        loss, _ = model.parse_losses(losses)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    train_ms = 1e3 * timed(train_step, args.iters, args.warmup, sync)
+    if cuda:
+        memory = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        memory = peak_rss_mib() - rss_after_imports
+    optim.zero_grad(set_to_none=True)
+
+    model.eval()
+    test = model.data_preprocessor(make_batch(task, batch, size, seed=1), False)
+    inference = {}
+    with torch.no_grad():
+        if method == 'fmkt':  # the implicit ensemble of this configuration's N steps
+            model.eval_steps = steps
+            inference['ensemble'] = 1e3 * timed(
+                lambda: model(test['inputs'], test['data_samples'], mode='predict'),
+                args.iters, args.warmup, sync)
+        elif method == 'student':
+            inference['student'] = 1e3 * timed(
+                lambda: model(test['inputs'], test['data_samples'], mode='predict'),
+                args.iters, args.warmup, sync)
+        if plain is not None:
+            plain.to(device).eval()
+            inference['exported student'] = 1e3 * timed(
+                lambda: plain(test['inputs'], test['data_samples'], mode='predict'),
+                args.iters, args.warmup, sync)
+    return dict(task=task, method=method, steps=steps, encoder=encoder, train_ms=train_ms,
+                memory_mib=memory, inference_ms=inference,
+                trainable_params=sum(p.numel() for p in params))
+
+
+# -- the table ------------------------------------------------------------------------------
+
+
+def label(r):
+    names = dict(student='student alone', kd='KD (teacher fwd + student fwd/bwd)',
+                 pkd='PKD (teacher backbone+neck fwd + student fwd/bwd)',
+                 fmkt='FM-KT', fmkt_theta='FM-KT^Theta', fmkt_student='FM-KT, training-only flows')
+    name = names[r['method']]
+    if r['steps'] is not None:
+        name += f' ({r["encoder"]}, N={r["steps"]})'
+    return name
+
+
+def tables(results, args):
+    lines = []
+    for task, title in (('cls', f'Classification: ResNet-34 -> ResNet-18, {args.cls_size} px, '
+                                f'batch {args.cls_batch}'),
+                        ('det', f'Detection: RetinaNet R101 -> RetinaNet R50, {args.det_size} px, '
+                                f'batch {args.det_batch}')):
+        rows = [r for r in results if r['task'] == task]
+        if not rows:
+            continue
+        base = next(r for r in rows if r['method'] == 'student')
+        floor = next(r for r in rows if r['method'] in ('kd', 'pkd'))
+        target = TARGETS['cls_train' if task == 'cls' else 'det_train']
+        lines += [f'**{title}** (target: FM-KT at most {target:.2f}x the '
+                  f'{"KD" if task == "cls" else "PKD"} step, memory at most {TARGETS["memory"]:.2f}x)', '',
+                  '| training | ms / iter | x student | x KD floor | peak memory (MiB) | memory x KD floor |',
+                  '|---|---|---|---|---|---|']
+        for r in rows:
+            lines.append(f'| {label(r)} | {r["train_ms"]:.1f} | {r["train_ms"] / base["train_ms"]:.2f} | '
+                         f'{r["train_ms"] / floor["train_ms"]:.2f} | {r["memory_mib"]:.0f} | '
+                         f'{r["memory_mib"] / floor["memory_mib"]:.2f} |')
+        lines += ['', '| inference | ms / batch | x student |', '|---|---|---|']
+        student_ms = base['inference_ms']['student']
+        for r in rows:
+            for name, ms in r['inference_ms'].items():
+                who = 'student alone' if name == 'student' else f'{label(r)}, implicit ensemble'
+                if name == 'exported student':
+                    who = f'exported student of {label(r)}'
+                lines.append(f'| {who} | {ms:.1f} | {ms / student_ms:.2f} |')
+        lines.append('')
+    return '\n'.join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--task', choices=['cls', 'det', 'all'], default='all')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--threads', type=int, default=None, help='torch threads (CPU)')
+    parser.add_argument('--cls-batch', type=int, default=8)
+    parser.add_argument('--cls-size', type=int, default=224)
+    parser.add_argument('--det-batch', type=int, default=1)
+    parser.add_argument('--det-size', type=int, default=512,
+                        help='square input side (COCO trains at 1333x800; 512 keeps a CPU run short)')
+    parser.add_argument('--cls-steps', type=int, nargs='+', help='default: 1 2 4 8')
+    parser.add_argument('--det-steps', type=int, nargs='+', help='default: 1 2 4')
+    parser.add_argument('--encoders', nargs='+', help='default: mlp conv transformer')
+    parser.add_argument('--iters', type=int, default=6)
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--out', default=osp.join('work_dirs', 'benchmark_cost'))
+    parser.add_argument('--in-process', action='store_true',
+                        help='measure every configuration in this process (faster; memory '
+                             'figures then include what earlier configurations left behind)')
+    parser.add_argument('--quick', action='store_true', help='tiny sizes: checks the script runs')
+    parser.add_argument('--worker', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.cls_size, args.cls_batch, args.det_size, args.det_batch = 64, 2, 128, 1
+        args.cls_steps = args.cls_steps or [1, 2]
+        args.det_steps = args.det_steps or [1]
+        args.encoders = args.encoders or ['mlp']
+        args.iters, args.warmup = 1, 0
+        args.out = osp.join(args.out, 'quick')
+    args.cls_steps = args.cls_steps or [1, 2, 4, 8]
+    args.det_steps = args.det_steps or [1, 2, 4]
+    args.encoders = args.encoders or ['mlp', 'conv', 'transformer']
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        result = measure(tuple(json.loads(args.worker)), args)
+        print('RESULT ' + json.dumps(result), flush=True)
+        return result
+    os.makedirs(args.out, exist_ok=True)
+    results = []
+    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != '--in-process']
+    for spec in specs(args):
+        if args.in_process:
+            result = measure(spec, args)
+        else:
+            done = subprocess.run([sys.executable, osp.abspath(__file__), *passthrough,
+                                   '--worker', json.dumps(spec)], capture_output=True, text=True)
+            lines = [l for l in done.stdout.splitlines() if l.startswith('RESULT ')]
+            if done.returncode != 0 or not lines:
+                raise RuntimeError(f'measuring {spec} failed:\n{done.stderr[-3000:]}')
+            result = json.loads(lines[-1][len('RESULT '):])
+        results.append(result)
+        print(f'{result["task"]} {label(result)}: {result["train_ms"]:.1f} ms/iter, '
+              f'{result["memory_mib"]:.0f} MiB', flush=True)
+    import torch
+    header = (f'{time.strftime("%Y-%m-%d")}, {args.device} ({platform.processor() or platform.machine()}, '
+              f'{os.cpu_count()} cores, torch threads {args.threads or torch.get_num_threads()}), '
+              f'torch {torch.__version__}, medians of {args.iters} iterations after {args.warmup} '
+              f'warm-up: `python tools/benchmark_cost.py {" ".join(passthrough)}`')
+    text = header + '\n\n' + tables(results, args)
+    with open(osp.join(args.out, 'results.json'), 'w') as f:
+        json.dump(dict(header=header, results=results), f, indent=1)
+    with open(osp.join(args.out, 'results.md'), 'w') as f:
+        f.write(text)
+    print('\n' + text, flush=True)
+    return results
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,352 @@
+"""What FM-KT gains, measured against the baselines on the CPU demo data.
+
+Classification (Fashion-MNIST, ResNet-18 w16 teacher -> ResNet-18 w4 student,
+several seeds): student alone, KD, DKD, DIST, FM-KT with each path (rectified,
+VP, VE), each meta-encoder (mlp, conv, transformer) and N_train 4 / 8,
+FM-KT^Theta and OFM-KT. Detection (the composed Fashion-MNIST COCO set,
+RetinaNet R18 -> R18 w16, one seed): student alone, PKD, FM-KT in both
+deploy modes. Prints markdown tables, writes ``results.json`` and two plots
+(top-1 against the number of inference steps; training loss of each flow
+step)::
+
+    python tools/benchmark_efficacy.py                 # both tasks, about an hour on 2 cores
+    python tools/benchmark_efficacy.py --task cls --jobs 2
+    python tools/benchmark_efficacy.py --quick         # a smoke run (tiny sizes)
+
+The teacher of each task is trained once (or reused from the output
+directory) and shared by every row; every row trains from scratch with the
+same data, schedule and seed as the student alone.
+"""
+import argparse
+import json
+import math
+import os
+import os.path as osp
+import platform
+import re
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+
+CLS_CONFIGS = osp.join(ROOT, 'configs', 'fashion_mnist')
+FMKT = 'fmkt_resnet18_w16_to_resnet18_w4.py'
+#: (row name, config, overrides of ``distiller.flow``)
+CLS_ROWS = [
+    ('student alone', 'student_resnet18_w4.py', None),
+    ('KD (tau 4)', 'kd_resnet18_w16_to_resnet18_w4.py', None),
+    ('DKD', 'dkd_resnet18_w16_to_resnet18_w4.py', None),
+    ('DIST', 'dist_resnet18_w16_to_resnet18_w4.py', None),
+    ('FM-KT rectified / mlp / N=8', FMKT, {}),
+    ('FM-KT rectified / mlp / N=4', FMKT, dict(num_steps=4)),
+    ('FM-KT VP / mlp / N=8', FMKT, dict(path='vp')),
+    ('FM-KT VE / mlp / N=8', FMKT, dict(path='ve')),
+    ('FM-KT rectified / conv / N=8', FMKT, dict(encoder=dict(_delete_=True, type='conv'))),
+    ('FM-KT rectified / transformer / N=8', FMKT,
+     dict(encoder=dict(_delete_=True, type='transformer'))),
+    ('FM-KT^Theta rectified / mlp / N=8', 'fmkt_theta_resnet18_w16_to_resnet18_w4.py', {}),
+    ('OFM-KT (no teacher)', 'ofmkt_resnet18_w4.py', {}),
+]
+INFERENCE_STEPS = (1, 2, 4, 8)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--task', choices=['cls', 'det', 'all'], default='all')
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--train-samples', type=int, default=5000)
+    parser.add_argument('--test-samples', type=int, default=None, help='default: all 10,000')
+    parser.add_argument('--epochs', type=int, default=4)
+    parser.add_argument('--teacher-epochs', type=int, default=6)
+    parser.add_argument('--teacher-samples', type=int, default=10000)
+    parser.add_argument('--rows', nargs='+', metavar='NAME',
+                        help='classification rows to run, by exact name: '
+                             + '; '.join(repr(r[0]) for r in CLS_ROWS))
+    parser.add_argument('--det-train', type=int, default=600)
+    parser.add_argument('--det-val', type=int, default=200)
+    parser.add_argument('--det-teacher-epochs', type=int, default=10)
+    parser.add_argument('--det-epochs', type=int, default=8)
+    parser.add_argument('--jobs', type=int, default=1, help='runs in parallel (one thread each)')
+    parser.add_argument('--out-dir', default=osp.join('work_dirs', 'benchmark_efficacy'))
+    parser.add_argument('--quick', action='store_true', help='tiny sizes: checks the script runs')
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds = args.seeds[:1]
+        args.train_samples = args.teacher_samples = 256
+        args.test_samples = 200
+        args.epochs = args.teacher_epochs = 1
+        args.det_train, args.det_val = 16, 8
+        args.det_teacher_epochs = args.det_epochs = 1
+        args.rows = args.rows or ['student alone', 'KD (tau 4)', 'FM-KT rectified / mlp / N=8',
+                                  'FM-KT^Theta rectified / mlp / N=8']
+        args.out_dir = osp.join(args.out_dir, 'quick')
+    return args
+
+
+# -- classification ----------------------------------------------------------------------
+
+
+def cls_config(config: str, flow_overrides, args, seed: int, work_dir: str, teacher_ckpt=None,
+               samples=None, epochs=None):
+    from mmengine.config import Config
+
+    from fmkt_mm.apis import apply_distiller, prepare_work_dir
+    cfg = Config.fromfile(osp.join(CLS_CONFIGS, config))
+    epochs = epochs or args.epochs
+    cfg.train_cfg.max_epochs = cfg.train_cfg.val_interval = epochs
+    cfg.param_scheduler = [dict(type='CosineAnnealingLR', by_epoch=True, T_max=epochs,
+                                convert_to_iter_based=True)]
+    cfg.train_dataloader.dataset.num_samples = samples or args.train_samples
+    cfg.train_dataloader.dataset.seed = seed
+    if args.test_samples:
+        cfg.val_dataloader.dataset.num_samples = args.test_samples
+        cfg.test_dataloader = cfg.val_dataloader
+    cfg.randomness = dict(seed=seed)
+    cfg.default_hooks.logger.interval = 50
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1, save_last=True)
+    cfg.experiment_name = f'{osp.basename(work_dir)}_{time.time_ns()}'
+    if 'distiller' in cfg:
+        if cfg.distiller.get('teacher') is not None:
+            cfg.distiller.teacher.checkpoint = teacher_ckpt
+        if flow_overrides:
+            cfg.merge_from_dict(dict(distiller=dict(flow=flow_overrides)))
+        if cfg.distiller.get('flow') is not None:
+            cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if 'FlowSteps' not in h['type']]
+            cfg.custom_hooks.append(dict(type='fmkt_mm.FlowStepsHook',
+                                         test_steps=INFERENCE_STEPS))
+    apply_distiller(cfg)
+    prepare_work_dir(cfg, config, work_dir)
+    return cfg
+
+
+def run_cls(job):
+    """One classification run in this process: ``dict(top1, steps, step_loss, seconds)``."""
+    import torch
+    from mmengine.runner import Runner
+    torch.set_num_threads(1)
+    name, config, overrides, seed, args, teacher_ckpt, work_dir = job
+    cfg = cls_config(config, overrides, args, seed, work_dir, teacher_ckpt)
+    runner = Runner.from_cfg(cfg)
+    start = time.time()
+    runner.train()
+    seconds = time.time() - start
+    metrics = runner.test()
+    scalars = runner.message_hub.log_scalars
+    steps = {int(k.rsplit('steps', 1)[1]): float(v.current()) for k, v in scalars.items()
+             if k.startswith('test/flow/top1_steps')}
+    step_loss = {}
+    for key, buf in scalars.items():
+        match = re.fullmatch(r'train/flow_step(\d+)', key)
+        if match:
+            values = buf.data[0]
+            tail = values[-max(1, len(values) // 4):]  # the last quarter of training
+            step_loss[int(match.group(1))] = float(sum(tail) / len(tail))
+    return dict(row=name, seed=seed, top1=float(metrics['accuracy/top1']), steps=steps,
+                step_loss=step_loss, seconds=seconds,
+                iters=runner.iter, sec_per_iter=seconds / max(1, runner.iter))
+
+
+def train_cls_teacher(args):
+    import torch
+    from mmengine.runner import Runner
+
+    from fmkt_mm.export import atomic_torch_save
+    path = osp.join(args.out_dir, 'cls_teacher.pth')
+    work_dir = osp.join(args.out_dir, 'cls', 'teacher')
+    if osp.isfile(path):
+        print(f'reusing the classification teacher {path}', flush=True)
+        torch.set_num_threads(1)
+        cfg = cls_config('teacher_resnet18_w16.py', None, args, 0, work_dir)
+        cfg.load_from = path
+        return path, float(Runner.from_cfg(cfg).test()['accuracy/top1']), None
+    torch.set_num_threads(1)
+    cfg = cls_config('teacher_resnet18_w16.py', None, args, 0, work_dir,
+                     samples=args.teacher_samples, epochs=args.teacher_epochs)
+    runner = Runner.from_cfg(cfg)
+    start = time.time()
+    runner.train()
+    seconds = time.time() - start
+    top1 = float(runner.test()['accuracy/top1'])
+    atomic_torch_save(runner.model.state_dict(), path)
+    return path, top1, seconds
+
+
+def mean_std(values):
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else float('nan')
+    return mean, std
+
+
+def fmt(mean, std):
+    return f'{mean:.2f}' if math.isnan(std) else f'{mean:.2f} ± {std:.2f}'
+
+
+def cls_table(results, teacher_top1, args):
+    rows = {}
+    for r in results:
+        rows.setdefault(r['row'], []).append(r)
+    lines = ['| method | top-1 (%) | ensemble top-1 at N = ' + ' / '.join(map(str, INFERENCE_STEPS))
+             + ' | s / iter | seeds |', '|---|---|---|---|---|',
+             f'| teacher ResNet-18 w16 | {teacher_top1:.2f} | - | - | 1 |']
+    summary = {}
+    for name, _, _ in CLS_ROWS:
+        if name not in rows:
+            continue
+        runs = rows[name]
+        top1 = mean_std([r['top1'] for r in runs])
+        curve = '-'
+        if runs[0]['steps']:
+            curve = ' / '.join(f'{statistics.fmean(r["steps"][n] for r in runs):.2f}'
+                               for n in INFERENCE_STEPS)
+        speed = statistics.median(r['sec_per_iter'] for r in runs)
+        lines.append(f'| {name} | {fmt(*top1)} | {curve} | {speed:.3f} | {len(runs)} |')
+        summary[name] = dict(top1_mean=top1[0], top1_std=top1[1], seeds=[r['seed'] for r in runs])
+    return '\n'.join(lines), summary
+
+
+def plot_cls(results, out_dir):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rows = {}
+    for r in results:
+        if r['steps']:
+            rows.setdefault(r['row'], []).append(r)
+    if not rows:
+        return []
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, runs in rows.items():
+        ns = sorted(runs[0]['steps'])
+        left.plot(ns, [statistics.fmean(r['steps'][n] for r in runs) for n in ns], marker='o', label=name)
+        ks = sorted(runs[0]['step_loss'])
+        if ks:
+            right.plot(ks, [statistics.fmean(r['step_loss'][k] for r in runs) for k in ks],
+                       marker='o', label=name)
+    left.set_xscale('log', base=2)
+    left.set_xlabel('inference steps N')
+    left.set_ylabel('top-1 (%) of the implicit ensemble')
+    left.set_title('Fashion-MNIST: accuracy against inference steps')
+    right.set_xlabel('flow step k')
+    right.set_ylabel('training loss of step k (last quarter of training)')
+    right.set_title('metric loss per flow step')
+    right.set_yscale('log')
+    left.legend(fontsize=7)
+    fig.tight_layout()
+    path = osp.join(out_dir, 'fmkt_steps.png')
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def benchmark_cls(args):
+    teacher_ckpt, teacher_top1, _ = train_cls_teacher(args)
+    unknown = set(args.rows or ()) - {r[0] for r in CLS_ROWS}
+    if unknown:
+        raise ValueError(f'unknown rows {sorted(unknown)}; choose from {[r[0] for r in CLS_ROWS]}')
+    rows = [r for r in CLS_ROWS if not args.rows or r[0] in args.rows]
+    jobs = []
+    for seed in args.seeds:
+        for name, config, overrides in rows:
+            slug = re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')
+            jobs.append((name, config, overrides, seed, args, teacher_ckpt,
+                         osp.join(args.out_dir, 'cls', f'{slug}_seed{seed}')))
+    results = []
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context('spawn')) as pool:
+            for result in pool.map(run_cls, jobs):
+                results.append(result)
+                print(f'[cls] {result["row"]} seed {result["seed"]}: {result["top1"]:.2f}', flush=True)
+    else:
+        for job in jobs:
+            results.append(run_cls(job))
+            print(f'[cls] {job[0]} seed {job[3]}: {results[-1]["top1"]:.2f}', flush=True)
+    table, summary = cls_table(results, teacher_top1, args)
+    plots = plot_cls(results, args.out_dir)
+    return dict(teacher_top1=teacher_top1, runs=results, summary=summary, table=table, plots=plots)
+
+
+# -- detection ------------------------------------------------------------------------------
+
+
+def benchmark_det(args):
+    import demo_detection as demo
+    import torch
+    from mmengine.runner import Runner
+    torch.set_num_threads(1)
+
+    from fmkt_mm.datasets import make_detection_set
+    data_root = osp.join(args.out_dir, 'fashion_det')
+    make_detection_set(data_root, args.det_train, args.det_val, image_size=128, seed=0)
+    ns = argparse.Namespace(data_root=data_root)
+    work = osp.join(args.out_dir, 'det')
+    teacher_ckpt = osp.join(args.out_dir, 'det_teacher.pth')
+    cfg = demo.load_config('retinanet_r18_teacher.py', ns, osp.join(work, 'teacher'),
+                           args.det_teacher_epochs)
+    rows = []
+    if osp.isfile(teacher_ckpt):
+        cfg.load_from = teacher_ckpt
+        metrics, seconds = Runner.from_cfg(cfg).test(), None
+    else:
+        model, metrics, seconds = demo.train_and_test(cfg)
+        demo.save_state_dict_atomically(model, teacher_ckpt)
+    rows.append(('teacher RetinaNet R18', metrics, seconds))
+    for name, config in [('student alone RetinaNet R18 w16', 'retinanet_r18w16_student.py'),
+                         ('PKD', 'pkd_retinanet_r18_to_r18w16.py'),
+                         ('FM-KT deploy student (zero cost)',
+                          'fmkt_retinanet_r18_to_r18w16_deploy-student.py'),
+                         ('FM-KT deploy flow (paper)', 'fmkt_retinanet_r18_to_r18w16_deploy-flow.py')]:
+        cfg = demo.load_config(config, ns, osp.join(work, osp.splitext(config)[0]), args.det_epochs)
+        if 'distiller' in cfg:
+            cfg.distiller.teacher.checkpoint = teacher_ckpt
+        cfg.randomness = dict(seed=0)
+        _, metrics, seconds = demo.train_and_test(cfg)
+        rows.append((name, metrics, seconds))
+        print(f'[det] {name}: {100 * metrics.get("coco/bbox_mAP", 0.0):.1f}', flush=True)
+    lines = ['| method | bbox mAP | mAP@50 | mAP@75 | train time (min) |', '|---|---|---|---|---|']
+    for name, metrics, seconds in rows:
+        scores = ' | '.join(f'{100 * metrics.get(f"coco/bbox_{k}", 0.0):.1f}'
+                            for k in ('mAP', 'mAP_50', 'mAP_75'))
+        lines.append(f'| {name} | {scores} | {"reused" if seconds is None else f"{seconds / 60:.1f}"} |')
+    return dict(rows=[dict(row=n, metrics={k: float(v) for k, v in m.items()}, seconds=s)
+                      for n, m, s in rows], table='\n'.join(lines))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.out_dir, exist_ok=True)
+    import mmengine
+    import torch
+    start = time.time()
+    out = dict(date=time.strftime('%Y-%m-%d'), machine=f'{platform.processor() or platform.machine()}, '
+               f'{os.cpu_count()} cores', torch=torch.__version__, mmengine=mmengine.__version__,
+               command=' '.join(['python', 'tools/benchmark_efficacy.py'] + (argv or sys.argv[1:])))
+    text = []
+    if args.task in ('cls', 'all'):
+        out['cls'] = benchmark_cls(args)
+        text += [f'Fashion-MNIST classification: {args.train_samples} training images, '
+                 f'{args.epochs} epochs, seeds {args.seeds}, top-1 on '
+                 f'{args.test_samples or 10000} test images (mean ± std over seeds)', '',
+                 out['cls']['table'], '']
+    if args.task in ('det', 'all'):
+        out['det'] = benchmark_det(args)
+        text += [f'Fashion-MNIST detection: {args.det_train} train / {args.det_val} val images '
+                 f'(128 px), teacher {args.det_teacher_epochs} epochs, students {args.det_epochs} '
+                 'epochs, seed 0, COCO mAP (pycocotools)', '', out['det']['table'], '']
+    out['minutes'] = (time.time() - start) / 60
+    text.append(f'{out["date"]}, {out["machine"]}, torch {out["torch"]}, '
+                f'total {out["minutes"]:.1f} min: `{out["command"]}`')
+    with open(osp.join(args.out_dir, 'results.json'), 'w') as f:
+        json.dump(out, f, indent=1)
+    with open(osp.join(args.out_dir, 'results.md'), 'w') as f:
+        f.write('\n'.join(text) + '\n')
+    print('\n' + '\n'.join(text), flush=True)
+    return out
+
+
+if __name__ == '__main__':
+    main()
