@@ -56,13 +56,47 @@ def clean_up_on_failure(work_dir: str):
 
 
 def prepare_work_dir(cfg: Config, config_path: str, work_dir=None) -> str:
+    """Set ``cfg.work_dir`` and what every run of the tools gets:
+
+    * the work directory is trusted: this run's own checkpoints may be
+      resumed (they load with ``weights_only=True`` anyway);
+    * :class:`~fmkt_mm.hooks.SafeCheckpointHook`: checkpoints hold only
+      tensors and plain data;
+    * :class:`~fmkt_mm.hooks.RandomStateHook`: a resumed run repeats the
+      uninterrupted one;
+    * checkpoints are written atomically (the ``atomic_local`` file backend)
+      when they go to a local directory and no other backend is configured.
+    """
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
     trust_directory(cfg.work_dir)  # this run's own checkpoints may be resumed
     hooks = list(cfg.get('custom_hooks', []))
-    if not any(h.get('type') in ('SafeCheckpointHook', 'fmkt_mm.SafeCheckpointHook') for h in hooks):
-        hooks.append(dict(type='fmkt_mm.SafeCheckpointHook'))
+    for name in ('SafeCheckpointHook', 'RandomStateHook'):
+        if not any(h.get('type') in (name, 'fmkt_mm.' + name) for h in hooks):
+            hooks.append(dict(type='fmkt_mm.' + name))
     cfg.custom_hooks = hooks
+    use_atomic_checkpoints(cfg)
     return cfg.work_dir
+
+
+def use_atomic_checkpoints(cfg: Config) -> Config:
+    """Route the CheckpointHook's writes through the ``atomic_local`` file
+    backend (temporary file + rename), unless the config disables the hook,
+    saves elsewhere than a local path, or chose a backend itself."""
+    default_hooks = cfg.get('default_hooks')
+    if default_hooks is None:
+        cfg.default_hooks = default_hooks = dict()
+    checkpoint = default_hooks.get('checkpoint', dict(type='CheckpointHook', interval=1))
+    if checkpoint is None or checkpoint.get('type') not in ('CheckpointHook', 'mmengine.CheckpointHook'):
+        return cfg
+    if checkpoint.get('backend_args') is not None or checkpoint.get('file_client_args') is not None:
+        return cfg
+    out_dir = checkpoint.get('out_dir')
+    if out_dir is not None and '://' in str(out_dir):
+        return cfg
+    checkpoint = dict(checkpoint)
+    checkpoint['backend_args'] = dict(backend='atomic_local')
+    default_hooks['checkpoint'] = checkpoint
+    return cfg

@@ -11,17 +11,25 @@ Policy:
   ``weights_only`` cannot read);
 * anything else is refused with an :class:`UnsafeCheckpointError` that says
   why and how to opt in.
+
+Writing: :func:`atomic_write` and the ``'atomic_local'`` file backend write
+into a temporary file beside the target and rename it over the target, so a
+process killed while saving leaves either the old file or the new one, never
+a truncated one.
 """
 import os
 import os.path as osp
 import pickle
+import tempfile
 import warnings
-from typing import Dict, Iterable, List, Optional, Set
+from typing import BinaryIO, Callable, Dict, Iterable, List, Optional, Set, Union
 
 import torch
+from mmengine.fileio import LocalBackend, register_backend
 from torch import nn
 
 _TRUSTED_DIRS: Set[str] = set()
+_TRUSTED_FILES: Set[str] = set()
 
 
 class UnsafeCheckpointError(RuntimeError):
@@ -37,9 +45,16 @@ def trust_directory(path: str) -> None:
     _TRUSTED_DIRS.add(osp.realpath(path))
 
 
+def trust_file(path: str) -> None:
+    """Allow full unpickling of the single file ``path``: the explicit opt-in
+    for a checkpoint given by the user (``tools/train.py --resume PATH
+    --allow-unsafe-pickle``)."""
+    _TRUSTED_FILES.add(osp.realpath(path))
+
+
 def is_trusted(path: str) -> bool:
     real = osp.realpath(path)
-    return any(real == d or real.startswith(d + os.sep) for d in _TRUSTED_DIRS)
+    return real in _TRUSTED_FILES or any(real == d or real.startswith(d + os.sep) for d in _TRUSTED_DIRS)
 
 
 def safe_torch_load(path: str, map_location='cpu', allow_unsafe_pickle: bool = False,
@@ -122,6 +137,63 @@ def load_weights(model: nn.Module, path: str, strict: bool = True, allow_unsafe_
         warnings.warn(f'{what} {path!r} loaded partially ({len(fitting)}/{len(own)} tensors):\n  ' +
                       '\n  '.join(problems))
     return problems
+
+
+def atomic_write(path: str, data: Union[bytes, Callable[[BinaryIO], None]]) -> None:
+    """Write ``data`` (bytes, or a function that writes into a binary file)
+    to ``path`` atomically: into a temporary file in the same directory,
+    flushed to disk, then renamed over ``path``. If anything fails on the way
+    (or the process dies), ``path`` keeps its previous content, or stays
+    absent; the temporary file is removed on errors (a killed process leaves
+    a hidden ``.NAME.*.tmp`` that nothing reads)."""
+    path = osp.abspath(osp.expanduser(str(path)))
+    directory = osp.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp', dir=directory)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+@register_backend('atomic_local', force=True)
+class AtomicLocalBackend(LocalBackend):
+    """MMEngine's local file backend with atomic ``put`` / ``put_text``.
+
+    Checkpoints are written with it when the checkpoint hook says
+    ``backend_args=dict(backend='atomic_local')``, which the tools set for
+    local work directories (:func:`fmkt_mm.apis.prepare_work_dir`).
+    """
+
+    def put(self, obj: bytes, filepath) -> None:
+        atomic_write(str(filepath), obj)
+
+    def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
+        atomic_write(str(filepath), obj.encode(encoding))
 
 
 def _load_local(filename, map_location=None):

@@ -1,34 +1,24 @@
 """Writing the student of a distillation checkpoint as a plain model checkpoint."""
-import os
 import os.path as osp
-import tempfile
 import warnings
-from typing import Dict
+from typing import Dict, Optional
 
-import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 from .apis import apply_distiller
-from .checkpoint import extract_state_dict, safe_torch_load
+from .checkpoint import atomic_torch_save, extract_state_dict, safe_torch_load
 from .distill.base import STUDENT_PREFIX
 from .distill.teacher import build_model
 
+__all__ = ['atomic_torch_save', 'deploy_mode_of', 'export_student', 'export_student_from_cfg',
+           'FLOW_NOT_EXPORTED']
 
-def atomic_torch_save(obj, path: str) -> None:
-    """``torch.save`` into a temporary file beside ``path``, then rename: a
-    crash never leaves a truncated file at ``path``."""
-    directory = osp.dirname(osp.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp', dir=directory)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+FLOW_NOT_EXPORTED = (
+    'the flow (meta-encoder and its sampling loop) is part of this model\'s prediction and has no '
+    'counterpart in a plain model: the exported student predicts from its raw features, not from '
+    'the flow\'s ensemble. Use a zero-cost variant (fmkt_theta, ofmkt, or deploy_mode=\'student\') '
+    'to export a student that predicts exactly as the distiller does.')
 
 
 def deploy_mode_of(model_cfg: dict) -> str:
@@ -51,9 +41,21 @@ def export_student(config: str, checkpoint: str, out: str) -> Dict[str, object]:
     exported).
     """
     cfg = apply_distiller(Config.fromfile(config))
+    summary = export_student_from_cfg(cfg, checkpoint, out, config_path=config)
+    if summary['not_exported']:
+        warnings.warn(summary['not_exported'])
+    return summary
+
+
+def export_student_from_cfg(cfg: Config, checkpoint: str, out: str,
+                            config_path: Optional[str] = None) -> Dict[str, object]:
+    """:func:`export_student` for a loaded config whose ``model`` is the
+    distiller (as a Runner holds it); does not warn, the summary's
+    ``not_exported`` says what a plain student cannot reproduce."""
     model_cfg = dict(cfg.model)
     if 'student' not in model_cfg:
-        raise ValueError(f'{config} has no distiller block: there is no student to export')
+        raise ValueError(f'{config_path or "the config"} has no distiller block: there is no '
+                         f'student to export')
     state = extract_state_dict(safe_torch_load(checkpoint, what='distillation checkpoint'))
     student_state = {k[len(STUDENT_PREFIX):]: v for k, v in state.items() if k.startswith(STUDENT_PREFIX)}
     if not student_state:
@@ -67,15 +69,9 @@ def export_student(config: str, checkpoint: str, out: str) -> Dict[str, object]:
     plain.load_state_dict(student_state, strict=True)  # fails loudly on any mismatch
 
     mode = deploy_mode_of(model_cfg)
-    not_exported = None
-    if mode == 'flow':
-        not_exported = ('the flow (meta-encoder and its sampling loop) is part of this model\'s '
-                        'prediction and has no counterpart in a plain model: the exported student '
-                        'predicts from its raw features, not from the flow\'s ensemble. Use a '
-                        'zero-cost variant (fmkt_theta, ofmkt, or deploy_mode=\'student\') to export '
-                        'a student that predicts exactly as the distiller does.')
-        warnings.warn(not_exported)
-    meta = dict(source_checkpoint=osp.abspath(checkpoint), config=osp.abspath(config),
-                deploy_mode=mode)
+    not_exported = FLOW_NOT_EXPORTED if mode == 'flow' else None
+    meta = dict(source_checkpoint=osp.abspath(checkpoint), deploy_mode=mode)
+    if config_path is not None:
+        meta['config'] = osp.abspath(config_path)
     atomic_torch_save(dict(state_dict=plain.state_dict(), meta=meta), out)
     return dict(num_tensors=len(student_state), deploy_mode=mode, not_exported=not_exported, out=out)

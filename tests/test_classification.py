@@ -4,36 +4,22 @@ import os
 import os.path as osp
 import subprocess
 import sys
-import uuid
 
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
-from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 
 import fmkt_mm  # noqa: F401
-from fmkt_mm.apis import apply_distiller, clean_up_on_failure, prepare_work_dir
+from fmkt_mm.apis import clean_up_on_failure
 from fmkt_mm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
-from fmkt_mm.distill.teacher import build_model
 from fmkt_mm.export import export_student
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIGS = osp.join(ROOT, 'configs', 'fashion_mnist')
+from tiny_runs import CLS_CONFIGS as CONFIGS
+from tiny_runs import ROOT, VARIANT_CONFIGS, plain_model, tiny_cfg
+
 PYTHON = sys.executable
-VARIANT_CONFIGS = dict(fmkt='fmkt_resnet18_w16_to_resnet18_w4.py',
-                       fmkt_theta='fmkt_theta_resnet18_w16_to_resnet18_w4.py',
-                       ofmkt='ofmkt_resnet18_w4.py')
-
-
-def plain_model(config_name, **head):
-    cfg = Config.fromfile(osp.join(CONFIGS, config_name))
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.head.update(head)
-    model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
-    with DefaultScope.overwrite_default_scope('mmpretrain'):
-        return build_model(model_cfg, 'mmpretrain')
 
 
 @pytest.fixture(scope='module')
@@ -42,26 +28,6 @@ def teacher_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp('teacher') / 'teacher.pth'
     torch.save(plain_model('teacher_resnet18_w16.py').state_dict(), path)
     return str(path)
-
-
-def tiny_cfg(variant, work_dir, teacher_checkpoint, max_epochs=1):
-    cfg = Config.fromfile(osp.join(CONFIGS, VARIANT_CONFIGS[variant]))
-    cfg.train_dataloader.batch_size = 4
-    cfg.train_dataloader.dataset.num_samples = 8  # 2 iterations per epoch
-    for loader in ('val_dataloader', 'test_dataloader'):
-        cfg[loader].batch_size = 8
-        cfg[loader].dataset.num_samples = 16
-    cfg.train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=100)
-    cfg.param_scheduler = []
-    cfg.default_hooks.logger.interval = 1
-    cfg.randomness = dict(seed=0, deterministic=True)
-    if cfg.distiller.get('teacher') is not None:
-        cfg.distiller.teacher.checkpoint = teacher_checkpoint
-    # runners built within the same second would share MMEngine's visualizer
-    cfg.experiment_name = f'{variant}-{uuid.uuid4().hex[:8]}'
-    apply_distiller(cfg)
-    prepare_work_dir(cfg, 'tiny', str(work_dir))
-    return cfg
 
 
 class RecordStart(Hook):

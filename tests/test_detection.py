@@ -8,7 +8,6 @@ import glob
 import os.path as osp
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -17,20 +16,18 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 
 import fmkt_mm  # noqa: F401  (registers the distiller)
-from fmkt_mm.apis import apply_distiller, prepare_work_dir
+from fmkt_mm.apis import apply_distiller
 from fmkt_mm.datasets import make_detection_set
 from fmkt_mm.datasets.idx import fashion_mnist_paths, fashion_mnist_root
 from fmkt_mm.distill import DetectionDistiller
 from fmkt_mm.export import export_student
 
 mmdet = pytest.importorskip('mmdet')
-from mmdet.structures import DetDataSample  # noqa: E402
 from mmdet.utils import register_all_modules  # noqa: E402
-from mmengine.structures import InstanceData  # noqa: E402
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIGS = osp.join(ROOT, 'configs', 'fashion_det')
-SIZE = 64
+from tiny_runs import DET_CONFIGS as CONFIGS  # noqa: E402
+from tiny_runs import ROOT, SIZE, faster_rcnn, retinanet, runner_config  # noqa: E402
+from tiny_runs import det_batch as batch  # noqa: E402
 
 needs_data = pytest.mark.skipif(
     not all(osp.isfile(p) for split in ('train', 'test') for p in fashion_mnist_paths(split)),
@@ -61,28 +58,6 @@ def mmdet_scope():
 # -- tiny models ---------------------------------------------------------------------
 
 
-def retinanet(width: int, fpn: int) -> dict:
-    """The demo's RetinaNet with a ResNet-18 of base width ``width`` and an
-    FPN of ``fpn`` channels; scores every box so COCO eval has detections."""
-    model = copy.deepcopy(Config.fromfile(osp.join(CONFIGS, 'retinanet_r18_teacher.py')).model)
-    model.backbone.update(base_channels=width, stem_channels=width)
-    model.neck.update(in_channels=[2 * width, 4 * width, 8 * width], out_channels=fpn)
-    model.bbox_head.update(in_channels=fpn, feat_channels=fpn)
-    model.test_cfg.update(score_thr=0.0, max_per_img=20)
-    return model
-
-
-def faster_rcnn(width: int, fpn: int) -> dict:
-    model = copy.deepcopy(Config.fromfile(osp.join(CONFIGS, 'faster-rcnn_r18_teacher.py')).model)
-    model.backbone.update(base_channels=width, stem_channels=width)
-    model.neck.update(in_channels=[width, 2 * width, 4 * width, 8 * width], out_channels=fpn)
-    model.rpn_head.update(in_channels=fpn, feat_channels=fpn)
-    model.roi_head.bbox_roi_extractor.update(out_channels=fpn)
-    model.roi_head.bbox_head.update(in_channels=fpn, fc_out_channels=32)
-    model.test_cfg.rcnn.update(score_thr=0.0)
-    return model
-
-
 @pytest.fixture(scope='module')
 def teachers(tmp_path_factory):
     """Teacher model configs and plain state_dict checkpoints."""
@@ -104,20 +79,6 @@ def distiller(student: dict, teacher, **kwargs) -> DetectionDistiller:
     kwargs.setdefault('dummy_input_shape', (3, SIZE, SIZE))
     torch.manual_seed(0)
     return DetectionDistiller(student=student, teacher=dict(config=model, checkpoint=path), **kwargs)
-
-
-def batch(model, n: int = 2, seed: int = 0, train: bool = True):
-    """A preprocessed batch of random images with one box each."""
-    gen = torch.Generator().manual_seed(seed)
-    images = [(torch.rand(3, SIZE, SIZE, generator=gen) * 255).byte() for _ in range(n)]
-    samples = []
-    for i in range(n):
-        sample = DetDataSample(metainfo=dict(img_shape=(SIZE, SIZE), ori_shape=(SIZE, SIZE),
-                                             scale_factor=(1.0, 1.0), img_id=i))
-        sample.gt_instances = InstanceData(bboxes=torch.tensor([[8.0, 10.0, 40.0, 50.0]]),
-                                           labels=torch.tensor([i % 10]))
-        samples.append(sample)
-    return model.data_preprocessor(dict(inputs=images, data_samples=samples), train)
 
 
 def head_inputs(model):
@@ -277,35 +238,6 @@ def coco_set(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('fashion_det'))
     make_detection_set(root, num_train=4, num_val=2, image_size=SIZE, object_size=(16, 32))
     return root
-
-
-def runner_config(config: str, work_dir: str, data_root: str, student: dict, teacher,
-                  max_iters: int = 2, **distiller_args) -> Config:
-    """A fashion_det config shrunk to tiny models, 64 px and ``max_iters``."""
-    cfg = Config.fromfile(osp.join(CONFIGS, config))
-    cfg.model = student
-    if 'distiller' in cfg:
-        model, path = teacher
-        cfg.distiller.teacher = dict(config=model, checkpoint=path)
-        cfg.distiller.update(dummy_input_shape=(3, SIZE, SIZE), **distiller_args)
-    root = data_root.rstrip('/') + '/'
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].batch_size = 2
-        cfg[loader].dataset.data_root = root
-        for step in cfg[loader].dataset.pipeline:
-            if step.type == 'Resize':
-                step.scale = (SIZE, SIZE)
-    for evaluator in ('val_evaluator', 'test_evaluator'):
-        cfg[evaluator].ann_file = root + 'annotations/instances_val.json'
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=100)
-    cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.5, by_epoch=False, begin=0, end=2)]
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=1, by_epoch=False)
-    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
-    cfg.log_processor = dict(by_epoch=False)
-    cfg.experiment_name = f'{osp.basename(work_dir)}_{time.time_ns()}'
-    apply_distiller(cfg)
-    prepare_work_dir(cfg, config, work_dir)  # as tools/train.py does
-    return cfg
 
 
 def teacher_head_calls(runner):

@@ -1,15 +1,18 @@
 """Evaluate a checkpoint with MMEngine's Runner (top-1, COCO mAP, ...).
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...]
+                         [--launcher none|pytorch|slurm] [--allow-unsafe-pickle]
 """
 import argparse
 import os
 import os.path as osp
 
 from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from fmkt_mm.apis import apply_distiller, clean_up_on_failure, prepare_work_dir
+from fmkt_mm.checkpoint import trust_file
 from fmkt_mm.dist import setup_launcher
 
 
@@ -20,6 +23,11 @@ def parse_args():
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, key=value')
+    parser.add_argument('--allow-unsafe-pickle', action='store_true',
+                        help='let the checkpoint given here (or as load_from) be read with full '
+                             'unpickling, which can execute code: only for files you trust. '
+                             'Without it such files are refused; checkpoints written by these '
+                             'tools never need it')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
@@ -38,8 +46,10 @@ def main():
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint!r}')
     cfg.load_from = args.checkpoint
+    if args.allow_unsafe_pickle and cfg.get('load_from'):
+        trust_file(cfg.load_from)
     with clean_up_on_failure(work_dir):
-        runner = Runner.from_cfg(cfg)
+        runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     runner.test()
 
 

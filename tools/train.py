@@ -1,15 +1,17 @@
 """Train a model (a distiller or a stock OpenMMLab model) with MMEngine's Runner.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--allow-unsafe-pickle]
                           [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
 """
 import argparse
 import os
 
 from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from fmkt_mm.apis import apply_distiller, clean_up_on_failure, prepare_work_dir
+from fmkt_mm.checkpoint import trust_file
 from fmkt_mm.dist import setup_launcher
 from fmkt_mm.optim import enable_amp
 
@@ -25,6 +27,11 @@ def parse_args():
                         help='mixed precision: fp16 on GPU, bf16 on CPU')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, key=value')
+    parser.add_argument('--allow-unsafe-pickle', action='store_true',
+                        help='let the checkpoint given here (or as load_from) be read with full '
+                             'unpickling, which can execute code: only for files you trust. '
+                             'Without it such files are refused; checkpoints written by these '
+                             'tools never need it')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
@@ -46,8 +53,10 @@ def main():
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
+    if args.allow_unsafe_pickle and cfg.get('load_from'):
+        trust_file(cfg.load_from)
     with clean_up_on_failure(work_dir):
-        runner = Runner.from_cfg(cfg)
+        runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     runner.train()
 
 

@@ -1,9 +1,14 @@
-"""What every distiller shares: student, frozen teacher, taps, checkpoints."""
+"""What every distiller shares: student, frozen teacher, taps, checkpoints,
+switching distillation off, and the check for non-finite losses."""
+import functools
+import logging
+import math
 import re
 from typing import Dict, Optional, Sequence
 
 import torch
-from mmengine.logging import print_log
+import torch.distributed as torch_dist
+from mmengine.logging import MessageHub, print_log
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
@@ -14,6 +19,10 @@ from .teacher import build_teacher
 STUDENT_PREFIX = 'student.'
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A training loss is NaN or infinite; raised before the optimizer step."""
+
+
 class BaseDistiller(BaseModel):
     """Wraps a student (any OpenMMLab model config) and a frozen teacher.
 
@@ -21,6 +30,20 @@ class BaseDistiller(BaseModel):
     same preprocessed batch. The teacher stays in eval mode for the whole run
     (its BatchNorm statistics never move), has no gradients, is skipped by
     ``init_weights``, and runs only until its tapped modules have fired.
+
+    Switching distillation off (:class:`~fmkt_mm.hooks.StopDistillationHook`
+    sets :attr:`distillation_enabled` to False): every subclass's ``loss`` is
+    wrapped so that it then returns :meth:`task_losses` instead, the student's
+    task loss alone, without running the teacher. Trainable parameters that
+    the task loss does not reach (flows, adapters) are kept in the graph with
+    a zero-weighted term, so DDP with ``find_unused_parameters=False`` keeps
+    working and their gradients are exactly zero.
+
+    Non-finite losses: :meth:`parse_losses` (called by ``train_step``, also
+    under DDP) raises :class:`NonFiniteLossError` naming the loss terms and
+    the iteration before the optimizer step, so the weights are never updated
+    from a NaN/inf loss. Under DDP the check is agreed over all ranks so that
+    every process stops.
 
     Args:
         student: model config of the student (e.g. the ``model`` of a stock
@@ -50,6 +73,67 @@ class BaseDistiller(BaseModel):
                 raise ValueError(f'teacher must be dict(config=..., checkpoint=..., strict=True, '
                                  f'allow_unsafe_pickle=False); got keys {sorted(teacher)}')
             self.teacher = build_teacher(data_preprocessor=data_preprocessor, **teacher)
+        #: False once distillation is switched off: ``loss`` returns the task loss alone
+        self.distillation_enabled = True
+        #: stop with :class:`NonFiniteLossError` on a NaN/inf loss (before the update)
+        self.check_finite_losses = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        distill_loss = cls.__dict__.get('loss')
+        if distill_loss is None or getattr(distill_loss, '_switchable', False):
+            return
+
+        @functools.wraps(distill_loss)
+        def loss(self, inputs, data_samples, *args, **kwargs):
+            if getattr(self, 'distillation_enabled', True):
+                return distill_loss(self, inputs, data_samples, *args, **kwargs)
+            return self.keep_in_graph(self.task_losses(inputs, data_samples))
+
+        loss._switchable = True
+        cls.loss = loss
+
+    # -- distillation switched off -------------------------------------------------
+    def task_losses(self, inputs, data_samples) -> Dict[str, torch.Tensor]:
+        """The losses once distillation is switched off: the student's own
+        task losses under their usual names, the teacher not run. Subclasses
+        whose prediction runs through distillation modules (a flow that
+        feeds the head) override this to train the deployed model.
+        mmpretrain's single ``loss`` term is named ``loss_cls``, as in the
+        distillers' own losses."""
+        losses = dict(self.student.loss(inputs, data_samples))
+        if 'loss' in losses and 'loss_cls' not in losses:
+            losses['loss_cls'] = losses.pop('loss')
+        return losses
+
+    def keep_in_graph(self, losses: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Add ``0 * sum(p)`` of every trainable parameter outside the
+        student to the first loss term: those parameters then get a zero
+        gradient instead of none, which DDP without
+        ``find_unused_parameters`` requires. Loss names are unchanged."""
+        extra = [p for name, p in self.named_parameters()
+                 if p.requires_grad and not name.startswith(STUDENT_PREFIX)]
+        if not extra:
+            return losses
+        zero = sum(p.sum() for p in extra) * 0.0
+        for key, value in losses.items():
+            if 'loss' not in key:
+                continue
+            if isinstance(value, torch.Tensor):
+                losses[key] = value + zero.to(value.dtype)
+                return losses
+            if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+                losses[key] = [value[0] + zero.to(value[0].dtype)] + list(value[1:])
+                return losses
+        losses['loss_unused_params'] = zero
+        return losses
+
+    # -- non-finite losses ---------------------------------------------------------------
+    def parse_losses(self, losses: Dict[str, torch.Tensor]):
+        loss, log_vars = super().parse_losses(losses)
+        if self.check_finite_losses:
+            check_finite(log_vars)
+        return loss, log_vars
 
     # -- the frozen teacher ------------------------------------------------------
     def train(self, mode: bool = True):
@@ -98,11 +182,48 @@ class BaseDistiller(BaseModel):
                 if bare in student_keys:
                     state_dict[prefix + STUDENT_PREFIX + bare] = state_dict.pop(key)
                     mapped += 1
+            complete = mapped == len(student_keys) and mapped == len(own)
             print_log(f'loaded a plain student checkpoint: mapped {mapped}/{len(student_keys)} '
                       f'student tensors ({len(own) - mapped} keys did not match the student)',
-                      logger='current')
+                      logger='current', level=logging.INFO if complete else logging.WARNING)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+
+def check_finite(log_vars: Dict[str, torch.Tensor]) -> None:
+    """Raise :class:`NonFiniteLossError` if any value in ``log_vars`` (the
+    total ``loss`` and every term) is NaN or infinite, on any rank."""
+    names = [k for k, v in log_vars.items() if isinstance(v, torch.Tensor)]
+    if not names:
+        return
+    values = [log_vars[k].detach() for k in names]
+    bad = torch.stack([~torch.isfinite(v).all() for v in values]).to(torch.float32)
+    where = ''
+    if torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1:
+        device = values[0].device
+        if torch_dist.get_backend() == 'nccl' and device.type != 'cuda':
+            device = torch.device('cuda', torch.cuda.current_device())
+        bad = bad.to(device)
+        torch_dist.all_reduce(bad)  # every rank learns that one of them failed, and stops
+        bad = bad.cpu()
+        where = f'on {int(bad.max().item())} of {torch_dist.get_world_size()} ranks; '
+    if not bool((bad > 0).any()):
+        return
+    iteration = MessageHub.get_current_instance().get_info('iter')
+    at = 'at an unknown iteration' if iteration is None else \
+        f'at iteration {int(iteration) + 1} (runner.iter = {int(iteration)})'
+    terms = [k for k, b in zip(names, bad.tolist()) if b > 0 and k != 'loss'] or ['loss']
+    own = ', '.join(f'{k} = {_fmt_value(log_vars[k])}' for k in names if k != 'loss')
+    raise NonFiniteLossError(
+        f'non-finite training loss {at}: {", ".join(terms)} ({where}this process: {own}). '
+        f'Training stopped before the optimizer step, so the weights are those of the previous '
+        f'iteration and the last checkpoint is intact. Lower the learning rate, clip gradients '
+        f'(optim_wrapper.clip_grad), lower the weight of the named term, or check the data.')
+
+
+def _fmt_value(value: torch.Tensor) -> str:
+    v = float(value.detach().float().mean())
+    return str(v) if not math.isfinite(v) else f'{v:.4g}'
 
 
 def hard_labels(data_samples) -> Optional[torch.Tensor]:

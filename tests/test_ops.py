@@ -1,0 +1,371 @@
+"""Running distillation like a real job: several processes, mixed precision,
+the operations hooks, resuming after a kill, atomic checkpoints and the stop
+on a non-finite loss."""
+import copy
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.hooks import Hook
+from mmengine.registry import DefaultScope
+from mmengine.runner import Runner
+
+import fmkt_mm  # noqa: F401
+from fmkt_mm.checkpoint import AtomicLocalBackend, atomic_write
+from fmkt_mm.datasets import make_detection_set
+from fmkt_mm.distill.base import NonFiniteLossError
+from fmkt_mm.hooks import (ExportStudentHook, LossWeightScheduleHook, StopDistillationHook,
+                           TeacherEvalHook)
+from fmkt_mm.hooks.ops import schedule_factor
+from fmkt_mm.optim import enable_amp
+
+from tiny_runs import ROOT, SIZE, plain_model, retinanet, runner_config, tiny_cfg
+
+PYTHON = sys.executable
+TESTS = osp.dirname(osp.abspath(__file__))
+ENV = dict(os.environ, PYTHON=PYTHON, OMP_NUM_THREADS='1',
+           PYTHONPATH=os.pathsep.join([TESTS, ROOT, os.environ.get('PYTHONPATH', '')]))
+
+
+@pytest.fixture(scope='module')
+def teacher_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('teacher') / 'teacher.pth'
+    torch.save(plain_model('teacher_resnet18_w16.py').state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def det_teacher(tmp_path_factory):
+    from mmdet.utils import register_all_modules
+    from mmengine.registry import MODELS
+    register_all_modules(init_default_scope=False)
+    model = retinanet(16, 32)
+    path = str(tmp_path_factory.mktemp('det_teacher') / 'retinanet.pth')
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        torch.save(MODELS.build(model).state_dict(), path)
+    return model, path
+
+
+@pytest.fixture(scope='module')
+def coco_set(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('fashion_det'))
+    make_detection_set(root, num_train=4, num_val=2, image_size=SIZE, object_size=(16, 32))
+    return root
+
+
+class Recorder(Hook):
+    """Loss names of every iteration, calls of the teacher, and a copy of
+    the trainable parameters before each iteration."""
+
+    priority = 'LOWEST'
+
+    def __init__(self, model=None):
+        self.loss_names, self.teacher_calls, self.before_iter = [], [], None
+        if model is not None and model.teacher is not None:
+            model.teacher.backbone.register_forward_hook(lambda *args: self.teacher_calls.append(1))
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        self.before_iter = {n: p.detach().clone() for n, p in runner.model.named_parameters()}
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self.loss_names.append(sorted(k for k in outputs if k.startswith('loss')))
+
+
+def trainable(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+# -- several processes -------------------------------------------------------------------
+
+
+def run_dist(cfg, work_dir, procs=2):
+    """Dump ``cfg`` (with the rank-state hook) and train it with
+    ``tools/dist_train.sh`` in ``procs`` processes."""
+    cfg.custom_imports = dict(imports=['fmkt_mm', 'tiny_runs'], allow_failed_imports=False)
+    cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='SaveRankStateHook', out_dir=work_dir)]
+    path = osp.join(work_dir, 'config.py')
+    os.makedirs(work_dir, exist_ok=True)
+    cfg.dump(path)
+    result = subprocess.run(['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), path, str(procs),
+                             '--work-dir', work_dir],
+                            capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return path
+
+
+def rank_states(work_dir, procs=2):
+    states = [torch.load(osp.join(work_dir, f'rank{r}.pth'), weights_only=True) for r in range(procs)]
+    for state in states:
+        assert state['world_size'] == procs
+        assert state['wrapper'] == 'MMDistributedDataParallel'
+        assert state['find_unused_parameters'] is False
+    for name, value in states[0]['params'].items():
+        for other in states[1:]:
+            assert torch.equal(value, other['params'][name]), name
+    return states
+
+
+def test_two_processes_classification_with_stop_then_test(teacher_checkpoint, tmp_path):
+    """2 gloo processes through tools/dist_train.sh: FM-KT^Theta distils one
+    iteration, then trains on its task loss alone (the flow and the Theta
+    loss's modules then get zero gradients: still no unused-parameter error);
+    the weights agree on both ranks; tools/dist_test.sh with 2 processes
+    gives the single-process top-1."""
+    work_dir = str(tmp_path / 'cls')
+    cfg = tiny_cfg('fmkt_theta', work_dir, teacher_checkpoint, max_iters=3)
+    cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='fmkt_mm.StopDistillationHook', stop_iter=1)]
+    config = run_dist(cfg, work_dir)
+    states = rank_states(work_dir)
+    names = states[0]['loss_names']
+    assert len(names) == 3 and 'loss_flow' in names[0] and names[2] == ['loss', 'loss_cls']
+
+    checkpoint = osp.join(work_dir, 'iter_3.pth')
+    single = subprocess.run([PYTHON, osp.join(ROOT, 'tools', 'test.py'), config, checkpoint,
+                             '--work-dir', str(tmp_path / 'test1')],
+                            capture_output=True, text=True, env=ENV, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    multi = subprocess.run(['bash', osp.join(ROOT, 'tools', 'dist_test.sh'), config, checkpoint, '2',
+                            '--work-dir', str(tmp_path / 'test2')],
+                           capture_output=True, text=True, env=ENV, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+
+    def top1(out):
+        line = [x for x in (out.stdout + out.stderr).splitlines() if 'accuracy/top1' in x][-1]
+        return float(line.split('accuracy/top1:')[1].split()[0])
+
+    assert top1(single) == pytest.approx(top1(multi), abs=1e-6)
+
+
+def test_two_processes_detection_deploy_flow(coco_set, det_teacher, tmp_path):
+    """2 gloo processes, a RetinaNet with the flows feeding its head."""
+    work_dir = str(tmp_path / 'det')
+    cfg = runner_config('fmkt_retinanet_r18_to_r18w16_deploy-flow.py', work_dir, coco_set,
+                        retinanet(8, 32), det_teacher, max_iters=2)
+    cfg.train_dataloader.batch_size = 1
+    run_dist(cfg, work_dir)
+    states = rank_states(work_dir)
+    assert any(k.startswith('flows.') for k in states[0]['params'])
+    assert 'loss_flow_l0' in states[0]['loss_names'][0]
+
+
+# -- mixed precision ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('variant', ['fmkt_theta', 'ofmkt'])
+def test_bf16_autocast_every_classification_variant(variant, teacher_checkpoint, tmp_path):
+    cfg = enable_amp(tiny_cfg(variant, tmp_path, teacher_checkpoint))
+    runner = Runner.from_cfg(cfg)
+    dtypes = []
+    runner.model.student.backbone.register_forward_hook(lambda m, i, o: dtypes.append(o[-1].dtype))
+    runner.train()
+    assert torch.bfloat16 in dtypes  # the student really ran in bf16
+    for key in ('loss', 'loss_flow', 'loss_theta', 'loss_cls'):
+        assert torch.isfinite(torch.tensor(runner.message_hub.get_scalar(f'train/{key}').current()))
+    assert all(p.dtype == torch.float32 for p in runner.model.parameters())
+
+
+@pytest.mark.parametrize('deploy', ['flow', 'student'])
+def test_bf16_autocast_detection(deploy, coco_set, det_teacher, tmp_path):
+    cfg = runner_config(f'fmkt_retinanet_r18_to_r18w16_deploy-{deploy}.py', str(tmp_path), coco_set,
+                        retinanet(8, 32), det_teacher)
+    runner = Runner.from_cfg(enable_amp(cfg))
+    runner.train()
+    for key in ('loss', 'loss_cls', 'loss_flow_l0'):
+        assert torch.isfinite(torch.tensor(runner.message_hub.get_scalar(f'train/{key}').current()))
+    assert all(p.dtype == torch.float32 for p in runner.model.parameters())
+
+
+# -- resume after a kill ---------------------------------------------------------------------
+
+
+class KillAt(Hook):
+    """Dies like a killed process before iteration ``at + 1``."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.iter == self.at:
+            raise KeyboardInterrupt('killed')
+
+
+def test_kill_and_resume_repeats_the_uninterrupted_run(teacher_checkpoint, tmp_path):
+    """FM-KT with random step counts and pair decoupling (torch draws
+    each iteration) and a shuffled sampler: killed after 3 of 5 iterations
+    and resumed, the run ends with the weights of the uninterrupted run,
+    bit for bit."""
+    def cfg_for(name):
+        cfg = tiny_cfg('fmkt', tmp_path / name, teacher_checkpoint, max_iters=5)
+        cfg.model.flow.num_steps_choices = (2, 4, 8)
+        cfg.model.flow.beta_d = 0.5  # pair decoupling permutes with torch's generator too
+        return cfg
+
+    whole = Runner.from_cfg(cfg_for('whole'))
+    whole.train()
+    expected = trainable(whole.model)
+
+    killed = Runner.from_cfg(cfg_for('killed'))
+    killed.register_hook(KillAt(3))
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()
+    assert osp.isfile(tmp_path / 'killed' / 'iter_3.pth')
+    cfg = cfg_for('killed')
+    cfg.resume = True
+    resumed = Runner.from_cfg(cfg)
+    resumed.train()
+    assert resumed.iter == 5
+    got = trainable(resumed.model)
+    assert all(torch.equal(expected[k], got[k]) for k in expected), \
+        [k for k in expected if not torch.equal(expected[k], got[k])][:5]
+
+
+# -- atomic checkpoints -----------------------------------------------------------------------
+
+
+def test_a_failure_while_saving_leaves_the_previous_checkpoint(tmp_path):
+    target = tmp_path / 'iter_1.pth'
+    atomic_write(str(target), b'the complete old checkpoint')
+
+    def dies_half_way(f):
+        f.write(b'half of the new')
+        raise KeyboardInterrupt('killed while saving')
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(str(target), dies_half_way)
+    assert target.read_bytes() == b'the complete old checkpoint'
+    assert os.listdir(tmp_path) == ['iter_1.pth']  # no temporary file left
+
+
+def test_the_runner_saves_through_the_atomic_backend(teacher_checkpoint, tmp_path):
+    runner = Runner.from_cfg(tiny_cfg('fmkt_theta', tmp_path, teacher_checkpoint, max_iters=1))
+    runner.train()
+    hook = next(h for h in runner.hooks if type(h).__name__ == 'CheckpointHook')
+    assert isinstance(hook.file_backend, AtomicLocalBackend)
+    torch.load(tmp_path / 'iter_1.pth', weights_only=True)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith('.tmp')]
+
+
+# -- non-finite losses ------------------------------------------------------------------------
+
+
+def test_a_nan_loss_stops_before_the_update_and_names_term_and_iteration(teacher_checkpoint, tmp_path):
+    cfg = tiny_cfg('fmkt_theta', tmp_path, teacher_checkpoint, max_iters=3)
+    cfg.custom_hooks = list(cfg.custom_hooks) + [dict(
+        type='fmkt_mm.LossWeightScheduleHook',
+        schedules=dict(flow_loss_weight=dict(type='step', milestones=[1], factors=[1.0, float('nan')])))]
+    runner = Runner.from_cfg(cfg)
+    recorder = Recorder()
+    runner.register_hook(recorder)
+    with pytest.raises(NonFiniteLossError, match=r'at iteration 2 .*loss_flow'):
+        runner.train()
+    after = dict(runner.model.named_parameters())
+    assert all(torch.equal(v, after[k]) for k, v in recorder.before_iter.items())  # no update
+    torch.load(tmp_path / 'iter_1.pth', weights_only=True)  # the last checkpoint is intact
+
+
+# -- hooks -----------------------------------------------------------------------------------
+
+
+def test_stop_distillation_hook_switches_to_the_task_loss(teacher_checkpoint, tmp_path):
+    cfg = tiny_cfg('fmkt_theta', tmp_path, teacher_checkpoint, max_iters=4)
+    runner = Runner.from_cfg(cfg)
+    runner.register_hook(StopDistillationHook(stop_iter=2))
+    recorder = Recorder(runner.model)
+    runner.register_hook(recorder)
+    runner.train()
+    assert all('loss_flow' in names and 'loss_theta' in names for names in recorder.loss_names[:2])
+    assert recorder.loss_names[2:] == [['loss', 'loss_cls']] * 2
+    assert len(recorder.teacher_calls) == 2  # the teacher no longer runs
+    with pytest.raises(ValueError, match='stop_iter or stop_epoch'):
+        StopDistillationHook()
+
+
+def test_fmkt_after_the_stop_keeps_training_its_flow_on_the_task(teacher_checkpoint, tmp_path):
+    """FM-KT predicts through the flow: after the stop, the task loss of the
+    flow's steps still trains it."""
+    runner = Runner.from_cfg(tiny_cfg('fmkt', tmp_path, teacher_checkpoint, max_iters=2))
+    runner.register_hook(StopDistillationHook(stop_iter=1))
+    recorder = Recorder(runner.model)
+    runner.register_hook(recorder)
+    runner.train()
+    assert recorder.loss_names[1] == ['loss', 'loss_cls'] and len(recorder.teacher_calls) == 1
+    flow_before = {k: v for k, v in recorder.before_iter.items() if k.startswith('flow.encoder')}
+    moved = [k for k, v in flow_before.items() if not torch.equal(v, dict(runner.model.named_parameters())[k])]
+    assert moved
+
+
+def test_loss_weight_schedule_follows_the_iteration(teacher_checkpoint, tmp_path):
+    cfg = tiny_cfg('fmkt_theta', tmp_path, teacher_checkpoint, max_iters=4)
+    runner = Runner.from_cfg(cfg)
+    base = runner.model.flow_loss_weight
+    runner.register_hook(LossWeightScheduleHook(dict(
+        flow_loss_weight=dict(type='linear', begin=0, end=4, start_factor=0.0, end_factor=1.0),
+        theta_loss_weight=dict(type='step', milestones=[2], factors=[1.0, 0.5]))))
+    seen = []
+
+    class Watch(Hook):
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            seen.append((runner.model.flow_loss_weight, runner.model.theta_loss_weight,
+                         float(outputs['loss_flow'])))
+
+    runner.register_hook(Watch(), 'LOWEST')
+    runner.train()
+    assert [s[0] for s in seen] == pytest.approx([0.0, 0.25 * base, 0.5 * base, 0.75 * base])
+    assert [s[1] for s in seen] == [1.0, 1.0, 0.5, 0.5]
+    assert seen[0][2] == 0.0 and seen[1][2] > 0.0  # the loss follows the weight
+    assert 'train/weight_factor/flow_loss_weight' in runner.message_hub.log_scalars
+    assert schedule_factor(dict(type='cosine', begin=0, end=10), 5) == pytest.approx(0.5)
+    bad = Runner.from_cfg(tiny_cfg('fmkt_theta', tmp_path / 'bad', teacher_checkpoint, max_iters=1))
+    bad.register_hook(LossWeightScheduleHook(dict(flow_weight=dict(type='constant', factor=1.0))))
+    with pytest.raises(AttributeError, match="no attribute 'flow_weight'.*flow_loss_weight"):
+        bad.train()
+
+
+def test_export_student_hook_writes_a_plain_student_beside_each_checkpoint(teacher_checkpoint, tmp_path):
+    cfg = tiny_cfg('fmkt_theta', tmp_path, teacher_checkpoint, max_iters=2)
+    cfg.default_hooks.checkpoint.max_keep_ckpts = 1
+    runner = Runner.from_cfg(cfg)
+    runner.register_hook(ExportStudentHook(), 'LOWEST')
+    runner.train()
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith('.pth')) == \
+        ['iter_2.pth', 'iter_2_student.pth']  # the export of iter_1 went with its checkpoint
+    exported = torch.load(tmp_path / 'iter_2_student.pth', weights_only=True)
+    plain = plain_model('student_resnet18_w4.py')
+    plain.load_state_dict(exported['state_dict'], strict=True)
+    for key, value in runner.model.student.state_dict().items():
+        assert torch.equal(plain.state_dict()[key], value), key
+
+
+def test_teacher_eval_hook_logs_the_teacher_and_stops_a_bad_one(teacher_checkpoint, tmp_path):
+    runner = Runner.from_cfg(tiny_cfg('fmkt_theta', tmp_path / 'ok', teacher_checkpoint, max_iters=1))
+    hook = TeacherEvalHook()
+    runner.register_hook(hook)
+    runner.train()
+    assert 0.0 <= hook.metrics['accuracy/top1'] <= 100.0
+    assert runner.message_hub.get_info('teacher/accuracy/top1') == hook.metrics['accuracy/top1']
+
+    runner = Runner.from_cfg(tiny_cfg('fmkt_theta', tmp_path / 'bad', teacher_checkpoint, max_iters=1))
+    runner.register_hook(TeacherEvalHook(min_metrics={'accuracy/top1': 101.0}))
+    recorder = Recorder()
+    runner.register_hook(recorder)
+    with pytest.raises(RuntimeError, match='teacher is below the configured minimum'):
+        runner.train()
+    assert recorder.loss_names == []  # stopped before the first iteration
+
+
+def test_load_from_logs_how_many_student_tensors_it_mapped(teacher_checkpoint, tmp_path, capsys):
+    student = plain_model('student_resnet18_w4.py')
+    torch.save({'state_dict': student.state_dict()}, tmp_path / 'plain.pth')
+    cfg = tiny_cfg('fmkt_theta', tmp_path / 'run', teacher_checkpoint)
+    cfg.load_from = str(tmp_path / 'plain.pth')
+    runner = Runner.from_cfg(cfg)
+    runner.load_or_resume()
+    n = len(student.state_dict())
+    log = open(runner.log_file).read() if hasattr(runner, 'log_file') else ''
+    log += capsys.readouterr().out
+    assert f'mapped {n}/{n} student tensors' in log

@@ -1,0 +1,174 @@
+"""Tiny models and shrunk configs for tests that run MMEngine's Runner
+(classification on Fashion-MNIST, detection on a composed COCO set)."""
+import copy
+import os.path as osp
+import time
+import uuid
+
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+
+from fmkt_mm.apis import apply_distiller, prepare_work_dir
+from fmkt_mm.distill.teacher import build_model
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CLS_CONFIGS = osp.join(ROOT, 'configs', 'fashion_mnist')
+DET_CONFIGS = osp.join(ROOT, 'configs', 'fashion_det')
+VARIANT_CONFIGS = dict(fmkt='fmkt_resnet18_w16_to_resnet18_w4.py',
+                       fmkt_theta='fmkt_theta_resnet18_w16_to_resnet18_w4.py',
+                       ofmkt='ofmkt_resnet18_w4.py')
+#: image size of the detection tests
+SIZE = 64
+
+
+# -- classification ------------------------------------------------------------------
+
+
+def plain_model(config_name, **head):
+    """The plain mmpretrain model of a Fashion-MNIST config (``head`` overrides)."""
+    cfg = Config.fromfile(osp.join(CLS_CONFIGS, config_name))
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.head.update(head)
+    model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        return build_model(model_cfg, 'mmpretrain')
+
+
+def tiny_cfg(variant, work_dir, teacher_checkpoint, max_epochs=1, max_iters=None):
+    """A Fashion-MNIST distillation config on 8 training images (2
+    iterations per epoch), ready for ``Runner.from_cfg``. ``max_iters``
+    switches to an iteration-based loop with a checkpoint every iteration."""
+    cfg = Config.fromfile(osp.join(CLS_CONFIGS, VARIANT_CONFIGS[variant]))
+    cfg.train_dataloader.batch_size = 4
+    cfg.train_dataloader.dataset.num_samples = 8  # 2 iterations per epoch
+    for loader in ('val_dataloader', 'test_dataloader'):
+        cfg[loader].batch_size = 8
+        cfg[loader].dataset.num_samples = 16
+    cfg.train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=100)
+    if max_iters is not None:
+        cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=1000)
+        cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=1, by_epoch=False)
+        cfg.log_processor = dict(by_epoch=False)
+    cfg.param_scheduler = []
+    cfg.default_hooks.logger.interval = 1
+    cfg.randomness = dict(seed=0, deterministic=True)
+    if cfg.distiller.get('teacher') is not None:
+        cfg.distiller.teacher.checkpoint = teacher_checkpoint
+    # runners built within the same second would share MMEngine's visualizer
+    cfg.experiment_name = f'{variant}-{uuid.uuid4().hex[:8]}'
+    apply_distiller(cfg)
+    prepare_work_dir(cfg, 'tiny', str(work_dir))
+    return cfg
+
+
+# -- detection -----------------------------------------------------------------------
+
+
+def retinanet(width: int, fpn: int) -> dict:
+    """The demo's RetinaNet with a ResNet-18 of base width ``width`` and an
+    FPN of ``fpn`` channels; scores every box so COCO eval has detections."""
+    model = copy.deepcopy(Config.fromfile(osp.join(DET_CONFIGS, 'retinanet_r18_teacher.py')).model)
+    model.backbone.update(base_channels=width, stem_channels=width)
+    model.neck.update(in_channels=[2 * width, 4 * width, 8 * width], out_channels=fpn)
+    model.bbox_head.update(in_channels=fpn, feat_channels=fpn)
+    model.test_cfg.update(score_thr=0.0, max_per_img=20)
+    return model
+
+
+def faster_rcnn(width: int, fpn: int) -> dict:
+    model = copy.deepcopy(Config.fromfile(osp.join(DET_CONFIGS, 'faster-rcnn_r18_teacher.py')).model)
+    model.backbone.update(base_channels=width, stem_channels=width)
+    model.neck.update(in_channels=[width, 2 * width, 4 * width, 8 * width], out_channels=fpn)
+    model.rpn_head.update(in_channels=fpn, feat_channels=fpn)
+    model.roi_head.bbox_roi_extractor.update(out_channels=fpn)
+    model.roi_head.bbox_head.update(in_channels=fpn, fc_out_channels=32)
+    model.test_cfg.rcnn.update(score_thr=0.0)
+    return model
+
+
+def runner_config(config: str, work_dir: str, data_root: str, student: dict, teacher,
+                  max_iters: int = 2, **distiller_args) -> Config:
+    """A fashion_det config shrunk to tiny models, 64 px and ``max_iters``."""
+    cfg = Config.fromfile(osp.join(DET_CONFIGS, config))
+    cfg.model = student
+    if 'distiller' in cfg:
+        model, path = teacher
+        cfg.distiller.teacher = dict(config=model, checkpoint=path)
+        cfg.distiller.update(dummy_input_shape=(3, SIZE, SIZE), **distiller_args)
+    root = data_root.rstrip('/') + '/'
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].batch_size = 2
+        cfg[loader].dataset.data_root = root
+        for step in cfg[loader].dataset.pipeline:
+            if step.type == 'Resize':
+                step.scale = (SIZE, SIZE)
+    for evaluator in ('val_evaluator', 'test_evaluator'):
+        cfg[evaluator].ann_file = root + 'annotations/instances_val.json'
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=100)
+    cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.5, by_epoch=False, begin=0, end=2)]
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=1, by_epoch=False)
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
+    cfg.log_processor = dict(by_epoch=False)
+    cfg.experiment_name = f'{osp.basename(work_dir)}_{time.time_ns()}'
+    apply_distiller(cfg)
+    prepare_work_dir(cfg, config, work_dir)  # as tools/train.py does
+    return cfg
+
+
+def det_batch(model, n: int = 2, seed: int = 0, train: bool = True):
+    """A preprocessed batch of random ``SIZE`` images with one box each."""
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    gen = torch.Generator().manual_seed(seed)
+    images = [(torch.rand(3, SIZE, SIZE, generator=gen) * 255).byte() for _ in range(n)]
+    samples = []
+    for i in range(n):
+        sample = DetDataSample(metainfo=dict(img_shape=(SIZE, SIZE), ori_shape=(SIZE, SIZE),
+                                             scale_factor=(1.0, 1.0), img_id=i))
+        sample.gt_instances = InstanceData(bboxes=torch.tensor([[8.0, 10.0, 40.0, 50.0]]),
+                                           labels=torch.tensor([i % 10]))
+        samples.append(sample)
+    return model.data_preprocessor(dict(inputs=images, data_samples=samples), train)
+
+
+# -- multi-process runs ---------------------------------------------------------------
+
+
+def _register_rank_state_hook():
+    import torch
+    from mmengine.dist import get_rank, get_world_size
+    from mmengine.hooks import Hook
+    from mmengine.model import is_model_wrapper
+    from mmengine.registry import HOOKS
+
+    @HOOKS.register_module(force=True)
+    class SaveRankStateHook(Hook):
+        """Every rank writes ``rank{r}.pth`` into ``out_dir`` after training:
+        its trainable parameters, the loss names of every iteration, the
+        model wrapper and its ``find_unused_parameters``."""
+
+        priority = 'LOWEST'
+
+        def __init__(self, out_dir: str):
+            self.out_dir = out_dir
+            self.loss_names = []
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            self.loss_names.append(sorted(outputs or {}))
+
+        def after_train(self, runner):
+            model = runner.model
+            module = model.module if is_model_wrapper(model) else model
+            torch.save(dict(rank=get_rank(), world_size=get_world_size(),
+                            wrapper=type(model).__name__,
+                            find_unused_parameters=getattr(model, 'find_unused_parameters', None),
+                            loss_names=self.loss_names,
+                            params={n: p.detach().cpu().clone() for n, p in module.named_parameters()
+                                    if p.requires_grad}),
+                       osp.join(self.out_dir, f'rank{get_rank()}.pth'))
+
+    return SaveRankStateHook
+
+
+SaveRankStateHook = _register_rank_state_hook()
