@@ -15,15 +15,30 @@ Variants:
   inference runs the plain student.
 * ``ofmkt`` (OFM-KT, no teacher): as ``fmkt_theta``, but each step's target
   is the flow's own detached ensemble.
+
+FlowDistill options (all variants):
+
+* ``flow=dict(..., condition=dict(type='pooled' | 'class' | 'task'))``: a
+  conditional flow network (:mod:`fmkt_mm.flow.conditions`); ``channels``
+  and ``num_classes`` are filled in.
+* :attr:`curriculum_fraction` (set by
+  :class:`~fmkt_mm.hooks.ProgressiveDistillationHook`): only the easiest
+  fraction of each batch, ranked by the teacher's confidence (the ensemble's
+  for ``ofmkt``), receives the distillation loss; the task loss sees all.
+* ``roundtrip_loss_weight``: cycle consistency of the flow
+  (:meth:`~fmkt_mm.flow.FlowTransfer.roundtrip_loss`), and
+  :meth:`ClassificationDistiller.roundtrip_errors` measures invertibility
+  (logged by :class:`~fmkt_mm.hooks.FlowRoundTripHook`).
 """
 import copy
+import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..flow import FlowTransfer
+from ..flow import FlowTransfer, RoundTrip, build_condition
 from ..registry import MODELS
 from ..utils import build_from_registry
 from .base import BaseDistiller, hard_labels
@@ -65,6 +80,11 @@ class ClassificationDistiller(BaseDistiller):
             ``num_steps``); :class:`~fmkt_mm.hooks.FlowStepsHook` changes it.
         dummy_input_shape: ``(C, H, W)`` of the dummy batch used to infer the
             feature channels.
+        roundtrip_loss_weight: weight of the flow's cycle-consistency loss
+            ``||reverse(run(X_S)) - X_S||^2 / ||X_S||^2`` (0: off; it costs
+            ``N`` extra meta-encoder calls per iteration).
+
+    ``flow`` may hold ``condition`` (see the module docstring).
     """
 
     def __init__(self,
@@ -79,6 +99,7 @@ class ClassificationDistiller(BaseDistiller):
                  teacher_tap: str = 'head',
                  eval_steps: Optional[int] = None,
                  dummy_input_shape: Sequence[int] = (3, 64, 64),
+                 roundtrip_loss_weight: float = 0.0,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
         if variant not in VARIANTS:
@@ -106,6 +127,10 @@ class ClassificationDistiller(BaseDistiller):
         flow.setdefault('loss', dict(type='KDLoss'))
         if flow.get('channels') is None:
             flow['channels'] = self._infer_channels(dummy_input_shape)
+        if flow.get('condition') is not None:
+            flow['condition'] = build_condition(
+                flow['condition'], flow['channels'], num_levels=1,
+                num_classes=getattr(self.student.head, 'num_classes', None))
         self.flow = FlowTransfer(head=flow_tail, **flow)
         self.theta_loss = None
         if variant != 'fmkt':
@@ -114,6 +139,12 @@ class ClassificationDistiller(BaseDistiller):
         self.eval_steps = eval_steps or self.flow.num_steps
         #: extra step counts evaluated in the same pass (set by FlowStepsHook)
         self.extra_eval_steps: List[int] = []
+        if roundtrip_loss_weight < 0:
+            raise ValueError(f'roundtrip_loss_weight must be >= 0, got {roundtrip_loss_weight}')
+        self.roundtrip_loss_weight = roundtrip_loss_weight
+        #: fraction of each batch (easiest first, by teacher confidence) that
+        #: receives the distillation loss; set by ProgressiveDistillationHook
+        self.curriculum_fraction = 1.0
 
     @property
     def deploy_mode(self) -> str:
@@ -174,13 +205,28 @@ class ClassificationDistiller(BaseDistiller):
         """The student head's own loss (label smoothing, mixup targets, ...)."""
         return self.student.head._get_loss(logits, data_samples)['loss']
 
+    def curriculum_mask(self, target_logits: Tensor) -> Optional[Tensor]:
+        """``(B,)`` booleans: the ``ceil(curriculum_fraction * B)`` samples on
+        which ``target_logits`` are most confident (highest max softmax
+        probability); None when the whole batch is kept."""
+        if self.curriculum_fraction >= 1.0:
+            return None
+        confidence = target_logits.detach().float().softmax(1).amax(1)
+        keep = max(1, math.ceil(self.curriculum_fraction * confidence.shape[0]))
+        order = torch.argsort(confidence, descending=True, stable=True)
+        mask = torch.zeros_like(confidence, dtype=torch.bool)
+        mask[order[:keep]] = True
+        return mask
+
     def loss(self, inputs: Tensor, data_samples) -> Dict[str, Tensor]:
         labels = hard_labels(data_samples)
         feature = self.student_feature(inputs)
         target = None
         if self.teacher is not None:
             target = self.teacher_logits(inputs, data_samples)
-        flow_losses, out = self.flow.loss(feature, target, labels)
+        out = self.flow.run(feature, self.flow.draw_num_steps(), labels=labels)
+        mask = self.curriculum_mask(target if target is not None else out.ensemble)
+        flow_losses = self.flow.step_losses(out, target, labels, sample_mask=mask)
         n = len(out.steps)
 
         losses: Dict[str, Tensor] = {}
@@ -190,12 +236,40 @@ class ClassificationDistiller(BaseDistiller):
         losses['loss_flow'] = self.flow_loss_weight * sum(flow_losses.values())
         for key, value in flow_losses.items():  # per-step values, logged only
             losses[key.replace('loss_flow_', 'flow_')] = value.detach() * n
+        if mask is not None:
+            losses['curriculum_kept'] = mask.float().mean()  # logged only
+        if self.roundtrip_loss_weight > 0:
+            losses['loss_roundtrip'] = self.roundtrip_loss_weight * self.flow.roundtrip_loss(feature, out)
         if self.deploy_mode == 'student':
             logits = self.student_logits_from_feature(feature)
             losses['loss_cls'] = self.task_loss(logits, data_samples)
             losses['loss_theta'] = self.theta_loss_weight * self.theta_loss(
                 logits, out.ensemble.detach(), labels)
         return losses
+
+    def task_losses(self, inputs: Tensor, data_samples) -> Dict[str, Tensor]:
+        """Distillation switched off. ``fmkt``: the flow with the student's
+        head is the classifier that predicts, so ``loss_cls`` stays the task
+        loss of every flow step (averaged over steps) and trains student and
+        flow; only the teacher term is dropped. Other variants: the plain
+        student's ``loss_cls``."""
+        feature = self.student_feature(inputs)
+        if self.deploy_mode == 'flow':
+            out = self.flow.run(feature, self.flow.draw_num_steps(), labels=hard_labels(data_samples))
+            return dict(loss_cls=sum(self.task_loss(step, data_samples) for step in out.steps) /
+                        len(out.steps))
+        return dict(loss_cls=self.task_loss(self.student_logits_from_feature(feature), data_samples))
+
+    @torch.no_grad()
+    def roundtrip_errors(self, inputs: Tensor, data_samples=None, num_steps: Optional[int] = None,
+                         refine: int = 0) -> Dict[str, RoundTrip]:
+        """Invertibility of the flow on a batch: ``'s2t2s'`` (student feature
+        -> teacher space -> back) and ``'t2s2t'`` (the flow's teacher-space
+        image -> student space -> forward again). The teacher gives logits,
+        which are not in the flow's space, so the teacher-space points are
+        the flow's own images. ``num_steps`` defaults to ``eval_steps``."""
+        feature = self.student_feature(inputs)
+        return self.flow.roundtrip(feature, num_steps or self.eval_steps, refine=refine)
 
     def student_logits_from_feature(self, feature: Tensor) -> Tensor:
         feats = (feature,)

@@ -28,6 +28,21 @@ student's heads read:
 
 The student's own ``loss``/``predict`` then run unchanged, so the task losses
 keep their mmdet names and ``predict`` returns mmdet ``DetDataSample`` s.
+
+FlowDistill options:
+
+* ``flow=dict(..., condition=dict(type='pooled' | 'level'))``: conditional
+  flows; each level's flow conditions on its pooled level and/or a learned
+  level embedding. With ``shared_encoder=True`` all levels share one
+  meta-encoder (and one condition), which the level embedding tells which
+  level it transports.
+* :attr:`DetectionDistiller.level_scales` (set by
+  :class:`~fmkt_mm.hooks.ProgressiveDistillationHook`): per-level multipliers
+  of ``level_weights``, for a coarse-to-fine schedule (0 switches a level's
+  distillation loss off; its flow still runs, so every parameter keeps a
+  gradient).
+* ``roundtrip_loss_weight`` and :meth:`DetectionDistiller.roundtrip_errors`:
+  cycle consistency and invertibility of each level's flow.
 """
 import copy
 import warnings
@@ -37,8 +52,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..flow import FlowTransfer
-from ..registry import MODELS
+from ..flow import FlowTransfer, RoundTrip, build_condition
+from ..flow.conditions import ClassCondition
+from ..registry import META_ENCODERS, MODELS
 from ..utils import build_from_registry
 from .base import BaseDistiller
 from .taps import get_module, run_until_tapped
@@ -121,6 +137,14 @@ class DetectionDistiller(BaseDistiller):
         dummy_input_shape: ``(C, H, W)`` of the zero batch used at build time
             to read both necks' level shapes (a multiple of the largest
             stride).
+        shared_encoder: one meta-encoder (and one condition) for all
+            distilled levels instead of one per level; the levels must have
+            equal channels. Pair it with ``flow.condition=dict(type='level')``.
+        roundtrip_loss_weight: weight of each level's cycle-consistency loss
+            ``loss_roundtrip_l{l}`` (0: off).
+
+    ``flow`` may hold ``condition`` (see the module docstring); the
+    condition's ``channels`` and ``num_levels`` are filled in.
     """
 
     def __init__(self,
@@ -138,6 +162,8 @@ class DetectionDistiller(BaseDistiller):
                  eval_steps: Optional[int] = None,
                  ema_momentum: Optional[float] = None,
                  dummy_input_shape: Sequence[int] = (3, 128, 128),
+                 shared_encoder: bool = False,
+                 roundtrip_loss_weight: float = 0.0,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
         if deploy_mode not in DEPLOY_MODES:
@@ -166,8 +192,23 @@ class DetectionDistiller(BaseDistiller):
         flow.setdefault('num_steps', 4)
         flow.setdefault('encoder', dict(type='conv', num_blocks=1))
         flow.setdefault('loss', dict(type='PKDLoss'))
+        condition_cfg = flow.pop('condition', None)
+        encoder_cfg = flow.pop('encoder')
+        self._check_detection_condition(condition_cfg)
+        shared_condition = shared = None
+        if shared_encoder:
+            channels = sorted({student_shapes[s][1] for s, _ in self.level_pairs})
+            if len(channels) > 1:
+                raise ValueError(f'shared_encoder=True needs equal channels on every distilled '
+                                 f'student level, got {channels}; distil levels of one width or '
+                                 f'set shared_encoder=False')
+            shared_condition = build_condition(condition_cfg, channels[0],
+                                               num_levels=len(self.level_pairs))
+            context = {} if shared_condition is None else dict(context_dim=shared_condition.dim)
+            shared = build_from_registry(META_ENCODERS, encoder_cfg, 'meta-encoder',
+                                         channels=channels[0], **context)
         flows = []
-        for s, t in self.level_pairs:
+        for k, (s, t) in enumerate(self.level_pairs):
             s_shape, t_shape = student_shapes[s], teacher_shapes[t]
             head = None
             if adapter is not None:
@@ -180,7 +221,13 @@ class DetectionDistiller(BaseDistiller):
                     f'be compared with the teacher. Configure an adapter from the student to the '
                     f"teacher's shape, e.g. adapter=dict(type='FeatureAdapter') (1x1 conv "
                     f'{s_shape[1]} -> {t_shape[1]} channels, bilinear resize), or pair other levels.')
-            flows.append(FlowTransfer(channels=s_shape[1], head=head, **flow))
+            if shared is not None:
+                condition, encoder = shared_condition, shared
+            else:
+                condition = build_condition(condition_cfg, s_shape[1], num_levels=len(self.level_pairs))
+                encoder = encoder_cfg
+            flows.append(FlowTransfer(channels=s_shape[1], head=head, encoder=encoder,
+                                      condition=condition, condition_level=k, **flow))
         #: one flow per entry of ``level_pairs``
         self.flows = nn.ModuleList(flows)
         self.theta_loss = None
@@ -199,6 +246,11 @@ class DetectionDistiller(BaseDistiller):
         #: set by FlowStepsHook; detection scores one step count per pass
         #: (``eval_steps``), so extra counts are not evaluated
         self.extra_eval_steps: List[int] = []
+        #: per-level multipliers of ``level_weights`` (set by ProgressiveDistillationHook)
+        self.level_scales: List[float] = [1.0] * len(self.level_pairs)
+        if roundtrip_loss_weight < 0:
+            raise ValueError(f'roundtrip_loss_weight must be >= 0, got {roundtrip_loss_weight}')
+        self.roundtrip_loss_weight = roundtrip_loss_weight
 
     @property
     def deploy_mode(self) -> str:
@@ -236,6 +288,17 @@ class DetectionDistiller(BaseDistiller):
             raise ValueError(f'level_weights has {len(weights)} values for {n} distilled levels; '
                              f'give one per level or a single float')
         return weights
+
+    @staticmethod
+    def _check_detection_condition(cfg):
+        items = cfg if isinstance(cfg, (list, tuple)) else [cfg]
+        for item in items:
+            name = item.get('type') if isinstance(item, dict) else item
+            if isinstance(item, ClassCondition) or (isinstance(name, str) and (
+                    name.split('.')[-1] in ('class', 'ClassCondition'))):
+                raise ValueError("condition type 'class' conditions a classifier's flow on the image's "
+                                 "class; a detection level holds many objects: use 'pooled' and/or "
+                                 "'level'")
 
     @staticmethod
     def _as_levels(output, tap: str, who: str) -> List[Tensor]:
@@ -280,13 +343,18 @@ class DetectionDistiller(BaseDistiller):
             for (s, _), flow in zip(self.level_pairs, self._inference_flows()):
                 levels[s] = flow.run(levels[s], self.eval_steps).mean_estimate()
             return levels
-        for (s, t), flow, weight in zip(self.level_pairs, self.flows, self.level_weights):
+        for (s, t), flow, weight, scale in zip(self.level_pairs, self.flows, self.level_weights,
+                                               self.level_scales):
+            weight = weight * scale
             target = state.teacher_levels[t]
             if isinstance(flow.head, TeacherShape):
                 flow.head.size = tuple(target.shape[-2:])
             step_losses, out = flow.loss(levels[s], target, prefix=f'loss_flow_l{s}')
             n = len(out.estimates)
             state.losses[f'loss_flow_l{s}'] = weight * sum(step_losses.values())
+            if self.roundtrip_loss_weight > 0:
+                state.losses[f'loss_roundtrip_l{s}'] = self.roundtrip_loss_weight * flow.roundtrip_loss(
+                    levels[s], out)
             for key, value in step_losses.items():  # per step, undivided: logged only
                 state.losses[key.replace(f'loss_flow_l{s}_', f'flow_l{s}_')] = value.detach() * n
             ensemble = out.mean_estimate()
@@ -354,6 +422,43 @@ class DetectionDistiller(BaseDistiller):
             raise RuntimeError(f'the student\'s losses {sorted(clash)} collide with the distiller\'s')
         losses.update(state.losses)
         return losses
+
+    def task_losses(self, inputs: Tensor, data_samples) -> Dict[str, Tensor]:
+        """Distillation switched off: mmdet's losses of the deployed model.
+        In deploy mode ``'flow'`` the flows' ensemble still replaces the
+        distilled levels (and the EMA keeps following); in ``'student'`` the
+        plain student trains alone."""
+        if self.deploy_mode != 'flow':
+            return super().task_losses(inputs, data_samples)
+        if self.training:
+            self.update_ema()
+        with self._flows_on_neck():
+            return dict(self.student.loss(inputs, data_samples))
+
+    @torch.no_grad()
+    def roundtrip_errors(self, inputs: Tensor, data_samples=None, num_steps: Optional[int] = None,
+                         refine: int = 0) -> Dict[str, RoundTrip]:
+        """Invertibility of each level's flow (the EMA flows in eval mode when
+        kept) on a batch: ``'s2t2s_l{l}'`` (student level -> teacher space ->
+        back) and ``'t2s2t_l{l}'`` (teacher level -> student space ->
+        forward again), plus their sums over levels, ``'s2t2s'`` and
+        ``'t2s2t'``. A level compared through an adapter has its teacher in
+        another space; its teacher-space points are then the flow's own
+        images. ``num_steps`` defaults to ``eval_steps``."""
+        out = run_until_tapped(self.student, [self.student_tap],
+                               lambda: self.student(inputs, data_samples, mode='tensor'), 'student')
+        levels = self._as_levels(out[self.student_tap], self.student_tap, 'student')
+        needs_teacher = any(not isinstance(flow.head, TeacherShape) for flow in self.flows)
+        teacher = self.teacher_levels(inputs, data_samples) if needs_teacher else None
+        errors: Dict[str, RoundTrip] = {}
+        for (s, t), flow in zip(self.level_pairs, self._inference_flows()):
+            x_teacher = None if isinstance(flow.head, TeacherShape) else teacher[t]
+            level = flow.roundtrip(levels[s], num_steps or self.eval_steps, x_teacher=x_teacher,
+                                   refine=refine)
+            for key, value in level.items():
+                errors[f'{key}_l{s}'] = value
+                errors[key] = errors[key] + value if key in errors else value
+        return errors
 
     # -- inference -----------------------------------------------------------------
     def predict(self, inputs: Tensor, data_samples=None):

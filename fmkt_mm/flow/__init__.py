@@ -1,11 +1,15 @@
-"""The method's math in plain PyTorch: paths, meta-encoders, the transfer loop."""
+"""The method's math in plain PyTorch: paths, meta-encoders, conditions, the
+transfer loop and its reverse sampler."""
+from .conditions import (ClassCondition, CompositeCondition, FlowCondition, LevelCondition,
+                         PooledCondition, build_condition)
 from .encoders import (ConvMetaEncoder, MetaEncoder, MLPMetaEncoder, TransformerMetaEncoder,
                        sinusoidal_embedding)
 from .paths import FlowPath, RectifiedPath, VEPath, VPPath
-from .transfer import FlowOutput, FlowTransfer
+from .transfer import FlowOutput, FlowTransfer, RoundTrip
 
 __all__ = [
     'FlowPath', 'RectifiedPath', 'VPPath', 'VEPath', 'MetaEncoder', 'MLPMetaEncoder',
     'ConvMetaEncoder', 'TransformerMetaEncoder', 'sinusoidal_embedding', 'FlowTransfer',
-    'FlowOutput'
+    'FlowOutput', 'RoundTrip', 'FlowCondition', 'PooledCondition', 'LevelCondition',
+    'ClassCondition', 'CompositeCondition', 'build_condition'
 ]

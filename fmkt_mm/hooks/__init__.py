@@ -3,7 +3,10 @@ from .checkpoint import SafeCheckpointHook
 from .flow_steps import FlowStepsHook, LossScheduleHook
 from .ops import (ExportStudentHook, LossWeightScheduleHook, RandomStateHook, StopDistillationHook,
                   TeacherEvalHook)
+from .progressive import ProgressiveDistillationHook
+from .roundtrip import FlowRoundTripHook
 
-__all__ = ['FlowStepsHook', 'LossScheduleHook', 'SafeCheckpointHook',
+__all__ = ['FlowStepsHook', 'LossScheduleHook', 'SafeCheckpointHook', 'ProgressiveDistillationHook',
+           'FlowRoundTripHook',
            'ExportStudentHook', 'LossWeightScheduleHook', 'RandomStateHook', 'StopDistillationHook',
            'TeacherEvalHook']

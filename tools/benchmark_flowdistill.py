@@ -1,0 +1,223 @@
+"""FlowDistill on Fashion-MNIST: plain FM-KT against each capability switched on.
+
+Trains the Fashion-MNIST FM-KT student (ResNet-18 w16 -> w4, logit-based,
+8 flow steps) once per row and reports, per row, top-1 of the test set, the
+training time per iteration and the flow's round-trip errors
+(student -> teacher -> student and teacher -> student -> teacher, relative L2,
+explicit reverse sampler) measured on the test set:
+
+    fmkt               plain FM-KT                         fmkt_resnet18_w16_to_resnet18_w4.py
+    conditional        + conditional flow, pooled feature  ..._conditional.py
+    conditional-class  + conditional flow, class embedding ..._conditional-class.py
+    progressive        + progressive steps and curriculum  ..._progressive.py
+    roundtrip          + cycle-consistency training        ..._roundtrip.py
+
+The teacher is reused from ``--teacher`` or ``work_dirs/fashion_mnist/teacher.pth``
+(written by tools/demo_fashion_mnist.py) and trained here otherwise.
+Prints a markdown table and writes ``<work-dir>/flowdistill_results.json``.
+
+    python tools/benchmark_flowdistill.py [--epochs 6] [--train-samples 10000]
+        [--test-samples N] [--rows fmkt conditional ...] [--teacher PATH] [--quick]
+
+``--quick`` is a smoke run of a few seconds per row (a few iterations on a
+few hundred images, a briefly trained teacher): its numbers say that the
+pipeline works, not which capability helps.
+"""
+import argparse
+import copy
+import json
+import os
+import os.path as osp
+import time
+import uuid
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+import fmkt_mm  # noqa: F401  (registers the components)
+from fmkt_mm.apis import apply_distiller, prepare_work_dir
+from fmkt_mm.export import atomic_torch_save
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIG_DIR = osp.join(ROOT, 'configs', 'fashion_mnist')
+TEACHER_CONFIG = 'teacher_resnet18_w16.py'
+ROWS = {
+    'fmkt': ('plain FM-KT', 'fmkt_resnet18_w16_to_resnet18_w4.py'),
+    'conditional': ('+ conditional flow (pooled feature)',
+                    'fmkt_resnet18_w16_to_resnet18_w4_conditional.py'),
+    'conditional-class': ('+ conditional flow (class)',
+                          'fmkt_resnet18_w16_to_resnet18_w4_conditional-class.py'),
+    'progressive': ('+ progressive (steps 2-4-8, curriculum)',
+                    'fmkt_resnet18_w16_to_resnet18_w4_progressive.py'),
+    'roundtrip': ('+ cycle-consistency training', 'fmkt_resnet18_w16_to_resnet18_w4_roundtrip.py'),
+}
+#: the round trip every row is measured with: N = 1 and the training N = 8
+ROUNDTRIP_STEPS = (1, 8)
+
+
+def epoch_milestones_to_iters(hook: dict, config_epochs: int, total_iters: int) -> dict:
+    """An epoch-based progressive schedule written for ``config_epochs``,
+    stretched onto this run's ``total_iters`` iterations."""
+    hook = copy.deepcopy(hook)
+    if not hook.get('by_epoch', False):
+        return hook
+    hook['by_epoch'] = False
+    for name in ('num_steps', 'level_weights', 'curriculum'):
+        if hook.get(name) is not None:
+            hook[name]['milestones'] = [int(round(m * total_iters / config_epochs))
+                                        for m in hook[name]['milestones']]
+            # stages that collapse onto one iteration keep the later value
+            kept_m, kept_v = [], [hook[name]['values'][0]]
+            for m, v in zip(hook[name]['milestones'], hook[name]['values'][1:]):
+                if kept_m and kept_m[-1] == m:
+                    kept_v[-1] = v
+                else:
+                    kept_m.append(m)
+                    kept_v.append(v)
+            hook[name]['milestones'], hook[name]['values'] = kept_m, kept_v
+    return hook
+
+
+def build_cfg(config: str, args, work_dir: str, teacher_checkpoint=None) -> Config:
+    cfg = Config.fromfile(osp.join(CONFIG_DIR, config))
+    config_epochs = cfg.train_cfg.max_epochs
+    cfg.train_cfg.max_epochs = args.epochs
+    cfg.train_cfg.val_interval = args.epochs + 1  # scored once, by runner.test()
+    cfg.param_scheduler = [dict(type='CosineAnnealingLR', by_epoch=True, T_max=args.epochs,
+                                convert_to_iter_based=True)]
+    cfg.train_dataloader.dataset.num_samples = args.train_samples
+    cfg.train_dataloader.batch_size = args.batch_size
+    if args.test_samples:
+        cfg.val_dataloader.dataset.num_samples = args.test_samples
+    cfg.test_dataloader = cfg.val_dataloader
+    cfg.default_hooks.logger.interval = 50
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=args.epochs, max_keep_ckpts=1)
+    cfg.experiment_name = f'{osp.splitext(config)[0]}-{uuid.uuid4().hex[:8]}'
+    if not args.verbose:
+        cfg.log_level = 'WARNING'
+    iters_per_epoch = -(-args.train_samples // args.batch_size)
+    hooks = []
+    for hook in cfg.get('custom_hooks', []):
+        kind = str(hook.get('type', '')).split('.')[-1]
+        if kind == 'FlowRoundTripHook':
+            continue  # replaced by the common measurement below
+        if kind == 'ProgressiveDistillationHook':
+            hook = epoch_milestones_to_iters(hook, config_epochs, iters_per_epoch * args.epochs)
+        hooks.append(hook)
+    if 'distiller' in cfg:
+        hooks.append(dict(type='fmkt_mm.FlowRoundTripHook', num_steps=ROUNDTRIP_STEPS, refine=0))
+        if cfg.distiller.get('teacher') is not None:
+            cfg.distiller.teacher.checkpoint = teacher_checkpoint
+    cfg.custom_hooks = hooks
+    apply_distiller(cfg)
+    prepare_work_dir(cfg, config, work_dir)
+    return cfg
+
+
+def seconds_per_iter(runner) -> float:
+    """Mean training iteration time, without the first (warm-up) iteration."""
+    logs = np.asarray(runner.message_hub.get_scalar('train/time').data[0], dtype=float)
+    return float(logs[1:].mean() if len(logs) > 1 else logs.mean())
+
+
+def train_teacher(args) -> str:
+    path = osp.join(args.work_dir, 'teacher.pth')
+    teacher_args = copy.copy(args)
+    if args.quick:
+        teacher_args.epochs, teacher_args.train_samples = 1, 256
+    cfg = build_cfg(TEACHER_CONFIG, teacher_args, osp.join(args.work_dir, 'teacher'))
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    atomic_torch_save(runner.model.state_dict(), path)
+    return path
+
+
+def run_row(name: str, args, teacher_checkpoint: str) -> dict:
+    label, config = ROWS[name]
+    cfg = build_cfg(config, args, osp.join(args.work_dir, name), teacher_checkpoint)
+    start = time.time()
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    metrics = runner.test()
+    scalars = {k: v.current() for k, v in runner.message_hub.log_scalars.items()}
+    n = ROUNDTRIP_STEPS[-1]
+    roundtrip = {f'{direction}_steps{steps}': scalars.get(f'test/flow/roundtrip_{direction}_steps{steps}')
+                 for direction in ('s2t2s', 't2s2t') for steps in ROUNDTRIP_STEPS}
+    flow_top1 = {int(k.rsplit('steps', 1)[1]): v for k, v in scalars.items()
+                 if k.startswith('test/flow/top1_steps')}
+    return dict(row=name, model=label, config=config, top1=float(metrics['accuracy/top1']),
+                flow_top1=flow_top1, seconds_per_iter=seconds_per_iter(runner),
+                iterations=int(runner.iter), roundtrip=roundtrip, roundtrip_steps=n,
+                seconds=time.time() - start)
+
+
+def table(results) -> str:
+    n1, n = ROUNDTRIP_STEPS
+    lines = [f'| model | top-1 (%) | s / iter | s->t->s N={n1} | s->t->s N={n} | t->s->t N={n} |',
+             '|---|---|---|---|---|---|']
+
+    def fmt(v):
+        return '-' if v is None else f'{v:.2e}'
+
+    for r in results:
+        rt = r['roundtrip']
+        lines.append(f"| {r['model']} | {r['top1']:.2f} | {r['seconds_per_iter']:.3f} | "
+                     f"{fmt(rt[f's2t2s_steps{n1}'])} | {fmt(rt[f's2t2s_steps{n}'])} | "
+                     f"{fmt(rt[f't2s2t_steps{n}'])} |")
+    return '\n'.join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--epochs', type=int, default=6)
+    parser.add_argument('--train-samples', type=int, default=10000)
+    parser.add_argument('--test-samples', type=int, default=None,
+                        help='evaluate on a subset of the 10k test images')
+    parser.add_argument('--batch-size', type=int, default=128)
+    parser.add_argument('--rows', nargs='+', default=list(ROWS), choices=list(ROWS))
+    parser.add_argument('--teacher', default=None,
+                        help='teacher checkpoint (default: work_dirs/fashion_mnist/teacher.pth if it '
+                        'exists, else one is trained)')
+    parser.add_argument('--work-dir', default='work_dirs/flowdistill')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--verbose', action='store_true', help="print MMEngine's training logs")
+    parser.add_argument('--quick', action='store_true',
+                        help='a smoke run: 1 epoch of 4 iterations on 256 images, 128 test images')
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs, args.train_samples, args.test_samples, args.batch_size = 1, 256, 128, 64
+        args.work_dir = osp.join(args.work_dir, 'quick')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.makedirs(args.work_dir, exist_ok=True)
+    teacher = args.teacher
+    if teacher is None and not args.quick:
+        demo_teacher = osp.join('work_dirs', 'fashion_mnist', 'teacher.pth')
+        teacher = demo_teacher if osp.isfile(demo_teacher) else None
+    if teacher is None:
+        teacher = train_teacher(args)
+    print(f'teacher: {teacher}')
+    results = []
+    for name in args.rows:
+        results.append(run_row(name, args, teacher))
+        r = results[-1]
+        print(f"{name}: top-1 {r['top1']:.2f}, {r['seconds_per_iter']:.3f} s/iter, "
+              f"{r['iterations']} iterations, {r['seconds']:.0f} s", flush=True)
+    print('\n' + table(results))
+    out = osp.join(args.work_dir, 'flowdistill_results.json')
+    with open(out, 'w') as f:
+        json.dump(dict(teacher=teacher, epochs=args.epochs, train_samples=args.train_samples,
+                       test_samples=args.test_samples, quick=args.quick, rows=results), f, indent=1)
+    print(f'\nresults written to {out}')
+    return results
+
+
+if __name__ == '__main__':
+    main()
