@@ -1,5 +1,9 @@
+"""Shared fixtures: the tiny teachers and the tiny COCO set, made once per session."""
 import pytest
+import torch
 from mmengine.registry import DefaultScope
+
+from tiny_runs import SIZE, plain_model, retinanet
 
 
 @pytest.fixture(autouse=True)
@@ -9,3 +13,36 @@ def no_leaked_default_scope():
     DefaultScope._instance_dict.clear()
     yield
     DefaultScope._instance_dict.clear()
+
+
+@pytest.fixture(scope='session')
+def teacher_checkpoint(tmp_path_factory):
+    """A Fashion-MNIST teacher (ResNet-18 w16, untrained) as a plain state_dict."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('teacher') / 'teacher.pth'
+    torch.save(plain_model('teacher_resnet18_w16.py').state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope='session')
+def det_teacher(tmp_path_factory):
+    """``(model config, checkpoint)`` of a tiny RetinaNet teacher (32-channel FPN)."""
+    pytest.importorskip('mmdet')
+    from mmdet.utils import register_all_modules
+    from mmengine.registry import MODELS
+    register_all_modules(init_default_scope=False)
+    model = retinanet(16, 32)
+    path = str(tmp_path_factory.mktemp('det_teacher') / 'retinanet.pth')
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        torch.save(MODELS.build(model).state_dict(), path)
+    return model, path
+
+
+@pytest.fixture(scope='session')
+def coco_set(tmp_path_factory):
+    """A COCO-format set of 4 training and 2 validation images of SIZE px."""
+    from fmkt_mm.datasets import make_detection_set
+    root = str(tmp_path_factory.mktemp('fashion_det'))
+    make_detection_set(root, num_train=4, num_val=2, image_size=SIZE, object_size=(16, 32))
+    return root

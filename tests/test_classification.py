@@ -22,14 +22,6 @@ from tiny_runs import ROOT, VARIANT_CONFIGS, plain_model, tiny_cfg
 PYTHON = sys.executable
 
 
-@pytest.fixture(scope='module')
-def teacher_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('teacher') / 'teacher.pth'
-    torch.save(plain_model('teacher_resnet18_w16.py').state_dict(), path)
-    return str(path)
-
-
 class RecordStart(Hook):
     def before_train(self, runner):
         self.start_iter = runner.iter

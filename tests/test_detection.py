@@ -17,7 +17,6 @@ from mmengine.runner import Runner
 
 import fmkt_mm  # noqa: F401  (registers the distiller)
 from fmkt_mm.apis import apply_distiller
-from fmkt_mm.datasets import make_detection_set
 from fmkt_mm.datasets.idx import fashion_mnist_paths, fashion_mnist_root
 from fmkt_mm.distill import DetectionDistiller
 from fmkt_mm.export import export_student
@@ -231,13 +230,6 @@ def test_coco_configs_parse():
 
 
 # -- through MMEngine's Runner -------------------------------------------------------------
-
-
-@pytest.fixture(scope='module')
-def coco_set(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp('fashion_det'))
-    make_detection_set(root, num_train=4, num_val=2, image_size=SIZE, object_size=(16, 32))
-    return root
 
 
 def teacher_head_calls(runner):

@@ -1,7 +1,6 @@
 """FlowDistill: the invertible map (reverse sampler, round-trip errors),
 progressive distillation (the schedule hook) and conditional flows, from the
 flow core up to short runs through MMEngine's Runner."""
-import copy
 import json
 import logging
 import math
@@ -24,11 +23,12 @@ import fmkt_mm  # noqa: F401
 from fmkt_mm.apis import apply_distiller, prepare_work_dir
 from fmkt_mm.datasets.idx import fashion_mnist_paths, fashion_mnist_root
 from fmkt_mm.distill import ClassificationDistiller
-from fmkt_mm.distill.teacher import build_model
 from fmkt_mm.flow import (ClassCondition, CompositeCondition, FlowTransfer, LevelCondition,
                           PooledCondition, RectifiedPath, RoundTrip, VPPath, build_condition)
-from fmkt_mm.hooks import FlowRoundTripHook, ProgressiveDistillationHook
+from fmkt_mm.hooks import ProgressiveDistillationHook
 from fmkt_mm.registry import HOOKS
+
+from tiny_runs import retinanet
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CLS_CONFIGS = osp.join(ROOT, 'configs', 'fashion_mnist')
@@ -401,22 +401,6 @@ def test_curriculum_keeps_the_easiest_samples_for_the_distillation_loss():
 # -- through MMEngine's Runner: classification -------------------------------------------------
 
 
-def plain_model(config_name):
-    cfg = Config.fromfile(osp.join(CLS_CONFIGS, config_name))
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
-    with DefaultScope.overwrite_default_scope('mmpretrain'):
-        return build_model(model_cfg, 'mmpretrain')
-
-
-@pytest.fixture(scope='module')
-def teacher_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('teacher') / 'teacher.pth'
-    torch.save(plain_model('teacher_resnet18_w16.py').state_dict(), path)
-    return str(path)
-
-
 def tiny_cls_cfg(config, work_dir, teacher_checkpoint, **distiller):
     cfg = Config.fromfile(osp.join(CLS_CONFIGS, config))
     cfg.train_dataloader.batch_size = 4
@@ -530,30 +514,10 @@ SIZE = 64
 @pytest.fixture(scope='module')
 def det():
     """mmdet helpers, imported only by the detection tests."""
-    mmdet = pytest.importorskip('mmdet')  # noqa: F841
+    pytest.importorskip('mmdet')
     from mmdet.utils import register_all_modules
     register_all_modules(init_default_scope=False)
     return True
-
-
-def retinanet(width, fpn):
-    model = copy.deepcopy(Config.fromfile(osp.join(DET_CONFIGS, 'retinanet_r18_teacher.py')).model)
-    model.backbone.update(base_channels=width, stem_channels=width)
-    model.neck.update(in_channels=[2 * width, 4 * width, 8 * width], out_channels=fpn)
-    model.bbox_head.update(in_channels=fpn, feat_channels=fpn)
-    model.test_cfg.update(score_thr=0.0, max_per_img=20)
-    return model
-
-
-@pytest.fixture(scope='module')
-def det_teacher(det, tmp_path_factory):
-    from mmengine.registry import MODELS
-    model = retinanet(16, 32)
-    path = str(tmp_path_factory.mktemp('det_teacher') / 'retinanet.pth')
-    torch.manual_seed(0)
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        torch.save(MODELS.build(model).state_dict(), path)
-    return model, path
 
 
 def det_batch(model, n=2):
@@ -639,14 +603,6 @@ def det_runner_cfg(config, work_dir, data_root, det_teacher, max_iters=2):
     apply_distiller(cfg)
     prepare_work_dir(cfg, config, str(work_dir))
     return cfg
-
-
-@pytest.fixture(scope='module')
-def coco_set(det, tmp_path_factory):
-    from fmkt_mm.datasets import make_detection_set
-    root = str(tmp_path_factory.mktemp('fashion_det'))
-    make_detection_set(root, num_train=4, num_val=2, image_size=SIZE, object_size=(16, 32))
-    return root
 
 
 @needs_data

@@ -1,7 +1,6 @@
 """Running distillation like a real job: several processes, mixed precision,
 the operations hooks, resuming after a kill, atomic checkpoints and the stop
 on a non-finite loss."""
-import copy
 import os
 import os.path as osp
 import subprocess
@@ -10,52 +9,22 @@ import sys
 import pytest
 import torch
 from mmengine.hooks import Hook
-from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 
 import fmkt_mm  # noqa: F401
 from fmkt_mm.checkpoint import AtomicLocalBackend, atomic_write
-from fmkt_mm.datasets import make_detection_set
 from fmkt_mm.distill.base import NonFiniteLossError
 from fmkt_mm.hooks import (ExportStudentHook, LossWeightScheduleHook, StopDistillationHook,
                            TeacherEvalHook)
 from fmkt_mm.hooks.ops import schedule_factor
 from fmkt_mm.optim import enable_amp
 
-from tiny_runs import ROOT, SIZE, plain_model, retinanet, runner_config, tiny_cfg
+from tiny_runs import ROOT, plain_model, retinanet, runner_config, tiny_cfg
 
 PYTHON = sys.executable
 TESTS = osp.dirname(osp.abspath(__file__))
 ENV = dict(os.environ, PYTHON=PYTHON, OMP_NUM_THREADS='1',
            PYTHONPATH=os.pathsep.join([TESTS, ROOT, os.environ.get('PYTHONPATH', '')]))
-
-
-@pytest.fixture(scope='module')
-def teacher_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('teacher') / 'teacher.pth'
-    torch.save(plain_model('teacher_resnet18_w16.py').state_dict(), path)
-    return str(path)
-
-
-@pytest.fixture(scope='module')
-def det_teacher(tmp_path_factory):
-    from mmdet.utils import register_all_modules
-    from mmengine.registry import MODELS
-    register_all_modules(init_default_scope=False)
-    model = retinanet(16, 32)
-    path = str(tmp_path_factory.mktemp('det_teacher') / 'retinanet.pth')
-    torch.manual_seed(0)
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        torch.save(MODELS.build(model).state_dict(), path)
-    return model, path
-
-
-@pytest.fixture(scope='module')
-def coco_set(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp('fashion_det'))
-    make_detection_set(root, num_train=4, num_val=2, image_size=SIZE, object_size=(16, 32))
-    return root
 
 
 class Recorder(Hook):
@@ -311,7 +280,7 @@ def test_loss_weight_schedule_follows_the_iteration(teacher_checkpoint, tmp_path
     class Watch(Hook):
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
             seen.append((runner.model.flow_loss_weight, runner.model.theta_loss_weight,
-                         float(outputs['loss_flow'])))
+                         float(outputs['loss_flow'].detach())))
 
     runner.register_hook(Watch(), 'LOWEST')
     runner.train()

@@ -11,7 +11,6 @@ import torch.distributed as torch_dist
 from mmengine.logging import MessageHub, print_log
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
-from torch import nn
 
 from .taps import get_module, run_until_tapped
 from .teacher import build_teacher

@@ -35,14 +35,13 @@ import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..flow import FlowTransfer, RoundTrip, build_condition
 from ..registry import MODELS
 from ..utils import build_from_registry
 from .base import BaseDistiller, hard_labels
-from .taps import record_outputs, run_until_tapped, select
+from .taps import run_until_tapped, select
 
 VARIANTS = ('fmkt', 'fmkt_theta', 'ofmkt')
 

@@ -39,7 +39,6 @@ a discrete map can even fold two students onto one teacher state, which no
 sampler undoes. :meth:`FlowTransfer.roundtrip` measures how far a flow is
 from the ideal.
 """
-import random
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Union
 

@@ -6,7 +6,7 @@ import math
 import os
 import os.path as osp
 import random
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
