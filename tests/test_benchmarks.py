@@ -57,3 +57,14 @@ def test_efficacy_benchmark_trains_teacher_baselines_and_fmkt(tmp_path):
     saved = json.load(open(osp.join(out, 'quick', 'results.json')))
     assert saved['cls']['summary']['student alone']['seeds'] == [0]
     assert osp.isfile(osp.join(out, 'quick', 'fmkt_steps.png'))
+
+
+def test_amp_benchmark_trains_each_precision(teacher_checkpoint, tmp_path):
+    amp = load_tool('benchmark_amp')
+    rows = amp.main(['--teacher', teacher_checkpoint, '--variants', 'fmkt_theta', '--epochs', '1',
+                     '--train-samples', '32', '--test-samples', '32', '--work-dir', str(tmp_path)])
+    assert [(r['variant'], r['precision']) for r in rows] == [('fmkt_theta', 'fp32'), ('fmkt_theta', 'amp')]
+    fp32, amp_row = rows
+    assert fp32['dtypes'] == ['float32'] and fp32['wrapper'] == 'OptimWrapper'
+    assert amp_row['dtypes'] == ['bfloat16'] and amp_row['wrapper'] == 'CPUAmpOptimWrapper'
+    assert all(0.0 <= r['top1'] <= 100.0 for r in rows)

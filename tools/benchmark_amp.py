@@ -1,0 +1,102 @@
+"""Mixed precision against fp32 for each classification variant.
+
+Trains the Fashion-MNIST FM-KT, FM-KT^Theta and OFM-KT students twice with
+the same seed, in fp32 and with ``--amp`` (fp16 with dynamic loss scaling on
+a GPU, bf16 autocast on a CPU), evaluates each on the full test set and
+prints a markdown table: the optim wrapper, the dtype the student's backbone
+really computed in, the last training loss, top-1, the final loss scale and
+the training time::
+
+    python tools/benchmark_amp.py --teacher work_dirs/fashion_mnist/teacher.pth [--epochs 2]
+        [--train-samples 10000] [--variants fmkt fmkt_theta ofmkt]
+"""
+import argparse
+import os.path as osp
+import sys
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+CONFIGS = dict(fmkt='fmkt_resnet18_w16_to_resnet18_w4.py',
+               fmkt_theta='fmkt_theta_resnet18_w16_to_resnet18_w4.py',
+               ofmkt='ofmkt_resnet18_w4.py')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--teacher', default=osp.join('work_dirs', 'fashion_mnist', 'teacher.pth'),
+                        help='Fashion-MNIST teacher checkpoint (tools/demo_fashion_mnist.py writes it)')
+    parser.add_argument('--variants', nargs='+', default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument('--epochs', type=int, default=2)
+    parser.add_argument('--train-samples', type=int, default=10000)
+    parser.add_argument('--test-samples', type=int, default=None, help='default: all 10,000')
+    parser.add_argument('--work-dir', default=osp.join('work_dirs', 'benchmark_amp'))
+    return parser.parse_args(argv)
+
+
+def run(variant: str, amp: bool, args) -> dict:
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from fmkt_mm.apis import apply_distiller, prepare_work_dir
+    from fmkt_mm.optim import enable_amp
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'fashion_mnist', CONFIGS[variant]))
+    if cfg.distiller.get('teacher') is not None:
+        if not osp.isfile(args.teacher):
+            raise FileNotFoundError(f'teacher checkpoint {args.teacher!r} not found: train one with '
+                                    f'tools/demo_fashion_mnist.py or pass --teacher')
+        cfg.distiller.teacher.checkpoint = args.teacher
+    cfg.train_dataloader.dataset.num_samples = args.train_samples
+    if args.test_samples:
+        cfg.test_dataloader.dataset.num_samples = args.test_samples
+    cfg.train_cfg.max_epochs = cfg.train_cfg.val_interval = args.epochs
+    cfg.param_scheduler = [dict(type='CosineAnnealingLR', by_epoch=True, T_max=args.epochs,
+                                convert_to_iter_based=True)]
+    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    cfg.randomness = dict(seed=0)
+    cfg.default_hooks.logger.interval = 50
+    cfg.experiment_name = f'{variant}_{"amp" if amp else "fp32"}_{time.time_ns()}'
+    apply_distiller(cfg)
+    prepare_work_dir(cfg, CONFIGS[variant], osp.join(args.work_dir, f'{variant}_{int(amp)}'))
+    if amp:
+        enable_amp(cfg)
+    runner = Runner.from_cfg(cfg)
+    dtypes = set()
+    runner.model.student.backbone.register_forward_hook(
+        lambda m, i, o: dtypes.add(str(o[-1].dtype).replace('torch.', '')) if m.training else None)
+    start = time.time()
+    runner.train()
+    seconds = time.time() - start
+    top1 = float(runner.test()['accuracy/top1'])
+    wrapper = runner.optim_wrapper
+    scaler = getattr(wrapper, 'loss_scaler', None)
+    return dict(variant=variant, precision='amp' if amp else 'fp32', wrapper=type(wrapper).__name__,
+                dtypes=sorted(dtypes), loss=float(runner.message_hub.get_scalar('train/loss').current()),
+                top1=top1, loss_scale=None if scaler is None else float(scaler.get_scale()),
+                seconds=seconds)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+    import fmkt_mm  # noqa: F401  (registers the components)
+    rows = []
+    for variant in args.variants:
+        for amp in (False, True):
+            rows.append(run(variant, amp, args))
+            print(rows[-1], flush=True)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'
+    print(f'\n{device}, torch {torch.__version__}, {args.epochs} epochs on {args.train_samples} images, '
+          f'seed 0\n')
+    print('| variant | precision | optim wrapper | student computes in | last loss | top-1 | '
+          'loss scale | train s |')
+    print('|---|---|---|---|---|---|---|---|')
+    for r in rows:
+        print(f'| {r["variant"]} | {r["precision"]} | {r["wrapper"]} | {", ".join(r["dtypes"])} | '
+              f'{r["loss"]:.4f} | {r["top1"]:.2f} | {r["loss_scale"] or "-"} | {r["seconds"]:.1f} |')
+    return rows
+
+
+if __name__ == '__main__':
+    main()
