@@ -68,3 +68,18 @@ def test_amp_benchmark_trains_each_precision(teacher_checkpoint, tmp_path):
     assert fp32['dtypes'] == ['float32'] and fp32['wrapper'] == 'OptimWrapper'
     assert amp_row['dtypes'] == ['bfloat16'] and amp_row['wrapper'] == 'CPUAmpOptimWrapper'
     assert all(0.0 <= r['top1'] <= 100.0 for r in rows)
+
+
+def test_efficacy_rows_configure_the_same_run_for_every_seed(tmp_path):
+    """The rows' overrides are reused for every seed: building a config must
+    not consume them (e.g. the `_delete_` that replaces the mlp encoder)."""
+    efficacy = load_tool('benchmark_efficacy')
+    args = efficacy.parse_args(['--quick', '--out-dir', str(tmp_path)])
+    for name, config, overrides in efficacy.CLS_ROWS:
+        if not overrides:
+            continue
+        encoders = [efficacy.cls_config(config, overrides, args, seed, str(tmp_path / f'{seed}'),
+                                        'teacher.pth').model.flow.encoder for seed in (0, 1)]
+        assert encoders[0] == encoders[1], name
+        if 'conv' in name:
+            assert encoders[1] == dict(type='conv')

@@ -18,6 +18,7 @@ directory) and shared by every row; every row trains from scratch with the
 same data, schedule and seed as the student alone.
 """
 import argparse
+import copy
 import json
 import math
 import os
@@ -113,8 +114,8 @@ def cls_config(config: str, flow_overrides, args, seed: int, work_dir: str, teac
     if 'distiller' in cfg:
         if cfg.distiller.get('teacher') is not None:
             cfg.distiller.teacher.checkpoint = teacher_ckpt
-        if flow_overrides:
-            cfg.merge_from_dict(dict(distiller=dict(flow=flow_overrides)))
+        if flow_overrides:  # a copy: merging consumes the `_delete_` markers
+            cfg.merge_from_dict(dict(distiller=dict(flow=copy.deepcopy(flow_overrides))))
         if cfg.distiller.get('flow') is not None:
             cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if 'FlowSteps' not in h['type']]
             cfg.custom_hooks.append(dict(type='fmkt_mm.FlowStepsHook',
