@@ -1,4 +1,4 @@
-"""FlowDistill on Fashion-MNIST: plain FM-KT against each capability switched on.
+"""FlowDistill on the demo data: plain FM-KT against each capability switched on.
 
 Trains the Fashion-MNIST FM-KT student (ResNet-18 w16 -> w4, logit-based,
 8 flow steps) once per row and reports, per row, top-1 of the test set, the
@@ -19,6 +19,15 @@ Prints a markdown table and writes ``<work-dir>/flowdistill_results.json``.
     python tools/benchmark_flowdistill.py [--epochs 6] [--train-samples 10000]
         [--test-samples N] [--rows fmkt conditional ...] [--teacher PATH] [--quick]
 
+``--task det`` runs the same comparison on the composed detection set
+(RetinaNet R18 -> R18 w16, four FPN levels, deploy mode 'flow', N = 4;
+``configs/fashion_det/fmkt_retinanet_r18_to_r18w16_{deploy-flow,conditional,
+progressive,roundtrip}.py``), reporting COCO mAP and the round-trip errors
+summed over levels; the teacher is ``--det-teacher`` or trained first::
+
+    python tools/benchmark_flowdistill.py --task det [--det-epochs 8] [--det-train 600]
+        [--det-val 200] [--det-teacher PATH]
+
 ``--quick`` is a smoke run of a few seconds per row (a few iterations on a
 few hundred images, a briefly trained teacher): its numbers say that the
 pipeline works, not which capability helps.
@@ -28,6 +37,7 @@ import copy
 import json
 import os
 import os.path as osp
+import sys
 import time
 import uuid
 
@@ -55,6 +65,17 @@ ROWS = {
 }
 #: the round trip every row is measured with: N = 1 and the training N = 8
 ROUNDTRIP_STEPS = (1, 8)
+DET_CONFIG_DIR = osp.join(ROOT, 'configs', 'fashion_det')
+DET_ROWS = {
+    'fmkt': ('plain FM-KT (deploy flow)', 'fmkt_retinanet_r18_to_r18w16_deploy-flow.py'),
+    'conditional': ('+ conditional flows (level + pooled, one shared encoder)',
+                    'fmkt_retinanet_r18_to_r18w16_conditional.py'),
+    'progressive': ('+ progressive (steps 1-2-4, coarse to fine levels)',
+                    'fmkt_retinanet_r18_to_r18w16_progressive.py'),
+    'roundtrip': ('+ cycle-consistency training', 'fmkt_retinanet_r18_to_r18w16_roundtrip.py'),
+}
+#: detection trains with N = 4
+DET_ROUNDTRIP_STEPS = (1, 4)
 
 
 def epoch_milestones_to_iters(hook: dict, config_epochs: int, total_iters: int) -> dict:
@@ -169,6 +190,92 @@ def table(results) -> str:
     return '\n'.join(lines)
 
 
+# -- detection ---------------------------------------------------------------------------
+
+
+def det_config(config: str, args, data_root: str, work_dir: str, epochs: int) -> Config:
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    import demo_detection as demo
+    cfg = demo.load_config(config, argparse.Namespace(data_root=data_root), work_dir, epochs)
+    cfg.randomness = dict(seed=0)
+    cfg.experiment_name = f'{osp.splitext(config)[0]}-{uuid.uuid4().hex[:8]}'
+    if not args.verbose:
+        cfg.log_level = 'WARNING'
+    return cfg
+
+
+def train_det_teacher(args, data_root: str) -> str:
+    path = osp.join(args.work_dir, 'det_teacher.pth')
+    cfg = det_config('retinanet_r18_teacher.py', args, data_root, osp.join(args.work_dir, 'det', 'teacher'),
+                     args.det_teacher_epochs)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    atomic_torch_save(runner.model.state_dict(), path)
+    return path
+
+
+def run_det_row(name: str, args, data_root: str, teacher_checkpoint: str) -> dict:
+    label, config = DET_ROWS[name]
+    work_dir = osp.join(args.work_dir, 'det', name)
+    cfg = det_config(config, args, data_root, work_dir, args.det_epochs)
+    cfg.distiller.teacher.checkpoint = teacher_checkpoint
+    cfg.custom_hooks = [h for h in cfg.get('custom_hooks', [])
+                        if str(h.get('type', '')).split('.')[-1] != 'FlowRoundTripHook']
+    cfg.custom_hooks.append(dict(type='fmkt_mm.FlowRoundTripHook', num_steps=DET_ROUNDTRIP_STEPS,
+                                 refine=0))
+    apply_distiller(cfg)
+    prepare_work_dir(cfg, config, work_dir)
+    start = time.time()
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    metrics = runner.test()
+    scalars = {k: v.current() for k, v in runner.message_hub.log_scalars.items()}
+    roundtrip = {f'{direction}_steps{steps}': scalars.get(f'test/flow/roundtrip_{direction}_steps{steps}')
+                 for direction in ('s2t2s', 't2s2t') for steps in DET_ROUNDTRIP_STEPS}
+    return dict(row=name, model=label, config=config,
+                mAP=100 * float(metrics.get('coco/bbox_mAP', 0.0)),
+                mAP_50=100 * float(metrics.get('coco/bbox_mAP_50', 0.0)),
+                seconds_per_iter=seconds_per_iter(runner), iterations=int(runner.iter),
+                roundtrip=roundtrip, seconds=time.time() - start)
+
+
+def det_table(results) -> str:
+    n1, n = DET_ROUNDTRIP_STEPS
+    lines = [f'| model | bbox mAP | mAP@50 | s / iter | s->t->s N={n1} | s->t->s N={n} | t->s->t N={n} |',
+             '|---|---|---|---|---|---|---|']
+
+    def fmt(v):
+        return '-' if v is None else f'{v:.2e}'
+
+    for r in results:
+        rt = r['roundtrip']
+        lines.append(f"| {r['model']} | {r['mAP']:.1f} | {r['mAP_50']:.1f} | {r['seconds_per_iter']:.3f} | "
+                     f"{fmt(rt[f's2t2s_steps{n1}'])} | {fmt(rt[f's2t2s_steps{n}'])} | "
+                     f"{fmt(rt[f't2s2t_steps{n}'])} |")
+    return '\n'.join(lines)
+
+
+def main_det(args):
+    from fmkt_mm.datasets import make_detection_set
+    data_root = osp.join(args.work_dir, 'fashion_det')
+    make_detection_set(data_root, args.det_train, args.det_val, image_size=128, seed=0)
+    teacher = args.det_teacher or train_det_teacher(args, data_root)
+    print(f'detection teacher: {teacher}')
+    results = []
+    for name in args.det_rows:
+        results.append(run_det_row(name, args, data_root, teacher))
+        r = results[-1]
+        print(f"det {name}: mAP {r['mAP']:.1f}, {r['seconds_per_iter']:.3f} s/iter, "
+              f"{r['iterations']} iterations, {r['seconds']:.0f} s", flush=True)
+    print('\n' + det_table(results))
+    out = osp.join(args.work_dir, 'flowdistill_det_results.json')
+    with open(out, 'w') as f:
+        json.dump(dict(teacher=teacher, epochs=args.det_epochs, train_images=args.det_train,
+                       val_images=args.det_val, quick=args.quick, rows=results), f, indent=1)
+    print(f'\nresults written to {out}')
+    return results
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--epochs', type=int, default=6)
@@ -183,11 +290,20 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', default='work_dirs/flowdistill')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--verbose', action='store_true', help="print MMEngine's training logs")
+    parser.add_argument('--task', choices=['cls', 'det', 'all'], default='cls')
+    parser.add_argument('--det-rows', nargs='+', default=list(DET_ROWS), choices=list(DET_ROWS))
+    parser.add_argument('--det-train', type=int, default=600, help='composed training images')
+    parser.add_argument('--det-val', type=int, default=200, help='composed validation images')
+    parser.add_argument('--det-epochs', type=int, default=8)
+    parser.add_argument('--det-teacher-epochs', type=int, default=10)
+    parser.add_argument('--det-teacher', default=None, help='RetinaNet R18 teacher checkpoint '
+                        '(default: trained first)')
     parser.add_argument('--quick', action='store_true',
                         help='a smoke run: 1 epoch of 4 iterations on 256 images, 128 test images')
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.train_samples, args.test_samples, args.batch_size = 1, 256, 128, 64
+        args.det_train, args.det_val, args.det_epochs, args.det_teacher_epochs = 8, 4, 1, 1
         args.work_dir = osp.join(args.work_dir, 'quick')
     return args
 
@@ -197,6 +313,15 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.work_dir, exist_ok=True)
+    results = []
+    if args.task in ('cls', 'all'):
+        results += main_cls(args)
+    if args.task in ('det', 'all'):
+        results += main_det(args)
+    return results
+
+
+def main_cls(args):
     teacher = args.teacher
     if teacher is None and not args.quick:
         demo_teacher = osp.join('work_dirs', 'fashion_mnist', 'teacher.pth')
