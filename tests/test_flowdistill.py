@@ -638,7 +638,7 @@ def test_runner_detection(capability, coco_set, det_teacher, tmp_path):
 @needs_data
 def test_benchmark_quick_smoke(tmp_path):
     out = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'benchmark_flowdistill.py'), '--quick',
-                          '--threads', '1', '--work-dir', str(tmp_path)],
+                          '--task', 'all', '--threads', '1', '--work-dir', str(tmp_path)],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert '| model | top-1 (%) | s / iter | s->t->s N=1 | s->t->s N=8 | t->s->t N=8 |' in out.stdout
@@ -648,4 +648,11 @@ def test_benchmark_quick_smoke(tmp_path):
     assert set(rows) == {'fmkt', 'conditional', 'conditional-class', 'progressive', 'roundtrip'}
     for row in rows.values():
         assert 0.0 <= row['top1'] <= 100.0 and row['seconds_per_iter'] > 0
+        assert all(v is not None and v >= 0 for v in row['roundtrip'].values())
+    assert '| model | bbox mAP | mAP@50 | s / iter | s->t->s N=1 | s->t->s N=4 | t->s->t N=4 |' in out.stdout
+    with open(tmp_path / 'quick' / 'flowdistill_det_results.json') as f:
+        det = {r['row']: r for r in json.load(f)['rows']}
+    assert set(det) == {'fmkt', 'conditional', 'progressive', 'roundtrip'}
+    for row in det.values():
+        assert 0.0 <= row['mAP'] <= 100.0 and row['seconds_per_iter'] > 0
         assert all(v is not None and v >= 0 for v in row['roundtrip'].values())
