@@ -20,6 +20,7 @@ from fmkt_mm.apis import apply_distiller
 from fmkt_mm.datasets.idx import fashion_mnist_paths, fashion_mnist_root
 from fmkt_mm.distill import DetectionDistiller
 from fmkt_mm.export import export_student
+from fmkt_mm.hooks import FlowStepsHook
 
 mmdet = pytest.importorskip('mmdet')
 from mmdet.utils import register_all_modules  # noqa: E402
@@ -137,6 +138,29 @@ def test_untrained_flows_are_the_identity_and_trained_ones_feed_the_head(teacher
     handle.remove()
     assert torch.equal(seen[0][0], seen[1][0]) and not torch.allclose(seen[0][1], seen[1][1])
     assert type(preds[0]) is type(plain[0]) and 'bboxes' in preds[0].pred_instances
+
+
+def test_extra_step_counts_predict_as_a_run_at_that_count(teachers):
+    model = distiller(retinanet(8, 32), teachers['retinanet'], deploy_mode='flow', eval_steps=4)
+    model.eval()
+    for flow in model.flows:  # a flow that moves the features: counts give different boxes
+        torch.nn.init.normal_(flow.encoder.output.weight, std=0.3)
+    data = batch(model, train=False)
+    model.extra_eval_steps = [1, 2, 4]
+    with torch.no_grad():
+        preds = model(**copy.deepcopy(data), mode='predict')
+        model.extra_eval_steps = []
+        alone = {}
+        for n in (1, 4):
+            model.eval_steps = n
+            alone[n] = model(**copy.deepcopy(data), mode='predict')
+    assert model.steps_prediction_field == 'pred_instances'
+    for pred, at1, at4 in zip(preds, alone[1], alone[4]):
+        assert 'pred_instances_steps4' not in pred  # the main prediction is eval_steps'
+        torch.testing.assert_close(pred.pred_instances.scores, at4.pred_instances.scores)
+        torch.testing.assert_close(pred.pred_instances_steps1.scores, at1.pred_instances.scores)
+        torch.testing.assert_close(pred.pred_instances_steps1.bboxes, at1.pred_instances.bboxes)
+        assert not torch.equal(pred.pred_instances_steps1.scores, pred.pred_instances.scores)
 
 
 def test_deploy_student_predicts_as_the_plain_detector(teachers):
@@ -267,9 +291,14 @@ def test_runner_train_resume_test_deploy_flow(coco_set, teachers, tmp_path):
         assert f'train/{key}' in runner.message_hub.log_scalars
     teacher_after = runner.model.teacher.state_dict()
     assert all(torch.equal(teacher_before[k], teacher_after[k]) for k in teacher_before)
+    runner.register_hook(FlowStepsHook(test_steps=(1, 4)))
     metrics = runner.test()
     assert isinstance(metrics['coco/bbox_mAP'], float)
     assert head_calls == []  # the teacher's forward stopped at its neck
+    # one pass scores each step count with its own copy of the COCO evaluator
+    scalars = runner.message_hub.log_scalars
+    assert isinstance(scalars['test/flow/coco/bbox_mAP_steps1'].current(), float)
+    assert scalars['test/flow/coco/bbox_mAP_steps4'].current() == metrics['coco/bbox_mAP']
 
     cfg = runner_config('fmkt_retinanet_r18_to_r18w16_deploy-flow.py', work_dir, coco_set,
                         retinanet(8, 32), teachers['retinanet'], max_iters=3, ema_momentum=0.1)

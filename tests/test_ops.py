@@ -111,15 +111,36 @@ def test_two_processes_classification_with_stop_then_test(teacher_checkpoint, tm
 
 
 def test_two_processes_detection_deploy_flow(coco_set, det_teacher, tmp_path):
-    """2 gloo processes, a RetinaNet with the flows feeding its head."""
+    """2 gloo processes, a RetinaNet with the flows feeding its head; then
+    tools/dist_test.sh scores two step counts in one pass (each count's copy
+    of the COCO evaluator gathers over both ranks) as tools/test.py does."""
     work_dir = str(tmp_path / 'det')
     cfg = runner_config('fmkt_retinanet_r18_to_r18w16_deploy-flow.py', work_dir, coco_set,
                         retinanet(8, 32), det_teacher, max_iters=2)
     cfg.train_dataloader.batch_size = 1
-    run_dist(cfg, work_dir)
+    cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='fmkt_mm.FlowStepsHook', test_steps=(1, 2))]
+    config = run_dist(cfg, work_dir)
     states = rank_states(work_dir)
     assert any(k.startswith('flows.') for k in states[0]['params'])
     assert 'loss_flow_l0' in states[0]['loss_names'][0]
+
+    checkpoint = osp.join(work_dir, 'iter_2.pth')
+    single = subprocess.run([PYTHON, osp.join(ROOT, 'tools', 'test.py'), config, checkpoint,
+                             '--work-dir', str(tmp_path / 'test1')],
+                            capture_output=True, text=True, env=ENV, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    multi = subprocess.run(['bash', osp.join(ROOT, 'tools', 'dist_test.sh'), config, checkpoint, '2',
+                            '--work-dir', str(tmp_path / 'test2')],
+                           capture_output=True, text=True, env=ENV, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+
+    def by_steps(out):
+        line = [x for x in (out.stdout + out.stderr).splitlines()
+                if 'flow ensemble by number of steps' in x][-1]
+        return line.split('number of steps: ')[1]
+
+    assert 'N=1: coco/bbox_mAP' in by_steps(single) and 'N=2: coco/bbox_mAP' in by_steps(single)
+    assert by_steps(single) == by_steps(multi)
 
 
 # -- mixed precision ---------------------------------------------------------------------------

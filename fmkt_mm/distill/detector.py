@@ -85,9 +85,11 @@ class TeacherShape(nn.Module):
 class _HookState:
     """What the neck hook needs for one call and what it leaves behind."""
 
-    def __init__(self, teacher_levels: Optional[Sequence[Tensor]], compute_losses: bool):
+    def __init__(self, teacher_levels: Optional[Sequence[Tensor]], compute_losses: bool,
+                 num_steps: Optional[int] = None):
         self.teacher_levels = teacher_levels
         self.compute_losses = compute_losses
+        self.num_steps = num_steps
         self.losses: Dict[str, Tensor] = {}
         self.calls = 0
 
@@ -243,14 +245,21 @@ class DetectionDistiller(BaseDistiller):
             else:
                 self.ema_flows = copy.deepcopy(self.flows).requires_grad_(False).eval()
         self.eval_steps = eval_steps or self.flows[0].num_steps
-        #: set by FlowStepsHook; detection scores one step count per pass
-        #: (``eval_steps``), so extra counts are not evaluated
+        #: extra step counts predicted in the same pass (set by FlowStepsHook):
+        #: each sample gets ``pred_instances_steps{N}`` besides ``pred_instances``
         self.extra_eval_steps: List[int] = []
         #: per-level multipliers of ``level_weights`` (set by ProgressiveDistillationHook)
         self.level_scales: List[float] = [1.0] * len(self.level_pairs)
         if roundtrip_loss_weight < 0:
             raise ValueError(f'roundtrip_loss_weight must be >= 0, got {roundtrip_loss_weight}')
         self.roundtrip_loss_weight = roundtrip_loss_weight
+
+    @property
+    def steps_prediction_field(self) -> Optional[str]:
+        """The data-sample field that ``extra_eval_steps`` fill, one per count
+        (``pred_instances_steps{N}``), for the evaluator's metrics to score;
+        ``None`` when prediction does not run the flows."""
+        return 'pred_instances' if self.deploy_mode == 'flow' else None
 
     @property
     def deploy_mode(self) -> str:
@@ -340,8 +349,9 @@ class DetectionDistiller(BaseDistiller):
         """Run the flows on the student's levels; return what the heads read."""
         levels = list(levels)
         if not state.compute_losses:  # inference in deploy_mode 'flow'
+            steps = state.num_steps or self.eval_steps
             for (s, _), flow in zip(self.level_pairs, self._inference_flows()):
-                levels[s] = flow.run(levels[s], self.eval_steps).mean_estimate()
+                levels[s] = flow.run(levels[s], steps).mean_estimate()
             return levels
         for (s, t), flow, weight, scale in zip(self.level_pairs, self.flows, self.level_weights,
                                                self.level_scales):
@@ -367,9 +377,11 @@ class DetectionDistiller(BaseDistiller):
 
     @contextmanager
     def _flows_on_neck(self, teacher_levels: Optional[Sequence[Tensor]] = None,
-                       compute_losses: bool = False) -> Iterator[_HookState]:
-        """Hook the flows onto the student's tap for the duration of the block."""
-        state = _HookState(teacher_levels, compute_losses)
+                       compute_losses: bool = False,
+                       num_steps: Optional[int] = None) -> Iterator[_HookState]:
+        """Hook the flows onto the student's tap for the duration of the block
+        (at inference with ``num_steps``, by default ``eval_steps``)."""
+        state = _HookState(teacher_levels, compute_losses, num_steps)
 
         def hook(module, inputs, output):
             state.calls += 1
@@ -462,15 +474,27 @@ class DetectionDistiller(BaseDistiller):
 
     # -- inference -----------------------------------------------------------------
     def predict(self, inputs: Tensor, data_samples=None):
-        """mmdet ``DetDataSample`` s with ``pred_instances``, as the student's."""
+        """mmdet ``DetDataSample`` s with ``pred_instances``, as the student's.
+
+        With ``extra_eval_steps`` (deploy mode ``'flow'``), each sample also
+        gets ``pred_instances_steps{N}``: the detections with the flows' ensemble
+        at ``N`` steps. The student's ``predict`` runs once per extra count (the
+        head's post-processing depends on the features, so nothing is shared but
+        the data); ``pred_instances`` stays the one at ``eval_steps``."""
         if self.deploy_mode == 'student':
             return self.student.predict(inputs, data_samples)
-        if self.extra_eval_steps:
-            warnings.warn(f'detection is scored at eval_steps={self.eval_steps} only; the extra step '
-                          f'counts {self.extra_eval_steps} are not evaluated')
-            self.extra_eval_steps = []
+        extra = {}
+        for steps in self.extra_eval_steps:
+            if steps != self.eval_steps:
+                with self._flows_on_neck(num_steps=steps):
+                    samples = self.student.predict(inputs, data_samples)
+                extra[steps] = [sample.pred_instances for sample in samples]
         with self._flows_on_neck():
-            return self.student.predict(inputs, data_samples)
+            samples = self.student.predict(inputs, data_samples)
+        for steps, instances in extra.items():
+            for sample, pred in zip(samples, instances):
+                sample.set_field(pred, f'pred_instances_steps{steps}')
+        return samples
 
     def _forward(self, inputs: Tensor, data_samples=None):
         if self.deploy_mode == 'student':

@@ -1,4 +1,5 @@
 """Choosing and comparing the number of flow steps at validation and test."""
+import copy
 from typing import Dict, Optional, Sequence, Union
 
 import torch
@@ -17,12 +18,19 @@ def unwrap(model):
 
 @HOOKS.register_module()
 class FlowStepsHook(Hook):
-    """Sets the flow steps used for prediction and logs top-1 for several.
+    """Sets the flow steps used for prediction and scores several.
 
     ``val_steps`` / ``test_steps`` is an int or a sequence: the evaluator (e.g.
-    ``Accuracy``) scores the **last** value, and with several values the flow
-    ensemble at each one is scored in the same pass (the backbone runs once)
-    and logged as ``flow/top1_steps{N}``.
+    ``Accuracy``, ``CocoMetric``) scores the **last** value, and with several
+    values the flow ensemble at each one is scored in the same pass:
+
+    - classification: top-1 of each count (the backbone runs once), logged as
+      ``flow/top1_steps{N}``;
+    - models that fill a prediction field per count (detection:
+      ``pred_instances_steps{N}``, see ``steps_prediction_field``): a copy of
+      the loop's evaluator scores each count, logged as ``flow/{metric}_steps{N}``
+      (e.g. ``val/flow/coco/bbox_mAP_steps2``); the last count's numbers are
+      the evaluator's own.
     """
 
     priority = 'NORMAL'
@@ -31,6 +39,8 @@ class FlowStepsHook(Hook):
         self.val_steps = self._as_tuple(val_steps)
         self.test_steps = self._as_tuple(test_steps)
         self._counts: Dict[int, torch.Tensor] = {}
+        self._evaluators: Dict[int, object] = {}
+        self._field: Optional[str] = None
 
     @staticmethod
     def _as_tuple(steps):
@@ -41,13 +51,18 @@ class FlowStepsHook(Hook):
             raise ValueError(f'flow steps must be integers >= 1, got {steps}')
         return steps
 
-    def _set_steps(self, runner, steps):
+    def _set_steps(self, runner, steps, loop):
         model = unwrap(runner.model)
-        self._counts = {}
+        self._counts, self._evaluators = {}, {}
         if steps is None or not hasattr(model, 'extra_eval_steps'):
             return
         model.eval_steps = steps[-1]
         model.extra_eval_steps = list(steps) if len(steps) > 1 else []
+        self._field = getattr(model, 'steps_prediction_field', None)
+        if self._field is not None:
+            # copied before any sample is processed: every rank holds the same
+            # counts, so the copies' evaluate() gathers over ranks in step
+            self._evaluators = {n: copy.deepcopy(loop.evaluator) for n in steps[:-1]}
 
     def _count(self, outputs):
         for sample in outputs or []:
@@ -58,39 +73,69 @@ class FlowStepsHook(Hook):
                     count = self._counts.setdefault(n, torch.zeros(2, dtype=torch.float64))
                     count += torch.tensor([float(sample.metainfo[key] == gt), 1.0], dtype=torch.float64)
 
-    def _report(self, runner, mode):
-        if not self._counts:
+    def _process(self, data_batch, outputs):
+        """Give each count's evaluator the samples with that count's predictions."""
+        if not self._evaluators or not outputs:
             return
-        parts = []
-        for n in sorted(self._counts):
-            count = self._counts[n]
-            all_reduce(count)  # sums over ranks; a no-op in a single process
-            top1 = 100.0 * float(count[0] / count[1].clamp(min=1))
-            runner.message_hub.update_scalar(f'{mode}/flow/top1_steps{n}', top1)
-            parts.append(f'N={n}: {top1:.2f}')
-        runner.logger.info(f'{mode} flow ensemble top-1 by number of steps: ' + ', '.join(parts))
-        self._counts = {}
-        model = unwrap(runner.model)
-        model.extra_eval_steps = []
+        fields = {n: f'{self._field}_steps{n}' for n in self._evaluators}
+        plain = []
+        for sample in outputs:
+            sample = sample.to_dict()
+            for name in fields.values():
+                sample.pop(name, None)
+            plain.append(sample)
+        for n, evaluator in self._evaluators.items():
+            samples = []
+            for sample, output in zip(plain, outputs):
+                if fields[n] not in output:
+                    raise RuntimeError(f'the model did not predict {fields[n]!r}, which the '
+                                       f'FlowStepsHook asked for with steps {n}')
+                samples.append({**sample, self._field: output.get(fields[n]).to_dict()})
+            evaluator.process(samples, data_batch)
+
+    def _report(self, runner, mode, loop, metrics):
+        if self._counts:
+            parts = []
+            for n in sorted(self._counts):
+                count = self._counts[n]
+                all_reduce(count)  # sums over ranks; a no-op in a single process
+                top1 = 100.0 * float(count[0] / count[1].clamp(min=1))
+                runner.message_hub.update_scalar(f'{mode}/flow/top1_steps{n}', top1)
+                parts.append(f'N={n}: {top1:.2f}')
+            runner.logger.info(f'{mode} flow ensemble top-1 by number of steps: ' + ', '.join(parts))
+        if self._evaluators:
+            size = len(loop.dataloader.dataset)
+            scored = {n: evaluator.evaluate(size) for n, evaluator in self._evaluators.items()}
+            scored[unwrap(runner.model).eval_steps] = dict(metrics or {})
+            parts = []
+            for n in sorted(scored):
+                numbers = {k: v for k, v in scored[n].items() if isinstance(v, (int, float))}
+                for key, value in numbers.items():
+                    runner.message_hub.update_scalar(f'{mode}/flow/{key}_steps{n}', value)
+                parts.append(f'N={n}: ' + ', '.join(f'{k} {v:.4g}' for k, v in numbers.items()))
+            runner.logger.info(f'{mode} flow ensemble by number of steps: ' + '; '.join(parts))
+        self._counts, self._evaluators = {}, {}
+        unwrap(runner.model).extra_eval_steps = []
 
     def before_val_epoch(self, runner):
-        self._set_steps(runner, self.val_steps)
+        self._set_steps(runner, self.val_steps, runner.val_loop)
 
     def before_test_epoch(self, runner):
-        self._set_steps(runner, self.test_steps)
+        self._set_steps(runner, self.test_steps, runner.test_loop)
 
     def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         self._count(outputs)
+        self._process(data_batch, outputs)
 
     def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         self._count(outputs)
+        self._process(data_batch, outputs)
 
     def after_val_epoch(self, runner, metrics=None):
-        self._report(runner, 'val')
+        self._report(runner, 'val', runner.val_loop, metrics)
 
     def after_test_epoch(self, runner, metrics=None):
-        self._report(runner, 'test')
-
+        self._report(runner, 'test', runner.test_loop, metrics)
 
 @HOOKS.register_module()
 class LossScheduleHook(Hook):
