@@ -59,6 +59,19 @@ def test_efficacy_benchmark_trains_teacher_baselines_and_fmkt(tmp_path):
     assert osp.isfile(osp.join(out, 'quick', 'fmkt_steps.png'))
 
 
+def test_efficacy_benchmark_scores_the_detection_flow_at_each_step_count(tmp_path, capsys):
+    efficacy = load_tool('benchmark_efficacy')
+    result = efficacy.main(['--quick', '--task', 'det', '--det-rows', 'FM-KT deploy flow (paper)',
+                            '--out-dir', str(tmp_path)])
+    teacher, flow = result['det']['rows']
+    assert teacher['map_by_steps'] is None and sorted(flow['map_by_steps']) == [1, 2, 4, 8]
+    assert all(0.0 <= v <= 1.0 for v in flow['map_by_steps'].values())
+    assert '| mAP at N=1/2/4/8 |' in result['det']['table']
+    with pytest.raises(SystemExit):
+        efficacy.parse_args(['--task', 'det', '--det-rows', 'FM-KT'])
+    assert "unknown detection rows ['FM-KT']; the rows are ['student alone" in capsys.readouterr().err
+
+
 def test_amp_benchmark_trains_each_precision(teacher_checkpoint, tmp_path):
     amp = load_tool('benchmark_amp')
     rows = amp.main(['--teacher', teacher_checkpoint, '--variants', 'fmkt_theta', '--epochs', '1',
