@@ -460,6 +460,16 @@ def test_runner_classification_class_conditional_theta(teacher_checkpoint, tmp_p
 
 
 @needs_data
+@pytest.mark.parametrize('name, inference, drop_prob', [('conditional-class-soft', 'soft', 0.1),
+                                                        ('conditional-class-none', 'none', 0.5)])
+def test_class_condition_configs(name, inference, drop_prob, teacher_checkpoint, tmp_path):
+    cfg = tiny_cls_cfg(f'fmkt_resnet18_w16_to_resnet18_w4_{name}.py', tmp_path, teacher_checkpoint)
+    condition = Runner.from_cfg(cfg).model.flow.condition
+    assert isinstance(condition, ClassCondition)
+    assert (condition.inference, condition.drop_prob) == (inference, drop_prob)
+
+
+@needs_data
 def test_runner_classification_progressive(teacher_checkpoint, tmp_path):
     cfg = tiny_cls_cfg('fmkt_resnet18_w16_to_resnet18_w4_progressive.py', tmp_path, teacher_checkpoint)
     hook = [h for h in cfg.custom_hooks if h.type == 'fmkt_mm.ProgressiveDistillationHook'][0]
@@ -645,7 +655,8 @@ def test_benchmark_quick_smoke(tmp_path):
     with open(tmp_path / 'quick' / 'flowdistill_results.json') as f:
         results = json.load(f)
     rows = {r['row']: r for r in results['rows']}
-    assert set(rows) == {'fmkt', 'conditional', 'conditional-class', 'progressive', 'roundtrip'}
+    assert set(rows) == {'fmkt', 'conditional', 'conditional-class', 'conditional-class-soft',
+                         'conditional-class-none', 'progressive', 'roundtrip'}
     for row in rows.values():
         assert 0.0 <= row['top1'] <= 100.0 and row['seconds_per_iter'] > 0
         assert all(v is not None and v >= 0 for v in row['roundtrip'].values())

@@ -9,6 +9,8 @@ explicit reverse sampler) measured on the test set:
     fmkt               plain FM-KT                         fmkt_resnet18_w16_to_resnet18_w4.py
     conditional        + conditional flow, pooled feature  ..._conditional.py
     conditional-class  + conditional flow, class embedding ..._conditional-class.py
+    conditional-class-soft  the same, soft class guess     ..._conditional-class-soft.py
+    conditional-class-none  label dropped for half, none   ..._conditional-class-none.py
     progressive        + progressive steps and curriculum  ..._progressive.py
     roundtrip          + cycle-consistency training        ..._roundtrip.py
 
@@ -59,6 +61,10 @@ ROWS = {
                     'fmkt_resnet18_w16_to_resnet18_w4_conditional.py'),
     'conditional-class': ('+ conditional flow (class)',
                           'fmkt_resnet18_w16_to_resnet18_w4_conditional-class.py'),
+    'conditional-class-soft': ('+ conditional flow (class, soft guess at inference)',
+                               'fmkt_resnet18_w16_to_resnet18_w4_conditional-class-soft.py'),
+    'conditional-class-none': ('+ conditional flow (class dropped for half, none at inference)',
+                               'fmkt_resnet18_w16_to_resnet18_w4_conditional-class-none.py'),
     'progressive': ('+ progressive (steps 2-4-8, curriculum)',
                     'fmkt_resnet18_w16_to_resnet18_w4_progressive.py'),
     'roundtrip': ('+ cycle-consistency training', 'fmkt_resnet18_w16_to_resnet18_w4_roundtrip.py'),
