@@ -62,11 +62,17 @@ def test_efficacy_benchmark_trains_teacher_baselines_and_fmkt(tmp_path):
 def test_efficacy_benchmark_scores_the_detection_flow_at_each_step_count(tmp_path, capsys):
     efficacy = load_tool('benchmark_efficacy')
     result = efficacy.main(['--quick', '--task', 'det', '--det-rows', 'FM-KT deploy flow (paper)',
-                            '--out-dir', str(tmp_path)])
-    teacher, flow = result['det']['rows']
-    assert teacher['map_by_steps'] is None and sorted(flow['map_by_steps']) == [1, 2, 4, 8]
-    assert all(0.0 <= v <= 1.0 for v in flow['map_by_steps'].values())
-    assert '| mAP at N=1/2/4/8 |' in result['det']['table']
+                            '--det-seeds', '0', '1', '--out-dir', str(tmp_path)])
+    runs = result['det']['runs']
+    assert [(r['row'], r['seed']) for r in runs] == [('FM-KT deploy flow (paper)', 0),
+                                                    ('FM-KT deploy flow (paper)', 1)]
+    for run in runs:
+        assert sorted(run['map_by_steps']) == [1, 2, 4, 8]
+        assert all(0.0 <= v <= 1.0 for v in run['map_by_steps'].values())
+    summary = result['det']['summary']['FM-KT deploy flow (paper)']
+    assert summary['seeds'] == [0, 1] and 0.0 <= summary['mAP']['mean'] <= 100.0
+    assert '| mAP at N=1/2/4/8 | seeds |' in result['det']['table']
+    assert '| FM-KT deploy flow (paper) |' in result['det']['table']
     with pytest.raises(SystemExit):
         efficacy.parse_args(['--task', 'det', '--det-rows', 'FM-KT'])
     assert "unknown detection rows ['FM-KT']; the rows are ['student alone" in capsys.readouterr().err

@@ -110,6 +110,36 @@ def test_two_processes_classification_with_stop_then_test(teacher_checkpoint, tm
     assert top1(single) == pytest.approx(top1(multi), abs=1e-6)
 
 
+def test_two_processes_train_as_one_process_with_the_whole_batch(teacher_checkpoint, tmp_path):
+    """Data parallelism changes nothing but the speed: 2 gloo processes of
+    batch 2 end with the weights of 1 process of batch 4 over the same
+    samples. (For the comparison to be exact the student's normalisation and
+    the losses must not couple the samples of a batch: GroupNorm instead of
+    per-rank BatchNorm statistics, KD instead of DIST's batch correlations, no
+    random augmentation.)"""
+    def config(work_dir, batch_size):
+        cfg = tiny_cfg('fmkt', work_dir, teacher_checkpoint, max_iters=2)
+        cfg.train_dataloader.batch_size = batch_size
+        cfg.train_dataloader.dataset.pipeline = [dict(type='PackInputs')]
+        cfg.model.student.backbone.norm_cfg = dict(type='GN', num_groups=4, requires_grad=True)
+        cfg.model.flow.loss = dict(type='fmkt_mm.KDLoss', tau=4.0)
+        return cfg
+
+    work_dir = str(tmp_path / 'two')
+    run_dist(config(work_dir, 2), work_dir)
+    two = rank_states(work_dir)[0]['params']
+
+    runner = Runner.from_cfg(config(str(tmp_path / 'one'), 4))
+    start = trainable(runner.model)
+    runner.train()
+    one = trainable(runner.model)
+    assert set(one) == set(two)
+    moved = [n for n in one if not torch.equal(one[n], start[n])]
+    assert any(n.startswith('student.') for n in moved) and any(n.startswith('flow.') for n in moved)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_two_processes_detection_deploy_flow(coco_set, det_teacher, tmp_path):
     """2 gloo processes, a RetinaNet with the flows feeding its head; then
     tools/dist_test.sh scores two step counts in one pass (each count's copy

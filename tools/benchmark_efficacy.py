@@ -4,7 +4,7 @@ Classification (Fashion-MNIST, ResNet-18 w16 teacher -> ResNet-18 w4 student,
 several seeds): student alone, KD, DKD, DIST, FM-KT with each path (rectified,
 VP, VE), each meta-encoder (mlp, conv, transformer) and N_train 4 / 8,
 FM-KT^Theta and OFM-KT. Detection (the composed Fashion-MNIST COCO set,
-RetinaNet R18 -> R18 w16, one seed): student alone, PKD, FM-KT in both
+RetinaNet R18 -> R18 w16, `--det-seeds`): student alone, PKD, FM-KT in both
 deploy modes. Prints markdown tables, writes ``results.json`` and two plots
 (top-1 against the number of inference steps; training loss of each flow
 step)::
@@ -72,6 +72,7 @@ def parse_args(argv=None):
     parser.add_argument('--det-val', type=int, default=200)
     parser.add_argument('--det-teacher-epochs', type=int, default=10)
     parser.add_argument('--det-epochs', type=int, default=8)
+    parser.add_argument('--det-seeds', type=int, nargs='+', default=[0])
     parser.add_argument('--det-rows', nargs='+', metavar='NAME',
                         help='detection rows to run (the teacher always), by exact name: '
                              + '; '.join(repr(r[0]) for r in DET_ROWS))
@@ -193,8 +194,8 @@ def mean_std(values):
     return mean, std
 
 
-def fmt(mean, std):
-    return f'{mean:.2f}' if math.isnan(std) else f'{mean:.2f} ± {std:.2f}'
+def fmt(mean, std, digits=2):
+    return f'{mean:.{digits}f}' if math.isnan(std) else f'{mean:.{digits}f} ± {std:.{digits}f}'
 
 
 def cls_table(results, teacher_top1, args):
@@ -291,6 +292,63 @@ DET_ROWS = [('student alone RetinaNet R18 w16', 'retinanet_r18w16_student.py'),
             ('FM-KT deploy flow (paper)', 'fmkt_retinanet_r18_to_r18w16_deploy-flow.py')]
 
 
+def run_det(job):
+    """One detection run in this process: ``dict(row, seed, metrics, seconds, map_by_steps)``;
+    ``map_by_steps`` (mAP at each ``--det-steps``) for rows whose flows predict."""
+    import demo_detection as demo
+    import torch
+    from mmengine.logging import MessageHub
+    torch.set_num_threads(1)
+    name, config, seed, args, data_root, teacher_ckpt, work_dir = job
+    cfg = demo.load_config(config, argparse.Namespace(data_root=data_root), work_dir, args.det_epochs)
+    if 'distiller' in cfg:
+        cfg.distiller.teacher.checkpoint = teacher_ckpt
+    flow_deployed = cfg.get('distiller', {}).get('deploy_mode') == 'flow'
+    if flow_deployed:
+        cfg.distiller.eval_steps = args.det_steps[-1]
+        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
+            dict(type='fmkt_mm.FlowStepsHook', val_steps=args.det_steps[-1],
+                 test_steps=tuple(args.det_steps))]
+    cfg.randomness = dict(seed=seed)
+    _, metrics, seconds = demo.train_and_test(cfg)
+    curve = None
+    if flow_deployed:
+        # CocoMetric reports nothing when no box was predicted: 0 mAP, as for the rows
+        scalars = MessageHub.get_current_instance().log_scalars
+        curve = {n: float(scalars[key].current()) if key in scalars else 0.0
+                 for n in args.det_steps for key in [f'test/flow/coco/bbox_mAP_steps{n}']}
+    return dict(row=name, seed=seed, metrics={k: float(v) for k, v in metrics.items()},
+                seconds=seconds, map_by_steps=curve)
+
+
+def det_table(teacher_metrics, results, args):
+    """Mean (± std over seeds) of mAP, mAP@50, mAP@75 and the step curve, per row."""
+    steps = '/'.join(str(n) for n in args.det_steps)
+    lines = [f'| method | bbox mAP | mAP@50 | mAP@75 | mAP at N={steps} | seeds | train time (min) |',
+             '|---|---|---|---|---|---|---|']
+    teacher = ' | '.join(f'{100 * teacher_metrics.get(f"coco/bbox_{k}", 0.0):.1f}'
+                         for k in ('mAP', 'mAP_50', 'mAP_75'))
+    lines.append(f'| teacher RetinaNet R18 | {teacher} | - | - | - |')
+    summary = {}
+    for name, _ in DET_ROWS:
+        runs = [r for r in results if r['row'] == name]
+        if not runs:
+            continue
+        scores = {k: mean_std([100 * r['metrics'].get(f'coco/bbox_{k}', 0.0) for r in runs])
+                  for k in ('mAP', 'mAP_50', 'mAP_75')}
+        curve = None
+        if runs[0]['map_by_steps'] is not None:
+            curve = {n: statistics.fmean(100 * r['map_by_steps'][n] for r in runs)
+                     for n in args.det_steps}
+        minutes = statistics.fmean(r['seconds'] for r in runs) / 60
+        summary[name] = dict(seeds=[r['seed'] for r in runs], map_by_steps=curve,
+                             **{k: dict(mean=m, std=sd) for k, (m, sd) in scores.items()})
+        cells = ' | '.join(fmt(m, sd, digits=1) for m, sd in scores.values())
+        curve_cell = ' / '.join(f'{v:.1f}' for v in curve.values()) if curve else '-'
+        lines.append(f'| {name} | {cells} | {curve_cell} | {len(runs)} | {minutes:.1f} |')
+    return '\n'.join(lines), summary
+
+
 def benchmark_det(args):
     import demo_detection as demo
     import torch
@@ -300,54 +358,35 @@ def benchmark_det(args):
     from fmkt_mm.datasets import make_detection_set
     data_root = osp.join(args.out_dir, 'fashion_det')
     make_detection_set(data_root, args.det_train, args.det_val, image_size=128, seed=0)
-    ns = argparse.Namespace(data_root=data_root)
     work = osp.join(args.out_dir, 'det')
     teacher_ckpt = osp.join(args.out_dir, 'det_teacher.pth')
-    cfg = demo.load_config('retinanet_r18_teacher.py', ns, osp.join(work, 'teacher'),
-                           args.det_teacher_epochs)
-    rows = []
+    cfg = demo.load_config('retinanet_r18_teacher.py', argparse.Namespace(data_root=data_root),
+                           osp.join(work, 'teacher'), args.det_teacher_epochs)
     if osp.isfile(teacher_ckpt):
         cfg.load_from = teacher_ckpt
-        metrics, seconds = Runner.from_cfg(cfg).test(), None
+        teacher_metrics, teacher_seconds = Runner.from_cfg(cfg).test(), None
     else:
-        model, metrics, seconds = demo.train_and_test(cfg)
+        model, teacher_metrics, teacher_seconds = demo.train_and_test(cfg)
         demo.save_state_dict_atomically(model, teacher_ckpt)
-    rows.append(('teacher RetinaNet R18', metrics, seconds))
-    from mmengine.logging import MessageHub
-    curves = {}
-    for name, config in DET_ROWS:
-        if args.det_rows and name not in args.det_rows:
-            continue
-        cfg = demo.load_config(config, ns, osp.join(work, osp.splitext(config)[0]), args.det_epochs)
-        if 'distiller' in cfg:
-            cfg.distiller.teacher.checkpoint = teacher_ckpt
-        flow_deployed = cfg.get('distiller', {}).get('deploy_mode') == 'flow'
-        if flow_deployed:
-            cfg.distiller.eval_steps = args.det_steps[-1]
-            cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
-                dict(type='fmkt_mm.FlowStepsHook', val_steps=args.det_steps[-1],
-                     test_steps=tuple(args.det_steps))]
-        cfg.randomness = dict(seed=0)
-        _, metrics, seconds = demo.train_and_test(cfg)
-        rows.append((name, metrics, seconds))
-        if flow_deployed:
-            # CocoMetric reports nothing when no box was predicted: 0 mAP, as for the rows
-            scalars = MessageHub.get_current_instance().log_scalars
-            curves[name] = {n: float(scalars[key].current()) if key in scalars else 0.0
-                            for n in args.det_steps for key in [f'test/flow/coco/bbox_mAP_steps{n}']}
-        print(f'[det] {name}: {100 * metrics.get("coco/bbox_mAP", 0.0):.1f}', flush=True)
-    steps = '/'.join(str(n) for n in args.det_steps)
-    lines = [f'| method | bbox mAP | mAP@50 | mAP@75 | mAP at N={steps} | train time (min) |',
-             '|---|---|---|---|---|---|']
-    for name, metrics, seconds in rows:
-        scores = ' | '.join(f'{100 * metrics.get(f"coco/bbox_{k}", 0.0):.1f}'
-                            for k in ('mAP', 'mAP_50', 'mAP_75'))
-        curve = ' / '.join(f'{100 * v:.1f}' for v in curves[name].values()) if name in curves else '-'
-        lines.append(f'| {name} | {scores} | {curve} | '
-                     f'{"reused" if seconds is None else f"{seconds / 60:.1f}"} |')
-    return dict(rows=[dict(row=n, metrics={k: float(v) for k, v in m.items()}, seconds=s,
-                           map_by_steps=curves.get(n))
-                      for n, m, s in rows], table='\n'.join(lines))
+    jobs = []
+    for seed in args.det_seeds:
+        for name, config in DET_ROWS:
+            if not args.det_rows or name in args.det_rows:
+                work_dir = osp.join(work, f'{osp.splitext(config)[0]}_seed{seed}')
+                jobs.append((name, config, seed, args, data_root, teacher_ckpt, work_dir))
+    results = []
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context('spawn')) as pool:
+            results = list(pool.map(run_det, jobs))
+    else:
+        results = [run_det(job) for job in jobs]
+    for r in results:
+        print(f'[det] {r["row"]} seed {r["seed"]}: {100 * r["metrics"].get("coco/bbox_mAP", 0.0):.1f}',
+              flush=True)
+    table, summary = det_table(teacher_metrics, results, args)
+    return dict(teacher=dict(metrics={k: float(v) for k, v in teacher_metrics.items()},
+                             seconds=teacher_seconds),
+                runs=results, summary=summary, table=table)
 
 
 def main(argv=None):
@@ -370,7 +409,8 @@ def main(argv=None):
         out['det'] = benchmark_det(args)
         text += [f'Fashion-MNIST detection: {args.det_train} train / {args.det_val} val images '
                  f'(128 px), teacher {args.det_teacher_epochs} epochs, students {args.det_epochs} '
-                 'epochs, seed 0, COCO mAP (pycocotools)', '', out['det']['table'], '']
+                 f'epochs, seeds {args.det_seeds}, COCO mAP (pycocotools; mean ± std over seeds)', '',
+                 out['det']['table'], '']
     out['minutes'] = (time.time() - start) / 60
     text.append(f'{out["date"]}, {out["machine"]}, torch {out["torch"]}, '
                 f'total {out["minutes"]:.1f} min: `{out["command"]}`')
