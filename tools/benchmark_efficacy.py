@@ -353,6 +353,8 @@ def benchmark_det(args):
     import demo_detection as demo
     import torch
     from mmengine.runner import Runner
+
+    from fmkt_mm.export import atomic_torch_save
     torch.set_num_threads(1)
 
     from fmkt_mm.datasets import make_detection_set
@@ -367,7 +369,7 @@ def benchmark_det(args):
         teacher_metrics, teacher_seconds = Runner.from_cfg(cfg).test(), None
     else:
         model, teacher_metrics, teacher_seconds = demo.train_and_test(cfg)
-        demo.save_state_dict_atomically(model, teacher_ckpt)
+        atomic_torch_save(model.state_dict(), teacher_ckpt)
     jobs = []
     for seed in args.det_seeds:
         for name, config in DET_ROWS:

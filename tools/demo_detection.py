@@ -17,7 +17,6 @@ import argparse
 import os
 import os.path as osp
 import sys
-import tempfile
 import time
 
 import torch
@@ -29,6 +28,7 @@ sys.path.insert(0, ROOT)
 
 from fmkt_mm.apis import apply_distiller  # noqa: E402
 from fmkt_mm.datasets import make_detection_set  # noqa: E402
+from fmkt_mm.export import atomic_torch_save  # noqa: E402
 
 CONFIGS = osp.join(ROOT, 'configs', 'fashion_det')
 PAIRS = {
@@ -117,18 +117,6 @@ def train_and_test(cfg: Config):
     return runner.model, metrics, seconds
 
 
-def save_state_dict_atomically(model, path: str):
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=osp.dirname(osp.abspath(path)), suffix='.tmp')
-    os.close(fd)
-    try:
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-
-
 def main():
     args = parse_args()
     if args.threads:
@@ -150,7 +138,7 @@ def main():
         metrics, seconds, model = runner.test(), None, runner.model
     else:
         model, metrics, seconds = train_and_test(cfg)
-        save_state_dict_atomically(model, teacher_ckpt)
+        atomic_torch_save(model.state_dict(), teacher_ckpt)
     rows.append(('teacher', teacher_name, '-', inference_parameters(model), seconds, metrics))
 
     student_name = osp.splitext(pair['student'])[0]

@@ -62,7 +62,8 @@ class FlowStepsHook(Hook):
         if self._field is not None:
             # copied before any sample is processed: every rank holds the same
             # counts, so the copies' evaluate() gathers over ranks in step
-            self._evaluators = {n: copy.deepcopy(loop.evaluator) for n in steps[:-1]}
+            self._evaluators = {n: copy.deepcopy(loop.evaluator)
+                                for n in dict.fromkeys(steps[:-1]) if n != steps[-1]}
 
     def _count(self, outputs):
         for sample in outputs or []:
@@ -136,6 +137,7 @@ class FlowStepsHook(Hook):
 
     def after_test_epoch(self, runner, metrics=None):
         self._report(runner, 'test', runner.test_loop, metrics)
+
 
 @HOOKS.register_module()
 class LossScheduleHook(Hook):
