@@ -239,8 +239,8 @@ def test_level_condition_tells_a_shared_encoder_which_level_it_transports():
 
 def test_class_condition_reads_labels_in_training_and_its_guess_at_inference():
     head = nn.Sequential(nn.Flatten(), nn.Linear(6, 4))
-    flow = conditional_flow(dict(type='class', num_classes=4, dim=3, drop_prob=0.0), channels=6,
-                            head=head)
+    flow = conditional_flow(dict(type='class', num_classes=4, dim=3, drop_prob=0.0,
+                                 inference='predicted'), channels=6, head=head)
     x = torch.randn(5, 6)
     flow.train()
     a = flow.sample(x, context=flow.make_context(x, torch.zeros(5, dtype=torch.long)))
@@ -258,6 +258,7 @@ def test_class_condition_reads_labels_in_training_and_its_guess_at_inference():
     flow.condition.inference = 'none'
     assert torch.equal(flow.make_context(x), flow.condition.embedding.weight[4].expand(5, -1))
     # the label is dropped to "no class" with drop_prob
+    assert (ClassCondition(num_classes=4).inference, ClassCondition(num_classes=4).drop_prob) == ('none', 0.5)
     dropping = ClassCondition(num_classes=4, dim=3, drop_prob=1.0).train()
     assert torch.equal(dropping(x, labels=torch.zeros(5, dtype=torch.long)),
                        dropping.embedding.weight[4].expand(5, -1))
