@@ -44,6 +44,17 @@ def test_cost_benchmark_measures_every_configuration(tmp_path):
     assert '| FM-KT (mlp, N=1) |' in text and 'x KD floor' in text
 
 
+def test_cost_benchmark_counts_the_arithmetic_of_a_step(tmp_path):
+    cost = load_tool('benchmark_cost')
+    results = cost.main(['--flops', '--quick', '--task', 'cls', '--cls-steps', '1', '2',
+                         '--out', str(tmp_path)])
+    gflop = {(r['method'], r['steps']): r['train_gflop'] for r in results}
+    # the teacher's forward adds to the student's step, and every flow step adds more
+    assert gflop[('student', None)] < gflop[('kd', None)] < gflop[('fmkt', 1)] < gflop[('fmkt', 2)]
+    text = open(osp.join(tmp_path, 'quick', 'flops.md')).read()
+    assert '| FM-KT (mlp, N=2) |' in text and '| GFLOP / iter |' in text
+
+
 def test_efficacy_benchmark_trains_teacher_baselines_and_fmkt(tmp_path):
     efficacy = load_tool('benchmark_efficacy')
     out = str(tmp_path / 'eff')

@@ -22,6 +22,13 @@ tables and writes JSON::
     python tools/benchmark_cost.py                          # CPU, about 15 min on 2 cores
     python tools/benchmark_cost.py --device cuda --cls-batch 64 --det-batch 2
     python tools/benchmark_cost.py --quick --in-process     # a smoke run (seconds)
+
+``--flops`` counts instead of timing: the floating-point operations of one
+training step (forward and backward, ``torch.utils.flop_counter``) of every
+configuration, as a table of GFLOP and ratios. Set against the time ratios it
+tells arithmetic (the ratios agree) from overhead (time grows faster)::
+
+    python tools/benchmark_cost.py --flops                  # a minute or two
 """
 import argparse
 import copy
@@ -219,6 +226,43 @@ def measure(spec, args):
                 trainable_params=sum(p.numel() for p in params))
 
 
+def count_flops(spec, args):
+    """GFLOP of one training step (forward, losses and backward) of one configuration."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    task, method, steps, encoder = spec
+    torch.manual_seed(0)
+    model, _ = build(task, method, steps, encoder, args)
+    model.train()
+    size = args.cls_size if task == 'cls' else args.det_size
+    batch = args.cls_batch if task == 'cls' else args.det_batch
+    data = model.data_preprocessor(make_batch(task, batch, size), True)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss, _ = model.parse_losses(model(data['inputs'], data['data_samples'], mode='loss'))
+        loss.backward()
+    return dict(task=task, method=method, steps=steps, encoder=encoder,
+                train_gflop=counter.get_total_flops() / 1e9)
+
+
+def flops_table(results, args) -> str:
+    lines = []
+    for task, title in (('cls', f'Classification, {args.cls_size} px, batch {args.cls_batch}'),
+                        ('det', f'Detection, {args.det_size} px, batch {args.det_batch}')):
+        rows = [r for r in results if r['task'] == task]
+        if not rows:
+            continue
+        base = next(r for r in rows if r['method'] == 'student')['train_gflop']
+        floor = next(r for r in rows if r['method'] in ('kd', 'pkd'))['train_gflop']
+        lines += [f'**{title}**: arithmetic of one training step', '',
+                  '| training | GFLOP / iter | x student | x KD floor |', '|---|---|---|---|']
+        for r in rows:
+            lines.append(f'| {label(r)} | {r["train_gflop"]:.1f} | {r["train_gflop"] / base:.2f} | '
+                         f'{r["train_gflop"] / floor:.2f} |')
+        lines.append('')
+    return '\n'.join(lines)
+
+
 # -- the table ------------------------------------------------------------------------------
 
 
@@ -284,6 +328,9 @@ def parse_args(argv=None):
     parser.add_argument('--in-process', action='store_true',
                         help='measure every configuration in this process (faster; memory '
                              'figures then include what earlier configurations left behind)')
+    parser.add_argument('--flops', action='store_true',
+                        help='count the floating-point operations of a training step instead '
+                             'of timing (one step per configuration, in this process)')
     parser.add_argument('--quick', action='store_true', help='tiny sizes: checks the script runs')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -307,6 +354,8 @@ def main(argv=None):
         print('RESULT ' + json.dumps(result), flush=True)
         return result
     os.makedirs(args.out, exist_ok=True)
+    if args.flops:
+        return main_flops(args, argv)
     results = []
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != '--in-process']
     for spec in specs(args):
@@ -331,6 +380,26 @@ def main(argv=None):
     with open(osp.join(args.out, 'results.json'), 'w') as f:
         json.dump(dict(header=header, results=results), f, indent=1)
     with open(osp.join(args.out, 'results.md'), 'w') as f:
+        f.write(text)
+    print('\n' + text, flush=True)
+    return results
+
+
+def main_flops(args, argv):
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = []
+    for spec in specs(args):
+        results.append(count_flops(spec, args))
+        print(f'{spec[0]} {label(results[-1])}: {results[-1]["train_gflop"]:.1f} GFLOP', flush=True)
+    command = ' '.join(argv if argv is not None else sys.argv[1:])
+    header = (f'{time.strftime("%Y-%m-%d")}, torch {torch.__version__}, torch.utils.flop_counter: '
+              f'`python tools/benchmark_cost.py {command}`')
+    text = header + '\n\n' + flops_table(results, args)
+    with open(osp.join(args.out, 'flops.json'), 'w') as f:
+        json.dump(dict(header=header, results=results), f, indent=1)
+    with open(osp.join(args.out, 'flops.md'), 'w') as f:
         f.write(text)
     print('\n' + text, flush=True)
     return results
