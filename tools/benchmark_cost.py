@@ -64,9 +64,10 @@ def specs(args):
         out.append(('cls', 'fmkt_theta', max(args.cls_steps), 'mlp'))
     if args.task in ('det', 'all'):
         out += [('det', 'student', None, None), ('det', 'pkd', None, None)]
-        for n in args.det_steps:
-            out.append(('det', 'fmkt', n, 'conv'))
-        out.append(('det', 'fmkt_student', max(args.det_steps), 'conv'))
+        for encoder in args.det_encoders:
+            for n in args.det_steps:
+                out.append(('det', 'fmkt', n, encoder))
+        out.append(('det', 'fmkt_student', max(args.det_steps), args.det_encoders[0]))
     return out
 
 
@@ -321,7 +322,9 @@ def parse_args(argv=None):
                         help='square input side (COCO trains at 1333x800; 512 keeps a CPU run short)')
     parser.add_argument('--cls-steps', type=int, nargs='+', help='default: 1 2 4 8')
     parser.add_argument('--det-steps', type=int, nargs='+', help='default: 1 2 4')
-    parser.add_argument('--encoders', nargs='+', help='default: mlp conv transformer')
+    parser.add_argument('--encoders', nargs='+', help='classification; default: mlp conv transformer')
+    parser.add_argument('--det-encoders', nargs='+', default=['conv'],
+                        help='detection (the first also for the training-only flows); default: conv')
     parser.add_argument('--iters', type=int, default=6)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--out', default=osp.join('work_dirs', 'benchmark_cost'))
