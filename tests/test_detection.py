@@ -384,3 +384,22 @@ print('ROUND-TRIP-OK', len(got))
 '''
     done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300)
     assert 'ROUND-TRIP-OK' in done.stdout, done.stderr[-3000:]
+
+
+@needs_data
+def test_detection_demo_quick_trains_teacher_student_and_both_modes(tmp_path):
+    """tools/demo_detection.py --quick (the README's detection demo at tiny
+    sizes): composes the set, trains the teacher and saves it, then the
+    student alone and FM-KT in both deploy modes, each scored with COCO mAP."""
+    work_dir = tmp_path / 'work'
+    done = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'demo_detection.py'), '--quick',
+                           '--data-root', str(tmp_path / 'data'), '--work-dir', str(work_dir)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for row in ('| teacher | retinanet_r18_teacher |', '| student alone |',
+                '| FM-KT student | fmkt_retinanet_r18_to_r18w16_deploy-student | student |',
+                '| FM-KT student | fmkt_retinanet_r18_to_r18w16_deploy-flow | flow |'):
+        assert row in done.stdout
+    teacher = torch.load(work_dir / 'retinanet_r18_teacher.pth', weights_only=True)
+    assert any(k.startswith('backbone.') for k in teacher)
+    assert not list(work_dir.glob('.*.tmp'))  # the atomic save left no temporary file
