@@ -85,3 +85,16 @@ def setup_launcher(cfg: Config, launcher: str) -> Config:
         wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
     return cfg
+
+
+def shutdown_process_group() -> None:
+    """Wait for every rank, then destroy the process group, if there is one.
+
+    Called by the tools after training or testing: a rank that exits while
+    the others still finish their last collective, or a gloo group left to
+    the interpreter's teardown, can abort a process (``terminate called
+    without an active exception``) after the work is done.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -13,7 +13,7 @@ from mmengine.runner import Runner
 
 from fmkt_mm.apis import apply_distiller, clean_up_on_failure, prepare_work_dir
 from fmkt_mm.checkpoint import trust_file
-from fmkt_mm.dist import setup_launcher
+from fmkt_mm.dist import setup_launcher, shutdown_process_group
 
 
 def parse_args():
@@ -51,6 +51,7 @@ def main():
     with clean_up_on_failure(work_dir):
         runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     runner.test()
+    shutdown_process_group()
 
 
 if __name__ == '__main__':

@@ -12,7 +12,7 @@ from mmengine.runner import Runner
 
 from fmkt_mm.apis import apply_distiller, clean_up_on_failure, prepare_work_dir
 from fmkt_mm.checkpoint import trust_file
-from fmkt_mm.dist import setup_launcher
+from fmkt_mm.dist import setup_launcher, shutdown_process_group
 from fmkt_mm.optim import enable_amp
 
 
@@ -58,6 +58,7 @@ def main():
     with clean_up_on_failure(work_dir):
         runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     runner.train()
+    shutdown_process_group()
 
 
 if __name__ == '__main__':
