@@ -67,6 +67,20 @@ def run_dist(cfg, work_dir, procs=2):
     return path
 
 
+def evaluate_with_one_and_two_processes(config, checkpoint, tmp_path):
+    """``(tools/test.py, tools/dist_test.sh with 2 processes)`` on one checkpoint:
+    the finished processes, each asserted to have succeeded."""
+    single = subprocess.run([PYTHON, osp.join(ROOT, 'tools', 'test.py'), config, checkpoint,
+                             '--work-dir', str(tmp_path / 'test1')],
+                            capture_output=True, text=True, env=ENV, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    multi = subprocess.run(['bash', osp.join(ROOT, 'tools', 'dist_test.sh'), config, checkpoint, '2',
+                            '--work-dir', str(tmp_path / 'test2')],
+                           capture_output=True, text=True, env=ENV, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    return single, multi
+
+
 def rank_states(work_dir, procs=2):
     states = [torch.load(osp.join(work_dir, f'rank{r}.pth'), weights_only=True) for r in range(procs)]
     for state in states:
@@ -94,14 +108,7 @@ def test_two_processes_classification_with_stop_then_test(teacher_checkpoint, tm
     assert len(names) == 3 and 'loss_flow' in names[0] and names[2] == ['loss', 'loss_cls']
 
     checkpoint = osp.join(work_dir, 'iter_3.pth')
-    single = subprocess.run([PYTHON, osp.join(ROOT, 'tools', 'test.py'), config, checkpoint,
-                             '--work-dir', str(tmp_path / 'test1')],
-                            capture_output=True, text=True, env=ENV, timeout=300)
-    assert single.returncode == 0, single.stderr[-3000:]
-    multi = subprocess.run(['bash', osp.join(ROOT, 'tools', 'dist_test.sh'), config, checkpoint, '2',
-                            '--work-dir', str(tmp_path / 'test2')],
-                           capture_output=True, text=True, env=ENV, timeout=300)
-    assert multi.returncode == 0, multi.stderr[-3000:]
+    single, multi = evaluate_with_one_and_two_processes(config, checkpoint, tmp_path)
 
     def top1(out):
         line = [x for x in (out.stdout + out.stderr).splitlines() if 'accuracy/top1' in x][-1]
@@ -155,14 +162,7 @@ def test_two_processes_detection_deploy_flow(coco_set, det_teacher, tmp_path):
     assert 'loss_flow_l0' in states[0]['loss_names'][0]
 
     checkpoint = osp.join(work_dir, 'iter_2.pth')
-    single = subprocess.run([PYTHON, osp.join(ROOT, 'tools', 'test.py'), config, checkpoint,
-                             '--work-dir', str(tmp_path / 'test1')],
-                            capture_output=True, text=True, env=ENV, timeout=300)
-    assert single.returncode == 0, single.stderr[-3000:]
-    multi = subprocess.run(['bash', osp.join(ROOT, 'tools', 'dist_test.sh'), config, checkpoint, '2',
-                            '--work-dir', str(tmp_path / 'test2')],
-                           capture_output=True, text=True, env=ENV, timeout=300)
-    assert multi.returncode == 0, multi.stderr[-3000:]
+    single, multi = evaluate_with_one_and_two_processes(config, checkpoint, tmp_path)
 
     def by_steps(out):
         line = [x for x in (out.stdout + out.stderr).splitlines()

@@ -100,7 +100,7 @@ def build(task, method, steps, encoder, args):
     student.setdefault('data_preprocessor', distiller.get('data_preprocessor'))
     teacher = dict(config=distiller['teacher']['config'] if task == 'cls' else DET_TEACHER,
                    checkpoint=None, allow_random_init=True)
-    size = args.cls_size if task == 'cls' else args.det_size
+    size, _ = input_size(task, args)
     with DefaultScope.overwrite_default_scope(scope):
         if method == 'student':
             return build_model(student, scope), None
@@ -152,6 +152,23 @@ def make_batch(task, batch, size, seed=0):
     return dict(inputs=images, data_samples=samples)
 
 
+def input_size(task, args):
+    """``(image side, batch size)`` of ``task``."""
+    return (args.cls_size, args.cls_batch) if task == 'cls' else (args.det_size, args.det_batch)
+
+
+def prepare(spec, args, device):
+    """``(model in train mode on device, exported plain student or None, a
+    preprocessed training batch)`` of one configuration, seeded."""
+    import torch
+    task, method, steps, encoder = spec
+    torch.manual_seed(0)
+    model, plain = build(task, method, steps, encoder, args)
+    model.to(device).train()
+    size, batch = input_size(task, args)
+    return model, plain, model.data_preprocessor(make_batch(task, batch, size), True)
+
+
 def timed(fn, iters, warmup, sync):
     times = []
     for i in range(warmup + iters):
@@ -168,7 +185,6 @@ def measure(spec, args):
     """Train/inference times (ms) and peak memory (MiB) of one configuration."""
     import torch
     task, method, steps, encoder = spec
-    torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -176,11 +192,8 @@ def measure(spec, args):
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     rss_after_imports = current_rss_mib()
 
-    model, plain = build(task, method, steps, encoder, args)
-    model.to(device).train()
-    size = args.cls_size if task == 'cls' else args.det_size
-    batch = args.cls_batch if task == 'cls' else args.det_batch
-    data = model.data_preprocessor(make_batch(task, batch, size), True)
+    model, plain, data = prepare(spec, args, device)
+    size, batch = input_size(task, args)
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
 
@@ -232,12 +245,7 @@ def count_flops(spec, args):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
     task, method, steps, encoder = spec
-    torch.manual_seed(0)
-    model, _ = build(task, method, steps, encoder, args)
-    model.train()
-    size = args.cls_size if task == 'cls' else args.det_size
-    batch = args.cls_batch if task == 'cls' else args.det_batch
-    data = model.data_preprocessor(make_batch(task, batch, size), True)
+    model, _, data = prepare(spec, args, torch.device('cpu'))
     counter = FlopCounterMode(display=False)
     with counter:
         loss, _ = model.parse_losses(model(data['inputs'], data['data_samples'], mode='loss'))
@@ -379,12 +387,7 @@ def main(argv=None):
               f'{os.cpu_count()} cores, torch threads {args.threads or torch.get_num_threads()}), '
               f'torch {torch.__version__}, medians of {args.iters} iterations after {args.warmup} '
               f'warm-up: `python tools/benchmark_cost.py {" ".join(passthrough)}`')
-    text = header + '\n\n' + tables(results, args)
-    with open(osp.join(args.out, 'results.json'), 'w') as f:
-        json.dump(dict(header=header, results=results), f, indent=1)
-    with open(osp.join(args.out, 'results.md'), 'w') as f:
-        f.write(text)
-    print('\n' + text, flush=True)
+    write_report(args.out, 'results', header, tables(results, args), results)
     return results
 
 
@@ -399,13 +402,18 @@ def main_flops(args, argv):
     command = ' '.join(argv if argv is not None else sys.argv[1:])
     header = (f'{time.strftime("%Y-%m-%d")}, torch {torch.__version__}, torch.utils.flop_counter: '
               f'`python tools/benchmark_cost.py {command}`')
-    text = header + '\n\n' + flops_table(results, args)
-    with open(osp.join(args.out, 'flops.json'), 'w') as f:
+    write_report(args.out, 'flops', header, flops_table(results, args), results)
+    return results
+
+
+def write_report(out_dir: str, name: str, header: str, tables_text: str, results) -> None:
+    """``<name>.json`` and ``<name>.md`` in ``out_dir``; the markdown is printed too."""
+    text = header + '\n\n' + tables_text
+    with open(osp.join(out_dir, f'{name}.json'), 'w') as f:
         json.dump(dict(header=header, results=results), f, indent=1)
-    with open(osp.join(args.out, 'flops.md'), 'w') as f:
+    with open(osp.join(out_dir, f'{name}.md'), 'w') as f:
         f.write(text)
     print('\n' + text, flush=True)
-    return results
 
 
 if __name__ == '__main__':

@@ -161,38 +161,47 @@ def train_teacher(args) -> str:
     return path
 
 
-def run_row(name: str, args, teacher_checkpoint: str) -> dict:
-    label, config = ROWS[name]
-    cfg = build_cfg(config, args, osp.join(args.work_dir, name), teacher_checkpoint)
+def train_and_score(cfg, steps):
+    """Train and test ``cfg``: ``(runner, test metrics, log scalars, round-trip
+    errors at each of ``steps``, wall seconds)``."""
     start = time.time()
     runner = Runner.from_cfg(cfg)
     runner.train()
     metrics = runner.test()
     scalars = {k: v.current() for k, v in runner.message_hub.log_scalars.items()}
-    n = ROUNDTRIP_STEPS[-1]
-    roundtrip = {f'{direction}_steps{steps}': scalars.get(f'test/flow/roundtrip_{direction}_steps{steps}')
-                 for direction in ('s2t2s', 't2s2t') for steps in ROUNDTRIP_STEPS}
+    roundtrip = {f'{direction}_steps{n}': scalars.get(f'test/flow/roundtrip_{direction}_steps{n}')
+                 for direction in ('s2t2s', 't2s2t') for n in steps}
+    return runner, metrics, scalars, roundtrip, time.time() - start
+
+
+def run_row(name: str, args, teacher_checkpoint: str) -> dict:
+    label, config = ROWS[name]
+    cfg = build_cfg(config, args, osp.join(args.work_dir, name), teacher_checkpoint)
+    runner, metrics, scalars, roundtrip, seconds = train_and_score(cfg, ROUNDTRIP_STEPS)
     flow_top1 = {int(k.rsplit('steps', 1)[1]): v for k, v in scalars.items()
                  if k.startswith('test/flow/top1_steps')}
     return dict(row=name, model=label, config=config, top1=float(metrics['accuracy/top1']),
                 flow_top1=flow_top1, seconds_per_iter=seconds_per_iter(runner),
-                iterations=int(runner.iter), roundtrip=roundtrip, roundtrip_steps=n,
-                seconds=time.time() - start)
+                iterations=int(runner.iter), roundtrip=roundtrip,
+                roundtrip_steps=ROUNDTRIP_STEPS[-1], seconds=seconds)
 
 
-def table(results) -> str:
-    n1, n = ROUNDTRIP_STEPS
-    lines = [f'| model | top-1 (%) | s / iter | s->t->s N={n1} | s->t->s N={n} | t->s->t N={n} |',
-             '|---|---|---|---|---|---|']
+def table(results, scores, steps) -> str:
+    """Markdown: the ``scores`` columns (``(header, key, format)``), seconds per
+    iteration and the round-trip errors at ``steps = (n1, n)``."""
+    n1, n = steps
+    headers = [h for h, _, _ in scores] + ['s / iter', f's->t->s N={n1}', f's->t->s N={n}', f't->s->t N={n}']
+    lines = ['| model | ' + ' | '.join(headers) + ' |', '|---' * (len(headers) + 1) + '|']
 
     def fmt(v):
         return '-' if v is None else f'{v:.2e}'
 
     for r in results:
         rt = r['roundtrip']
-        lines.append(f"| {r['model']} | {r['top1']:.2f} | {r['seconds_per_iter']:.3f} | "
-                     f"{fmt(rt[f's2t2s_steps{n1}'])} | {fmt(rt[f's2t2s_steps{n}'])} | "
-                     f"{fmt(rt[f't2s2t_steps{n}'])} |")
+        cells = [format(r[key], spec) for _, key, spec in scores] + [
+            f"{r['seconds_per_iter']:.3f}", fmt(rt[f's2t2s_steps{n1}']), fmt(rt[f's2t2s_steps{n}']),
+            fmt(rt[f't2s2t_steps{n}'])]
+        lines.append(f"| {r['model']} | " + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
@@ -231,34 +240,17 @@ def run_det_row(name: str, args, data_root: str, teacher_checkpoint: str) -> dic
                                  refine=0))
     apply_distiller(cfg)
     prepare_work_dir(cfg, config, work_dir)
-    start = time.time()
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    metrics = runner.test()
-    scalars = {k: v.current() for k, v in runner.message_hub.log_scalars.items()}
-    roundtrip = {f'{direction}_steps{steps}': scalars.get(f'test/flow/roundtrip_{direction}_steps{steps}')
-                 for direction in ('s2t2s', 't2s2t') for steps in DET_ROUNDTRIP_STEPS}
+    runner, metrics, _, roundtrip, seconds = train_and_score(cfg, DET_ROUNDTRIP_STEPS)
     return dict(row=name, model=label, config=config,
                 mAP=100 * float(metrics.get('coco/bbox_mAP', 0.0)),
                 mAP_50=100 * float(metrics.get('coco/bbox_mAP_50', 0.0)),
                 seconds_per_iter=seconds_per_iter(runner), iterations=int(runner.iter),
-                roundtrip=roundtrip, seconds=time.time() - start)
+                roundtrip=roundtrip, seconds=seconds)
 
 
-def det_table(results) -> str:
-    n1, n = DET_ROUNDTRIP_STEPS
-    lines = [f'| model | bbox mAP | mAP@50 | s / iter | s->t->s N={n1} | s->t->s N={n} | t->s->t N={n} |',
-             '|---|---|---|---|---|---|---|']
-
-    def fmt(v):
-        return '-' if v is None else f'{v:.2e}'
-
-    for r in results:
-        rt = r['roundtrip']
-        lines.append(f"| {r['model']} | {r['mAP']:.1f} | {r['mAP_50']:.1f} | {r['seconds_per_iter']:.3f} | "
-                     f"{fmt(rt[f's2t2s_steps{n1}'])} | {fmt(rt[f's2t2s_steps{n}'])} | "
-                     f"{fmt(rt[f't2s2t_steps{n}'])} |")
-    return '\n'.join(lines)
+#: the leading columns of each task's table: (header, result key, format)
+CLS_SCORES = [('top-1 (%)', 'top1', '.2f')]
+DET_SCORES = [('bbox mAP', 'mAP', '.1f'), ('mAP@50', 'mAP_50', '.1f')]
 
 
 def main_det(args):
@@ -273,7 +265,7 @@ def main_det(args):
         r = results[-1]
         print(f"det {name}: mAP {r['mAP']:.1f}, {r['seconds_per_iter']:.3f} s/iter, "
               f"{r['iterations']} iterations, {r['seconds']:.0f} s", flush=True)
-    print('\n' + det_table(results))
+    print('\n' + table(results, DET_SCORES, DET_ROUNDTRIP_STEPS))
     out = osp.join(args.work_dir, 'flowdistill_det_results.json')
     with open(out, 'w') as f:
         json.dump(dict(teacher=teacher, epochs=args.det_epochs, train_images=args.det_train,
@@ -341,7 +333,7 @@ def main_cls(args):
         r = results[-1]
         print(f"{name}: top-1 {r['top1']:.2f}, {r['seconds_per_iter']:.3f} s/iter, "
               f"{r['iterations']} iterations, {r['seconds']:.0f} s", flush=True)
-    print('\n' + table(results))
+    print('\n' + table(results, CLS_SCORES, ROUNDTRIP_STEPS))
     out = osp.join(args.work_dir, 'flowdistill_results.json')
     with open(out, 'w') as f:
         json.dump(dict(teacher=teacher, epochs=args.epochs, train_samples=args.train_samples,
