@@ -1,6 +1,7 @@
 """Common interface of the distillation losses."""
 from typing import Optional, Sequence, Union
 
+import torch
 from torch import Tensor, nn
 
 Labels = Optional[Union[Tensor, Sequence[int]]]
@@ -46,6 +47,29 @@ class MetricLoss(nn.Module):
         """Unweighted loss on float32 inputs (teacher already detached)."""
         raise NotImplementedError
 
+    def forward_steps(self, steps: Tensor, teacher: Tensor,
+                      labels: Labels = None) -> Tensor:
+        """The loss of every step of a flow against one target, in one call.
+
+        ``steps`` stacks ``N`` student outputs, ``(N, B, ...)``; the result
+        is ``(N,)`` with entry ``k`` equal to ``self(steps[k], teacher,
+        labels)``. Statistics taken over the batch (DIST's correlations,
+        PKD's standardisation) are taken per step: steps never mix.
+        """
+        if steps.dim() != teacher.dim() + 1:
+            raise ValueError(
+                f'{type(self).__name__}.forward_steps: steps {tuple(steps.shape)} must stack '
+                f'N outputs shaped like the teacher {tuple(teacher.shape)}, (N, *teacher.shape)')
+        steps = steps.float()
+        teacher = teacher.detach().float()
+        return self.loss_weight * self.compute_steps(steps, teacher, labels)
+
+    def compute_steps(self, steps: Tensor, teacher: Tensor,
+                      labels: Labels = None) -> Tensor:
+        """Unweighted ``(N,)`` losses of stacked steps; subclasses override
+        this with one batched computation, the default loops."""
+        return torch.stack([self.compute(step, teacher, labels) for step in steps])
+
     def extra_repr(self) -> str:
         return f'loss_weight={self.loss_weight}'
 
@@ -58,6 +82,22 @@ def check_same_shape(student: Tensor, teacher: Tensor, loss_name: str) -> None:
             f'{tuple(teacher.shape)}: the loss compares the two outputs '
             'element-wise; configure an adapter so both sides have the same '
             'shape.')
+
+
+def check_same_shape_steps(steps: Tensor, teacher: Tensor, loss_name: str) -> None:
+    """:func:`check_same_shape` for stacked steps ``(N, *teacher.shape)``."""
+    check_same_shape(steps[0], teacher, loss_name)
+
+
+def classes_last_steps(steps: Tensor) -> Tensor:
+    """Stacked logits ``(N, B, C, ...)`` -> ``(N, R, C)``, R being B times
+    the positions (:func:`classes_last` per step)."""
+    if steps.dim() < 3:
+        raise ValueError(f'expected stacked logits of shape (N, B, C, ...), got {tuple(steps.shape)}')
+    if steps.dim() == 3:
+        return steps
+    n, num_classes = steps.shape[0], steps.shape[2]
+    return steps.movedim(2, -1).reshape(n, -1, num_classes)
 
 
 def classes_last(logits: Tensor) -> Tensor:

@@ -2,14 +2,15 @@
 from torch import Tensor
 
 from fmkt_mm.registry import MODELS
-from .base import Labels, MetricLoss, check_same_shape, classes_last
+from .base import Labels, MetricLoss, check_same_shape, check_same_shape_steps, classes_last, classes_last_steps
 
 
-def pearson(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
-    """Pearson correlation of the rows of ``a`` and ``b``, (N, D) -> (N,)."""
-    a = a - a.mean(dim=1, keepdim=True)
-    b = b - b.mean(dim=1, keepdim=True)
-    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+def pearson(a: Tensor, b: Tensor, eps: float = 1e-8, dim: int = 1) -> Tensor:
+    """Pearson correlation of ``a`` and ``b`` along ``dim`` (the other dims
+    broadcast): (N, D) -> (N,) for the rows with the default ``dim=1``."""
+    a = a - a.mean(dim=dim, keepdim=True)
+    b = b - b.mean(dim=dim, keepdim=True)
+    return (a * b).sum(dim=dim) / (a.norm(dim=dim) * b.norm(dim=dim) + eps)
 
 
 @MODELS.register_module()
@@ -54,6 +55,15 @@ class DISTLoss(MetricLoss):
         y_t = (classes_last(teacher) / self.tau).softmax(dim=1)
         inter = 1 - pearson(y_s, y_t).mean()
         intra = 1 - pearson(y_s.t(), y_t.t()).mean()
+        return self.tau**2 * (self.beta * inter + self.gamma * intra)
+
+    def compute_steps(self, steps: Tensor, teacher: Tensor,
+                      labels: Labels = None) -> Tensor:
+        check_same_shape_steps(steps, teacher, 'DISTLoss')
+        y_s = (classes_last_steps(steps) / self.tau).softmax(dim=2)  # (N, R, C)
+        y_t = (classes_last(teacher) / self.tau).softmax(dim=1)      # (R, C), shared by the steps
+        inter = 1 - pearson(y_s, y_t, dim=-1).mean(1)  # over classes, per sample
+        intra = 1 - pearson(y_s, y_t, dim=-2).mean(1)  # over the samples of one step, per class
         return self.tau**2 * (self.beta * inter + self.gamma * intra)
 
     def extra_repr(self) -> str:

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fmkt_mm.registry import MODELS
-from .base import Labels, MetricLoss, check_same_shape
+from .base import Labels, MetricLoss, check_same_shape, check_same_shape_steps
 
 
 @MODELS.register_module()
@@ -72,9 +72,23 @@ class DKDLoss(MetricLoss):
                 'DKDLoss expects logits of shape (B, C) with C >= 2, got '
                 f'{tuple(student.shape)}')
         labels = self._check_labels(labels, student)
-        gt_mask = F.one_hot(labels, student.shape[1]).bool()
-        batch_size = student.shape[0]
+        return self.warmup_factor * self._per_sample(student, teacher, labels).mean()
 
+    def compute_steps(self, steps: Tensor, teacher: Tensor,
+                      labels: Labels = None) -> Tensor:
+        check_same_shape_steps(steps, teacher, 'DKDLoss')
+        if teacher.dim() != 2 or teacher.shape[1] < 2:
+            raise ValueError(
+                'DKDLoss expects logits of shape (B, C) with C >= 2, got '
+                f'{tuple(teacher.shape)}')
+        labels = self._check_labels(labels, teacher)
+        n, b, c = steps.shape
+        per_sample = self._per_sample(steps.reshape(n * b, c), teacher.repeat(n, 1), labels.repeat(n))
+        return self.warmup_factor * per_sample.view(n, b).mean(1)
+
+    def _per_sample(self, student: Tensor, teacher: Tensor, labels: Tensor) -> Tensor:
+        """``tau^2 (alpha TCKD_i + beta NCKD_i)`` of every sample, (B,)."""
+        gt_mask = F.one_hot(labels, student.shape[1]).bool()
         log_p_s = F.log_softmax(student / self.tau, dim=1)
         log_p_t = F.log_softmax(teacher / self.tau, dim=1)
 
@@ -83,15 +97,13 @@ class DKDLoss(MetricLoss):
         # which would lose all precision once p_g rounds to 1.
         log_b_s = self._binary_log_probs(log_p_s, gt_mask)
         log_b_t = self._binary_log_probs(log_p_t, gt_mask)
-        tckd = F.kl_div(log_b_s, log_b_t.exp(), reduction='sum') / batch_size
+        tckd = F.kl_div(log_b_s, log_b_t.exp(), reduction='none').sum(1)
 
         offset = 1000.0 * gt_mask.float()
         log_q_s = F.log_softmax(student / self.tau - offset, dim=1)
         q_t = F.softmax(teacher / self.tau - offset, dim=1)
-        nckd = F.kl_div(log_q_s, q_t, reduction='sum') / batch_size
-
-        loss = self.tau**2 * (self.alpha * tckd + self.beta * nckd)
-        return self.warmup_factor * loss
+        nckd = F.kl_div(log_q_s, q_t, reduction='none').sum(1)
+        return self.tau**2 * (self.alpha * tckd + self.beta * nckd)
 
     @staticmethod
     def _binary_log_probs(log_p: Tensor, gt_mask: Tensor) -> Tensor:

@@ -3,7 +3,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fmkt_mm.registry import MODELS
-from .base import Labels, MetricLoss, check_same_shape, classes_last
+from .base import Labels, MetricLoss, check_same_shape, check_same_shape_steps, classes_last, classes_last_steps
 
 
 @MODELS.register_module()
@@ -40,6 +40,14 @@ class KDLoss(MetricLoss):
         log_p_t = F.log_softmax(classes_last(teacher) / self.tau, dim=1)
         kl = F.kl_div(log_p_s, log_p_t, reduction='batchmean', log_target=True)
         return self.tau**2 * kl
+
+    def compute_steps(self, steps: Tensor, teacher: Tensor,
+                      labels: Labels = None) -> Tensor:
+        check_same_shape_steps(steps, teacher, 'KDLoss')
+        log_p_s = F.log_softmax(classes_last_steps(steps) / self.tau, dim=2)  # (N, R, C)
+        log_p_t = F.log_softmax(classes_last(teacher) / self.tau, dim=1)      # (R, C)
+        kl = F.kl_div(log_p_s, log_p_t.expand_as(log_p_s), reduction='none', log_target=True)
+        return kl.sum((1, 2)) * (self.tau**2 / log_p_s.shape[1])
 
     def extra_repr(self) -> str:
         return f'tau={self.tau}, ' + super().extra_repr()

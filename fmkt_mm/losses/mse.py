@@ -3,7 +3,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fmkt_mm.registry import MODELS
-from .base import Labels, MetricLoss, check_same_shape
+from .base import Labels, MetricLoss, check_same_shape, check_same_shape_steps
 
 
 @MODELS.register_module()
@@ -26,3 +26,8 @@ class MSELoss(MetricLoss):
                 labels: Labels = None) -> Tensor:
         check_same_shape(student, teacher, 'MSELoss')
         return F.mse_loss(student, teacher)
+
+    def compute_steps(self, steps: Tensor, teacher: Tensor,
+                      labels: Labels = None) -> Tensor:
+        check_same_shape_steps(steps, teacher, 'MSELoss')
+        return (steps - teacher).pow(2).flatten(1).mean(1)

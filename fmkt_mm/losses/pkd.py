@@ -1,9 +1,10 @@
 """PKD: feature distillation with Pearson correlation (Cao et al., 2022)."""
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from fmkt_mm.registry import MODELS
-from .base import Labels, MetricLoss, check_same_shape
+from .base import Labels, MetricLoss, check_same_shape, check_same_shape_steps
 
 
 def standardize(feat: Tensor, eps: float = 1e-6) -> Tensor:
@@ -20,6 +21,15 @@ def standardize(feat: Tensor, eps: float = 1e-6) -> Tensor:
     normed = (channels_first - mean) / (std + eps)
     moved_shape = (feat.shape[1], feat.shape[0]) + tuple(feat.shape[2:])
     return normed.reshape(moved_shape).transpose(0, 1)
+
+
+def standardize_steps(steps: Tensor, eps: float = 1e-6) -> Tensor:
+    """:func:`standardize` of every step of ``(N, B, C, ...)``: each (step,
+    channel) over the batch and positions of that step."""
+    dims = (1, ) + tuple(range(3, steps.dim()))
+    count = steps[0].numel() // steps.shape[2]
+    std, mean = torch.std_mean(steps, dim=dims, correction=1 if count > 1 else 0, keepdim=True)
+    return (steps - mean) / (std + eps)
 
 
 @MODELS.register_module()
@@ -75,6 +85,27 @@ class PKDLoss(MetricLoss):
             raise ValueError('PKDLoss expects (B, C, H, W) or (B, C) inputs, '
                              f'got {tuple(student.shape)}')
         return F.mse_loss(standardize(student), standardize(teacher)) / 2
+
+    def compute_steps(self, steps: Tensor, teacher: Tensor,
+                      labels: Labels = None) -> Tensor:
+        n, b = steps.shape[:2]
+        spatial_mismatch = (
+            steps.dim() == 5 and teacher.dim() == 4
+            and steps.shape[1:3] == teacher.shape[:2]
+            and steps.shape[3:] != teacher.shape[2:])
+        if spatial_mismatch:
+            if self.resize_student:
+                steps = F.interpolate(steps.flatten(0, 1), size=teacher.shape[2:], mode='bilinear',
+                                      align_corners=False).unflatten(0, (n, b))
+            else:
+                teacher = F.interpolate(teacher, size=steps.shape[3:],
+                                        mode='bilinear', align_corners=False)
+        check_same_shape_steps(steps, teacher, 'PKDLoss')
+        if teacher.dim() < 2:
+            raise ValueError('PKDLoss expects (B, C, H, W) or (B, C) inputs, '
+                             f'got {tuple(teacher.shape)}')
+        diff = standardize_steps(steps) - standardize(teacher)
+        return diff.pow(2).flatten(1).mean(1) / 2
 
     def extra_repr(self) -> str:
         return (f'resize_student={self.resize_student}, '
