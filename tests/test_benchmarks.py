@@ -34,6 +34,7 @@ def test_cost_benchmark_measures_every_configuration(tmp_path):
     assert methods == [('student', None), ('kd', None), ('fmkt', 1), ('fmkt_theta', 1)]
     for r in results:
         assert r['train_ms'] > 0 and r['trainable_params'] > 0
+        assert r['train_ops'] > 0 and r['train_gflop'] > 0 and set(r['inference_ops']) == set(r['inference_ms'])
     by_method = {r['method']: r for r in results}
     assert set(by_method['fmkt']['inference_ms']) == {'ensemble'}
     assert set(by_method['fmkt_theta']['inference_ms']) == {'exported student'}

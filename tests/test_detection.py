@@ -101,17 +101,20 @@ def test_losses_and_every_parameter_gets_a_gradient(teachers, detector, deploy_m
     losses = model(**batch(model), mode='loss')
     for level in range(4):
         assert f'loss_flow_l{level}' in losses
-        assert [k for k in losses if k.startswith(f'flow_l{level}_step')] == \
-            [f'flow_l{level}_step{k}' for k in range(1, 5)]
+        assert losses[f'flow_l{level}_step'].shape == (4,)  # one logged value per step
         assert (f'loss_theta_l{level}' in losses) == (deploy_mode == 'student')
     task = {'retinanet': {'loss_cls', 'loss_bbox'},
             'faster_rcnn': {'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox', 'acc'}}[detector]
     assert task <= set(losses)  # mmdet's own names
     # the level weight multiplies the sum over steps
-    steps = sum(losses[f'flow_l2_step{k}'] for k in range(1, 5)) / 4
+    steps = losses['flow_l2_step'].sum() / 4
     torch.testing.assert_close(losses['loss_flow_l2'].detach(), 6.0 * steps)
 
-    loss, _ = model.parse_losses(losses)
+    loss, log_vars = model.parse_losses(losses)
+    for level in range(4):  # logged under one name per step
+        assert [k for k in log_vars if k.startswith(f'flow_l{level}_step')] == \
+            [f'flow_l{level}_step{k}' for k in range(1, 5)]
+    assert log_vars['flow_l2_step3'] == pytest.approx(float(losses['flow_l2_step'][2]))
     loss.backward()
     # DDP without find_unused_parameters: every trainable parameter is used
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]

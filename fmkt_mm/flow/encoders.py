@@ -11,7 +11,7 @@ The output layer starts at zero: an untrained flow predicts zero velocity,
 i.e. it starts as the identity on the student representation.
 """
 import math
-from typing import Optional
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -64,29 +64,75 @@ class MetaEncoder(nn.Module):
     def body(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, x: Tensor, t: Tensor, context: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, t: Optional[Tensor] = None, context: Optional[Tensor] = None, *,
+                conditioning: Optional[Tensor] = None) -> Tensor:
         """x: ``(B, C)`` or ``(B, C, H, W)``; t: ``(B,)`` or a scalar tensor;
-        context: ``(B, context_dim)`` when the encoder is conditional."""
+        context: ``(B, context_dim)`` when the encoder is conditional.
+
+        The transfer loop calls ``encoder(x, conditioning=c)`` instead, with
+        ``x`` a ``(B, C, H, W)`` state and ``c`` one entry of
+        :meth:`conditioning` (see :meth:`step`)."""
+        if conditioning is not None:
+            return self.step(x, conditioning)
         is_vector = x.dim() == 2
         if is_vector:
             x = x[:, :, None, None]
+        self.check_input(x)
+        t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t.reshape(-1)
+        cond = self.time_mlp(sinusoidal_embedding(t, self.time_dim).to(x.dtype))
+        context = self._context_embedding(context, x.dtype)
+        if context is not None:
+            cond = cond + context
+        out = self.body(x + cond[:, :, None, None])
+        return out[:, :, 0, 0] if is_vector else out
+
+    # -- the transfer loop's form: conditioning once per run, then one call per step --
+    def conditioning(self, times: Sequence[float], context: Optional[Tensor], like: Tensor) -> Tensor:
+        """The additive conditioning of every step of a run, ``(N, B', C, 1,
+        1)`` (``B' = 1`` without a context): the time MLP runs once on the
+        ``N`` step times (their sinusoidal features are cached per times and
+        device), the context MLP once on ``context``. ``like`` gives device
+        and dtype (a state of the run)."""
+        key = (tuple(float(t) for t in times), like.device)
+        table = self._time_tables.get(key)
+        if table is None:
+            table = sinusoidal_embedding(torch.tensor(key[0], device=like.device), self.time_dim)
+            self._time_tables[key] = table
+        cond = self.time_mlp(table.to(like.dtype))[:, None]  # (N, 1, C)
+        context = self._context_embedding(context, like.dtype)
+        if context is not None:
+            cond = cond + context  # (N, B, C)
+        return cond[..., None, None]
+
+    def step(self, x: Tensor, conditioning: Tensor) -> Tensor:
+        """One call of the loop: ``body(x + conditioning)`` on a ``(B, C, H,
+        W)`` state, with one entry of :meth:`conditioning`."""
+        return self.body(x + conditioning)
+
+    @property
+    def _time_tables(self) -> Dict[Tuple, Tensor]:
+        tables = self.__dict__.get('_time_table_cache')
+        if tables is None:  # a plain attribute: never in the state dict, rebuilt on demand
+            tables = self.__dict__['_time_table_cache'] = {}
+        return tables
+
+    def check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(
                 f'{type(self).__name__} expects (B, {self.channels}) or (B, {self.channels}, H, W) '
                 f'inputs, got {tuple(x.shape)}; set the flow\'s channels to {x.shape[1] if x.dim() > 1 else "?"} '
                 f'or add an adapter in front of it')
-        t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t.reshape(-1)
-        cond = self.time_mlp(sinusoidal_embedding(t, self.time_dim).to(x.dtype))
+
+    def _context_embedding(self, context: Optional[Tensor], dtype) -> Optional[Tensor]:
         if context is not None:
             if self.context_mlp is None:
                 raise ValueError(f'{type(self).__name__} got a context but was built without '
                                  f'context_dim; set context_dim={context.shape[-1]} to condition it')
-            cond = cond + self.context_mlp(context.to(x.dtype))
-        elif self.context_mlp is not None:
+            return self.context_mlp(context.to(dtype))
+        if self.context_mlp is not None:
             raise ValueError(f'{type(self).__name__} was built with context_dim={self.context_dim} '
                              f'and needs a context tensor of shape (B, {self.context_dim})')
-        out = self.body(x + cond[:, :, None, None])
-        return out[:, :, 0, 0] if is_vector else out
+        return None
 
 
 @META_ENCODERS.register_module(name='mlp')

@@ -40,7 +40,7 @@ sampler undoes. :meth:`FlowTransfer.roundtrip` measures how far a flow is
 from the ideal.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -55,20 +55,101 @@ from .paths import FlowPath
 class FlowOutput:
     """What one run of the transfer produced.
 
-    ``estimates``: the endpoint estimates ``Xhat_i`` (first step first), in
-    the flow's own space; ``steps``: ``head(Xhat_i)``; ``ensemble``: the mean
-    of ``steps``; ``state``: the final state ``Z_0``; ``context``: the
-    condition's context the run used (None for an unconditional flow).
+    ``estimates``: the endpoint estimates ``Xhat_i`` stacked, first step
+    first, ``(N, B, ...)`` in the flow's own space; ``steps``: ``head(Xhat_i)``
+    stacked, ``(N, B, ...)``; ``ensemble``: the mean of ``steps``; ``state``:
+    the final state ``Z_0``; ``context``: the condition's context the run used
+    (None for an unconditional flow).
     """
-    estimates: List[Tensor]
-    steps: List[Tensor]
+    estimates: Tensor
+    steps: Tensor
     ensemble: Tensor
     state: Tensor
     context: Optional[Tensor] = None
 
     def mean_estimate(self) -> Tensor:
         """The implicit ensemble in the flow's own space (before the head)."""
-        return torch.stack(self.estimates).mean(0)
+        return self.estimates.mean(0)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The constants of one step of an ``N``-step run, as Python floats.
+
+    The meta-encoder's output ``out`` and the state ``Z`` determine
+    everything else linearly (velocity or endpoint parameterisation, Euler
+    or DDIM update, any path)::
+
+        input    = input_scale * Z
+        endpoint = endpoint[0] * Z + endpoint[1] * out
+        next     = next_state[0] * Z + next_state[1] * out   (the endpoint on the last step)
+
+    so a step dispatches the encoder call and two fused multiply-adds, and no
+    scalar tensor is ever built in the loop.
+    """
+    t: float
+    input_scale: float
+    endpoint: Tuple[float, float]
+    velocity: Tuple[float, float]
+    next_state: Tuple[float, float]
+
+
+def _clean(c: float) -> float:
+    """Snap round-off around the exact values 0 and 1 (so that ``1 * Z`` and
+    ``0 * out`` are skipped, not computed)."""
+    for exact in (0.0, 1.0, -1.0):
+        if abs(c - exact) < 1e-12:
+            return exact
+    return c
+
+
+def step_coefficients(path: FlowPath, t: float, parameterization: str):
+    """``(endpoint, velocity)`` coefficients on ``(Z, out)`` at time ``t``."""
+    a, b, da, db = (float(f(t)) for f in (path.a, path.b, path.da, path.db))
+    if parameterization == 'velocity':  # out = v;  X_T = (b v - b' Z) / (b a' - a b')
+        den = b * da - a * db
+        endpoint, velocity = (-db / den, b / den), (0.0, 1.0)
+    else:  # out = X_T - Z;  v = a' X_T + b' X_S,  X_S = (Z - a X_T) / b
+        endpoint = (1.0, 1.0)
+        c_e = da - db * a / b
+        velocity = (c_e + db / b, c_e)
+    return tuple(map(_clean, endpoint)), tuple(map(_clean, velocity))
+
+
+def plan_steps(path: FlowPath, n: int, parameterization: str, update: str) -> List[StepPlan]:
+    """The :class:`StepPlan` of steps ``i = n .. 1`` (``t = i/n -> (i-1)/n``)
+    from the path's ``a, b, a', b'`` (evaluated in float64)."""
+    plans = []
+    for i in range(n, 0, -1):
+        t, t_next = i / n, (i - 1) / n
+        a, b = float(path.a(t)), float(path.b(t))
+        endpoint, velocity = step_coefficients(path, t, parameterization)
+        if i == 1:
+            next_state = endpoint
+        elif update == 'euler':  # Z - (t - t') v
+            dt = t - t_next
+            next_state = (1.0 - dt * velocity[0], -dt * velocity[1])
+        else:  # ddim: a(t') X_T + b(t') X_S with X_S = (Z - a X_T) / b
+            a_next, b_next = float(path.a(t_next)), float(path.b(t_next))
+            c_e = a_next - b_next * a / b
+            next_state = (c_e * endpoint[0] + b_next / b, c_e * endpoint[1])
+        scale = path.input_scale(t)
+        plans.append(StepPlan(t=t, input_scale=_clean(float(scale)),
+                              endpoint=tuple(map(_clean, endpoint)),
+                              velocity=tuple(map(_clean, velocity)),
+                              next_state=tuple(map(_clean, next_state))))
+    return plans
+
+
+def combine(state: Tensor, coefficients: Tuple[float, float], out: Tensor) -> Tensor:
+    """``c_z * state + c_o * out`` in as few operators as the constants allow."""
+    c_z, c_o = coefficients
+    if c_z == 0.0:
+        return out if c_o == 1.0 else out * c_o
+    base = state if c_z == 1.0 else state * c_z
+    if c_o == 0.0:
+        return base
+    return torch.add(base, out, alpha=c_o)
 
 
 @dataclass
@@ -125,6 +206,11 @@ class FlowTransfer(nn.Module):
             ``X_S`` (and the labels in training) unless one is passed.
         condition_level: the level / task index this flow passes to its
             condition (a ``'level'`` condition shared by several flows).
+        compile: compile the meta-encoder's step with ``torch.compile``
+            (``True``, or a dict of ``torch.compile`` arguments such as
+            ``dict(mode='reduce-overhead')``, which on a GPU also captures
+            CUDA graphs). Numerically the eager step within float
+            tolerance; never needed for the loop's efficiency.
     """
 
     def __init__(self,
@@ -139,7 +225,8 @@ class FlowTransfer(nn.Module):
                  head: Optional[nn.Module] = None,
                  beta_d: float = 1.0,
                  condition: Optional[Union[str, dict, list, nn.Module]] = None,
-                 condition_level: int = 0):
+                 condition_level: int = 0,
+                 compile: Union[bool, dict] = False):
         super().__init__()
         self.channels = channels
         self.num_steps = self._check_steps(num_steps)
@@ -169,6 +256,35 @@ class FlowTransfer(nn.Module):
                              f'config (it is set from the condition)')
         self.loss_fn = build_from_registry(MODELS, loss, 'loss') if loss is not None else None
         self.head = head if head is not None else nn.Identity()
+        self._head_batch_norms = [m for m in self.head.modules()
+                                  if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self._start_scale = float(self.path.b(1.0))
+        self._plans: Dict[int, List[StepPlan]] = {}
+        self._coefficients: Dict[tuple, Tensor] = {}
+        # MetaEncoders take their time conditioning once per run; any other
+        # module is called as encoder(state, t, context) at every step
+        self._fast_encoder = hasattr(self.encoder, 'conditioning') and hasattr(self.encoder, 'step')
+        if compile and not self._fast_encoder:
+            raise ValueError('compile=True compiles a MetaEncoder\'s step; this flow\'s encoder '
+                             f'{type(self.encoder).__name__} has no conditioning/step methods')
+        self._compile_options = compile
+        self._compiled_step = None  # built at the first call
+
+    def _encoder_step(self, state: Tensor, conditioning: Tensor) -> Tensor:
+        if not self._compile_options:
+            return self.encoder(state, conditioning=conditioning)
+        if self._compiled_step is None:
+            options = {} if self._compile_options is True else dict(self._compile_options)
+            options.setdefault('dynamic', False)
+            self._compiled_step = torch.compile(self.encoder.step, **options)
+        return self._compiled_step(state, conditioning)
+
+    def __getstate__(self):  # a compiled function neither pickles nor deep-copies
+        state = super().__getstate__() if hasattr(super(), '__getstate__') else self.__dict__.copy()
+        state = dict(state)
+        state['_compiled_step'] = None
+        state['_coefficients'] = {}
+        return state
 
     @staticmethod
     def _check_steps(n) -> int:
@@ -185,16 +301,50 @@ class FlowTransfer(nn.Module):
                 f'Set channels={x.shape[1] if x.dim() > 1 else "?"} or configure an adapter that maps '
                 f'the student to {self.channels} channels.')
 
+    def plan(self, n: int) -> List[StepPlan]:
+        """The constants of an ``n``-step run (cached per ``n``)."""
+        plans = self._plans.get(n)
+        if plans is None:
+            plans = self._plans[n] = plan_steps(self.path, n, self.parameterization, self.update)
+        return plans
+
+    def conditioning(self, plans: Sequence[StepPlan], context: Optional[Tensor], like: Tensor,
+                     is_vector: bool = False):
+        """What the meta-encoder adds to its input at each step of a run,
+        one entry per step; computed once per run. ``like``: a ``(B, C, H,
+        W)`` state of the run (``is_vector``: a ``(B, C)`` one seen as 1x1)."""
+        if self._fast_encoder:
+            return self.encoder.conditioning([p.t for p in plans], context, like).unbind(0)
+        time_dtype = torch.promote_types(like.dtype, torch.float32)  # never embed time in half precision
+        return [(torch.full((like.shape[0],), p.t, device=like.device, dtype=time_dtype), context,
+                 is_vector) for p in plans]
+
+    def _encoder_call(self, state: Tensor, conditioning) -> Tensor:
+        """The meta-encoder on a ``(B, C, H, W)`` state at one step."""
+        if self._fast_encoder:
+            return self._encoder_step(state, conditioning)
+        t, context, as_vector = conditioning  # such encoders see vectors as vectors
+        if as_vector:
+            return self.encoder(state.flatten(1), t, context)[:, :, None, None]
+        return self.encoder(state, t, context)
+
     def predict_step(self, state: Tensor, t: float, context: Optional[Tensor] = None):
-        """One meta-encoder call at time ``t``: returns ``(endpoint, velocity)``."""
-        time_dtype = torch.promote_types(state.dtype, torch.float32)  # never embed time in half precision
-        t_batch = torch.full((state.shape[0],), t, device=state.device, dtype=time_dtype)
-        t = torch.tensor(t, device=state.device, dtype=time_dtype)
-        out = self.encoder(state * self.path.input_scale(t), t_batch, context)
-        if self.parameterization == 'velocity':
-            return self.path.endpoint_from_velocity(state, out, t), out
-        endpoint = state + out
-        return endpoint, self.path.velocity_from_endpoint(state, endpoint, t)
+        """One meta-encoder call at time ``t``: returns ``(endpoint, velocity)``
+        (states ``(B, C)`` or ``(B, C, H, W)``; any ``t`` in ``(0, 1]``)."""
+        endpoint_c, velocity_c = step_coefficients(self.path, t, self.parameterization)
+        plan = StepPlan(t=t, input_scale=_clean(float(self.path.input_scale(t))), endpoint=endpoint_c,
+                        velocity=velocity_c, next_state=endpoint_c)
+        x = state[:, :, None, None] if state.dim() == 2 else state
+        out = self._encoder_call(self._scaled(x, plan),
+                                 self.conditioning([plan], context, x, state.dim() == 2)[0])
+        endpoint, velocity = combine(x, plan.endpoint, out), combine(x, plan.velocity, out)
+        if state.dim() == 2:
+            return endpoint.flatten(1), velocity.flatten(1)
+        return endpoint, velocity
+
+    @staticmethod
+    def _scaled(state: Tensor, plan: StepPlan) -> Tensor:
+        return state if plan.input_scale == 1.0 else state * plan.input_scale
 
     def make_context(self, x_student: Tensor, labels: Optional[Tensor] = None) -> Optional[Tensor]:
         """The condition's context ``(B, dim)`` for ``X_S`` (None for an
@@ -212,29 +362,81 @@ class FlowTransfer(nn.Module):
         """Step ``i`` of ``n`` (``t = i/n -> (i-1)/n``): returns ``(next_state,
         endpoint, velocity)``. The last step (``i = 1``) lands on its endpoint
         estimate."""
-        t, t_next = i / n, (i - 1) / n
-        endpoint, velocity = self.predict_step(state, t, context)
-        if i > 1:
-            return self.path.step(state, endpoint, velocity, t, t_next, self.update), endpoint, velocity
-        return endpoint, endpoint, velocity
+        plan = self.plan(n)[n - i]
+        x = state[:, :, None, None] if state.dim() == 2 else state
+        out = self._encoder_call(self._scaled(x, plan),
+                                 self.conditioning([plan], context, x, state.dim() == 2)[0])
+        results = [combine(x, c, out) for c in (plan.next_state, plan.endpoint, plan.velocity)]
+        return tuple(r.flatten(1) for r in results) if state.dim() == 2 else tuple(results)
 
     def run(self, x_student: Tensor, num_steps: Optional[int] = None,
             context: Optional[Tensor] = None, labels: Optional[Tensor] = None) -> FlowOutput:
         """Transport ``x_student`` in ``num_steps`` steps (differentiable).
 
-        A conditional flow computes its context from ``x_student`` (and
-        ``labels`` in training) unless ``context`` is given."""
+        Per step, only the meta-encoder call and the state update run; the
+        time conditioning is computed once for the run and the head once on
+        the stacked estimates (``N * B`` rows; step by step when the head
+        holds BatchNorm in training mode, whose statistics must not mix
+        steps). A conditional flow computes its context from ``x_student``
+        (and ``labels`` in training) unless ``context`` is given."""
+        estimates, state, context = self.transport(x_student, num_steps, context, labels)
+        steps = self.apply_head(estimates)
+        return FlowOutput(estimates=estimates, steps=steps, ensemble=steps.mean(0), state=state,
+                          context=context)
+
+    def transport(self, x_student: Tensor, num_steps: Optional[int] = None,
+                  context: Optional[Tensor] = None, labels: Optional[Tensor] = None):
+        """The loop of :meth:`run` without the head: ``(estimates (N, B, ...),
+        final state, context)``."""
         self._check_input(x_student)
         n = self._check_steps(num_steps if num_steps is not None else self.num_steps)
         context = self._resolve_context(x_student, context, labels)
-        state = self.path.start_state(x_student)
-        estimates, steps = [], []
-        for i in range(n, 0, -1):
-            state, endpoint, _ = self.forward_step(state, i, n, context)
-            estimates.append(endpoint)
-            steps.append(self.head(endpoint))
-        return FlowOutput(estimates=estimates, steps=steps, ensemble=torch.stack(steps).mean(0), state=state,
-                          context=context)
+        is_vector = x_student.dim() == 2
+        x = x_student[:, :, None, None] if is_vector else x_student
+        plans = self.plan(n)
+        conditioning = self.conditioning(plans, context, x, is_vector)
+        state = x if self._start_scale == 1.0 else x * self._start_scale
+        states, outs = [], []
+        for k, plan in enumerate(plans):  # per step: the meta-encoder and the state update only
+            out = self._encoder_call(self._scaled(state, plan), conditioning[k])
+            states.append(state)
+            outs.append(out)
+            if k < n - 1:
+                state = combine(state, plan.next_state, out)
+        # every step's endpoint estimate at once: endpoint[0] * Z_k + endpoint[1] * out_k
+        estimates = self._stacked_endpoints(torch.stack(states), torch.stack(outs), n)
+        if is_vector:
+            estimates = estimates.flatten(2)
+        return estimates, estimates[-1], context  # the last step lands on its estimate
+
+    def _stacked_endpoints(self, states: Tensor, outs: Tensor, n: int) -> Tensor:
+        plans = self.plan(n)
+        c_state = {p.endpoint[0] for p in plans}
+        if len(c_state) == 1:  # e.g. 1 on every step of the velocity-parameterised rectified path
+            c_state = c_state.pop()
+            base = states if c_state == 1.0 else states * c_state
+        else:
+            base = states * self._coefficient(n, 0, states)
+        return torch.addcmul(base, self._coefficient(n, 1, states), outs)
+
+    def _coefficient(self, n: int, which: int, like: Tensor) -> Tensor:
+        """``(N, 1, ...)``: entry ``which`` of every step's endpoint
+        coefficients as a tensor (cached per ``n``, device and dtype)."""
+        key = (n, which, like.device, like.dtype)
+        value = self._coefficients.get(key)
+        if value is None:
+            value = torch.tensor([p.endpoint[which] for p in self.plan(n)], dtype=like.dtype)
+            value = self._coefficients[key] = value.to(like.device).view(-1, *[1] * (like.dim() - 1))
+        return value
+
+    def apply_head(self, estimates: Tensor) -> Tensor:
+        """``head`` on stacked estimates ``(N, B, ...)`` -> ``(N, B, ...)``."""
+        if isinstance(self.head, nn.Identity):
+            return estimates
+        if any(norm.training for norm in self._head_batch_norms):
+            return torch.stack([self.head(e) for e in estimates])
+        n, b = estimates.shape[:2]
+        return self.head(estimates.flatten(0, 1)).unflatten(0, (n, b))
 
     def reverse(self, x_teacher: Tensor, num_steps: Optional[int] = None,
                 context: Optional[Tensor] = None, refine: int = 0) -> Tensor:
@@ -260,13 +462,18 @@ class FlowTransfer(nn.Module):
         if context is None and self.condition is not None:
             raise ValueError('a conditional flow is inverted at a fixed context: pass '
                              'context=flow.make_context(x_student) of the sample')
-        state = x_teacher
-        for i in range(1, n + 1):
-            target = state
+        is_vector = x_teacher.dim() == 2
+        state = x_teacher[:, :, None, None] if is_vector else x_teacher
+        plans = self.plan(n)
+        conditioning = self.conditioning(plans, context, state, is_vector)
+        for k in range(n - 1, -1, -1):  # the forward steps in the opposite order: i = 1 .. n
+            plan, target = plans[k], state
             for _ in range(refine + 1):  # Z <- Z_{i-1} + G_i(Z), G_i(Z) = Z - Phi_i(Z)
-                moved, _, _ = self.forward_step(state, i, n, context)
+                out = self._encoder_call(self._scaled(state, plan), conditioning[k])
+                moved = combine(state, plan.next_state, out)
                 state = target + (state - moved)
-        return state / self.path.b(1.0).to(state.dtype)  # undo start_state: Z_1 = b(1) X_S
+        state = state / self._start_scale  # undo start_state: Z_1 = b(1) X_S
+        return state.flatten(1) if is_vector else state
 
     def roundtrip(self, x_student: Tensor, num_steps: Optional[int] = None,
                   x_teacher: Optional[Tensor] = None, refine: int = 0,
@@ -350,7 +557,18 @@ class FlowTransfer(nn.Module):
     def step_losses(self, out: Optional[FlowOutput], target: Optional[Tensor] = None,
                     labels: Optional[Tensor] = None, prefix: str = 'loss_flow',
                     sample_mask: Optional[Tensor] = None) -> Dict[str, Tensor]:
-        """The metric loss of every step of a run (see :meth:`loss`).
+        """The metric loss of every step of a run, by name (see :meth:`loss`
+        and :meth:`step_loss_vector`)."""
+        values = self.step_loss_vector(out, target, labels, sample_mask)
+        return {f'{prefix}_step{k}': v for k, v in enumerate(values.unbind(0), start=1)}
+
+    def step_loss_vector(self, out: FlowOutput, target: Optional[Tensor] = None,
+                         labels: Optional[Tensor] = None,
+                         sample_mask: Optional[Tensor] = None) -> Tensor:
+        """``(N,)``: ``D(step_k, target) / N`` for every step ``k`` of a run,
+        in one call of the metric loss on the stacked steps; its sum is the
+        flow's loss. ``target=None``: the run's own detached ensemble
+        (OFM-KT).
 
         ``sample_mask``: ``(B,)`` booleans, per-sample weights in ``{0, 1}``
         (a curriculum): each step's loss is the metric's mean over the kept
@@ -358,7 +576,8 @@ class FlowTransfer(nn.Module):
         connected to the graph, so every parameter receives a gradient).
         """
         self._require_loss()
-        n = len(out.steps)
+        steps = out.steps
+        n = steps.shape[0]
         if target is None:
             target = out.ensemble.detach()
         else:
@@ -370,20 +589,16 @@ class FlowTransfer(nn.Module):
                     f'that maps the flow to the teacher\'s shape')
         if self.training and self.beta_d < 1.0:
             target, labels = self.decouple_pairs(target, labels)
-        steps = out.steps
         if sample_mask is not None:
             sample_mask = sample_mask.reshape(-1).bool()
             if sample_mask.shape[0] != target.shape[0]:
                 raise ValueError(f'sample_mask has {sample_mask.shape[0]} entries for a batch of '
                                  f'{target.shape[0]}')
             if not bool(sample_mask.any()):
-                return {f'{prefix}_step{k}': 0.0 * s.sum() for k, s in enumerate(steps, start=1)}
-            target, steps = target[sample_mask], [s[sample_mask] for s in steps]
+                return 0.0 * steps.flatten(1).sum(1)
+            target, steps = target[sample_mask], steps[:, sample_mask]
             labels = labels[sample_mask] if labels is not None else None
-        losses: Dict[str, Tensor] = {}
-        for k, step_out in enumerate(steps, start=1):
-            losses[f'{prefix}_step{k}'] = self.loss_fn(step_out, target, labels) / n
-        return losses
+        return self.loss_fn.forward_steps(steps, target, labels) / n
 
     def roundtrip_loss(self, x_student: Tensor, out: FlowOutput) -> Tensor:
         """Cycle consistency of a training run: ``||reverse(Z_0) - X_S||^2 /
@@ -393,7 +608,7 @@ class FlowTransfer(nn.Module):
         (straighter, smaller Lipschitz constant), at the cost of ``N`` extra
         meta-encoder calls per iteration. ``X_S`` is the target (detached);
         a conditional flow is reversed at the context of ``out``."""
-        back = self.reverse(out.state, len(out.steps), out.context)
+        back = self.reverse(out.state, out.steps.shape[0], out.context)
         x = x_student.detach().float()
         dims = tuple(range(1, x.dim()))
         err = (back.float() - x).pow(2).sum(dims) / x.pow(2).sum(dims).clamp(min=1e-12)

@@ -1,4 +1,5 @@
 """DIST: knowledge distillation from a stronger teacher (Huang et al., 2022)."""
+import torch
 from torch import Tensor
 
 from fmkt_mm.registry import MODELS
@@ -51,20 +52,25 @@ class DISTLoss(MetricLoss):
     def compute(self, student: Tensor, teacher: Tensor,
                 labels: Labels = None) -> Tensor:
         check_same_shape(student, teacher, 'DISTLoss')
-        y_s = (classes_last(student) / self.tau).softmax(dim=1)
-        y_t = (classes_last(teacher) / self.tau).softmax(dim=1)
-        inter = 1 - pearson(y_s, y_t).mean()
-        intra = 1 - pearson(y_s.t(), y_t.t()).mean()
-        return self.tau**2 * (self.beta * inter + self.gamma * intra)
+        return self._relations(self._probs(classes_last(student)), self._probs(classes_last(teacher)))
 
     def compute_steps(self, steps: Tensor, teacher: Tensor,
                       labels: Labels = None) -> Tensor:
         check_same_shape_steps(steps, teacher, 'DISTLoss')
-        y_s = (classes_last_steps(steps) / self.tau).softmax(dim=2)  # (N, R, C)
-        y_t = (classes_last(teacher) / self.tau).softmax(dim=1)      # (R, C), shared by the steps
-        inter = 1 - pearson(y_s, y_t, dim=-1).mean(1)  # over classes, per sample
-        intra = 1 - pearson(y_s, y_t, dim=-2).mean(1)  # over the samples of one step, per class
-        return self.tau**2 * (self.beta * inter + self.gamma * intra)
+        # (N, R, C) against the (R, C) shared by all steps; each step its own batch
+        return self._relations(self._probs(classes_last_steps(steps)), self._probs(classes_last(teacher)))
+
+    def _probs(self, logits: Tensor) -> Tensor:
+        return (logits if self.tau == 1.0 else logits / self.tau).softmax(dim=-1)
+
+    def _relations(self, y_s: Tensor, y_t: Tensor) -> Tensor:
+        """``tau^2 (beta (1 - mean inter) + gamma (1 - mean intra))`` for
+        probabilities ``(..., R, C)``; the leading dims (steps) stay apart."""
+        inter = pearson(y_s, y_t, dim=-1).mean(-1)  # over the classes of each sample
+        intra = pearson(y_s, y_t, dim=-2).mean(-1)  # over the samples, per class
+        scale = self.tau**2
+        loss = torch.rsub(inter, scale * (self.beta + self.gamma), alpha=scale * self.beta)
+        return torch.add(loss, intra, alpha=-scale * self.gamma)
 
     def extra_repr(self) -> str:
         return (f'beta={self.beta}, gamma={self.gamma}, tau={self.tau}, '

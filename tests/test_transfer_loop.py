@@ -1,0 +1,170 @@
+"""The launch-efficient transfer loop equals the textbook serial loop.
+
+The loop in :class:`~fmkt_mm.flow.FlowTransfer` folds every path formula into
+per-step Python constants, computes the time conditioning once per run and
+applies the head and the metric loss once to the stacked steps. These tests
+pin it to the loop written out step by step from the path's own formulas.
+"""
+import pytest
+import torch
+from torch import nn
+
+from fmkt_mm.flow import FlowTransfer, RectifiedPath, VEPath, VPPath
+from fmkt_mm.flow.encoders import sinusoidal_embedding
+
+PATHS = dict(rectified=RectifiedPath(), vp=VPPath('linear'), trig=VPPath('trig'), ve=VEPath())
+
+
+def reference_run(flow: FlowTransfer, x: torch.Tensor, n: int, context=None):
+    """The serial loop of the method, one formula at a time, as written in
+    the paper (scalar times as tensors, the head and the time embedding
+    recomputed at every step)."""
+    path, enc = flow.path, flow.encoder
+    vector = x.dim() == 2
+    state = path.b(1.0).to(x.dtype) * x
+    estimates, steps = [], []
+    for i in range(n, 0, -1):
+        t, t_next = torch.tensor(i / n, dtype=torch.float64), torch.tensor((i - 1) / n, dtype=torch.float64)
+        scaled = state * torch.as_tensor(path.input_scale(t)).to(x.dtype)
+        z = scaled[:, :, None, None] if vector else scaled
+        cond = enc.time_mlp(sinusoidal_embedding(torch.full((x.shape[0],), float(t)), enc.time_dim))
+        if context is not None:
+            cond = cond + enc.context_mlp(context)
+        out = enc.body(z + cond[:, :, None, None])
+        out = out[:, :, 0, 0] if vector else out
+        if flow.parameterization == 'velocity':
+            velocity, endpoint = out, path.endpoint_from_velocity(state, out, t)
+        else:
+            endpoint = state + out
+            velocity = path.velocity_from_endpoint(state, endpoint, t)
+        estimates.append(endpoint)
+        steps.append(flow.head(endpoint))
+        state = path.step(state, endpoint, velocity, t, t_next, flow.update) if i > 1 else endpoint
+    return torch.stack(estimates), torch.stack(steps), state
+
+
+def random_encoder(flow, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in flow.encoder.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+
+@pytest.mark.parametrize('path', sorted(PATHS))
+@pytest.mark.parametrize('parameterization,update', [('velocity', 'ddim'), ('velocity', 'euler'),
+                                                      ('endpoint', 'ddim'), ('endpoint', 'euler')])
+@pytest.mark.parametrize('shape', [(3, 6), (2, 6, 3, 3)])
+def test_loop_equals_the_step_by_step_formulas(path, parameterization, update, shape):
+    torch.manual_seed(0)
+    head = nn.Linear(6, 4) if len(shape) == 2 else None
+    flow = FlowTransfer(6, path=PATHS[path], encoder='mlp', num_steps=4, head=head,
+                        parameterization=parameterization, update=update)
+    random_encoder(flow)
+    x = torch.randn(shape)
+    for n in (1, 3, 4):
+        out = flow.run(x, n)
+        estimates, steps, state = reference_run(flow, x, n)
+        torch.testing.assert_close(out.estimates, estimates, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out.steps, steps, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out.ensemble, steps.mean(0), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out.state, state, rtol=1e-4, atol=1e-5)
+
+
+def test_conditional_loop_equals_the_step_by_step_formulas():
+    torch.manual_seed(1)
+    flow = FlowTransfer(5, encoder='mlp', num_steps=3, condition=dict(type='pooled'))
+    random_encoder(flow, seed=3)
+    x = torch.randn(4, 5, 2, 2)
+    context = flow.make_context(x)
+    out = flow.run(x)
+    estimates, steps, _ = reference_run(flow, x, 3, context)
+    torch.testing.assert_close(out.estimates, estimates, rtol=1e-4, atol=1e-5)
+    # gradients through the loop are those of the reference
+    weights = torch.randn(3, 4, 5, 2, 2)
+    grads = torch.autograd.grad((out.estimates * weights).sum(), list(flow.encoder.parameters()))
+    ref = torch.autograd.grad((estimates * weights).sum(), list(flow.encoder.parameters()))
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+class CountingHead(nn.Module):
+    def __init__(self, channels, classes, batch_norm=False):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(channels) if batch_norm else nn.Identity()
+        self.fc = nn.Linear(channels, classes)
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append(x.shape[0])
+        return self.fc(self.norm(x))
+
+
+
+def test_head_and_loss_run_once_per_run_on_the_stacked_steps():
+    from fmkt_mm.losses import KDLoss
+    calls = []
+
+    class Counted(KDLoss):
+        def compute_steps(self, steps, teacher, labels=None):
+            calls.append(tuple(steps.shape))
+            return super().compute_steps(steps, teacher, labels)
+
+    head = CountingHead(6, 3)
+    flow = FlowTransfer(6, encoder='mlp', num_steps=8, head=head, loss=Counted())
+    x, target = torch.randn(5, 6), torch.randn(5, 3)
+    losses, out = flow.loss(x, target)
+    assert head.calls == [8 * 5]  # one call on the N * B rows
+    assert calls == [(8, 5, 3)]  # one call of the metric loss on all steps
+    per_step = [KDLoss()(out.steps[k], target) / 8 for k in range(8)]
+    torch.testing.assert_close(torch.stack(list(losses.values())), torch.stack(per_step))
+
+
+def test_a_batch_norm_head_in_training_sees_one_step_at_a_time():
+    head = CountingHead(6, 3, batch_norm=True)
+    flow = FlowTransfer(6, encoder='mlp', num_steps=4, head=head).train()
+    flow.run(torch.randn(5, 6))
+    assert head.calls == [5, 5, 5, 5]  # batch statistics never mix steps
+    head.calls.clear()
+    flow.eval().run(torch.randn(5, 6))
+    assert head.calls == [20]
+
+
+def test_time_tables_are_cached_per_step_count_and_not_saved():
+    flow = FlowTransfer(4, encoder='mlp', num_steps=4)
+    flow.run(torch.randn(2, 4))
+    flow.run(torch.randn(3, 4))
+    flow.run(torch.randn(3, 4), 2)
+    assert len(flow.encoder._time_tables) == 2
+    assert not any('time_table' in k for k in flow.state_dict())
+
+
+def test_compiled_step_equals_the_eager_step():
+    torch.manual_seed(0)
+    eager = FlowTransfer(6, encoder='mlp', num_steps=4, loss=dict(type='MSELoss'))
+    random_encoder(eager)
+    compiled = FlowTransfer(6, encoder='mlp', num_steps=4, loss=dict(type='MSELoss'),
+                            compile=dict(backend='aot_eager'))
+    compiled.load_state_dict(eager.state_dict())
+    x, target = torch.randn(3, 6, 2, 2), torch.randn(3, 6, 2, 2)
+    a, b = eager.loss(x, target), compiled.loss(x, target)
+    for (key, value) in a[0].items():
+        torch.testing.assert_close(b[0][key], value, rtol=1e-5, atol=1e-6)
+    ga = torch.autograd.grad(sum(a[0].values()), list(eager.encoder.parameters()))
+    gb = torch.autograd.grad(sum(b[0].values()), list(compiled.encoder.parameters()))
+    for x_, y_ in zip(ga, gb):
+        torch.testing.assert_close(y_, x_, rtol=1e-5, atol=1e-6)
+    # a compiled flow still deep-copies (EMA copies, DDP) and pickles
+    import copy
+    import pickle
+    clone = copy.deepcopy(compiled)
+    torch.testing.assert_close(clone.sample(x), compiled.sample(x))
+    pickle.loads(pickle.dumps(compiled))
+
+
+def test_compile_needs_a_meta_encoder():
+    class Plain(nn.Module):
+        def forward(self, x, t, context=None):
+            return x
+
+    with pytest.raises(ValueError, match='compile=True compiles a MetaEncoder'):
+        FlowTransfer(4, encoder=Plain(), compile=True)
