@@ -3,7 +3,13 @@
 Policy:
 
 * every file is first read with ``torch.load(weights_only=True)``, which
-  cannot run code;
+  cannot run code, extended by an allow-list of data-only records that
+  checkpoints of the stock OpenMMLab tools hold besides tensors
+  (:func:`data_only_globals`): MMEngine's ``HistoryBuffer`` (the message
+  hub's logs), numpy arrays, scalars and dtypes, and a ``getattr`` that
+  resolves only the attributes those records are pickled with. So a
+  checkpoint written by any MMEngine ``Runner`` (mmpretrain's or mmdet's
+  ``tools/train.py``) loads with no opt-in, and its weights come out exactly;
 * a file that needs full unpickling is loaded that way only if the user opted
   in for it (``allow_unsafe_pickle=True``) or if it lies in a directory this
   process trusts: the work directory of the current run, whose checkpoints
@@ -57,27 +63,106 @@ def is_trusted(path: str) -> bool:
     return real in _TRUSTED_FILES or any(real == d or real.startswith(d + os.sep) for d in _TRUSTED_DIRS)
 
 
+def _getattr_owners() -> Dict[object, Callable[[str], bool]]:
+    """The objects whose attributes a data-only checkpoint may look up, with
+    the names allowed on each."""
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+    # a HistoryBuffer's state names its statistics methods (MMEngine registers
+    # these four by default; register_statistics may add more)
+    statistics = {'min', 'max', 'mean', 'current'}
+    owners = {HistoryBuffer: lambda name: name in statistics or name in HistoryBuffer._statistics_methods}
+    dtypes = getattr(np, 'dtypes', None)  # numpy >= 1.25 pickles dtype classes through it
+    if dtypes is not None:
+        owners[dtypes] = lambda name: name.endswith('DType') and isinstance(getattr(dtypes, name, None), type)
+    return owners
+
+
+def restricted_getattr(owner, name, *default):
+    """``getattr`` as a data-only checkpoint may call it: only the statistics
+    methods of MMEngine's ``HistoryBuffer`` (which its pickled state names)
+    and numpy's dtype classes; anything else is refused before it is looked
+    up."""
+    allowed = _getattr_owners().get(owner)
+    if not isinstance(name, str) or allowed is None or not allowed(name):
+        raise pickle.UnpicklingError(
+            f'getattr({getattr(owner, "__name__", type(owner).__name__)}, {name!r}) is not a data '
+            f'record of an OpenMMLab checkpoint')
+    return getattr(owner, name)
+
+
+def data_only_globals() -> List:
+    """What ``torch.load(weights_only=True)`` may rebuild besides tensors:
+    the records MMEngine's ``Runner`` writes into every checkpoint, none of
+    which runs code when rebuilt (``torch.serialization.safe_globals``
+    entries; names numpy 1.x and 2.x pickle under are both listed)."""
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+    multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
+    entries = [HistoryBuffer, np.ndarray, np.dtype, (restricted_getattr, 'builtins.getattr')]
+    for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+        entries += [(multiarray._reconstruct, f'{module}._reconstruct'),
+                    (multiarray.scalar, f'{module}.scalar')]
+    dtypes = getattr(np, 'dtypes', None)
+    if dtypes is not None:
+        entries += [cls for name, cls in vars(dtypes).items()
+                    if name.endswith('DType') and isinstance(cls, type)]
+    return entries
+
+
+def _data_only_names() -> Set[str]:
+    names = set()
+    for entry in data_only_globals():
+        if isinstance(entry, tuple):
+            names.add(entry[1])
+        else:
+            names.add(f'{entry.__module__}.{entry.__qualname__}')
+    return names
+
+
+def unsafe_globals(path: str) -> List[str]:
+    """The globals in ``path`` that neither torch nor the data-only allow-list
+    accepts: what would run if the file were unpickled in full."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint (legacy format): nothing to list
+        return []
+    return sorted(set(found) - _data_only_names())
+
+
 def safe_torch_load(path: str, map_location='cpu', allow_unsafe_pickle: bool = False,
                     what: str = 'checkpoint'):
-    """``torch.load`` with ``weights_only=True``, falling back to full
-    unpickling only for opted-in or trusted files (see the module docstring)."""
+    """``torch.load`` with ``weights_only=True`` and the data-only allow-list,
+    falling back to full unpickling only for opted-in or trusted files (see
+    the module docstring)."""
     if not osp.isfile(path):
         raise FileNotFoundError(f'{what} not found: {path!r} (resolved to {osp.abspath(path)!r}); '
                                 f'check the path in the config')
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(data_only_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         if allow_unsafe_pickle or is_trusted(path):
             if allow_unsafe_pickle:
                 warnings.warn(f'{what} {path!r} is being unpickled without weights_only protection '
                               f'because allow_unsafe_pickle=True: it can run arbitrary code')
             return torch.load(path, map_location=map_location, weights_only=False)
+        offending = unsafe_globals(path)
+        why = (f'unpickling it would call {", ".join(offending)}' if offending else
+               f'it holds records beyond tensors and data '
+               f'({_first_line(err)})')
         raise UnsafeCheckpointError(
-            f'refusing to load {what} {path!r}: it holds Python objects beyond tensors and plain '
-            f'containers, and unpickling them can execute arbitrary code '
-            f'(torch.load(weights_only=True) said: {str(err).splitlines()[0]}). '
-            f'If you trust this file, opt in with allow_unsafe_pickle=True; better, re-save it as '
-            f'a plain state_dict (torch.save(model.state_dict(), path)).') from None
+            f'refusing to load {what} {path!r}: {why}, which can execute arbitrary code. '
+            f'Checkpoints of the stock OpenMMLab tools (weights, meta, message hub, optimizer) '
+            f'load without this; if you trust this file, opt in with allow_unsafe_pickle=True '
+            f'(tools: --allow-unsafe-pickle), or re-save it as a plain state_dict '
+            f'(torch.save(model.state_dict(), path)).') from None
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    specific = [line for line in lines if 'Unsupported' in line or 'not a data record' in line]
+    return (specific or lines or [type(err).__name__])[0]
 
 
 def extract_state_dict(checkpoint) -> Dict[str, torch.Tensor]:

@@ -31,7 +31,7 @@ def test_cost_benchmark_measures_every_configuration(tmp_path):
     results = cost.main(['--quick', '--in-process', '--task', 'cls', '--cls-steps', '1',
                          '--out', out])
     methods = [(r['method'], r['steps']) for r in results]
-    assert methods == [('student', None), ('kd', None), ('fmkt', 1), ('fmkt_theta', 1)]
+    assert methods == [('student', None), ('kd', None), ('dist', None), ('fmkt', 1), ('fmkt_theta', 1)]
     for r in results:
         assert r['train_ms'] > 0 and r['trainable_params'] > 0
         assert r['train_ops'] > 0 and r['train_gflop'] > 0 and set(r['inference_ops']) == set(r['inference_ms'])
@@ -45,15 +45,20 @@ def test_cost_benchmark_measures_every_configuration(tmp_path):
     assert '| FM-KT (mlp, N=1) |' in text and 'x KD floor' in text
 
 
-def test_cost_benchmark_counts_the_arithmetic_of_a_step(tmp_path):
+def test_cost_benchmark_counts_operators_and_arithmetic(tmp_path):
     cost = load_tool('benchmark_cost')
-    results = cost.main(['--flops', '--quick', '--task', 'cls', '--cls-steps', '1', '2',
+    results = cost.main(['--count', '--quick', '--task', 'cls', '--cls-steps', '1', '2',
                          '--out', str(tmp_path)])
     gflop = {(r['method'], r['steps']): r['train_gflop'] for r in results}
+    ops = {(r['method'], r['steps']): r['train_ops'] for r in results}
     # the teacher's forward adds to the student's step, and every flow step adds more
     assert gflop[('student', None)] < gflop[('kd', None)] < gflop[('fmkt', 1)] < gflop[('fmkt', 2)]
-    text = open(osp.join(tmp_path, 'quick', 'flops.md')).read()
-    assert '| FM-KT (mlp, N=2) |' in text and '| GFLOP / iter |' in text
+    assert ops[('student', None)] < ops[('kd', None)] < ops[('fmkt', 1)] < ops[('fmkt', 2)]
+    # counting is deterministic
+    assert cost.count(('cls', 'fmkt', 2, 'mlp'), cost.parse_args(['--quick']))['train_ops'] == \
+        ops[('fmkt', 2)]
+    text = open(osp.join(tmp_path, 'quick', 'counts.md')).read()
+    assert '| FM-KT (mlp, N=2) |' in text and '| operators / step |' in text
 
 
 def test_efficacy_benchmark_trains_teacher_baselines_and_fmkt(tmp_path):

@@ -212,3 +212,43 @@ def test_bf16_autocast_training_on_cpu(teacher_checkpoint, tmp_path):
     runner.train()
     loss = runner.message_hub.get_scalar('train/loss').current()
     assert torch.isfinite(torch.tensor(loss))
+
+
+@pytest.mark.parametrize('variant', ['fmkt_theta', 'ofmkt'])
+def test_theta_and_flow_losses_share_one_call_with_the_separate_values(variant, teacher_checkpoint,
+                                                                       tmp_path):
+    """FM-KT^Theta / OFM-KT compute the flow's step losses and the theta loss
+    in one call of the shared metric loss: the values and gradients are those
+    of two separate calls."""
+    from mmengine.registry import MODELS as ROOT_MODELS
+    from mmengine.registry import DefaultScope
+    cfg = tiny_cfg(variant, tmp_path, teacher_checkpoint)
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        model = ROOT_MODELS.build(cfg.model)
+    model.init_weights()
+    model.train()
+    assert model._theta_shares_flow_loss
+    gen = torch.Generator().manual_seed(0)
+    from mmpretrain.structures import DataSample
+    batch = dict(inputs=[torch.randint(0, 255, (1, 28, 28), generator=gen, dtype=torch.uint8)
+                         for _ in range(4)],
+                 data_samples=[DataSample().set_gt_label(i % 10) for i in range(4)])
+    data = model.data_preprocessor(batch, True)
+
+    def losses_and_grads(shared):
+        model._theta_shares_flow_loss = shared
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        losses = model(data['inputs'], data['data_samples'], mode='loss')
+        loss, _ = model.parse_losses(losses)
+        loss.backward()
+        return losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    shared, shared_grads = losses_and_grads(True)
+    separate, separate_grads = losses_and_grads(False)
+    assert set(shared) == set(separate)
+    for key in shared:
+        torch.testing.assert_close(shared[key], separate[key], rtol=1e-5, atol=1e-6)
+    assert set(shared_grads) == set(separate_grads)
+    for key in shared_grads:
+        torch.testing.assert_close(shared_grads[key], separate_grads[key], rtol=1e-4, atol=1e-6)

@@ -65,7 +65,7 @@ def test_stacked_losses_name_both_shapes_on_a_mismatch():
     with pytest.raises(ValueError, match=r'\(4, 5\).*\(4, 6\)'):
         KDLoss().forward_steps(torch.randn(2, 4, 5), torch.randn(4, 6))
     with pytest.raises(ValueError, match='N outputs shaped like the teacher'):
-        DISTLoss().forward_steps(torch.randn(4, 5), torch.randn(4, 5))
+        DISTLoss().forward_steps(torch.randn(4, 5), torch.randn(2, 4, 5))
 
 
 def test_a_custom_loss_without_a_stacked_form_loops_over_the_steps():
@@ -78,3 +78,16 @@ def test_a_custom_loss_without_a_stacked_form_loops_over_the_steps():
     steps, teacher = torch.randn(3, 2, 4), torch.randn(2, 4)
     torch.testing.assert_close(L1(loss_weight=2.0).forward_steps(steps, teacher),
                                torch.stack([L1(loss_weight=2.0)(s, teacher) for s in steps]))
+
+
+@pytest.mark.parametrize('name,make,shape', CASES, ids=[c[0] for c in CASES])
+def test_stacked_loss_takes_one_target_per_step(name, make, shape):
+    gen = torch.Generator().manual_seed(2)
+    loss = make()
+    steps = torch.randn(N, *shape, generator=gen)
+    targets = torch.randn(N, *shape, generator=gen) * 2
+    labels = torch.randint(C, (B,), generator=gen)
+    per_step = torch.stack([loss(steps[k], targets[k], labels) for k in range(N)])
+    torch.testing.assert_close(loss.forward_steps(steps, targets, labels), per_step, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match='per-step targets'):
+        loss.forward_steps(steps, targets[:2], labels)

@@ -66,7 +66,7 @@ def specs(args):
     """Every configuration measured: ``(task, method, steps, encoder)``."""
     out = []
     if args.task in ('cls', 'all'):
-        out += [('cls', 'student', None, None), ('cls', 'kd', None, None)]
+        out += [('cls', 'student', None, None), ('cls', 'kd', None, None), ('cls', 'dist', None, None)]
         for encoder in args.encoders:
             for n in args.cls_steps:
                 out.append(('cls', 'fmkt', n, encoder))
@@ -115,8 +115,10 @@ def build(task, method, steps, encoder, args):
             return build_model(student, scope), None
         common = dict(student=student, teacher=teacher,
                       data_preprocessor=distiller.get('data_preprocessor'))
-        if method == 'kd':
-            model = MODELS.build(dict(type='fmkt_mm.LogitDistiller', loss=dict(type='fmkt_mm.KDLoss', tau=4.0), **common))
+        if method in ('kd', 'dist'):
+            loss = dict(type='fmkt_mm.KDLoss', tau=4.0) if method == 'kd' else \
+                copy.deepcopy(distiller['flow']['loss'])  # FM-KT's own metric loss, applied once
+            model = MODELS.build(dict(type='fmkt_mm.LogitDistiller', loss=loss, **common))
         elif method == 'pkd':
             model = MODELS.build(dict(type='fmkt_mm.FeatureDistiller', loss=dict(type='fmkt_mm.PKDLoss'),
                                       level_weights=10.0, dummy_input_shape=(3, size, size), **common))
@@ -308,6 +310,7 @@ def count(spec, args):
             model.eval_steps = steps
         who = model if method in ('fmkt', 'student') else plain
         if who is not None:
+            who.eval()
             who(test['inputs'], test['data_samples'], mode=mode)
             result['inference_ops'] = count_operators(
                 lambda: who(test['inputs'], test['data_samples'], mode=mode))
@@ -343,6 +346,7 @@ def counts_table(results, args) -> str:
 
 def label(r):
     names = dict(student='student alone', kd='KD (teacher fwd + student fwd/bwd)',
+                 dist='DIST (the FM-KT config\'s metric loss, once)',
                  pkd='PKD (teacher backbone+neck fwd + student fwd/bwd)',
                  fmkt='FM-KT', fmkt_theta='FM-KT^Theta', fmkt_student='FM-KT, training-only flows')
     name = names[r['method']]

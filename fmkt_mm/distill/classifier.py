@@ -134,6 +134,9 @@ class ClassificationDistiller(BaseDistiller):
         self.theta_loss = None
         if variant != 'fmkt':
             self.theta_loss = build_from_registry(MODELS, theta_loss or flow['loss'], 'loss')
+        #: the theta loss is the flow's metric loss: both run in one call
+        self._theta_shares_flow_loss = variant != 'fmkt' and (
+            theta_loss is None or (isinstance(theta_loss, dict) and theta_loss == flow['loss']))
         self._check_shapes(dummy_input_shape)
         self.eval_steps = eval_steps or self.flow.num_steps
         #: extra step counts evaluated in the same pass (set by FlowStepsHook)
@@ -225,8 +228,17 @@ class ClassificationDistiller(BaseDistiller):
             target = self.teacher_logits(inputs, data_samples)
         out = self.flow.run(feature, self.flow.draw_num_steps(), labels=labels)
         mask = self.curriculum_mask(target if target is not None else out.ensemble)
-        flow_losses = self.flow.step_loss_vector(out, target, labels, sample_mask=mask)  # (N,)
         n = out.steps.shape[0]
+        logits = theta = None
+        if self.deploy_mode == 'student':
+            logits = self.student_logits_from_feature(feature)
+        if logits is not None and self._theta_shares_flow_loss and mask is None and \
+                not (self.flow.training and self.flow.beta_d < 1.0):
+            flow_losses, theta = self._flow_and_theta_losses(out, target, logits, labels)
+        else:
+            flow_losses = self.flow.step_loss_vector(out, target, labels, sample_mask=mask)  # (N,)
+            if logits is not None:
+                theta = self.theta_loss(logits, out.ensemble.detach(), labels)
 
         losses: Dict[str, Tensor] = {}
         # every step is also a classifier: its task loss, averaged over steps
@@ -238,12 +250,25 @@ class ClassificationDistiller(BaseDistiller):
             losses['curriculum_kept'] = mask.float().mean()  # logged only
         if self.roundtrip_loss_weight > 0:
             losses['loss_roundtrip'] = self.roundtrip_loss_weight * self.flow.roundtrip_loss(feature, out)
-        if self.deploy_mode == 'student':
-            logits = self.student_logits_from_feature(feature)
+        if logits is not None:
             losses['loss_cls'] = self.task_loss(logits, data_samples)
-            losses['loss_theta'] = self.theta_loss_weight * self.theta_loss(
-                logits, out.ensemble.detach(), labels)
+            losses['loss_theta'] = self.theta_loss_weight * theta
         return losses
+
+    def _flow_and_theta_losses(self, out, target: Optional[Tensor], logits: Tensor, labels):
+        """The flow's per-step losses ``(N,)`` (divided by N) and the theta
+        loss of the plain head against the detached ensemble, in one call
+        of the shared metric loss on ``N + 1`` stacked outputs."""
+        n = out.steps.shape[0]
+        ensemble = out.ensemble.detach()
+        outputs = torch.cat([out.steps, logits[None]])
+        if target is None:  # OFM-KT: the ensemble is every row's target
+            targets = ensemble
+        else:
+            self.flow.check_target(target, out)
+            targets = torch.cat([target.detach().expand_as(out.steps), ensemble[None]])
+        values = self.flow.loss_fn.forward_steps(outputs, targets, labels)
+        return values[:n] / n, values[n]
 
     def steps_task_loss(self, steps: Tensor, data_samples) -> Tensor:
         """The head's task loss averaged over the steps ``(N, B, K)``, in one

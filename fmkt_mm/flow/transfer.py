@@ -562,6 +562,14 @@ class FlowTransfer(nn.Module):
         values = self.step_loss_vector(out, target, labels, sample_mask)
         return {f'{prefix}_step{k}': v for k, v in enumerate(values.unbind(0), start=1)}
 
+    @staticmethod
+    def check_target(target: Tensor, out: FlowOutput) -> None:
+        if target.shape != out.ensemble.shape:
+            raise ValueError(
+                f'flow output {tuple(out.ensemble.shape)} and teacher target {tuple(target.shape)} '
+                f'differ in shape; configure an adapter (channels / spatial size) or a head '
+                f'that maps the flow to the teacher\'s shape')
+
     def step_loss_vector(self, out: FlowOutput, target: Optional[Tensor] = None,
                          labels: Optional[Tensor] = None,
                          sample_mask: Optional[Tensor] = None) -> Tensor:
@@ -581,12 +589,8 @@ class FlowTransfer(nn.Module):
         if target is None:
             target = out.ensemble.detach()
         else:
+            self.check_target(target, out)
             target = target.detach()
-            if target.shape != out.ensemble.shape:
-                raise ValueError(
-                    f'flow output {tuple(out.ensemble.shape)} and teacher target {tuple(target.shape)} '
-                    f'differ in shape; configure an adapter (channels / spatial size) or a head '
-                    f'that maps the flow to the teacher\'s shape')
         if self.training and self.beta_d < 1.0:
             target, labels = self.decouple_pairs(target, labels)
         if sample_mask is not None:

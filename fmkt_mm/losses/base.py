@@ -49,14 +49,20 @@ class MetricLoss(nn.Module):
 
     def forward_steps(self, steps: Tensor, teacher: Tensor,
                       labels: Labels = None) -> Tensor:
-        """The loss of every step of a flow against one target, in one call.
+        """The loss of every step of a flow, in one call.
 
-        ``steps`` stacks ``N`` student outputs, ``(N, B, ...)``; the result
-        is ``(N,)`` with entry ``k`` equal to ``self(steps[k], teacher,
-        labels)``. Statistics taken over the batch (DIST's correlations,
-        PKD's standardisation) are taken per step: steps never mix.
+        ``steps`` stacks ``N`` student outputs, ``(N, B, ...)``; ``teacher``
+        is one target for all steps, ``(B, ...)``, or one per step, ``(N, B,
+        ...)``. The result is ``(N,)`` with entry ``k`` equal to
+        ``self(steps[k], teacher or teacher[k], labels)``. Statistics taken
+        over the batch (DIST's correlations, PKD's standardisation) are taken
+        per step: steps never mix.
         """
-        if steps.dim() != teacher.dim() + 1:
+        if teacher.dim() == steps.dim() and teacher.shape[0] != steps.shape[0]:
+            raise ValueError(
+                f'{type(self).__name__}.forward_steps: {steps.shape[0]} steps but {teacher.shape[0]} '
+                f'per-step targets ({tuple(steps.shape)} vs {tuple(teacher.shape)})')
+        if steps.dim() not in (teacher.dim(), teacher.dim() + 1):
             raise ValueError(
                 f'{type(self).__name__}.forward_steps: steps {tuple(steps.shape)} must stack '
                 f'N outputs shaped like the teacher {tuple(teacher.shape)}, (N, *teacher.shape)')
@@ -68,7 +74,8 @@ class MetricLoss(nn.Module):
                       labels: Labels = None) -> Tensor:
         """Unweighted ``(N,)`` losses of stacked steps; subclasses override
         this with one batched computation, the default loops."""
-        return torch.stack([self.compute(step, teacher, labels) for step in steps])
+        targets = teacher if per_step_targets(steps, teacher) else [teacher] * steps.shape[0]
+        return torch.stack([self.compute(step, target, labels) for step, target in zip(steps, targets)])
 
     def extra_repr(self) -> str:
         return f'loss_weight={self.loss_weight}'
@@ -84,9 +91,16 @@ def check_same_shape(student: Tensor, teacher: Tensor, loss_name: str) -> None:
             'shape.')
 
 
+def per_step_targets(steps: Tensor, teacher: Tensor) -> bool:
+    """Whether ``teacher`` holds one target per step (``(N, B, ...)``) rather
+    than one target shared by all steps (``(B, ...)``)."""
+    return teacher.dim() == steps.dim()
+
+
 def check_same_shape_steps(steps: Tensor, teacher: Tensor, loss_name: str) -> None:
-    """:func:`check_same_shape` for stacked steps ``(N, *teacher.shape)``."""
-    check_same_shape(steps[0], teacher, loss_name)
+    """:func:`check_same_shape` for stacked steps against a shared or a
+    per-step target."""
+    check_same_shape(steps[0], teacher[0] if per_step_targets(steps, teacher) else teacher, loss_name)
 
 
 def classes_last_steps(steps: Tensor) -> Tensor:

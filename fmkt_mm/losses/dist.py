@@ -3,7 +3,8 @@ import torch
 from torch import Tensor
 
 from fmkt_mm.registry import MODELS
-from .base import Labels, MetricLoss, check_same_shape, check_same_shape_steps, classes_last, classes_last_steps
+from .base import (Labels, MetricLoss, check_same_shape, check_same_shape_steps, classes_last,
+                   classes_last_steps, per_step_targets)
 
 
 def pearson(a: Tensor, b: Tensor, eps: float = 1e-8, dim: int = 1) -> Tensor:
@@ -57,8 +58,9 @@ class DISTLoss(MetricLoss):
     def compute_steps(self, steps: Tensor, teacher: Tensor,
                       labels: Labels = None) -> Tensor:
         check_same_shape_steps(steps, teacher, 'DISTLoss')
-        # (N, R, C) against the (R, C) shared by all steps; each step its own batch
-        return self._relations(self._probs(classes_last_steps(steps)), self._probs(classes_last(teacher)))
+        # (N, R, C) against an (R, C) shared by all steps or (N, R, C); each step its own batch
+        flat = classes_last_steps if per_step_targets(steps, teacher) else classes_last
+        return self._relations(self._probs(classes_last_steps(steps)), self._probs(flat(teacher)))
 
     def _probs(self, logits: Tensor) -> Tensor:
         return (logits if self.tau == 1.0 else logits / self.tau).softmax(dim=-1)

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fmkt_mm.registry import MODELS
-from .base import Labels, MetricLoss, check_same_shape, check_same_shape_steps
+from .base import Labels, MetricLoss, check_same_shape, check_same_shape_steps, per_step_targets
 
 
 @MODELS.register_module()
@@ -77,13 +77,14 @@ class DKDLoss(MetricLoss):
     def compute_steps(self, steps: Tensor, teacher: Tensor,
                       labels: Labels = None) -> Tensor:
         check_same_shape_steps(steps, teacher, 'DKDLoss')
-        if teacher.dim() != 2 or teacher.shape[1] < 2:
+        if steps.dim() != 3 or steps.shape[2] < 2:
             raise ValueError(
                 'DKDLoss expects logits of shape (B, C) with C >= 2, got '
-                f'{tuple(teacher.shape)}')
-        labels = self._check_labels(labels, teacher)
+                f'{tuple(steps.shape[1:])}')
         n, b, c = steps.shape
-        per_sample = self._per_sample(steps.reshape(n * b, c), teacher.repeat(n, 1), labels.repeat(n))
+        labels = self._check_labels(labels, steps[0])
+        teacher = teacher.reshape(n * b, c) if per_step_targets(steps, teacher) else teacher.repeat(n, 1)
+        per_sample = self._per_sample(steps.reshape(n * b, c), teacher, labels.repeat(n))
         return self.warmup_factor * per_sample.view(n, b).mean(1)
 
     def _per_sample(self, student: Tensor, teacher: Tensor, labels: Tensor) -> Tensor:

@@ -3,7 +3,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fmkt_mm.registry import MODELS
-from .base import Labels, MetricLoss, check_same_shape, check_same_shape_steps, classes_last, classes_last_steps
+from .base import (Labels, MetricLoss, check_same_shape, check_same_shape_steps, classes_last,
+                   classes_last_steps, per_step_targets)
 
 
 @MODELS.register_module()
@@ -45,7 +46,8 @@ class KDLoss(MetricLoss):
                       labels: Labels = None) -> Tensor:
         check_same_shape_steps(steps, teacher, 'KDLoss')
         log_p_s = F.log_softmax(classes_last_steps(steps) / self.tau, dim=2)  # (N, R, C)
-        log_p_t = F.log_softmax(classes_last(teacher) / self.tau, dim=1)      # (R, C)
+        flat = classes_last_steps if per_step_targets(steps, teacher) else classes_last
+        log_p_t = F.log_softmax(flat(teacher) / self.tau, dim=-1)  # (R, C) shared, or (N, R, C)
         kl = F.kl_div(log_p_s, log_p_t.expand_as(log_p_s), reduction='none', log_target=True)
         return kl.sum((1, 2)) * (self.tau**2 / log_p_s.shape[1])
 

@@ -30,4 +30,4 @@ class MSELoss(MetricLoss):
     def compute_steps(self, steps: Tensor, teacher: Tensor,
                       labels: Labels = None) -> Tensor:
         check_same_shape_steps(steps, teacher, 'MSELoss')
-        return (steps - teacher).pow(2).flatten(1).mean(1)
+        return (steps - teacher).pow(2).flatten(1).mean(1)  # a shared target broadcasts

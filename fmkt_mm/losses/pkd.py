@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fmkt_mm.registry import MODELS
-from .base import Labels, MetricLoss, check_same_shape, check_same_shape_steps
+from .base import Labels, MetricLoss, check_same_shape, check_same_shape_steps, per_step_targets
 
 
 def standardize(feat: Tensor, eps: float = 1e-6) -> Tensor:
@@ -89,6 +89,8 @@ class PKDLoss(MetricLoss):
     def compute_steps(self, steps: Tensor, teacher: Tensor,
                       labels: Labels = None) -> Tensor:
         n, b = steps.shape[:2]
+        if per_step_targets(steps, teacher):
+            return super().compute_steps(steps, teacher, labels)
         spatial_mismatch = (
             steps.dim() == 5 and teacher.dim() == 4
             and steps.shape[1:3] == teacher.shape[:2]
