@@ -126,7 +126,10 @@ def build(task, method, steps, encoder, args):
             distiller.update(common)
             distiller['dummy_input_shape'] = (3, size, size)
             flow = dict(distiller['flow'])
-            flow.update(num_steps=steps, encoder=dict(type=encoder))
+            configured = dict(flow.get('encoder') or {})
+            # the configured encoder (with its width) when its type is asked for, else the type's defaults
+            flow.update(num_steps=steps,
+                        encoder=configured if configured.get('type') == encoder else dict(type=encoder))
             distiller['flow'] = flow
             if task == 'cls':
                 distiller['variant'] = 'fmkt' if method == 'fmkt' else 'fmkt_theta'
@@ -409,8 +412,9 @@ def parse_args(argv=None):
     parser.add_argument('--cls-steps', type=int, nargs='+', help='default: 1 2 4 8')
     parser.add_argument('--det-steps', type=int, nargs='+', help='default: 1 2 4')
     parser.add_argument('--encoders', nargs='+', help='classification; default: mlp conv transformer')
-    parser.add_argument('--det-encoders', nargs='+', default=['conv'],
-                        help='detection (the first also for the training-only flows); default: conv')
+    parser.add_argument('--det-encoders', nargs='+', default=['mlp', 'conv'],
+                        help='detection (the first also for the training-only flows); default: mlp '
+                             '(the COCO configs\' recipe) conv (the authors\' encoder)')
     parser.add_argument('--iters', type=int, default=6)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--out', default=osp.join('work_dirs', 'benchmark_cost'))

@@ -289,7 +289,8 @@ def benchmark_cls(args):
 DET_ROWS = [('student alone RetinaNet R18 w16', 'retinanet_r18w16_student.py'),
             ('PKD', 'pkd_retinanet_r18_to_r18w16.py'),
             ('FM-KT deploy student (zero cost)', 'fmkt_retinanet_r18_to_r18w16_deploy-student.py'),
-            ('FM-KT deploy flow (paper)', 'fmkt_retinanet_r18_to_r18w16_deploy-flow.py')]
+            ('FM-KT deploy flow (paper)', 'fmkt_retinanet_r18_to_r18w16_deploy-flow.py'),
+            ('FM-KT deploy flow, conv encoder', 'fmkt_retinanet_r18_to_r18w16_deploy-flow_conv.py')]
 
 
 def run_det(job):

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fmkt_mm.registry import MODELS
-from .base import Labels, MetricLoss, check_same_shape, check_same_shape_steps, per_step_targets
+from .base import Labels, MetricLoss, check_same_shape_steps, per_step_targets
 
 
 @MODELS.register_module()
@@ -66,13 +66,7 @@ class DKDLoss(MetricLoss):
 
     def compute(self, student: Tensor, teacher: Tensor,
                 labels: Labels = None) -> Tensor:
-        check_same_shape(student, teacher, 'DKDLoss')
-        if student.dim() != 2 or student.shape[1] < 2:
-            raise ValueError(
-                'DKDLoss expects logits of shape (B, C) with C >= 2, got '
-                f'{tuple(student.shape)}')
-        labels = self._check_labels(labels, student)
-        return self.warmup_factor * self._per_sample(student, teacher, labels).mean()
+        return self.compute_steps(student[None], teacher, labels)[0]
 
     def compute_steps(self, steps: Tensor, teacher: Tensor,
                       labels: Labels = None) -> Tensor:

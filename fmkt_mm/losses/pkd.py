@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fmkt_mm.registry import MODELS
-from .base import Labels, MetricLoss, check_same_shape, check_same_shape_steps, per_step_targets
+from .base import Labels, MetricLoss, check_same_shape_steps, per_step_targets
 
 
 def standardize(feat: Tensor, eps: float = 1e-6) -> Tensor:
@@ -69,22 +69,7 @@ class PKDLoss(MetricLoss):
 
     def compute(self, student: Tensor, teacher: Tensor,
                 labels: Labels = None) -> Tensor:
-        spatial_mismatch = (
-            student.dim() == 4 and teacher.dim() == 4
-            and student.shape[:2] == teacher.shape[:2]
-            and student.shape[2:] != teacher.shape[2:])
-        if spatial_mismatch:
-            if self.resize_student:
-                student = F.interpolate(student, size=teacher.shape[2:],
-                                        mode='bilinear', align_corners=False)
-            else:
-                teacher = F.interpolate(teacher, size=student.shape[2:],
-                                        mode='bilinear', align_corners=False)
-        check_same_shape(student, teacher, 'PKDLoss')
-        if student.dim() < 2:
-            raise ValueError('PKDLoss expects (B, C, H, W) or (B, C) inputs, '
-                             f'got {tuple(student.shape)}')
-        return F.mse_loss(standardize(student), standardize(teacher)) / 2
+        return self.compute_steps(student[None], teacher, labels)[0]
 
     def compute_steps(self, steps: Tensor, teacher: Tensor,
                       labels: Labels = None) -> Tensor:
