@@ -242,12 +242,14 @@ def test_level_pairs_and_configuration_errors(teachers):
 
 def test_coco_configs_parse():
     configs = sorted(glob.glob(osp.join(ROOT, 'configs', 'mmdet', 'fmkt_*.py')))
-    assert len(configs) == 6
+    assert len(configs) == 9  # three pairs of deploy modes, and the conv-encoder recipes
     for path in configs:
         cfg = apply_distiller(Config.fromfile(path))
         assert cfg.model.type == 'fmkt_mm.DetectionDistiller'
         assert cfg.model.teacher.config.startswith('mmdet::')
         assert cfg.model.teacher.checkpoint.startswith('checkpoints/')
+        encoder = cfg.model.flow.encoder.type
+        assert encoder == ('conv' if path.endswith('_conv.py') else 'mlp'), path
         assert cfg.model.deploy_mode in path and cfg.model.levels == (0, 1, 2, 3)
         assert cfg.model.level_weights == (6.0 if 'faster-rcnn' in path else 10.0)
         assert cfg.model.student.type in ('RetinaNet', 'FasterRCNN')
