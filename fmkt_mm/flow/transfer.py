@@ -134,10 +134,8 @@ def plan_steps(path: FlowPath, n: int, parameterization: str, update: str) -> Li
             c_e = a_next - b_next * a / b
             next_state = (c_e * endpoint[0] + b_next / b, c_e * endpoint[1])
         scale = path.input_scale(t)
-        plans.append(StepPlan(t=t, input_scale=_clean(float(scale)),
-                              endpoint=tuple(map(_clean, endpoint)),
-                              velocity=tuple(map(_clean, velocity)),
-                              next_state=tuple(map(_clean, next_state))))
+        plans.append(StepPlan(t=t, input_scale=_clean(float(scale)), endpoint=endpoint,
+                              velocity=velocity, next_state=tuple(map(_clean, next_state))))
     return plans
 
 
@@ -280,8 +278,7 @@ class FlowTransfer(nn.Module):
         return self._compiled_step(state, conditioning)
 
     def __getstate__(self):  # a compiled function neither pickles nor deep-copies
-        state = super().__getstate__() if hasattr(super(), '__getstate__') else self.__dict__.copy()
-        state = dict(state)
+        state = dict(super().__getstate__())
         state['_compiled_step'] = None
         state['_coefficients'] = {}
         return state
