@@ -3,7 +3,8 @@
 Importing the package registers its components in MMEngine's registries
 under the scope ``fmkt_mm`` (``dict(type='fmkt_mm.FlowTransfer')``, ...).
 """
-from . import checkpoint, datasets, distill, export, flow, hooks, losses, optim  # noqa: F401  (registration)
+from . import (checkpoint, datasets, distill, export, flow, hooks, log_processor,  # noqa: F401
+               losses, optim)  # (registration)
 from .registry import FLOW_PATHS, HOOKS, META_ENCODERS, MODELS
 
 __version__ = '0.1.0'

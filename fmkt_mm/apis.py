@@ -5,8 +5,11 @@ import shutil
 from contextlib import contextmanager
 
 from mmengine.config import Config
+from mmengine.model import is_model_wrapper
 
-from .checkpoint import trust_directory
+from .checkpoint import extract_state_dict, load_weights, safe_torch_load, trust_directory
+
+TEACHER_PREFIX = 'teacher.'
 
 
 def apply_distiller(cfg: Config) -> Config:
@@ -33,6 +36,19 @@ def apply_distiller(cfg: Config) -> Config:
     if 'fmkt_mm' not in custom.get('imports', []):
         cfg.custom_imports = dict(imports=list(custom.get('imports', [])) + ['fmkt_mm'],
                                   allow_failed_imports=False)
+    use_distill_log_processor(cfg)
+    return cfg
+
+
+def use_distill_log_processor(cfg: Config) -> Config:
+    """Swap MMEngine's stock ``LogProcessor`` for
+    :class:`~fmkt_mm.log_processor.DistillLogProcessor` (same arguments):
+    per-step terms averaged like the losses, per-level terms summed on the
+    console line. A custom processor chosen by the config is kept."""
+    processor = dict(cfg.get('log_processor') or {})
+    if processor.get('type', 'LogProcessor') in ('LogProcessor', 'mmengine.LogProcessor'):
+        processor['type'] = 'fmkt_mm.DistillLogProcessor'
+        cfg.log_processor = processor
     return cfg
 
 
@@ -100,3 +116,33 @@ def use_atomic_checkpoints(cfg: Config) -> Config:
     checkpoint['backend_args'] = dict(backend='atomic_local')
     default_hooks['checkpoint'] = checkpoint
     return cfg
+
+
+def teacher_from_checkpoint(cfg: Config, checkpoint: str) -> bool:
+    """Let a distiller be tested without its teacher's file.
+
+    A distillation checkpoint holds the frozen teacher's tensors
+    (``teacher.*``) beside the student's; inference never runs the teacher
+    (the flow reads the student's features; deploy mode 'student' and
+    FM-KT^Theta predict with the plain student). When ``checkpoint`` holds
+    them, the teacher is built from its config alone and gets its weights
+    from ``checkpoint``, which :func:`load_teacher_from_checkpoint` checks
+    strictly once the model exists. Returns whether it did so.
+    """
+    teacher = (cfg.get('model') or {}).get('teacher')
+    if not isinstance(teacher, dict):
+        return False
+    state = extract_state_dict(safe_torch_load(checkpoint, what='checkpoint'))
+    if not any(key.startswith(TEACHER_PREFIX) for key in state):
+        return False
+    cfg.model.teacher = dict(teacher, checkpoint=None, allow_random_init=True)
+    return True
+
+
+def load_teacher_from_checkpoint(model, checkpoint: str) -> None:
+    """Load the ``teacher.*`` tensors of ``checkpoint`` into ``model.teacher``
+    strictly: a checkpoint whose teacher does not fit the config's teacher
+    fails with the missing/unexpected/wrong-shape keys."""
+    model = model.module if is_model_wrapper(model) else model
+    load_weights(model.teacher, checkpoint, strict=True, prefix=TEACHER_PREFIX,
+                 what='the teacher in checkpoint')

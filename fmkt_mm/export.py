@@ -1,18 +1,19 @@
 """Writing the student of a distillation checkpoint as a plain model checkpoint."""
+import copy
 import os.path as osp
 import warnings
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 from .apis import apply_distiller
-from .checkpoint import atomic_torch_save, extract_state_dict, safe_torch_load
+from .checkpoint import atomic_torch_save, atomic_write, extract_state_dict, safe_torch_load
 from .distill.base import STUDENT_PREFIX
 from .distill.teacher import build_model
 
 __all__ = ['atomic_torch_save', 'deploy_mode_of', 'export_student', 'export_student_from_cfg',
-           'FLOW_NOT_EXPORTED']
+           'plain_student_config', 'FLOW_NOT_EXPORTED']
 
 FLOW_NOT_EXPORTED = (
     'the flow (meta-encoder and its sampling loop) is part of this model\'s prediction and has no '
@@ -35,10 +36,15 @@ def deploy_mode_of(model_cfg: dict) -> str:
 def export_student(config: str, checkpoint: str, out: str) -> Dict[str, object]:
     """Write the student's weights from a distillation ``checkpoint`` to
     ``out`` as ``{'state_dict': ..., 'meta': ...}``, checked by loading them
-    strictly into the plain student built from the config.
+    strictly into the plain student built from the config, and the plain
+    student's config beside it (``student.pth`` -> ``student_config.py``).
 
-    Returns a summary (number of tensors, deploy mode, and what could not be
-    exported).
+    ``meta['dataset_meta']`` is the dataset's metainfo (class names, palette)
+    as the training run saved it, so that mmdet's ``init_detector`` and
+    mmpretrain's ``init_model`` label predictions with the right classes.
+
+    Returns a summary (number of tensors, deploy mode, the config written,
+    and what could not be exported).
     """
     cfg = apply_distiller(Config.fromfile(config))
     summary = export_student_from_cfg(cfg, checkpoint, out, config_path=config)
@@ -56,7 +62,9 @@ def export_student_from_cfg(cfg: Config, checkpoint: str, out: str,
     if 'student' not in model_cfg:
         raise ValueError(f'{config_path or "the config"} has no distiller block: there is no '
                          f'student to export')
-    state = extract_state_dict(safe_torch_load(checkpoint, what='distillation checkpoint'))
+    loaded = safe_torch_load(checkpoint, what='distillation checkpoint')
+    source_meta = (loaded.get('meta') or {}) if isinstance(loaded, dict) else {}
+    state = extract_state_dict(loaded)
     student_state = {k[len(STUDENT_PREFIX):]: v for k, v in state.items() if k.startswith(STUDENT_PREFIX)}
     if not student_state:
         raise ValueError(f'{checkpoint} holds no student.* weights; is it a distillation checkpoint?')
@@ -73,5 +81,74 @@ def export_student_from_cfg(cfg: Config, checkpoint: str, out: str,
     meta = dict(source_checkpoint=osp.abspath(checkpoint), deploy_mode=mode)
     if config_path is not None:
         meta['config'] = osp.abspath(config_path)
+    dataset_meta = source_meta.get('dataset_meta') or _config_metainfo(cfg)
+    if dataset_meta:
+        meta['dataset_meta'] = dataset_meta
+    plain_cfg, needs_fmkt_mm = plain_student_config(cfg)
+    config_out = osp.splitext(out)[0] + '_config.py'
+    meta['student_config'] = osp.abspath(config_out)
+    # the config first: a checkpoint on disk always has its config beside it
+    atomic_write(config_out, plain_cfg.pretty_text.encode())
     atomic_torch_save(dict(state_dict=plain.state_dict(), meta=meta), out)
-    return dict(num_tensors=len(student_state), deploy_mode=mode, not_exported=not_exported, out=out)
+    return dict(num_tensors=len(student_state), deploy_mode=mode, not_exported=not_exported,
+                out=out, config=config_out, dataset_meta=dataset_meta,
+                config_needs_fmkt_mm=needs_fmkt_mm)
+
+
+def _config_metainfo(cfg: Config) -> Optional[dict]:
+    """The ``metainfo`` of the config's training (or test) dataset, if set."""
+    for loader in ('train_dataloader', 'test_dataloader', 'val_dataloader'):
+        dataset = (cfg.get(loader) or {}).get('dataset') or {}
+        while 'dataset' in dataset and 'metainfo' not in dataset:  # wrappers (RepeatDataset, ...)
+            dataset = dataset['dataset']
+        if dataset.get('metainfo'):
+            return copy.deepcopy(dict(dataset['metainfo']))
+    return None
+
+
+def _fmkt_mm_types(node, where: str = '') -> List[str]:
+    """Where a config still names an fmkt_mm component (``type='fmkt_mm.X'``)."""
+    found = []
+    if isinstance(node, dict):
+        if isinstance(node.get('type'), str) and node['type'].startswith('fmkt_mm.'):
+            found.append(f"{where or 'the config'}: {node['type']}")
+        for key, value in node.items():
+            found += _fmkt_mm_types(value, f'{where}.{key}' if where else str(key))
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            found += _fmkt_mm_types(value, f'{where}[{i}]')
+    return found
+
+
+def plain_student_config(cfg: Config) -> Tuple[Config, List[str]]:
+    """The config of the plain student from a distillation config (as a
+    Runner holds it, ``model`` = the distiller): ``model`` is the student,
+    and the distillation-only parts are gone (the distiller, fmkt_mm's hooks
+    and log processor, ``load_from``/``resume``), so it loads in plain
+    mmdet/mmpretrain. Returns it with the places that still name fmkt_mm
+    components (e.g. a dataset of fmkt_mm's); while there are any, the config
+    keeps importing fmkt_mm."""
+    plain = Config(copy.deepcopy(cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)))
+    student = copy.deepcopy(dict(cfg.model['student']))
+    plain.model = student
+    plain.pop('distiller', None)
+    plain.custom_hooks = [h for h in plain.get('custom_hooks', [])
+                          if not str(h.get('type', '')).startswith('fmkt_mm.')]
+    if str((plain.get('log_processor') or {}).get('type', '')).startswith('fmkt_mm.'):
+        plain.log_processor['type'] = 'LogProcessor'
+        plain.log_processor.pop('mean_pattern', None)
+    checkpoint = (plain.get('default_hooks') or {}).get('checkpoint') or {}
+    if (checkpoint.get('backend_args') or {}).get('backend') == 'atomic_local':
+        checkpoint.pop('backend_args')  # fmkt_mm's atomic writes
+    plain.load_from, plain.resume = None, False
+    for key in ('work_dir', 'launcher'):
+        plain.pop(key, None)
+    remaining = _fmkt_mm_types(plain.to_dict())
+    imports = [m for m in (plain.get('custom_imports') or {}).get('imports', []) if m != 'fmkt_mm']
+    if remaining:
+        imports.append('fmkt_mm')
+    if imports:
+        plain.custom_imports = dict(imports=imports, allow_failed_imports=False)
+    else:
+        plain.pop('custom_imports', None)
+    return plain, remaining

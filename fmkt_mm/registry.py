@@ -24,3 +24,9 @@ from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS  # noqa:
 #: Optimizer wrappers (bf16 autocast on CPU).
 OPTIM_WRAPPERS = Registry('optim wrapper', parent=MMENGINE_OPTIM_WRAPPERS, scope='fmkt_mm',
                           locations=['fmkt_mm.optim'])
+
+from mmengine.registry import LOG_PROCESSORS as MMENGINE_LOG_PROCESSORS  # noqa: E402
+
+#: Log processors (one readable console line for distillation runs).
+LOG_PROCESSORS = Registry('log processor', parent=MMENGINE_LOG_PROCESSORS, scope='fmkt_mm',
+                          locations=['fmkt_mm.log_processor'])

@@ -1,7 +1,10 @@
 """Classification distillation through the real MMEngine Runner (tiny sizes)."""
 import copy
+import glob
+import json
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 
@@ -68,6 +71,58 @@ def test_test_tool_prints_top1_and_steps(teacher_checkpoint, tmp_path):
     log = out.stdout + out.stderr
     assert 'accuracy/top1' in log
     assert 'flow ensemble top-1 by number of steps: N=1:' in log
+
+
+def test_log_lines_average_per_step_terms_and_keep_them_off_the_console(teacher_checkpoint, tmp_path):
+    """DistillLogProcessor: per-step terms are window means like the losses
+    and reach vis_data/scalars.json; the console line has the summed terms."""
+    cfg = tiny_cfg('fmkt', tmp_path, teacher_checkpoint, max_epochs=2)
+    cfg.default_hooks.logger.interval = 2
+    assert cfg.log_processor.type == 'fmkt_mm.DistillLogProcessor'
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    history = runner.message_hub.log_scalars
+    logged = [json.loads(line) for line in open(glob.glob(
+        str(tmp_path / '*' / 'vis_data' / 'scalars.json'))[0]) if '"flow_step1"' in line]
+    assert [row['step'] for row in logged] == [2, 4]
+    window = runner.log_processor.window_size
+    for key in ('flow_step1', 'flow_step8', 'loss_flow'):
+        values, _ = history[f'train/{key}'].data
+        assert logged[-1][key] == pytest.approx(float(values[-window:].mean()))
+    text = open(glob.glob(str(tmp_path / '*' / '*.log'))[0]).read()
+    lines = [line for line in text.splitlines() if 'Epoch(train)' in line]
+    assert lines and all('loss_flow:' in line and 'flow_step' not in line for line in lines)
+
+
+def test_test_tool_needs_no_teacher_file(teacher_checkpoint, tmp_path):
+    """A FM-KT^Theta checkpoint holds its teacher: tools/test.py scores it
+    after the teacher's own file is gone, loading the teacher strictly from
+    the checkpoint; a checkpoint whose teacher does not fit fails naming the
+    keys."""
+    teacher = tmp_path / 'teacher.pth'
+    shutil.copy(teacher_checkpoint, teacher)
+    cfg = tiny_cfg('fmkt_theta', tmp_path / 'train', str(teacher))
+    Runner.from_cfg(cfg).train()
+    config = tmp_path / 'config.py'
+    cfg.dump(str(config))
+    teacher.unlink()
+    checkpoint = tmp_path / 'train' / 'epoch_1.pth'
+    out = subprocess.run([PYTHON, osp.join(ROOT, 'tools', 'test.py'), str(config), str(checkpoint),
+                          '--work-dir', str(tmp_path / 'test')],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 'accuracy/top1' in out.stdout + out.stderr
+    assert 'the teacher\'s weights come from' in out.stdout + out.stderr
+
+    state = torch.load(checkpoint, weights_only=True)
+    state['state_dict'].pop('teacher.head.fc.bias')
+    broken = tmp_path / 'broken.pth'
+    torch.save(state, broken)
+    out = subprocess.run([PYTHON, osp.join(ROOT, 'tools', 'test.py'), str(config), str(broken),
+                          '--work-dir', str(tmp_path / 'test-broken')],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode != 0
+    assert 'CheckpointMismatchError' in out.stderr and 'head.fc.bias' in out.stderr
 
 
 def test_export_round_trip_in_a_process_without_fmkt_mm(teacher_checkpoint, tmp_path):

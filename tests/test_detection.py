@@ -17,6 +17,7 @@ from mmengine.runner import Runner
 
 import fmkt_mm  # noqa: F401  (registers the distiller)
 from fmkt_mm.apis import apply_distiller
+from fmkt_mm.datasets import FASHION_DET_METAINFO
 from fmkt_mm.datasets.idx import fashion_mnist_paths, fashion_mnist_root
 from fmkt_mm.distill import DetectionDistiller
 from fmkt_mm.export import export_student
@@ -343,9 +344,11 @@ def test_runner_heterogeneous_pair_with_adapter(coco_set, teachers, tmp_path):
 
 @needs_data
 def test_export_round_trip_with_plain_mmdet(coco_set, teachers, tmp_path):
-    """deploy_mode='student': the exported checkpoint loads strictly into a
-    plain RetinaNet through mmdet's init_detector in a process that never
-    imports fmkt_mm, and inference_detector gives the distiller's boxes."""
+    """deploy_mode='student': the export writes the plain student's config
+    beside the checkpoint; both load through mmdet's init_detector in a
+    process that never imports fmkt_mm, the classes come from the
+    checkpoint's dataset_meta, and inference_detector gives the distiller's
+    boxes."""
     from mmdet.apis import inference_detector
     work_dir = str(tmp_path / 'train')
     student = retinanet(8, 32)
@@ -358,26 +361,23 @@ def test_export_round_trip_with_plain_mmdet(coco_set, teachers, tmp_path):
     out = str(tmp_path / 'student.pth')
     summary = export_student(config, osp.join(work_dir, 'iter_1.pth'), out)
     assert summary['deploy_mode'] == 'student' and summary['not_exported'] is None
-
-    # the plain student's config: the stock detector plus the demo's pipelines
     student_config = str(tmp_path / 'student_config.py')
-    plain_cfg = Config.fromfile(osp.join(CONFIGS, 'retinanet_r18w16_student.py'))
-    plain_cfg.model = student
-    plain_cfg.pop('custom_imports')
-    plain_cfg.dump(student_config)
+    assert summary['config'] == student_config and summary['config_needs_fmkt_mm'] == []
+    assert 'fmkt_mm' not in open(student_config).read()
+    classes = tuple(FASHION_DET_METAINFO['classes'])
+    assert tuple(summary['dataset_meta']['classes']) == classes
 
     image = sorted(glob.glob(osp.join(coco_set, 'val', '*')))[0]
     model = runner.model.eval()
-    model.cfg = plain_cfg  # inference_detector reads the test pipeline from here
+    model.cfg = Config.fromfile(student_config)  # inference_detector reads the test pipeline here
     expected = inference_detector(model, image).pred_instances
     torch.save(dict(bboxes=expected.bboxes, scores=expected.scores, labels=expected.labels),
                tmp_path / 'expected.pth')
     script = f'''
 import sys, torch
 from mmdet.apis import inference_detector, init_detector
-model = init_detector({student_config!r}, None, device='cpu')
-ckpt = torch.load({out!r}, weights_only=True)
-model.load_state_dict(ckpt['state_dict'], strict=True)
+model = init_detector({student_config!r}, {out!r}, device='cpu')
+assert tuple(model.dataset_meta['classes']) == {classes!r}, model.dataset_meta
 got = inference_detector(model, {image!r}).pred_instances
 want = torch.load({str(tmp_path / 'expected.pth')!r}, weights_only=True)
 assert 'fmkt_mm' not in sys.modules

@@ -3,7 +3,14 @@
     python tools/export_student.py CONFIG CHECKPOINT OUT
 
 The result loads with ``strict=True`` into the stock model built from the
-student config, without fmkt_mm installed.
+student config, without fmkt_mm installed. The plain student's config is
+written beside it (OUT without its extension + ``_config.py``), and the
+checkpoint's ``meta['dataset_meta']`` carries the class names, so that
+
+    from mmdet.apis import init_detector
+    model = init_detector('student_config.py', 'student.pth')
+
+labels boxes with the dataset's classes.
 """
 import argparse
 
@@ -19,6 +26,13 @@ def main():
     summary = export_student(args.config, args.checkpoint, args.out)
     print(f"wrote {summary['num_tensors']} student tensors to {summary['out']} "
           f"(deploy mode: {summary['deploy_mode']})")
+    print(f"wrote the plain student's config to {summary['config']}")
+    if summary['config_needs_fmkt_mm']:
+        print('the config still names fmkt_mm components, so it imports fmkt_mm: '
+              + '; '.join(summary['config_needs_fmkt_mm']))
+    classes = (summary['dataset_meta'] or {}).get('classes')
+    print(f'classes: {list(classes)}' if classes else
+          'no dataset_meta (class names) in the checkpoint or the config')
     if summary['not_exported']:
         print('NOT EXPORTED: ' + summary['not_exported'])
 

@@ -2,6 +2,10 @@
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...]
                          [--launcher none|pytorch|slurm] [--allow-unsafe-pickle]
+
+A distillation checkpoint holds the teacher's tensors: testing it needs no
+teacher file (the teacher is built from its config and loaded, strictly,
+from CHECKPOINT; inference never runs it).
 """
 import argparse
 import os
@@ -11,7 +15,8 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from fmkt_mm.apis import apply_distiller, clean_up_on_failure, prepare_work_dir
+from fmkt_mm.apis import (apply_distiller, clean_up_on_failure, load_teacher_from_checkpoint,
+                          prepare_work_dir, teacher_from_checkpoint)
 from fmkt_mm.checkpoint import trust_file
 from fmkt_mm.dist import setup_launcher, shutdown_process_group
 
@@ -48,8 +53,13 @@ def main():
     cfg.load_from = args.checkpoint
     if args.allow_unsafe_pickle and cfg.get('load_from'):
         trust_file(cfg.load_from)
+    teacher_inside = teacher_from_checkpoint(cfg, args.checkpoint)
     with clean_up_on_failure(work_dir):
         runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+        if teacher_inside:
+            load_teacher_from_checkpoint(runner.model, args.checkpoint)
+            runner.logger.info(f'the teacher\'s weights come from {args.checkpoint} (its own '
+                               f'file is not needed to test)')
     runner.test()
     shutdown_process_group()
 

@@ -3,7 +3,6 @@
 # from-scratch schedule: the CPU demo's data and training settings.
 # Compose the set first:  python tools/demo_detection.py (or tools/data/make_detection_set.py)
 default_scope = 'mmdet'
-custom_imports = dict(imports=['fmkt_mm'], allow_failed_imports=False)
 
 data_root = 'data/fashion_det/'
 # = fmkt_mm.datasets.FASHION_DET_METAINFO (category id k is label k - 1)
