@@ -284,7 +284,7 @@ def count_loss_calls(runner):
 
 
 @needs_data
-def test_runner_train_resume_test_deploy_flow(coco_set, teachers, tmp_path):
+def test_runner_train_resume_test_deploy_flow(coco_set, teachers, tmp_path, capfd):
     work_dir = str(tmp_path / 'flow')
     cfg = runner_config('fmkt_retinanet_r18_to_r18w16_deploy-flow.py', work_dir, coco_set,
                         retinanet(8, 32), teachers['retinanet'], ema_momentum=0.1)
@@ -305,6 +305,13 @@ def test_runner_train_resume_test_deploy_flow(coco_set, teachers, tmp_path):
     scalars = runner.message_hub.log_scalars
     assert isinstance(scalars['test/flow/coco/bbox_mAP_steps1'].current(), float)
     assert scalars['test/flow/coco/bbox_mAP_steps4'].current() == metrics['coco/bbox_mAP']
+    # each COCO summary (pycocotools prints it) is announced with its step count
+    log = capfd.readouterr().out
+    labels = [log.index(f'the evaluation below scores the flow ensemble of N={n} steps')
+              for n in (4, 1)]
+    summaries = [i for i in range(len(log)) if log.startswith('Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all', i)]
+    summaries = summaries[-2:]  # (the first: validation at the end of training)
+    assert labels[0] < summaries[0] < labels[1] < summaries[1]
 
     cfg = runner_config('fmkt_retinanet_r18_to_r18w16_deploy-flow.py', work_dir, coco_set,
                         retinanet(8, 32), teachers['retinanet'], max_iters=3, ema_momentum=0.1)

@@ -106,7 +106,11 @@ class FlowStepsHook(Hook):
             runner.logger.info(f'{mode} flow ensemble top-1 by number of steps: ' + ', '.join(parts))
         if self._evaluators:
             size = len(loop.dataloader.dataset)
-            scored = {n: evaluator.evaluate(size) for n, evaluator in self._evaluators.items()}
+            scored = {}
+            for n, evaluator in self._evaluators.items():
+                runner.logger.info(f'{mode}: the evaluation below scores the flow ensemble of '
+                                   f'N={n} steps')
+                scored[n] = evaluator.evaluate(size)
             scored[unwrap(runner.model).eval_steps] = dict(metrics or {})
             parts = []
             for n in sorted(scored):
@@ -124,13 +128,22 @@ class FlowStepsHook(Hook):
     def before_test_epoch(self, runner):
         self._set_steps(runner, self.test_steps, runner.test_loop)
 
+    def _label_evaluation(self, runner, mode, loop, batch_idx):
+        """Before the loop's evaluator prints its summary (right after the
+        last batch), say which step count it scores."""
+        if self._evaluators and batch_idx == len(loop.dataloader) - 1:
+            runner.logger.info(f'{mode}: the evaluation below scores the flow ensemble of '
+                               f'N={unwrap(runner.model).eval_steps} steps')
+
     def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         self._count(outputs)
         self._process(data_batch, outputs)
+        self._label_evaluation(runner, 'val', runner.val_loop, batch_idx)
 
     def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         self._count(outputs)
         self._process(data_batch, outputs)
+        self._label_evaluation(runner, 'test', runner.test_loop, batch_idx)
 
     def after_val_epoch(self, runner, metrics=None):
         self._report(runner, 'val', runner.val_loop, metrics)
