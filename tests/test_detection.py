@@ -5,6 +5,7 @@ COCO test). The Runner tests are skipped, saying why, where Fashion-MNIST is
 not installed."""
 import copy
 import glob
+import math
 import os.path as osp
 import subprocess
 import sys
@@ -189,7 +190,8 @@ def test_deploy_student_predicts_as_the_plain_detector(teachers):
 
 
 def test_ema_of_the_flows_is_used_for_inference(teachers):
-    model = distiller(retinanet(8, 32), teachers['retinanet'], ema_momentum=0.5, levels=(0, 1))
+    model = distiller(retinanet(8, 32), teachers['retinanet'], ema_momentum=0.5, ema_warmup=None,
+                      levels=(0, 1))
     assert len(model.ema_flows) == 2 and not any(p.requires_grad for p in model.ema_flows.parameters())
     model.train()
     with torch.no_grad():
@@ -201,6 +203,26 @@ def test_ema_of_the_flows_is_used_for_inference(teachers):
     assert model._inference_flows() is model.ema_flows
     model.train()
     assert model._inference_flows() is model.flows
+
+
+def test_ema_momentum_warms_up_and_its_count_is_checkpointed(teachers):
+    """The default warm-up: the first updates nearly copy the flows (a short
+    run evaluates trained flows), later ones settle at ema_momentum; the
+    update count is a buffer, so a resumed run continues the warm-up."""
+    model = distiller(retinanet(8, 32), teachers['retinanet'], ema_momentum=0.0002, levels=(0, ))
+    assert model.ema_warmup == 2000
+    assert model.ema_momentum_at(1) > 0.999
+    assert model.ema_momentum_at(2000) == pytest.approx(0.9998 * math.exp(-1) + 0.0002)
+    assert model.ema_momentum_at(100000) == pytest.approx(0.0002, abs=1e-9)
+    model.train()
+    with torch.no_grad():
+        model.flows[0].encoder.output.weight.fill_(1.0)
+    model(**batch(model), mode='loss')
+    ema = model.ema_flows[0].encoder.output.weight
+    torch.testing.assert_close(ema, torch.full_like(ema, model.ema_momentum_at(1)))
+    assert int(model.state_dict()['ema_updates']) == 1
+    with pytest.raises(ValueError, match='ema_warmup'):
+        distiller(retinanet(8, 32), teachers['retinanet'], ema_momentum=0.0002, ema_warmup=0)
 
 
 def test_heterogeneous_pair_needs_an_adapter(teachers):

@@ -45,6 +45,7 @@ FlowDistill options:
   cycle consistency and invertibility of each level's flow.
 """
 import copy
+import math
 import warnings
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -136,6 +137,14 @@ class DetectionDistiller(BaseDistiller):
             inference in ``deploy_mode='flow'``. It absorbs the flows'
             weights at the start of each training forward, i.e. after the
             previous optimizer update.
+        ema_warmup: the EMA's momentum warms up as in mmdet's
+            ``ExpMomentumEMA``: update ``k`` (from 1) uses
+            ``m_k = (1 - m) * exp(-k / ema_warmup) + m``, so early in training
+            the EMA follows the flows closely (a short run evaluates trained
+            flows, not the initial ones) and it settles at ``ema_momentum``
+            after a few times ``ema_warmup`` updates. The update count is a
+            buffer (``ema_updates``): resuming continues the warm-up. ``None``:
+            the constant momentum from the first update.
         dummy_input_shape: ``(C, H, W)`` of the zero batch used at build time
             to read both necks' level shapes (a multiple of the largest
             stride).
@@ -163,6 +172,7 @@ class DetectionDistiller(BaseDistiller):
                  theta_loss_weight: float = 1.0,
                  eval_steps: Optional[int] = None,
                  ema_momentum: Optional[float] = None,
+                 ema_warmup: Optional[int] = 2000,
                  dummy_input_shape: Sequence[int] = (3, 128, 128),
                  shared_encoder: bool = False,
                  roundtrip_loss_weight: float = 0.0,
@@ -175,6 +185,8 @@ class DetectionDistiller(BaseDistiller):
         if ema_momentum is not None and not 0.0 < ema_momentum <= 1.0:
             raise ValueError(f'ema_momentum must lie in (0, 1] (the weight of the new weights), '
                              f'got {ema_momentum}')
+        if ema_warmup is not None and not ema_warmup > 0:
+            raise ValueError(f'ema_warmup must be a positive number of updates or None, got {ema_warmup}')
         super().__init__(student, teacher, data_preprocessor, init_cfg)
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
         self.check_taps([student_tap], [teacher_tap])
@@ -244,6 +256,8 @@ class DetectionDistiller(BaseDistiller):
                 self.ema_momentum = None
             else:
                 self.ema_flows = copy.deepcopy(self.flows).requires_grad_(False).eval()
+                self.register_buffer('ema_updates', torch.zeros((), dtype=torch.long))
+        self.ema_warmup = ema_warmup
         self.eval_steps = eval_steps or self.flows[0].num_steps
         #: extra step counts predicted in the same pass (set by FlowStepsHook):
         #: each sample gets ``pred_instances_steps{N}`` besides ``pred_instances``
@@ -404,13 +418,22 @@ class DetectionDistiller(BaseDistiller):
                                f'forward calls (e.g. neck)')
 
     # -- EMA of the flows ------------------------------------------------------------
+    def ema_momentum_at(self, update: int) -> float:
+        """The EMA's momentum at its ``update``-th update (from 1)."""
+        if self.ema_warmup is None:
+            return self.ema_momentum
+        return (1 - self.ema_momentum) * math.exp(-update / self.ema_warmup) + self.ema_momentum
+
     @torch.no_grad()
     def update_ema(self):
-        """``ema = (1 - m) * ema + m * flow`` for every parameter; buffers are copied."""
+        """``ema = (1 - m) * ema + m * flow`` for every parameter (``m`` warmed
+        up, see ``ema_warmup``); buffers are copied."""
         if self.ema_flows is None:
             return
+        self.ema_updates += 1
+        momentum = self.ema_momentum_at(int(self.ema_updates))
         for ema, param in zip(self.ema_flows.parameters(), self.flows.parameters()):
-            ema.lerp_(param.detach(), self.ema_momentum)
+            ema.lerp_(param.detach(), momentum)
         for ema, buf in zip(self.ema_flows.buffers(), self.flows.buffers()):
             ema.copy_(buf)
 
