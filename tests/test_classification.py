@@ -73,11 +73,15 @@ def test_test_tool_prints_top1_and_steps(teacher_checkpoint, tmp_path):
     assert 'flow ensemble top-1 by number of steps: N=1:' in log
 
 
-def test_log_lines_average_per_step_terms_and_keep_them_off_the_console(teacher_checkpoint, tmp_path):
+def test_log_lines_average_per_step_terms_and_plot_run_draws_them(teacher_checkpoint, tmp_path):
     """DistillLogProcessor: per-step terms are window means like the losses
-    and reach vis_data/scalars.json; the console line has the summed terms."""
+    and reach vis_data/scalars.json; the console line has the summed terms.
+    tools/plot_run.py draws the per-step losses and top-1 by steps."""
     cfg = tiny_cfg('fmkt', tmp_path, teacher_checkpoint, max_epochs=2)
     cfg.default_hooks.logger.interval = 2
+    for hook in cfg.custom_hooks:
+        if hook.type == 'fmkt_mm.FlowStepsHook':
+            hook.val_steps = (1, 2, 8)
     assert cfg.log_processor.type == 'fmkt_mm.DistillLogProcessor'
     runner = Runner.from_cfg(cfg)
     runner.train()
@@ -92,6 +96,14 @@ def test_log_lines_average_per_step_terms_and_keep_them_off_the_console(teacher_
     text = open(glob.glob(str(tmp_path / '*' / '*.log'))[0]).read()
     lines = [line for line in text.splitlines() if 'Epoch(train)' in line]
     assert lines and all('loss_flow:' in line and 'flow_step' not in line for line in lines)
+
+    out = subprocess.run([PYTHON, osp.join(ROOT, 'tools', 'plot_run.py'), str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 'flow loss of 8 steps' in out.stdout and 'top1 by steps N=1:' in out.stdout
+    assert 'N=2:' in out.stdout and 'N=8:' in out.stdout
+    with open(tmp_path / 'flow_run.png', 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
 def test_test_tool_needs_no_teacher_file(teacher_checkpoint, tmp_path):
