@@ -27,6 +27,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from fmkt_mm.apis import apply_distiller  # noqa: E402
+from fmkt_mm.console import quiet_run  # noqa: E402
 from fmkt_mm.datasets import make_detection_set  # noqa: E402
 from fmkt_mm.export import atomic_torch_save  # noqa: E402
 
@@ -106,14 +107,17 @@ def inference_parameters(model) -> int:
     return total
 
 
-def train_and_test(cfg: Config):
-    """``(model, metrics, train_seconds)`` of a fresh run of ``cfg``."""
+def train_and_test(cfg: Config, name: str):
+    """``(model, metrics, train_seconds)`` of a fresh run of ``cfg`` (one
+    line of progress on the console, the logs in its work dir)."""
     apply_distiller(cfg)
-    runner = Runner.from_cfg(cfg)
-    start = time.time()
-    runner.train()
-    seconds = time.time() - start
-    metrics = runner.test()
+    with quiet_run(name, cfg.work_dir) as attach:
+        runner = Runner.from_cfg(cfg)
+        attach(runner)
+        start = time.time()
+        runner.train()
+        seconds = time.time() - start
+        metrics = runner.test()
     return runner.model, metrics, seconds
 
 
@@ -134,23 +138,24 @@ def main():
     if osp.isfile(teacher_ckpt) and not args.retrain_teacher:
         print(f'reusing the teacher checkpoint {teacher_ckpt}', flush=True)
         cfg.load_from = teacher_ckpt
-        runner = Runner.from_cfg(cfg)
-        metrics, seconds, model = runner.test(), None, runner.model
+        with quiet_run('teacher (test only)', cfg.work_dir):
+            runner = Runner.from_cfg(cfg)
+            metrics, seconds, model = runner.test(), None, runner.model
     else:
-        model, metrics, seconds = train_and_test(cfg)
+        model, metrics, seconds = train_and_test(cfg, 'teacher')
         atomic_torch_save(model.state_dict(), teacher_ckpt)
     rows.append(('teacher', teacher_name, '-', inference_parameters(model), seconds, metrics))
 
     student_name = osp.splitext(pair['student'])[0]
     cfg = load_config(pair['student'], args, osp.join(args.work_dir, student_name), args.student_epochs)
-    model, metrics, seconds = train_and_test(cfg)
+    model, metrics, seconds = train_and_test(cfg, 'student alone')
     rows.append(('student alone', student_name, '-', inference_parameters(model), seconds, metrics))
 
     for mode in args.modes:
         name = pair['distilled'][mode]
         cfg = load_config(name, args, osp.join(args.work_dir, osp.splitext(name)[0]), args.student_epochs)
         cfg.distiller.teacher.checkpoint = teacher_ckpt
-        model, metrics, seconds = train_and_test(cfg)
+        model, metrics, seconds = train_and_test(cfg, f'FM-KT ({mode})')
         rows.append(('FM-KT student', osp.splitext(name)[0], mode, inference_parameters(model), seconds,
                      metrics))
 

@@ -18,6 +18,7 @@ from mmengine.runner import Runner
 
 import fmkt_mm  # noqa: F401  (registers the components)
 from fmkt_mm.apis import apply_distiller, prepare_work_dir
+from fmkt_mm.console import quiet_run
 from fmkt_mm.export import atomic_torch_save
 
 CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 'fashion_mnist')
@@ -48,9 +49,11 @@ def run(name, args, teacher_checkpoint=None):
     apply_distiller(cfg)
     prepare_work_dir(cfg, path, osp.join(args.work_dir, name))
     start = time.time()
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    metrics = runner.test()
+    with quiet_run(name, cfg.work_dir) as attach:
+        runner = Runner.from_cfg(cfg)
+        attach(runner)
+        runner.train()
+        metrics = runner.test()
     seconds = time.time() - start
     flow = {k.rsplit('steps', 1)[1]: v for k, v in runner.message_hub.log_scalars.items()
             if k.startswith('test/flow/top1_steps') for v in [v.current()]}
