@@ -18,6 +18,7 @@ import os
 import os.path as osp
 import sys
 import time
+from contextlib import nullcontext
 
 import torch
 from mmengine.config import Config
@@ -107,11 +108,12 @@ def inference_parameters(model) -> int:
     return total
 
 
-def train_and_test(cfg: Config, name: str):
-    """``(model, metrics, train_seconds)`` of a fresh run of ``cfg`` (one
-    line of progress on the console, the logs in its work dir)."""
+def train_and_test(cfg: Config, name: str = None):
+    """``(model, metrics, train_seconds)`` of a fresh run of ``cfg``; with a
+    ``name``, one line of progress on the console and the logs in its work
+    dir."""
     apply_distiller(cfg)
-    with quiet_run(name, cfg.work_dir) as attach:
+    with (quiet_run(name, cfg.work_dir) if name else nullcontext(lambda runner: None)) as attach:
         runner = Runner.from_cfg(cfg)
         attach(runner)
         start = time.time()

@@ -69,6 +69,16 @@ if ! cmp -s "$ROOT/tools/env/torchvision_cpu_shim.py" "$SITE/torchvision_cpu_shi
     echo "import torchvision_cpu_shim; torchvision_cpu_shim.install()" > "$SITE/torchvision_cpu_shim.pth"
 fi
 
+# 7. Real aerial images with tree boxes (the deepforest wheel's sample data,
+#    read from the wheel, nothing installed): tools/data/deepforest_to_coco.py.
+DEEPFOREST_WHEEL="$ROOT/data/downloads/deepforest-2.1.0-py3-none-any.whl"
+if [ ! -f "$DEEPFOREST_WHEEL" ]; then
+    log "downloading the deepforest wheel (its sample images) into data/downloads"
+    "$PY" -m pip download --disable-pip-version-check -q --no-deps --only-binary :all: \
+        deepforest==2.1.0 -d "$ROOT/data/downloads" \
+        || log "WARNING: could not download deepforest 2.1.0; the real-image example needs it"
+fi
+
 "$PY" -c "import torchvision, mmcv._ext, mmdet.models, mmpretrain.models, fmkt_mm" \
     || { log "ERROR: the environment in $VENV does not import; remove it and run again"; exit 1; }
 log "environment ready: $VENV"
