@@ -3,11 +3,13 @@ import os
 import os.path as osp
 import shutil
 from contextlib import contextmanager
+from typing import Dict, Optional
 
 from mmengine.config import Config
 from mmengine.model import is_model_wrapper
+from torch import Tensor
 
-from .checkpoint import extract_state_dict, load_weights, safe_torch_load, trust_directory
+from .checkpoint import extract_state_dict, load_state, safe_torch_load, trust_directory
 
 TEACHER_PREFIX = 'teacher.'
 
@@ -118,31 +120,31 @@ def use_atomic_checkpoints(cfg: Config) -> Config:
     return cfg
 
 
-def teacher_from_checkpoint(cfg: Config, checkpoint: str) -> bool:
+def teacher_from_checkpoint(cfg: Config, checkpoint: str) -> Optional[Dict[str, Tensor]]:
     """Let a distiller be tested without its teacher's file.
 
     A distillation checkpoint holds the frozen teacher's tensors
     (``teacher.*``) beside the student's; inference never runs the teacher
     (the flow reads the student's features; deploy mode 'student' and
     FM-KT^Theta predict with the plain student). When ``checkpoint`` holds
-    them, the teacher is built from its config alone and gets its weights
-    from ``checkpoint``, which :func:`load_teacher_from_checkpoint` checks
-    strictly once the model exists. Returns whether it did so.
+    them, the teacher is built from its config alone, and the checkpoint's
+    weights are returned for :func:`load_teacher_state`, which loads them
+    strictly once the model exists. Returns None otherwise.
     """
     teacher = (cfg.get('model') or {}).get('teacher')
     if not isinstance(teacher, dict):
-        return False
+        return None
     state = extract_state_dict(safe_torch_load(checkpoint, what='checkpoint'))
     if not any(key.startswith(TEACHER_PREFIX) for key in state):
-        return False
+        return None
     cfg.model.teacher = dict(teacher, checkpoint=None, allow_random_init=True)
-    return True
+    return state
 
 
-def load_teacher_from_checkpoint(model, checkpoint: str) -> None:
-    """Load the ``teacher.*`` tensors of ``checkpoint`` into ``model.teacher``
-    strictly: a checkpoint whose teacher does not fit the config's teacher
+def load_teacher_state(model, state: Dict[str, Tensor], checkpoint: str) -> None:
+    """Load the ``teacher.*`` tensors of a checkpoint's ``state`` into
+    ``model.teacher`` strictly: a teacher that does not fit the config's
     fails with the missing/unexpected/wrong-shape keys."""
     model = model.module if is_model_wrapper(model) else model
-    load_weights(model.teacher, checkpoint, strict=True, prefix=TEACHER_PREFIX,
-                 what='the teacher in checkpoint')
+    load_state(model.teacher, state, strict=True, prefix=TEACHER_PREFIX,
+               what=f'the teacher in checkpoint {checkpoint!r}')

@@ -197,6 +197,12 @@ def load_weights(model: nn.Module, path: str, strict: bool = True, allow_unsafe_
     (and strips it), e.g. ``'student.'`` of a distillation checkpoint.
     """
     state = extract_state_dict(safe_torch_load(path, allow_unsafe_pickle=allow_unsafe_pickle, what=what))
+    return load_state(model, state, strict=strict, what=f'{what} {path!r}', prefix=prefix)
+
+
+def load_state(model: nn.Module, state: Dict[str, torch.Tensor], strict: bool = True,
+               what: str = 'checkpoint', prefix: Optional[str] = None) -> List[str]:
+    """:func:`load_weights` for a state dict already read."""
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     own = model.state_dict()
@@ -213,13 +219,13 @@ def load_weights(model: nn.Module, path: str, strict: bool = True, allow_unsafe_
         problems.append(f'keys with another shape ({len(wrong_shape)}): {_fmt(wrong_shape)}')
     if problems and strict:
         raise CheckpointMismatchError(
-            f'{what} {path!r} does not fit its model config:\n  ' + '\n  '.join(problems) +
+            f'{what} does not fit its model config:\n  ' + '\n  '.join(problems) +
             '\nCheck that the config describes the model the checkpoint was trained as (backbone '
             'depth, num_classes, ...). To load only the keys that fit, set strict=False.')
     fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(fitting, strict=False)
     if problems:
-        warnings.warn(f'{what} {path!r} loaded partially ({len(fitting)}/{len(own)} tensors):\n  ' +
+        warnings.warn(f'{what} loaded partially ({len(fitting)}/{len(own)} tensors):\n  ' +
                       '\n  '.join(problems))
     return problems
 

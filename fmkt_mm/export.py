@@ -128,9 +128,8 @@ def plain_student_config(cfg: Config) -> Tuple[Config, List[str]]:
     mmdet/mmpretrain. Returns it with the places that still name fmkt_mm
     components (e.g. a dataset of fmkt_mm's); while there are any, the config
     keeps importing fmkt_mm."""
-    plain = Config(copy.deepcopy(cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)))
-    student = copy.deepcopy(dict(cfg.model['student']))
-    plain.model = student
+    plain = Config(copy.deepcopy(cfg.to_dict()))
+    plain.model = plain.model['student']
     plain.pop('distiller', None)
     plain.custom_hooks = [h for h in plain.get('custom_hooks', [])
                           if not str(h.get('type', '')).startswith('fmkt_mm.')]

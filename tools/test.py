@@ -15,8 +15,8 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from fmkt_mm.apis import (apply_distiller, clean_up_on_failure, load_teacher_from_checkpoint,
-                          prepare_work_dir, teacher_from_checkpoint)
+from fmkt_mm.apis import (apply_distiller, clean_up_on_failure, load_teacher_state, prepare_work_dir,
+                          teacher_from_checkpoint)
 from fmkt_mm.checkpoint import trust_file
 from fmkt_mm.dist import setup_launcher, shutdown_process_group
 
@@ -53,11 +53,12 @@ def main():
     cfg.load_from = args.checkpoint
     if args.allow_unsafe_pickle and cfg.get('load_from'):
         trust_file(cfg.load_from)
-    teacher_inside = teacher_from_checkpoint(cfg, args.checkpoint)
+    teacher_state = teacher_from_checkpoint(cfg, args.checkpoint)
     with clean_up_on_failure(work_dir):
         runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-        if teacher_inside:
-            load_teacher_from_checkpoint(runner.model, args.checkpoint)
+        if teacher_state is not None:
+            load_teacher_state(runner.model, teacher_state, args.checkpoint)
+            del teacher_state
             runner.logger.info(f'the teacher\'s weights come from {args.checkpoint} (its own '
                                f'file is not needed to test)')
     runner.test()
