@@ -139,6 +139,31 @@ def plan_steps(path: FlowPath, n: int, parameterization: str, update: str) -> Li
     return plans
 
 
+def endpoint_mixing(plans: Sequence[StepPlan], start_scale: float):
+    """Every step's endpoint estimate as a linear map of the start ``X`` and
+    the encoder outputs ``out_j``: ``(start, gamma)`` with
+
+        Xhat_k = start[k] * X + sum_{j <= k} gamma[k][j] * out_j
+
+    (``gamma`` lower-triangular). Every update is linear in the state and
+    the output with constant coefficients, so the serial states unroll into
+    this form; :meth:`FlowTransfer.transport` then gets all ``N`` estimates
+    from the stacked outputs in one matrix product. Computed in float64."""
+    n = len(plans)
+    alpha, row = start_scale, [0.0] * n  # the state Z_k = alpha X + sum_j row[j] out_j
+    start, gamma = [], [[0.0] * n for _ in range(n)]
+    for k, plan in enumerate(plans):
+        c_z, c_o = plan.endpoint
+        start.append(_clean(c_z * alpha))
+        for j in range(k):
+            gamma[k][j] = c_z * row[j]
+        gamma[k][k] = c_o
+        c_z, c_o = plan.next_state
+        alpha, row = c_z * alpha, [c_z * r for r in row]
+        row[k] = c_o
+    return start, gamma
+
+
 def combine(state: Tensor, coefficients: Tuple[float, float], out: Tensor) -> Tensor:
     """``c_z * state + c_o * out`` in as few operators as the constants allow."""
     c_z, c_o = coefficients
@@ -311,7 +336,11 @@ class FlowTransfer(nn.Module):
         one entry per step; computed once per run. ``like``: a ``(B, C, H,
         W)`` state of the run (``is_vector``: a ``(B, C)`` one seen as 1x1)."""
         if self._fast_encoder:
-            return self.encoder.conditioning([p.t for p in plans], context, like).unbind(0)
+            conditioning = self.encoder.conditioning([p.t for p in plans], context, like)
+            # (N, B, C, H, W): each step adds without broadcasting, so the backward
+            # pass reduces over batch and space once for all steps, not once per step
+            conditioning = conditioning.expand(-1, *like.shape)
+            return conditioning.unbind(0)
         time_dtype = torch.promote_types(like.dtype, torch.float32)  # never embed time in half precision
         return [(torch.full((like.shape[0],), p.t, device=like.device, dtype=time_dtype), context,
                  is_vector) for p in plans]
@@ -393,37 +422,42 @@ class FlowTransfer(nn.Module):
         plans = self.plan(n)
         conditioning = self.conditioning(plans, context, x, is_vector)
         state = x if self._start_scale == 1.0 else x * self._start_scale
-        states, outs = [], []
+        outs = []
         for k, plan in enumerate(plans):  # per step: the meta-encoder and the state update only
             out = self._encoder_call(self._scaled(state, plan), conditioning[k])
-            states.append(state)
             outs.append(out)
             if k < n - 1:
                 state = combine(state, plan.next_state, out)
-        # every step's endpoint estimate at once: endpoint[0] * Z_k + endpoint[1] * out_k
-        estimates = self._stacked_endpoints(torch.stack(states), torch.stack(outs), n)
+        if n == 1:  # the one estimate directly
+            estimates = combine(state, plans[0].endpoint, outs[0])[None]
+        else:
+            estimates = self._endpoints(x, torch.stack(outs), n)
         if is_vector:
             estimates = estimates.flatten(2)
         return estimates, estimates[-1], context  # the last step lands on its estimate
 
-    def _stacked_endpoints(self, states: Tensor, outs: Tensor, n: int) -> Tensor:
-        plans = self.plan(n)
-        c_state = {p.endpoint[0] for p in plans}
-        if len(c_state) == 1:  # e.g. 1 on every step of the velocity-parameterised rectified path
-            c_state = c_state.pop()
-            base = states if c_state == 1.0 else states * c_state
-        else:
-            base = states * self._coefficient(n, 0, states)
-        return torch.addcmul(base, self._coefficient(n, 1, states), outs)
+    def _endpoints(self, x: Tensor, outs: Tensor, n: int) -> Tensor:
+        """Every step's endpoint estimate ``(N, B, ...)`` from the start ``x``
+        and the stacked outputs, in one matrix product (:func:`endpoint_mixing`):
+        the serial states are not kept, and the backward pass reads the
+        outputs once instead of once per step."""
+        start, gamma = self._mixing(n, outs)
+        flat_x = x.reshape(1, -1)
+        base = flat_x if isinstance(start, float) and start == 1.0 else flat_x * start
+        return torch.addmm(base, gamma, outs.flatten(1)).view(outs.shape)
 
-    def _coefficient(self, n: int, which: int, like: Tensor) -> Tensor:
-        """``(N, 1, ...)``: entry ``which`` of every step's endpoint
-        coefficients as a tensor (cached per ``n``, device and dtype)."""
-        key = (n, which, like.device, like.dtype)
+    def _mixing(self, n: int, like: Tensor):
+        """:func:`endpoint_mixing` of an ``n``-step run as ``(start, gamma)``:
+        ``start`` a float when every step shares it, else an ``(N, 1)``
+        tensor; ``gamma`` ``(N, N)``. Cached per ``n``, device and dtype."""
+        key = (n, like.device, like.dtype)
         value = self._coefficients.get(key)
         if value is None:
-            value = torch.tensor([p.endpoint[which] for p in self.plan(n)], dtype=like.dtype)
-            value = self._coefficients[key] = value.to(like.device).view(-1, *[1] * (like.dim() - 1))
+            start, gamma = endpoint_mixing(self.plan(n), self._start_scale)
+            start = start[0] if len(set(start)) == 1 else \
+                torch.tensor(start, dtype=torch.float64).view(-1, 1).to(like.device, like.dtype)
+            gamma = torch.tensor(gamma, dtype=torch.float64).to(like.device, like.dtype)
+            value = self._coefficients[key] = (start, gamma)
         return value
 
     def apply_head(self, estimates: Tensor) -> Tensor:
