@@ -53,9 +53,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..flow import FlowTransfer, RoundTrip, build_condition
+from ..flow import ENCODERS, FlowTransfer, RoundTrip, build_condition
 from ..flow.conditions import ClassCondition
-from ..registry import META_ENCODERS, MODELS
+from ..registry import MODELS
 from ..utils import build_from_registry
 from .base import BaseDistiller
 from .taps import get_module, run_until_tapped
@@ -219,8 +219,7 @@ class DetectionDistiller(BaseDistiller):
             shared_condition = build_condition(condition_cfg, channels[0],
                                                num_levels=len(self.level_pairs))
             context = {} if shared_condition is None else dict(context_dim=shared_condition.dim)
-            shared = build_from_registry(META_ENCODERS, encoder_cfg, 'meta-encoder',
-                                         channels=channels[0], **context)
+            shared = ENCODERS.build(encoder_cfg, channels=channels[0], **context)
         flows = []
         for k, (s, t) in enumerate(self.level_pairs):
             s_shape, t_shape = student_shapes[s], teacher_shapes[t]

@@ -1,5 +1,12 @@
 """The method's math in plain PyTorch: paths, meta-encoders, conditions, the
-transfer loop and its reverse sampler."""
+transfer loop and its reverse sampler.
+
+This package imports torch only (``import fmkt_mm.flow`` works without
+MMEngine). Parts are named through the plain catalogs of
+:mod:`fmkt_mm.flow.catalog`; fmkt_mm registers them with MMEngine in one
+place, :mod:`fmkt_mm.registry`.
+"""
+from .catalog import CONDITIONS, ENCODERS, LOSSES, PATHS, Catalog
 from .conditions import (ClassCondition, CompositeCondition, FlowCondition, LevelCondition,
                          PooledCondition, build_condition)
 from .encoders import (ConvMetaEncoder, MetaEncoder, MLPMetaEncoder, TransformerMetaEncoder,
@@ -11,5 +18,6 @@ __all__ = [
     'FlowPath', 'RectifiedPath', 'VPPath', 'VEPath', 'MetaEncoder', 'MLPMetaEncoder',
     'ConvMetaEncoder', 'TransformerMetaEncoder', 'sinusoidal_embedding', 'FlowTransfer',
     'FlowOutput', 'RoundTrip', 'FlowCondition', 'PooledCondition', 'LevelCondition',
-    'ClassCondition', 'CompositeCondition', 'build_condition'
+    'ClassCondition', 'CompositeCondition', 'build_condition', 'Catalog', 'PATHS', 'ENCODERS',
+    'CONDITIONS', 'LOSSES'
 ]

@@ -32,7 +32,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..registry import MODELS
+from .catalog import CONDITIONS
 
 
 class FlowCondition(nn.Module):
@@ -53,7 +53,6 @@ class FlowCondition(nn.Module):
         raise NotImplementedError
 
 
-@MODELS.register_module()
 class PooledCondition(FlowCondition):
     """Global average pool of ``X_S`` over ``H, W`` (a vector is taken as is),
     layer-normalised (no affine parameters: the encoder's context MLP scales it)
@@ -84,7 +83,6 @@ class PooledCondition(FlowCondition):
         return self.proj(self.norm(pooled.float()).to(source.dtype))
 
 
-@MODELS.register_module()
 class LevelCondition(FlowCondition):
     """A learned embedding per level (or task): ``E[level]`` for every sample.
 
@@ -106,7 +104,6 @@ class LevelCondition(FlowCondition):
         return self.embedding.weight[level].to(source.dtype).expand(source.shape[0], -1)
 
 
-@MODELS.register_module()
 class ClassCondition(FlowCondition):
     """A learned class embedding, with a "no class" entry at index ``num_classes``.
 
@@ -169,7 +166,6 @@ class ClassCondition(FlowCondition):
         return (probs @ self.embedding.weight[:self.num_classes].float()).to(source.dtype)
 
 
-@MODELS.register_module()
 class CompositeCondition(FlowCondition):
     """Several conditions; their contexts are concatenated."""
 
@@ -184,12 +180,9 @@ class CompositeCondition(FlowCondition):
         return torch.cat([c(source, level, labels, head) for c in self.conditions], dim=1)
 
 
-CONDITION_TYPES = {
-    'pooled': PooledCondition,
-    'level': LevelCondition,
-    'task': LevelCondition,
-    'class': ClassCondition,
-}
+CONDITIONS.register('pooled', 'PooledCondition')(PooledCondition)
+CONDITIONS.register('level', 'task', 'LevelCondition')(LevelCondition)
+CONDITIONS.register('class', 'ClassCondition')(ClassCondition)
 
 
 def build_condition(cfg: Union[None, str, dict, Sequence, nn.Module], channels: int,
@@ -206,18 +199,15 @@ def build_condition(cfg: Union[None, str, dict, Sequence, nn.Module], channels: 
         return CompositeCondition([build_condition(c, channels, num_levels, num_classes) for c in cfg])
     cfg = dict(type=cfg) if isinstance(cfg, str) else dict(cfg)
     name = cfg.pop('type', None)
-    if isinstance(name, str) and name.startswith('fmkt_mm.'):
-        name = name[len('fmkt_mm.'):]
-    by_class_name = {cls.__name__: cls for cls in CONDITION_TYPES.values()}
-    cls = CONDITION_TYPES.get(name) or by_class_name.get(name)
+    cls = name if isinstance(name, type) else CONDITIONS.get(name) if isinstance(name, str) else None
     if cls is None:
-        raise ValueError(f'unknown flow condition {name!r}; choose one of {sorted(CONDITION_TYPES)} '
-                         f'(or a list of them)')
-    if cls is PooledCondition:
+        short = [n for n in CONDITIONS.names() if n[:1].islower()]
+        raise ValueError(f'unknown flow condition {name!r}; choose one of {short} (or a list of them)')
+    if issubclass(cls, PooledCondition):
         cfg.setdefault('channels', channels)
-    elif cls is LevelCondition:
+    elif issubclass(cls, LevelCondition):
         cfg.setdefault('num_levels', num_levels)
-    elif cls is ClassCondition:
+    elif issubclass(cls, ClassCondition):
         if num_classes is None and 'num_classes' not in cfg:
             raise ValueError("condition type 'class' needs num_classes: it conditions a "
                              'classifier\'s flow on the class (set num_classes=... in the condition)')

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..registry import META_ENCODERS, MODELS
+from .catalog import ENCODERS
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
@@ -135,8 +135,7 @@ class MetaEncoder(nn.Module):
         return None
 
 
-@META_ENCODERS.register_module(name='mlp')
-@MODELS.register_module()
+@ENCODERS.register('mlp')
 class MLPMetaEncoder(MetaEncoder):
     """Token-wise MLP: ``num_blocks`` x [x + W2 GELU(W1 LN(x))] (1x1 convs), then
     a 1x1 output layer."""
@@ -156,8 +155,7 @@ class MLPMetaEncoder(MetaEncoder):
         return self.output(x)
 
 
-@META_ENCODERS.register_module(name='conv')
-@MODELS.register_module()
+@ENCODERS.register('conv')
 class ConvMetaEncoder(MetaEncoder):
     """``num_blocks`` x [SiLU, 3x3 conv, GroupNorm(1, C), SiLU, 3x3 conv] with
     residuals, then a 3x3 output conv."""
@@ -243,8 +241,7 @@ class WindowAttentionBlock(nn.Module):
         return tokens.permute(0, 3, 1, 2)
 
 
-@META_ENCODERS.register_module(name='transformer')
-@MODELS.register_module()
+@ENCODERS.register('transformer')
 class TransformerMetaEncoder(MetaEncoder):
     """``num_blocks`` pre-norm window-attention blocks (every second one
     shifted), then a 1x1 output layer. ``window=None`` uses 7 when both sides

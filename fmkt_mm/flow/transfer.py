@@ -45,8 +45,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..registry import FLOW_PATHS, META_ENCODERS, MODELS
-from ..utils import build_from_registry
+from .catalog import ENCODERS, LOSSES, PATHS
 from .conditions import build_condition
 from .paths import FlowPath
 
@@ -196,7 +195,6 @@ class RoundTrip:
         return float((self.squared_error / self.squared_norm.clamp(min=1e-30)).sqrt())
 
 
-@MODELS.register_module()
 class FlowTransfer(nn.Module):
     """A learnable flow from student to teacher representations.
 
@@ -214,7 +212,8 @@ class FlowTransfer(nn.Module):
             ``dZ/dt``) or ``'endpoint'`` (it predicts ``X_T - Z``, a residual
             so that an untrained flow is the identity in both).
         update: ``'ddim'`` (re-interpolate onto the path) or ``'euler'``.
-        loss: metric loss ``D`` (a config of a registered loss such as
+        loss: metric loss ``D`` (a built module with ``forward_steps``, or
+            the config of one found in ``LOSSES``, such as fmkt_mm's
             ``dict(type='PKDLoss')``), applied to every step with weight
             ``1 / N`` times its own ``loss_weight``.
         head: module mapping an endpoint estimate to the compared output
@@ -262,7 +261,7 @@ class FlowTransfer(nn.Module):
         if not 0.0 <= beta_d <= 1.0:
             raise ValueError(f'beta_d must lie in [0, 1], got {beta_d}')
         self.parameterization, self.update, self.beta_d = parameterization, update, beta_d
-        self.path = build_from_registry(FLOW_PATHS, path, 'flow path')
+        self.path = PATHS.build(path)
         self.condition = build_condition(condition, channels)
         self.condition_level = condition_level
         context_dim = None if self.condition is None else self.condition.dim
@@ -270,14 +269,13 @@ class FlowTransfer(nn.Module):
             self.encoder = encoder
         else:
             extra = {} if context_dim is None else dict(context_dim=context_dim)
-            self.encoder = build_from_registry(META_ENCODERS, encoder, 'meta-encoder', channels=channels,
-                                               **extra)
+            self.encoder = ENCODERS.build(encoder, channels=channels, **extra)
         encoder_context = getattr(self.encoder, 'context_dim', context_dim)
         if encoder_context != context_dim:
             raise ValueError(f'the meta-encoder takes context_dim={encoder_context} but the flow\'s '
                              f'condition gives {context_dim}; leave context_dim out of the encoder '
                              f'config (it is set from the condition)')
-        self.loss_fn = build_from_registry(MODELS, loss, 'loss') if loss is not None else None
+        self.loss_fn = LOSSES.build(loss)
         self.head = head if head is not None else nn.Identity()
         self._head_batch_norms = [m for m in self.head.modules()
                                   if isinstance(m, nn.modules.batchnorm._BatchNorm)]

@@ -1,0 +1,103 @@
+"""The package's layering rules, held by tests.
+
+* ``fmkt_mm.flow`` is plain PyTorch: it imports torch and the standard
+  library only, and works in a process where MMEngine cannot be imported;
+* the library never imports the scripts under ``tools/`` (nor edits
+  ``sys.path`` to reach them).
+"""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / 'fmkt_mm'
+
+
+def imported_modules(path: Path):
+    """``(module, level)`` of every import statement in a file."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, 0
+        elif isinstance(node, ast.ImportFrom):
+            yield node.module or '', node.level
+
+
+def test_flow_imports_only_torch_and_the_standard_library():
+    stdlib = sys.stdlib_module_names
+    offending = []
+    for path in sorted((PACKAGE / 'flow').glob('*.py')):
+        for module, level in imported_modules(path):
+            top = module.split('.')[0]
+            if level > 1 or (level == 0 and top not in stdlib and top != 'torch'):
+                offending.append(f'{path.name}: {"." * level}{module}')
+    assert not offending, f'fmkt_mm.flow must import torch only: {offending}'
+
+
+def test_flow_runs_in_a_process_without_mmengine(tmp_path):
+    script = '''
+import sys
+for name in ('mmengine', 'mmcv', 'mmdet', 'mmpretrain'):
+    sys.modules[name] = None  # importing them now raises ImportError
+import torch
+from torch import nn
+import fmkt_mm.flow as flow
+
+class L2(nn.Module):  # any module with forward_steps is a metric loss
+    def forward_steps(self, steps, target, labels=None):
+        return (steps - target).pow(2).flatten(2).mean(2).mean(1)
+
+torch.manual_seed(0)
+model = flow.FlowTransfer(6, path='ve', encoder=dict(type='mlp', hidden_ratio=1.0), num_steps=3,
+                          loss=L2(), condition='pooled')
+losses, out = model.loss(torch.randn(4, 6, 2, 2), torch.randn(4, 6, 2, 2))
+sum(losses.values()).backward()
+assert out.steps.shape == (3, 4, 6, 2, 2), out.steps.shape
+try:
+    flow.FlowTransfer(6, loss=dict(type='KDLoss'))
+except ValueError as error:  # no framework: no loss is known by name
+    assert "unknown loss 'KDLoss'" in str(error), error
+else:
+    raise AssertionError('a loss name resolved without a framework')
+loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('mmengine', 'mmcv', 'mmdet', 'mmpretrain')
+                and sys.modules[m] is not None)
+assert not loaded, loaded
+print('ok')
+'''
+    result = subprocess.run([sys.executable, '-c', script], cwd=str(ROOT), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().endswith('ok'), result.stderr[-3000:]
+
+
+def test_the_library_never_imports_tools():
+    offending = []
+    for path in sorted(PACKAGE.rglob('*.py')):
+        text = path.read_text()
+        for module, level in imported_modules(path):
+            if level == 0 and module.split('.')[0] == 'tools':
+                offending.append(f'{path.relative_to(ROOT)}: import {module}')
+        if 'sys.path' in text:
+            offending.append(f'{path.relative_to(ROOT)}: edits sys.path')
+    assert not offending, offending
+
+
+def test_flow_parts_registered_once_are_found_by_the_flow_and_by_mmengine():
+    import fmkt_mm  # noqa: F401  (registration)
+    from fmkt_mm import flow
+    from fmkt_mm.registry import META_ENCODERS, MODELS
+
+    for name, cls in flow.ENCODERS.items():
+        assert META_ENCODERS.get(name) is cls and MODELS.get(cls.__name__) is cls
+    assert MODELS.get('FlowTransfer') is flow.FlowTransfer
+
+    @META_ENCODERS.register_module(name='tiny_identity_for_test')
+    class Zero(flow.MLPMetaEncoder):  # a user's meta-encoder, registered with MMEngine only
+        pass
+    try:
+        built = flow.FlowTransfer(4, encoder='tiny_identity_for_test')
+        assert type(built.encoder) is Zero
+        assert 'tiny_identity_for_test' in flow.ENCODERS.names()
+    finally:
+        META_ENCODERS.module_dict.pop('tiny_identity_for_test')
+    assert flow.LOSSES.build(dict(type='fmkt_mm.DISTLoss', beta=1.0)).beta == 1.0
