@@ -151,13 +151,12 @@ def test_extra_step_counts_predict_as_a_run_at_that_count(teachers):
     for flow in model.flows:  # a flow that moves the features: counts give different boxes
         torch.nn.init.normal_(flow.encoder.output.weight, std=0.3)
     data = batch(model, train=False)
-    model.extra_eval_steps = [1, 2, 4]
+    model.set_eval_steps(4, [1, 2, 4])
     with torch.no_grad():
         preds = model(**copy.deepcopy(data), mode='predict')
-        model.extra_eval_steps = []
         alone = {}
         for n in (1, 4):
-            model.eval_steps = n
+            model.set_eval_steps(n)
             alone[n] = model(**copy.deepcopy(data), mode='predict')
     assert model.steps_prediction_field == 'pred_instances'
     for pred, at1, at4 in zip(preds, alone[1], alone[4]):

@@ -22,7 +22,8 @@ from torch import nn
 import fmkt_mm  # noqa: F401
 from fmkt_mm.apis import apply_distiller, prepare_work_dir
 from fmkt_mm.datasets.idx import fashion_mnist_paths, fashion_mnist_root
-from fmkt_mm.distill import ClassificationDistiller
+from fmkt_mm.distill import ClassificationDistiller, DetectionDistiller
+from fmkt_mm.distill.base import BaseDistiller
 from fmkt_mm.flow import (ClassCondition, CompositeCondition, FlowTransfer, LevelCondition,
                           PooledCondition, RectifiedPath, RoundTrip, VPPath, build_condition)
 from fmkt_mm.hooks import ProgressiveDistillationHook
@@ -284,12 +285,28 @@ def test_composite_condition_and_configuration_errors():
 # -- 2. progressive distillation: the hook with a runner stand-in --------------------------------
 
 
-class StandInModel(nn.Module):
+class FlowsOnly(BaseDistiller):
+    """A distiller with flows only (no student or teacher is built)."""
+
     def __init__(self):
-        super().__init__()
+        nn.Module.__init__(self)
         self.flows = nn.ModuleList([FlowTransfer(4, num_steps=8),
                                     FlowTransfer(4, num_steps=8, num_steps_choices=(1, 2, 4, 8))])
-        self.eval_steps = 8
+        self.eval_steps, self.extra_eval_steps = 8, []
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError('a stand-in for the hooks only')
+
+
+class StandInModel(FlowsOnly):
+    """... with two distilled levels and a curriculum, as the detection and
+    classification distillers check them."""
+    check_level_scales = DetectionDistiller.check_level_scales
+    check_curriculum = ClassificationDistiller.check_curriculum
+
+    def __init__(self):
+        super().__init__()
+        self.level_pairs = [(0, 0), (1, 1)]
         self.level_scales = [1.0, 1.0]
         self.curriculum_fraction = 1.0
 
@@ -363,13 +380,17 @@ def test_progressive_hook_by_epoch_and_configuration_errors():
     bad = ProgressiveDistillationHook(level_weights=dict(milestones=[], values=[[1, 1, 1]]))
     with pytest.raises(ValueError, match='3 entries for 2 distilled levels'):
         bad.before_train(stand_in_runner(StandInModel())[0])
+    with pytest.raises(ValueError, match='progressive level_weights: FlowsOnly has no distilled '
+                                         'levels.*DetectionDistiller'):
+        ProgressiveDistillationHook(level_weights=dict(milestones=[], values=[[1]])).before_train(
+            stand_in_runner(FlowsOnly())[0])
+    with pytest.raises(ValueError, match='progressive curriculum: FlowsOnly has no per-sample targets'):
+        ProgressiveDistillationHook(curriculum=dict(milestones=[], values=[0.5])).before_train(
+            stand_in_runner(FlowsOnly())[0])
     plain = nn.Module()
     plain.flow = FlowTransfer(4)
-    with pytest.raises(ValueError, match='DetectionDistiller'):
-        ProgressiveDistillationHook(level_weights=dict(milestones=[], values=[[1]])).before_train(
-            stand_in_runner(plain)[0])
-    with pytest.raises(ValueError, match='per-sample targets'):
-        ProgressiveDistillationHook(curriculum=dict(milestones=[], values=[0.5])).before_train(
+    with pytest.raises(ValueError, match='needs an fmkt_mm distiller, got Module'):
+        ProgressiveDistillationHook(num_steps=dict(milestones=[], values=[2])).before_train(
             stand_in_runner(plain)[0])
 
 
@@ -564,7 +585,7 @@ def test_detection_shared_conditional_encoder_level_scales_and_roundtrip(det_tea
     assert [f.condition_level for f in model.flows] == [0, 1, 2, 3]
     for flow in model.flows:
         nn.init.normal_(flow.encoder.output.weight, std=0.1)
-    model.level_scales = [0.0, 1.0, 1.0, 1.0]
+    model.set_level_scales([0.0, 1.0, 1.0, 1.0])
     model.train()
     data = model.data_preprocessor(det_batch(model), True)
     losses = model(**data, mode='loss')

@@ -101,3 +101,51 @@ def test_flow_parts_registered_once_are_found_by_the_flow_and_by_mmengine():
     finally:
         META_ENCODERS.module_dict.pop('tiny_identity_for_test')
     assert flow.LOSSES.build(dict(type='fmkt_mm.DISTLoss', beta=1.0)).beta == 1.0
+
+
+def test_hooks_change_a_distiller_only_through_its_methods():
+    """No hook assigns an attribute of the runner or its model (``model.x =
+    ...``, ``unwrap(runner.model).x = ...``): every setting a hook drives has
+    one owner, a ``set_*`` method of :class:`fmkt_mm.distill.base.BaseDistiller`."""
+    def root(node):
+        while isinstance(node, (ast.Attribute, ast.Subscript)):
+            node = node.value
+        if isinstance(node, ast.Call):  # unwrap(runner.model)
+            return 'model' if ast.unparse(node.func) == 'unwrap' else None
+        return node.id if isinstance(node, ast.Name) else None
+
+    offending = []
+    for path in sorted((PACKAGE / 'hooks').glob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            for target in targets:
+                for leaf in (target.elts if isinstance(target, ast.Tuple) else [target]):
+                    if isinstance(leaf, ast.Attribute) and root(leaf) in ('model', 'distiller', 'runner'):
+                        offending.append(f'{path.name}:{leaf.lineno}: {ast.unparse(leaf)}')
+    assert not offending, offending
+
+
+def test_a_distiller_without_a_setting_says_which_distiller_has_it():
+    import pytest
+
+    from fmkt_mm.distill.base import BaseDistiller
+
+    class Plain(BaseDistiller):  # no flows, levels or curriculum
+        def __init__(self):
+            super(BaseDistiller, self).__init__()
+
+        def forward(self, *args, **kwargs):
+            raise NotImplementedError
+
+    plain = Plain()
+    with pytest.raises(TypeError, match='Plain has no flows: .*FM-KT distiller'):
+        plain.set_train_steps(4)
+    with pytest.raises(TypeError, match='Plain has no flows to evaluate'):
+        plain.set_eval_steps(4)
+    with pytest.raises(TypeError, match='Plain has no distilled levels: .*DetectionDistiller'):
+        plain.set_level_scales([1.0])
+    with pytest.raises(TypeError, match='Plain has no per-sample targets to rank: .*ClassificationDistiller'):
+        plain.set_curriculum(0.5)
+    plain.set_distillation(False)
+    assert plain.distillation_enabled is False

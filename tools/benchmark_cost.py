@@ -240,7 +240,7 @@ def measure(spec, args):
     with torch.no_grad():
         runs = {}
         if method == 'fmkt':  # the implicit ensemble of this configuration's N steps
-            model.eval_steps = steps
+            model.set_eval_steps(steps)
             runs['ensemble'] = lambda: model(test['inputs'], test['data_samples'], mode=mode)
         elif method == 'student':
             runs['student'] = lambda: model(test['inputs'], test['data_samples'], mode=mode)
@@ -310,7 +310,7 @@ def count(spec, args):
     mode = 'tensor' if task == 'det' else 'predict'
     with torch.no_grad():
         if method == 'fmkt':
-            model.eval_steps = steps
+            model.set_eval_steps(steps)
         who = model if method in ('fmkt', 'student') else plain
         if who is not None:
             who.eval()

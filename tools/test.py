@@ -18,7 +18,7 @@ from mmengine.runner import Runner
 from fmkt_mm.apis import (apply_distiller, clean_up_on_failure, load_teacher_state, prepare_work_dir,
                           teacher_from_checkpoint)
 from fmkt_mm.checkpoint import trust_file
-from fmkt_mm.dist import setup_launcher, shutdown_process_group
+from fmkt_mm.launch import setup_launcher, shutdown_process_group
 
 
 def parse_args():

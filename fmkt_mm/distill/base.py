@@ -4,7 +4,7 @@ import functools
 import logging
 import math
 import re
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as torch_dist
@@ -18,6 +18,11 @@ from .teacher import build_teacher
 STUDENT_PREFIX = 'student.'
 #: losses-dict keys ending with this hold per-step values, logged only
 STEP_LOG_SUFFIX = '_step'
+
+
+def _check_counts(*counts) -> None:
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in counts):
+        raise ValueError(f'flow steps must be integers >= 1, got {list(counts)}')
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -161,6 +166,64 @@ class BaseDistiller(BaseModel):
                 child.init_weights()
 
     @torch.no_grad()
+    # -- the settings that hooks change ---------------------------------------------------------
+    # Hooks change a distiller only through these methods: each setting has one
+    # owner, and a distiller without it fails with a message naming the hook's need.
+    def set_distillation(self, enabled: bool) -> None:
+        """Switch the distillation terms on or off (:meth:`task_losses` when off)."""
+        self.distillation_enabled = bool(enabled)
+
+    def flow_modules(self) -> List[torch.nn.Module]:
+        """Every flow of the distiller (training flows and their EMA copies)."""
+        from ..flow import FlowTransfer
+        return [m for m in self.modules() if isinstance(m, FlowTransfer)]
+
+    def _unsupported(self, setting: str, needs: str):
+        return TypeError(f'{type(self).__name__} has no {setting}: {needs}')
+
+    # Each ``set_*`` calls its ``check_*`` first, which a hook may also call
+    # on every scheduled value before training.
+    def check_train_steps(self, steps: int) -> None:
+        if not self.flow_modules():
+            raise self._unsupported('flows', 'a number of flow steps needs an FM-KT distiller')
+        _check_counts(steps)
+
+    def set_train_steps(self, steps: int) -> None:
+        """Train every flow with ``steps`` steps (see :meth:`FlowTransfer.set_train_steps`)."""
+        self.check_train_steps(steps)
+        for flow in self.flow_modules():
+            flow.set_train_steps(steps)
+
+    def check_eval_steps(self, steps: int, extra: Sequence[int] = ()) -> None:
+        if not hasattr(self, 'eval_steps') or not self.flow_modules():
+            raise self._unsupported('flows to evaluate', 'flow step counts need an FM-KT distiller')
+        _check_counts(steps, *extra)
+
+    def set_eval_steps(self, steps: int, extra: Sequence[int] = ()) -> None:
+        """Predict with the ensemble of ``steps`` flow steps, and also
+        predict with each count in ``extra`` in the same pass."""
+        self.check_eval_steps(steps, extra)
+        self.eval_steps = steps
+        self.extra_eval_steps = list(extra)
+
+    def check_level_scales(self, scales: Sequence[float]) -> None:
+        raise self._unsupported('distilled levels', 'per-level scales need a DetectionDistiller')
+
+    def set_level_scales(self, scales: Sequence[float]) -> None:
+        """Multiply each distilled level's weight by its entry of ``scales``."""
+        self.check_level_scales(scales)
+        self.level_scales = [float(s) for s in scales]
+
+    def check_curriculum(self, fraction: float) -> None:
+        raise self._unsupported('per-sample targets to rank',
+                                'a curriculum ranks samples by the teacher\'s class confidence '
+                                '(ClassificationDistiller)')
+
+    def set_curriculum(self, fraction: float) -> None:
+        """Distil on the ``fraction`` of each batch the teacher is most confident on."""
+        self.check_curriculum(fraction)
+        self.curriculum_fraction = float(fraction)
+
     def teacher_outputs(self, inputs, data_samples, paths: Sequence[str]) -> Dict[str, object]:
         """Outputs of the teacher's tapped modules; its forward stops there."""
         return run_until_tapped(self.teacher, paths,

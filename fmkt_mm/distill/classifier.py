@@ -139,13 +139,13 @@ class ClassificationDistiller(BaseDistiller):
             theta_loss is None or (isinstance(theta_loss, dict) and theta_loss == flow['loss']))
         self._check_shapes(dummy_input_shape)
         self.eval_steps = eval_steps or self.flow.num_steps
-        #: extra step counts evaluated in the same pass (set by FlowStepsHook)
+        #: extra step counts evaluated in the same pass (set_eval_steps)
         self.extra_eval_steps: List[int] = []
         if roundtrip_loss_weight < 0:
             raise ValueError(f'roundtrip_loss_weight must be >= 0, got {roundtrip_loss_weight}')
         self.roundtrip_loss_weight = roundtrip_loss_weight
         #: fraction of each batch (easiest first, by teacher confidence) that
-        #: receives the distillation loss; set by ProgressiveDistillationHook
+        #: receives the distillation loss (set_curriculum)
         self.curriculum_fraction = 1.0
 
     @property
@@ -206,6 +206,10 @@ class ClassificationDistiller(BaseDistiller):
     def task_loss(self, logits: Tensor, data_samples) -> Tensor:
         """The student head's own loss (label smoothing, mixup targets, ...)."""
         return self.student.head._get_loss(logits, data_samples)['loss']
+
+    def check_curriculum(self, fraction: float) -> None:
+        if not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+            raise ValueError(f'the curriculum fraction must lie in (0, 1], got {fraction!r}')
 
     def curriculum_mask(self, target_logits: Tensor) -> Optional[Tensor]:
         """``(B,)`` booleans: the ``ceil(curriculum_fraction * B)`` samples on

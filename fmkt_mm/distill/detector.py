@@ -258,14 +258,22 @@ class DetectionDistiller(BaseDistiller):
                 self.register_buffer('ema_updates', torch.zeros((), dtype=torch.long))
         self.ema_warmup = ema_warmup
         self.eval_steps = eval_steps or self.flows[0].num_steps
-        #: extra step counts predicted in the same pass (set by FlowStepsHook):
+        #: extra step counts predicted in the same pass (set_eval_steps):
         #: each sample gets ``pred_instances_steps{N}`` besides ``pred_instances``
         self.extra_eval_steps: List[int] = []
-        #: per-level multipliers of ``level_weights`` (set by ProgressiveDistillationHook)
+        #: per-level multipliers of ``level_weights`` (set_level_scales)
         self.level_scales: List[float] = [1.0] * len(self.level_pairs)
         if roundtrip_loss_weight < 0:
             raise ValueError(f'roundtrip_loss_weight must be >= 0, got {roundtrip_loss_weight}')
         self.roundtrip_loss_weight = roundtrip_loss_weight
+
+    def check_level_scales(self, scales: Sequence[float]) -> None:
+        if not isinstance(scales, (list, tuple)) or len(scales) != len(self.level_pairs) or \
+                any(not isinstance(s, (int, float)) or s < 0 for s in scales):
+            raise ValueError(f'level scales {list(scales) if isinstance(scales, (list, tuple)) else scales!r}'
+                             f' have {len(scales) if isinstance(scales, (list, tuple)) else "no"} '
+                             f'entries for {len(self.level_pairs)} distilled levels; give one '
+                             f'multiplier >= 0 per level')
 
     @property
     def steps_prediction_field(self) -> Optional[str]:

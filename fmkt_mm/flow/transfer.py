@@ -254,6 +254,7 @@ class FlowTransfer(nn.Module):
         self.num_steps = self._check_steps(num_steps)
         self.num_steps_choices = None if num_steps_choices is None else \
             tuple(self._check_steps(n) for n in num_steps_choices)
+        self._configured_choices = self.num_steps_choices
         if parameterization not in ('velocity', 'endpoint'):
             raise ValueError(f"parameterization must be 'velocity' or 'endpoint', got {parameterization!r}")
         if update not in ('ddim', 'euler'):
@@ -541,6 +542,14 @@ class FlowTransfer(nn.Module):
     forward = sample
 
     # -- training --------------------------------------------------------------
+    def set_train_steps(self, n: int) -> None:
+        """Train with ``n`` steps from now on. A flow that draws ``N`` from
+        ``num_steps_choices`` draws from its configured choices up to ``n``
+        (``(n,)`` when none is that small)."""
+        self.num_steps = self._check_steps(n)
+        if self._configured_choices is not None:
+            self.num_steps_choices = tuple(c for c in self._configured_choices if c <= n) or (n, )
+
     def draw_num_steps(self) -> int:
         if self.num_steps_choices is None:
             return self.num_steps

@@ -1,12 +1,17 @@
-"""MMEngine hooks of fmkt_mm."""
-from .checkpoint import SafeCheckpointHook
-from .flow_steps import FlowStepsHook, LossScheduleHook
-from .ops import (ExportStudentHook, LossWeightScheduleHook, RandomStateHook, StopDistillationHook,
-                  TeacherEvalHook)
-from .progressive import ProgressiveDistillationHook
-from .roundtrip import FlowRoundTripHook
+"""MMEngine hooks of fmkt_mm, one per file."""
+from .export_student_hook import ExportStudentHook
+from .flow_roundtrip_hook import FlowRoundTripHook
+from .flow_steps_hook import FlowStepsHook
+from .loss_schedule_hook import LossScheduleHook
+from .loss_weight_schedule_hook import LossWeightScheduleHook
+from .progressive_distillation_hook import ProgressiveDistillationHook
+from .random_state_hook import RandomStateHook
+from .safe_checkpoint_hook import SafeCheckpointHook
+from .schedules import Schedule, schedule_factor
+from .stop_distillation_hook import StopDistillationHook
+from .teacher_eval_hook import TeacherEvalHook
 
-__all__ = ['FlowStepsHook', 'LossScheduleHook', 'SafeCheckpointHook', 'ProgressiveDistillationHook',
-           'FlowRoundTripHook',
-           'ExportStudentHook', 'LossWeightScheduleHook', 'RandomStateHook', 'StopDistillationHook',
-           'TeacherEvalHook']
+__all__ = ['ExportStudentHook', 'FlowRoundTripHook', 'FlowStepsHook', 'LossScheduleHook',
+           'LossWeightScheduleHook', 'ProgressiveDistillationHook', 'RandomStateHook',
+           'SafeCheckpointHook', 'StopDistillationHook', 'TeacherEvalHook', 'Schedule',
+           'schedule_factor']

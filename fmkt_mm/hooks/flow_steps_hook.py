@@ -5,15 +5,11 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 from mmengine.dist import all_reduce
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
 from ..registry import HOOKS
+from .utils import unwrap
 
 Steps = Union[int, Sequence[int]]
-
-
-def unwrap(model):
-    return model.module if is_model_wrapper(model) else model
 
 
 @HOOKS.register_module()
@@ -54,10 +50,9 @@ class FlowStepsHook(Hook):
     def _set_steps(self, runner, steps, loop):
         model = unwrap(runner.model)
         self._counts, self._evaluators = {}, {}
-        if steps is None or not hasattr(model, 'extra_eval_steps'):
-            return
-        model.eval_steps = steps[-1]
-        model.extra_eval_steps = list(steps) if len(steps) > 1 else []
+        if steps is None or not hasattr(model, 'flow_modules') or not model.flow_modules():
+            return  # nothing to count: not an FM-KT distiller
+        model.set_eval_steps(steps[-1], list(steps) if len(steps) > 1 else [])
         self._field = getattr(model, 'steps_prediction_field', None)
         if self._field is not None:
             # copied before any sample is processed: every rank holds the same
@@ -120,7 +115,9 @@ class FlowStepsHook(Hook):
                 parts.append(f'N={n}: ' + ', '.join(f'{k} {v:.4g}' for k, v in numbers.items()))
             runner.logger.info(f'{mode} flow ensemble by number of steps: ' + '; '.join(parts))
         self._counts, self._evaluators = {}, {}
-        unwrap(runner.model).extra_eval_steps = []
+        model = unwrap(runner.model)
+        if hasattr(model, 'flow_modules') and model.flow_modules():
+            model.set_eval_steps(model.eval_steps)
 
     def before_val_epoch(self, runner):
         self._set_steps(runner, self.val_steps, runner.val_loop)
@@ -150,15 +147,3 @@ class FlowStepsHook(Hook):
 
     def after_test_epoch(self, runner, metrics=None):
         self._report(runner, 'test', runner.test_loop, metrics)
-
-
-@HOOKS.register_module()
-class LossScheduleHook(Hook):
-    """Tells every metric loss the current iteration (DKD's warm-up)."""
-
-    priority = 'NORMAL'
-
-    def before_train_iter(self, runner, batch_idx, data_batch=None):
-        for module in unwrap(runner.model).modules():
-            if hasattr(module, 'set_iter') and callable(module.set_iter):
-                module.set_iter(runner.iter)

@@ -25,42 +25,14 @@ function of the current iteration (or epoch) only, so resuming a run
 restores them. Every change is logged, and the current values are logged as
 ``train/progressive/*`` scalars with the training losses.
 """
-import bisect
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional
 
 from mmengine.hooks import Hook
 
-from ..flow import FlowTransfer
+from ..distill.base import BaseDistiller
 from ..registry import HOOKS
-from .flow_steps import unwrap
-
-
-class Schedule:
-    """A piecewise-constant schedule: ``values[j]`` from ``milestones[j - 1]`` on."""
-
-    def __init__(self, name: str, milestones: Sequence[int], values: Sequence):
-        milestones, values = list(milestones), list(values)
-        if len(values) != len(milestones) + 1:
-            raise ValueError(f'progressive {name}: {len(milestones)} milestones need '
-                             f'{len(milestones) + 1} values (one before the first milestone and one '
-                             f'after each), got {len(values)}')
-        if any(not isinstance(m, int) or m < 0 for m in milestones) or milestones != sorted(set(milestones)):
-            raise ValueError(f'progressive {name}: milestones must be increasing integers >= 0, '
-                             f'got {milestones}')
-        self.name, self.milestones, self.values = name, milestones, values
-
-    @classmethod
-    def build(cls, name: str, cfg) -> Optional['Schedule']:
-        if cfg is None:
-            return None
-        if isinstance(cfg, Schedule):
-            return cfg
-        if not isinstance(cfg, dict) or set(cfg) != {'milestones', 'values'}:
-            raise ValueError(f'progressive {name} must be dict(milestones=[...], values=[...]), got {cfg!r}')
-        return cls(name, cfg['milestones'], cfg['values'])
-
-    def __call__(self, point: int):
-        return self.values[bisect.bisect_right(self.milestones, point)]
+from .schedules import Schedule
+from .utils import unwrap
 
 
 @HOOKS.register_module()
@@ -96,7 +68,6 @@ class ProgressiveDistillationHook(Hook):
         self._check_values()
         self.by_epoch, self.follow_eval_steps = by_epoch, follow_eval_steps
         self._current: Dict[str, object] = {}
-        self._base_choices: Dict[int, Optional[tuple]] = {}
 
     def _check_values(self):
         for name, schedule in self.schedules.items():
@@ -111,40 +82,30 @@ class ProgressiveDistillationHook(Hook):
                                      f'(one per distilled level), got {v!r}')
 
     # -- applying -------------------------------------------------------------------
-    @staticmethod
-    def flows(model) -> List[FlowTransfer]:
-        return [m for m in model.modules() if isinstance(m, FlowTransfer)]
-
     def _check_model(self, model):
-        if 'level_weights' in self.schedules:
-            scales = getattr(model, 'level_scales', None)
-            if scales is None:
-                raise ValueError(f'progressive level_weights needs a distiller with levels '
-                                 f'(DetectionDistiller); {type(model).__name__} has none')
-            for v in self.schedules['level_weights'].values:
-                if len(v) != len(scales):
-                    raise ValueError(f'progressive level_weights value {list(v)} has {len(v)} entries '
-                                     f'for {len(scales)} distilled levels')
-        if 'curriculum' in self.schedules and not hasattr(model, 'curriculum_fraction'):
-            raise ValueError(f'progressive curriculum ranks samples by the teacher\'s class '
-                             f'confidence (ClassificationDistiller); {type(model).__name__} has no '
-                             f'per-sample targets to rank')
-        if 'num_steps' in self.schedules and not self.flows(model):
-            raise ValueError(f'progressive num_steps: {type(model).__name__} has no flows')
+        """Fail before training, naming the setting, where the distiller
+        lacks a scheduled setting or a scheduled value does not fit it."""
+        if not isinstance(model, BaseDistiller):
+            raise ValueError(f'progressive distillation needs an fmkt_mm distiller, got '
+                             f'{type(model).__name__}')
+        checks = dict(num_steps=model.check_train_steps, level_weights=model.check_level_scales,
+                      curriculum=model.check_curriculum)
+        for name, schedule in self.schedules.items():
+            for value in schedule.values:
+                try:
+                    checks[name](value)
+                except (TypeError, ValueError) as error:
+                    raise ValueError(f'progressive {name}: {error}') from error
 
     def _apply(self, model, name, value):
         if name == 'num_steps':
-            for flow in self.flows(model):
-                base = self._base_choices.setdefault(id(flow), flow.num_steps_choices)
-                flow.num_steps = value
-                if base is not None:
-                    flow.num_steps_choices = tuple(c for c in base if c <= value) or (value, )
-            if self.follow_eval_steps and hasattr(model, 'eval_steps'):
-                model.eval_steps = value
+            model.set_train_steps(value)
+            if self.follow_eval_steps:
+                model.set_eval_steps(value, model.extra_eval_steps)
         elif name == 'level_weights':
-            model.level_scales = [float(w) for w in value]
+            model.set_level_scales(value)
         elif name == 'curriculum':
-            model.curriculum_fraction = float(value)
+            model.set_curriculum(value)
 
     def settings(self, point: int) -> Dict[str, object]:
         """The scheduled values at iteration (or epoch) ``point``."""

@@ -7,7 +7,7 @@ from mmengine.hooks import Hook
 
 from ..flow import RoundTrip
 from ..registry import HOOKS
-from .flow_steps import unwrap
+from .utils import unwrap
 
 
 @HOOKS.register_module()

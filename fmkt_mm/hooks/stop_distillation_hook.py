@@ -1,0 +1,68 @@
+"""Switching distillation off after a number of iterations or epochs."""
+from typing import Optional
+
+from mmengine.hooks import Hook
+
+from ..registry import HOOKS
+from .utils import require_distiller, unwrap
+
+
+@HOOKS.register_module()
+class StopDistillationHook(Hook):
+    """Distil for the first ``stop_iter`` iterations (or ``stop_epoch``
+    epochs), then train the student on its task loss alone.
+
+    From then on the distiller's ``loss`` returns
+    :meth:`~fmkt_mm.distill.BaseDistiller.task_losses`: the teacher is not
+    run and no distillation term is computed. What "task loss alone" means:
+
+    * ``deploy_mode='student'`` (``fmkt_theta``, ``ofmkt``, the baselines, the
+      detection distiller with ``deploy_mode='student'``): the plain
+      student's own loss, as if it were trained without a teacher; the
+      distillation modules (flows, adapters) get zero gradients.
+    * ``deploy_mode='flow'`` (classification ``fmkt``, detection
+      ``deploy_mode='flow'``): the flow feeds the student's head and is part
+      of the deployed model, so the deployed model keeps training on the task
+      loss. For ``fmkt`` that is ``loss_cls``, the cross-entropy of every
+      flow step's logits (averaged over steps, as during distillation), and
+      only the teacher term ``loss_flow`` is dropped; for detection the
+      flows' ensemble still replaces the distilled levels and mmdet's losses
+      train student and flows.
+
+    The switch is re-evaluated before every iteration, so a run resumed past
+    the stop point continues without distillation. Both limits may be given;
+    distillation stops at whichever comes first.
+
+    Example::
+
+        custom_hooks = [dict(type='fmkt_mm.StopDistillationHook', stop_epoch=80)]
+    """
+
+    priority = 'NORMAL'
+
+    def __init__(self, stop_iter: Optional[int] = None, stop_epoch: Optional[int] = None):
+        if stop_iter is None and stop_epoch is None:
+            raise ValueError('StopDistillationHook needs stop_iter or stop_epoch')
+        for name, value in (('stop_iter', stop_iter), ('stop_epoch', stop_epoch)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f'{name} must be an integer >= 0, got {value!r}')
+        self.stop_iter, self.stop_epoch = stop_iter, stop_epoch
+
+    def _distilling(self, runner) -> bool:
+        if self.stop_iter is not None and runner.iter >= self.stop_iter:
+            return False
+        if self.stop_epoch is not None and runner.epoch >= self.stop_epoch:
+            return False
+        return True
+
+    def before_train(self, runner) -> None:
+        require_distiller(runner, type(self).__name__)
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        model = unwrap(runner.model)
+        distilling = self._distilling(runner)
+        if model.distillation_enabled and not distilling:
+            runner.logger.info(
+                f'distillation stopped at iteration {runner.iter + 1} (epoch {runner.epoch + 1}): '
+                f'the student trains on its task loss alone from now on')
+        model.set_distillation(distilling)
