@@ -23,14 +23,16 @@ FLOW_NOT_EXPORTED = (
 
 
 def deploy_mode_of(model_cfg: dict) -> str:
-    """``'student'`` when the plain student is what the distiller predicts with."""
-    if 'deploy_mode' in model_cfg:
-        return model_cfg['deploy_mode']
+    """``'student'`` when the plain student is what the distiller built from
+    ``model_cfg`` predicts with, ``'flow'`` when it runs the flow (the
+    distiller class's own :meth:`~fmkt_mm.distill.BaseDistiller.deploy_mode_of`)."""
+    from .distill import BaseDistiller
     from .registry import MODELS
-    fixed = getattr(MODELS.get(model_cfg.get('type', '')), 'deploy_mode', None)
-    if isinstance(fixed, str):  # baselines always deploy the plain student
-        return fixed
-    return 'flow' if model_cfg.get('variant', 'fmkt') == 'fmkt' else 'student'
+    cls = MODELS.get(model_cfg.get('type', ''))
+    if not (isinstance(cls, type) and issubclass(cls, BaseDistiller)):
+        raise ValueError(f'{model_cfg.get("type")!r} is not an fmkt_mm distiller; a deploy mode '
+                         f'belongs to a distillation config (apply_distiller)')
+    return cls.deploy_mode_of(model_cfg)
 
 
 def export_student(config: str, checkpoint: str, out: str) -> Dict[str, object]:

@@ -319,3 +319,28 @@ def test_theta_and_flow_losses_share_one_call_with_the_separate_values(variant, 
     assert set(shared_grads) == set(separate_grads)
     for key in shared_grads:
         torch.testing.assert_close(shared_grads[key], separate_grads[key], rtol=1e-4, atol=1e-6)
+
+
+def test_the_teacher_runs_without_autograd_and_the_student_with_it(teacher_checkpoint, tmp_path):
+    """The frozen teacher's forward records no graph (no activations kept for
+    a backward pass), the student's does."""
+    from mmengine.registry import MODELS as ROOT_MODELS
+    from mmengine.registry import DefaultScope
+    from mmpretrain.structures import DataSample
+    cfg = tiny_cfg('fmkt', tmp_path, teacher_checkpoint)
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        model = ROOT_MODELS.build(cfg.model)
+    model.train()
+    grad_enabled = {}
+    def record(who):
+        def hook(module, args, out):
+            grad_enabled.setdefault(who, torch.is_grad_enabled())
+        return hook
+
+    for who in ('teacher', 'student'):
+        getattr(model, who).backbone.register_forward_hook(record(who))
+    batch = dict(inputs=[torch.zeros(1, 28, 28, dtype=torch.uint8) for _ in range(2)],
+                 data_samples=[DataSample().set_gt_label(i) for i in range(2)])
+    data = model.data_preprocessor(batch, True)
+    model(data['inputs'], data['data_samples'], mode='loss')
+    assert grad_enabled == dict(teacher=False, student=True)

@@ -3,7 +3,6 @@ switching distillation off, and the check for non-finite losses."""
 import functools
 import logging
 import math
-import re
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -81,8 +80,6 @@ class BaseDistiller(BaseModel):
             self.teacher = build_teacher(data_preprocessor=data_preprocessor, **teacher)
         #: False once distillation is switched off: ``loss`` returns the task loss alone
         self.distillation_enabled = True
-        #: stop with :class:`NonFiniteLossError` on a NaN/inf loss (before the update)
-        self.check_finite_losses = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -145,8 +142,7 @@ class BaseDistiller(BaseModel):
                     if key.endswith(STEP_LOG_SUFFIX) and isinstance(losses[key], torch.Tensor)
                     and losses[key].dim() == 1}
         loss, log_vars = super().parse_losses(losses)
-        if self.check_finite_losses:
-            check_finite(log_vars)
+        check_finite(log_vars)  # a NaN/inf stops the run before the update
         for key, values in per_step.items():
             for k, value in enumerate(values.detach().float().tolist(), start=1):
                 log_vars[f'{key}{k}'] = value
@@ -165,7 +161,36 @@ class BaseDistiller(BaseModel):
             if name != 'teacher' and hasattr(child, 'init_weights'):
                 child.init_weights()
 
-    @torch.no_grad()
+    # -- what is deployed -------------------------------------------------------------
+    #: ``'student'``: the plain student predicts (the exported checkpoint
+    #: predicts exactly as the distiller); ``'flow'``: prediction runs the flow
+    deploy_mode = 'student'
+
+    @classmethod
+    def deploy_mode_of(cls, cfg: dict) -> str:
+        """The :attr:`deploy_mode` of a distiller built from ``cfg`` (its
+        ``model`` config), without building it: the one answer that export,
+        hooks and benchmarks read."""
+        return cls.deploy_mode
+
+    # -- MMEngine's three modes ------------------------------------------------------
+    def forward(self, inputs, data_samples=None, mode: str = 'tensor'):
+        if mode == 'loss':
+            return self.loss(inputs, data_samples)
+        if mode == 'predict':
+            return self.predict(inputs, data_samples)
+        if mode == 'tensor':
+            return self._forward(inputs, data_samples)
+        raise RuntimeError(f'invalid mode {mode!r}; use loss, predict or tensor')
+
+    def predict(self, inputs, data_samples=None):
+        """What the deployed model predicts; the plain student by default."""
+        return self.student.predict(inputs, data_samples)
+
+    def _forward(self, inputs, data_samples=None):
+        """The deployed model's raw outputs (``mode='tensor'``); the student's by default."""
+        return self.student(inputs, data_samples, mode='tensor')
+
     # -- the settings that hooks change ---------------------------------------------------------
     # Hooks change a distiller only through these methods: each setting has one
     # owner, and a distiller without it fails with a message naming the hook's need.
@@ -224,6 +249,7 @@ class BaseDistiller(BaseModel):
         self.check_curriculum(fraction)
         self.curriculum_fraction = float(fraction)
 
+    @torch.no_grad()
     def teacher_outputs(self, inputs, data_samples, paths: Sequence[str]) -> Dict[str, object]:
         """Outputs of the teacher's tapped modules; its forward stops there."""
         return run_until_tapped(self.teacher, paths,
@@ -313,7 +339,3 @@ def hard_labels(data_samples) -> Optional[torch.Tensor]:
     if 'gt_label' in data_samples[0]:
         return torch.cat([s.gt_label for s in data_samples])
     return None
-
-
-def prefixed(losses: Dict[str, torch.Tensor], old: str, new: str) -> Dict[str, torch.Tensor]:
-    return {re.sub(f'^{old}', new, k): v for k, v in losses.items()}

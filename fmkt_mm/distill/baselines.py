@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..registry import MODELS
 from ..utils import build_from_registry
 from .base import BaseDistiller, hard_labels
-from .detector import DetectionDistiller, TeacherShape
+from .levels import LevelDistiller, TeacherShape, as_levels
 from .taps import record_outputs, select
 
 
@@ -58,21 +58,9 @@ class LogitDistiller(BaseDistiller):
         losses['loss_kd'] = self.kd_loss(student, teacher, hard_labels(data_samples))
         return losses
 
-    def predict(self, inputs: Tensor, data_samples=None):
-        return self.student.predict(inputs, data_samples)
-
-    def forward(self, inputs, data_samples=None, mode: str = 'tensor'):
-        if mode == 'loss':
-            return self.loss(inputs, data_samples)
-        if mode == 'predict':
-            return self.predict(inputs, data_samples)
-        if mode == 'tensor':
-            return self.student(inputs, data_samples, mode='tensor')
-        raise RuntimeError(f'invalid mode {mode!r}; use loss, predict or tensor')
-
 
 @MODELS.register_module()
-class FeatureDistiller(BaseDistiller):
+class FeatureDistiller(LevelDistiller):
     """Feature distillation of an mmdet detector's neck levels without a flow:
     ``loss_feat_l{l} = w_l * loss(adapter(student level), teacher level)``.
 
@@ -83,13 +71,6 @@ class FeatureDistiller(BaseDistiller):
     """
 
     deploy_mode = 'student'
-    # level bookkeeping shared with the FM-KT detection distiller
-    _parse_levels = staticmethod(DetectionDistiller._parse_levels)
-    _parse_weights = staticmethod(DetectionDistiller._parse_weights)
-    _as_levels = staticmethod(DetectionDistiller._as_levels)
-    _infer_level_shapes = DetectionDistiller._infer_level_shapes
-    _check_levels = DetectionDistiller._check_levels
-    teacher_levels = DetectionDistiller.teacher_levels
 
     def __init__(self, student: dict, teacher: dict, loss: Optional[dict] = None,
                  levels: Sequence[Union[int, Sequence[int]]] = (0, 1, 2, 3),
@@ -101,26 +82,10 @@ class FeatureDistiller(BaseDistiller):
         if teacher is None:
             raise ValueError('FeatureDistiller needs a teacher: teacher=dict(config=..., checkpoint=...)')
         super().__init__(student, teacher, data_preprocessor, init_cfg)
-        self.student_tap, self.teacher_tap = student_tap, teacher_tap
-        self.check_taps([student_tap], [teacher_tap])
-        self.level_pairs = self._parse_levels(levels)
-        self.level_weights = self._parse_weights(level_weights, len(self.level_pairs))
-        student_shapes, teacher_shapes = self._infer_level_shapes(dummy_input_shape)
-        self._check_levels(student_shapes, teacher_shapes)
-        adapters = []
-        for s, t in self.level_pairs:
-            s_shape, t_shape = student_shapes[s], teacher_shapes[t]
-            if adapter is not None:
-                adapters.append(TeacherShape(build_from_registry(
-                    MODELS, adapter, 'adapter', in_channels=s_shape[1], out_channels=t_shape[1])))
-            elif s_shape[1:] != t_shape[1:]:
-                raise ValueError(
-                    f'student level {s} has shape {s_shape} but teacher level {t} has shape '
-                    f'{t_shape} (B, C, H, W at a {tuple(dummy_input_shape)} input). Configure an '
-                    f"adapter, e.g. adapter=dict(type='FeatureAdapter') (1x1 conv {s_shape[1]} -> "
-                    f'{t_shape[1]} channels, bilinear resize), or pair other levels.')
-            else:
-                adapters.append(nn.Identity())
+        student_shapes, teacher_shapes = self.setup_levels(levels, level_weights, student_tap,
+                                                           teacher_tap, dummy_input_shape)
+        adapters = [self.level_adapter(adapter, s, t, student_shapes[s], teacher_shapes[t]) or nn.Identity()
+                    for s, t in self.level_pairs]
         self.adapters = nn.ModuleList(adapters)
         self.feat_loss = build_from_registry(MODELS, loss or dict(type='PKDLoss'), 'loss')
 
@@ -128,7 +93,7 @@ class FeatureDistiller(BaseDistiller):
         teacher_levels = self.teacher_levels(inputs, data_samples)
         with record_outputs(self.student, [self.student_tap], 'student') as seen:
             losses = dict(self.student.loss(inputs, data_samples))
-        student_levels: List[Tensor] = self._as_levels(seen[self.student_tap], self.student_tap,
+        student_levels: List[Tensor] = as_levels(seen[self.student_tap], self.student_tap,
                                                        'student')
         for (s, t), adapter, weight in zip(self.level_pairs, self.adapters, self.level_weights):
             target = teacher_levels[t]
@@ -136,15 +101,3 @@ class FeatureDistiller(BaseDistiller):
                 adapter.size = tuple(target.shape[-2:])
             losses[f'loss_feat_l{s}'] = weight * self.feat_loss(adapter(student_levels[s]), target)
         return losses
-
-    def predict(self, inputs: Tensor, data_samples=None):
-        return self.student.predict(inputs, data_samples)
-
-    def forward(self, inputs, data_samples=None, mode: str = 'tensor'):
-        if mode == 'loss':
-            return self.loss(inputs, data_samples)
-        if mode == 'predict':
-            return self.predict(inputs, data_samples)
-        if mode == 'tensor':
-            return self.student(inputs, data_samples, mode='tensor')
-        raise RuntimeError(f'invalid mode {mode!r}; use loss, predict or tensor')

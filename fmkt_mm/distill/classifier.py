@@ -152,7 +152,11 @@ class ClassificationDistiller(BaseDistiller):
     def deploy_mode(self) -> str:
         """``'flow'`` if prediction needs the flow, ``'student'`` if the plain
         student alone predicts (FM-KT^Theta, OFM-KT)."""
-        return 'flow' if self.variant == 'fmkt' else 'student'
+        return self.deploy_mode_of(dict(variant=self.variant))
+
+    @classmethod
+    def deploy_mode_of(cls, cfg: dict) -> str:
+        return 'flow' if cfg.get('variant', 'fmkt') == 'fmkt' else 'student'
 
     @torch.no_grad()
     def _dummy_feature(self, dummy_input_shape) -> Tensor:
@@ -341,12 +345,3 @@ class ClassificationDistiller(BaseDistiller):
         if self.deploy_mode == 'flow':
             return self.flow_logits(feature, self.eval_steps)
         return self.student_logits_from_feature(feature)
-
-    def forward(self, inputs, data_samples=None, mode: str = 'tensor'):
-        if mode == 'loss':
-            return self.loss(inputs, data_samples)
-        if mode == 'predict':
-            return self.predict(inputs, data_samples)
-        if mode == 'tensor':
-            return self._forward(inputs, data_samples)
-        raise RuntimeError(f'invalid mode {mode!r}; use loss, predict or tensor')

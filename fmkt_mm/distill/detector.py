@@ -48,7 +48,7 @@ import copy
 import math
 import warnings
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -57,31 +57,10 @@ from ..flow import ENCODERS, FlowTransfer, RoundTrip, build_condition
 from ..flow.conditions import ClassCondition
 from ..registry import MODELS
 from ..utils import build_from_registry
-from .base import BaseDistiller
+from .levels import LevelDistiller, LevelSpec, TeacherShape, as_levels
 from .taps import get_module, run_until_tapped
 
 DEPLOY_MODES = ('flow', 'student')
-
-LevelSpec = Union[int, Tuple[int, int]]
-
-
-class TeacherShape(nn.Module):
-    """The head of one level's flow: student-space estimate -> teacher's shape.
-
-    Wraps an adapter such as :class:`~fmkt_mm.distill.FeatureAdapter`
-    (``(B, C_s, H_s, W_s) -> (B, C_t, H_t, W_t)``). The teacher's spatial
-    size changes with every padded batch, so the distiller sets
-    :attr:`size` right before each run of the flow.
-    """
-
-    def __init__(self, adapter: nn.Module):
-        super().__init__()
-        self.adapter = adapter
-        self.size: Optional[Tuple[int, int]] = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.adapter(x, self.size)
-
 
 class _HookState:
     """What the neck hook needs for one call and what it leaves behind."""
@@ -96,7 +75,7 @@ class _HookState:
 
 
 @MODELS.register_module()
-class DetectionDistiller(BaseDistiller):
+class DetectionDistiller(LevelDistiller):
     """Distils an mmdet detector with FM-KT, one flow per FPN level.
 
     Args:
@@ -188,15 +167,10 @@ class DetectionDistiller(BaseDistiller):
         if ema_warmup is not None and not ema_warmup > 0:
             raise ValueError(f'ema_warmup must be a positive number of updates or None, got {ema_warmup}')
         super().__init__(student, teacher, data_preprocessor, init_cfg)
-        self.student_tap, self.teacher_tap = student_tap, teacher_tap
-        self.check_taps([student_tap], [teacher_tap])
         self._deploy_mode = deploy_mode
-        self.level_pairs = self._parse_levels(levels)
-        self.level_weights = self._parse_weights(level_weights, len(self.level_pairs))
         self.theta_loss_weight = theta_loss_weight
-
-        student_shapes, teacher_shapes = self._infer_level_shapes(dummy_input_shape)
-        self._check_levels(student_shapes, teacher_shapes)
+        student_shapes, teacher_shapes = self.setup_levels(levels, level_weights, student_tap,
+                                                           teacher_tap, dummy_input_shape)
 
         flow = dict(flow or {})
         if flow.pop('channels', None) is not None:
@@ -223,17 +197,8 @@ class DetectionDistiller(BaseDistiller):
         flows = []
         for k, (s, t) in enumerate(self.level_pairs):
             s_shape, t_shape = student_shapes[s], teacher_shapes[t]
-            head = None
-            if adapter is not None:
-                head = TeacherShape(build_from_registry(
-                    MODELS, adapter, 'adapter', in_channels=s_shape[1], out_channels=t_shape[1]))
-            elif s_shape[1:] != t_shape[1:]:
-                raise ValueError(
-                    f'student level {s} has shape {s_shape} but teacher level {t} has shape {t_shape} '
-                    f'(B, C, H, W at a {tuple(dummy_input_shape)} input): the flow\'s estimates cannot '
-                    f'be compared with the teacher. Configure an adapter from the student to the '
-                    f"teacher's shape, e.g. adapter=dict(type='FeatureAdapter') (1x1 conv "
-                    f'{s_shape[1]} -> {t_shape[1]} channels, bilinear resize), or pair other levels.')
+            head = self.level_adapter(adapter, s, t, s_shape, t_shape,
+                                      why=": the flow's estimates cannot be compared with the teacher")
             if shared is not None:
                 condition, encoder = shared_condition, shared
             else:
@@ -288,37 +253,11 @@ class DetectionDistiller(BaseDistiller):
         student alone predicts."""
         return self._deploy_mode
 
+    @classmethod
+    def deploy_mode_of(cls, cfg: dict) -> str:
+        return cfg.get('deploy_mode', 'flow')
+
     # -- building ----------------------------------------------------------------
-    @staticmethod
-    def _parse_levels(levels) -> List[Tuple[int, int]]:
-        pairs = []
-        for level in levels:
-            if isinstance(level, int):
-                pairs.append((level, level))
-            elif (isinstance(level, (tuple, list)) and len(level) == 2
-                  and all(isinstance(v, int) for v in level)):
-                pairs.append((int(level[0]), int(level[1])))
-            else:
-                raise ValueError(f'levels must hold ints (same level on both sides) or '
-                                 f'(student_level, teacher_level) pairs, got {level!r}')
-        if not pairs:
-            raise ValueError('levels is empty: name at least one level to distil, e.g. levels=(0, 1, 2, 3)')
-        students = [s for s, _ in pairs]
-        if len(set(students)) != len(students):
-            raise ValueError(f'a student level appears twice in levels={list(levels)}; each student '
-                             f'level has one flow')
-        return pairs
-
-    @staticmethod
-    def _parse_weights(weights, n: int) -> List[float]:
-        if isinstance(weights, (int, float)):
-            return [float(weights)] * n
-        weights = [float(w) for w in weights]
-        if len(weights) != n:
-            raise ValueError(f'level_weights has {len(weights)} values for {n} distilled levels; '
-                             f'give one per level or a single float')
-        return weights
-
     @staticmethod
     def _check_detection_condition(cfg):
         items = cfg if isinstance(cfg, (list, tuple)) else [cfg]
@@ -329,38 +268,6 @@ class DetectionDistiller(BaseDistiller):
                 raise ValueError("condition type 'class' conditions a classifier's flow on the image's "
                                  "class; a detection level holds many objects: use 'pooled' and/or "
                                  "'level'")
-
-    @staticmethod
-    def _as_levels(output, tap: str, who: str) -> List[Tensor]:
-        levels = [output] if isinstance(output, Tensor) else list(output)
-        if not levels or not all(isinstance(x, Tensor) and x.dim() == 4 for x in levels):
-            raise ValueError(f'the {who}\'s tap {tap!r} must output a (B, C, H, W) tensor or a '
-                             f'tuple of them (an FPN neck); got {type(output).__name__}')
-        return levels
-
-    @torch.no_grad()
-    def _infer_level_shapes(self, dummy_input_shape):
-        """Level shapes ``(B, C, H, W)`` of both taps on a zero batch."""
-        dummy = torch.zeros(1, *dummy_input_shape)
-        was_training = self.student.training
-        self.student.eval()  # a dummy batch must not touch BatchNorm statistics
-        try:
-            out = run_until_tapped(self.student, [self.student_tap],
-                                   lambda: self.student(dummy, None, mode='tensor'), 'student')
-        finally:
-            self.student.train(was_training)
-        student = self._as_levels(out[self.student_tap], self.student_tap, 'student')
-        out = self.teacher_outputs(dummy, None, [self.teacher_tap])
-        teacher = self._as_levels(out[self.teacher_tap], self.teacher_tap, 'teacher')
-        return [tuple(x.shape) for x in student], [tuple(x.shape) for x in teacher]
-
-    def _check_levels(self, student_shapes, teacher_shapes):
-        for s, t in self.level_pairs:
-            if not 0 <= s < len(student_shapes) or not 0 <= t < len(teacher_shapes):
-                raise ValueError(
-                    f'levels pairs student level {s} with teacher level {t}, but the student\'s '
-                    f'{self.student_tap!r} outputs {len(student_shapes)} levels and the teacher\'s '
-                    f'{self.teacher_tap!r} {len(teacher_shapes)}; choose levels that exist on both sides')
 
     # -- the neck hook -------------------------------------------------------------
     def _inference_flows(self) -> nn.ModuleList:
@@ -410,7 +317,7 @@ class DetectionDistiller(BaseDistiller):
                 raise RuntimeError(
                     f'the student\'s {self.student_tap!r} ran twice in one forward pass; the '
                     f'distiller expects one call per batch (set student_tap to a module that runs once)')
-            levels = self._transfer(self._as_levels(output, self.student_tap, 'student'), state)
+            levels = self._transfer(as_levels(output, self.student_tap, 'student'), state)
             if isinstance(output, Tensor):
                 return levels[0]
             return tuple(levels) if isinstance(output, tuple) else levels
@@ -445,10 +352,6 @@ class DetectionDistiller(BaseDistiller):
             ema.copy_(buf)
 
     # -- training ------------------------------------------------------------------
-    def teacher_levels(self, inputs: Tensor, data_samples) -> List[Tensor]:
-        out = self.teacher_outputs(inputs, data_samples, [self.teacher_tap])
-        return self._as_levels(out[self.teacher_tap], self.teacher_tap, 'teacher')
-
     def loss(self, inputs: Tensor, data_samples) -> Dict[str, Tensor]:
         """The student's task losses (mmdet names) plus, per distilled level
         ``l``: ``loss_flow_l{l}`` (sum over steps, times the level weight),
@@ -489,7 +392,7 @@ class DetectionDistiller(BaseDistiller):
         images. ``num_steps`` defaults to ``eval_steps``."""
         out = run_until_tapped(self.student, [self.student_tap],
                                lambda: self.student(inputs, data_samples, mode='tensor'), 'student')
-        levels = self._as_levels(out[self.student_tap], self.student_tap, 'student')
+        levels = as_levels(out[self.student_tap], self.student_tap, 'student')
         needs_teacher = any(not isinstance(flow.head, TeacherShape) for flow in self.flows)
         teacher = self.teacher_levels(inputs, data_samples) if needs_teacher else None
         errors: Dict[str, RoundTrip] = {}
@@ -531,12 +434,3 @@ class DetectionDistiller(BaseDistiller):
             return self.student(inputs, data_samples, mode='tensor')
         with self._flows_on_neck():
             return self.student(inputs, data_samples, mode='tensor')
-
-    def forward(self, inputs, data_samples=None, mode: str = 'tensor'):
-        if mode == 'loss':
-            return self.loss(inputs, data_samples)
-        if mode == 'predict':
-            return self.predict(inputs, data_samples)
-        if mode == 'tensor':
-            return self._forward(inputs, data_samples)
-        raise RuntimeError(f'invalid mode {mode!r}; use loss, predict or tensor')

@@ -1,0 +1,142 @@
+"""Distilling a detector's neck levels: the bookkeeping every level distiller shares.
+
+A *level distiller* pairs student levels with teacher levels of the tapped
+outputs (an FPN neck by default), weighs each pair, infers both sides'
+shapes on a zero batch, and maps a student level to the teacher's shape with
+an adapter where the two differ. :class:`LevelDistiller` does this once for
+the FM-KT detection distiller and the PKD-style feature distiller.
+"""
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import MODELS
+from ..utils import build_from_registry
+from .base import BaseDistiller
+from .taps import run_until_tapped
+
+LevelSpec = Union[int, Tuple[int, int]]
+Shape = Tuple[int, ...]
+
+
+class TeacherShape(nn.Module):
+    """Student level -> the teacher's shape, through an adapter such as
+    :class:`~fmkt_mm.distill.FeatureAdapter` (``(B, C_s, H_s, W_s) -> (B,
+    C_t, H_t, W_t)``). The teacher's spatial size changes with every padded
+    batch, so the distiller sets :attr:`size` right before each use."""
+
+    def __init__(self, adapter: nn.Module):
+        super().__init__()
+        self.adapter = adapter
+        self.size: Optional[Tuple[int, int]] = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.adapter(x, self.size)
+
+
+def parse_levels(levels: Sequence[LevelSpec]) -> List[Tuple[int, int]]:
+    """``(student_level, teacher_level)`` pairs from ints (the same level on
+    both sides) and pairs; each student level at most once."""
+    pairs = []
+    for level in levels:
+        if isinstance(level, int):
+            pairs.append((level, level))
+        elif (isinstance(level, (tuple, list)) and len(level) == 2
+              and all(isinstance(v, int) for v in level)):
+            pairs.append((int(level[0]), int(level[1])))
+        else:
+            raise ValueError(f'levels must hold ints (same level on both sides) or '
+                             f'(student_level, teacher_level) pairs, got {level!r}')
+    if not pairs:
+        raise ValueError('levels is empty: name at least one level to distil, e.g. levels=(0, 1, 2, 3)')
+    students = [s for s, _ in pairs]
+    if len(set(students)) != len(students):
+        raise ValueError(f'a student level appears twice in levels={list(levels)}; each student '
+                         f'level is distilled once')
+    return pairs
+
+
+def parse_weights(weights: Union[float, Sequence[float]], n: int) -> List[float]:
+    """One weight per level from a float (shared) or a list of ``n``."""
+    if isinstance(weights, (int, float)):
+        return [float(weights)] * n
+    weights = [float(w) for w in weights]
+    if len(weights) != n:
+        raise ValueError(f'level_weights has {len(weights)} values for {n} distilled levels; '
+                         f'give one per level or a single float')
+    return weights
+
+
+def as_levels(output, tap: str, who: str) -> List[Tensor]:
+    """A tapped output as a list of ``(B, C, H, W)`` levels."""
+    levels = [output] if isinstance(output, Tensor) else list(output)
+    if not levels or not all(isinstance(x, Tensor) and x.dim() == 4 for x in levels):
+        raise ValueError(f'the {who}\'s tap {tap!r} must output a (B, C, H, W) tensor or a '
+                         f'tuple of them (an FPN neck); got {type(output).__name__}')
+    return levels
+
+
+class LevelDistiller(BaseDistiller):
+    """Base of the distillers of neck levels (see the module docstring).
+
+    :meth:`setup_levels` sets ``student_tap``, ``teacher_tap``,
+    ``level_pairs`` and ``level_weights`` and returns both sides' level
+    shapes; :meth:`level_adapter` gives the adapter of one pair.
+    """
+
+    def setup_levels(self, levels: Sequence[LevelSpec], level_weights, student_tap: str,
+                     teacher_tap: str, dummy_input_shape: Sequence[int]):
+        """Returns ``(student_shapes, teacher_shapes)``, ``(1, C, H, W)`` per
+        level of each tap at a ``dummy_input_shape`` input."""
+        self.student_tap, self.teacher_tap = student_tap, teacher_tap
+        self.check_taps([student_tap], [teacher_tap])
+        self.level_pairs = parse_levels(levels)
+        self.level_weights = parse_weights(level_weights, len(self.level_pairs))
+        self._dummy_input_shape = tuple(dummy_input_shape)
+        student_shapes, teacher_shapes = self._infer_level_shapes(dummy_input_shape)
+        for s, t in self.level_pairs:
+            if not 0 <= s < len(student_shapes) or not 0 <= t < len(teacher_shapes):
+                raise ValueError(
+                    f'levels pairs student level {s} with teacher level {t}, but the student\'s '
+                    f'{student_tap!r} outputs {len(student_shapes)} levels and the teacher\'s '
+                    f'{teacher_tap!r} {len(teacher_shapes)}; choose levels that exist on both sides')
+        return student_shapes, teacher_shapes
+
+    def level_adapter(self, adapter: Optional[Union[str, dict]], s: int, t: int, s_shape: Shape,
+                      t_shape: Shape, why: str = '') -> Optional[TeacherShape]:
+        """The adapter from student level ``s`` to teacher level ``t``: built
+        from the ``adapter`` config, or None where the shapes already agree
+        (a mismatch without an adapter raises, naming both shapes and the fix;
+        ``why`` says what needs the teacher's shape)."""
+        if adapter is not None:
+            return TeacherShape(build_from_registry(
+                MODELS, adapter, 'adapter', in_channels=s_shape[1], out_channels=t_shape[1]))
+        if s_shape[1:] != t_shape[1:]:
+            raise ValueError(
+                f'student level {s} has shape {s_shape} but teacher level {t} has shape {t_shape} '
+                f'(B, C, H, W at a {self._dummy_input_shape} input){why}. Configure an adapter '
+                f"from the student to the teacher's shape, e.g. adapter=dict(type='FeatureAdapter') "
+                f'(1x1 conv {s_shape[1]} -> {t_shape[1]} channels, bilinear resize), or pair other '
+                f'levels.')
+        return None
+
+    @torch.no_grad()
+    def _infer_level_shapes(self, dummy_input_shape) -> Tuple[List[Shape], List[Shape]]:
+        dummy = torch.zeros(1, *dummy_input_shape)
+        was_training = self.student.training
+        self.student.eval()  # a dummy batch must not touch BatchNorm statistics
+        try:
+            out = run_until_tapped(self.student, [self.student_tap],
+                                   lambda: self.student(dummy, None, mode='tensor'), 'student')
+        finally:
+            self.student.train(was_training)
+        student = as_levels(out[self.student_tap], self.student_tap, 'student')
+        out = self.teacher_outputs(dummy, None, [self.teacher_tap])
+        teacher = as_levels(out[self.teacher_tap], self.teacher_tap, 'teacher')
+        return [tuple(x.shape) for x in student], [tuple(x.shape) for x in teacher]
+
+    def teacher_levels(self, inputs: Tensor, data_samples) -> List[Tensor]:
+        out = self.teacher_outputs(inputs, data_samples, [self.teacher_tap])
+        return as_levels(out[self.teacher_tap], self.teacher_tap, 'teacher')
+
