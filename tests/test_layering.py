@@ -149,3 +149,18 @@ def test_a_distiller_without_a_setting_says_which_distiller_has_it():
         plain.set_curriculum(0.5)
     plain.set_distillation(False)
     assert plain.distillation_enabled is False
+
+
+def test_tools_share_the_library_harness_not_each_other():
+    """Each script under tools/ imports the library (fmkt_mm.experiment is
+    the one harness), never another script, and never edits sys.path."""
+    tools = ROOT / 'tools'
+    scripts = {path.stem for path in tools.glob('*.py')}
+    offending = []
+    for path in sorted(tools.glob('*.py')):
+        for module, level in imported_modules(path):
+            if module.split('.')[0] in scripts:
+                offending.append(f'{path.name}: import {module}')
+        if 'sys.path' in path.read_text():
+            offending.append(f'{path.name}: edits sys.path')
+    assert not offending, offending

@@ -3,7 +3,6 @@ import importlib.util
 import json
 import os.path as osp
 
-import pytest
 
 from tiny_runs import ROOT
 

@@ -2,13 +2,11 @@
 (classification on Fashion-MNIST, detection on a composed COCO set)."""
 import copy
 import os.path as osp
-import time
-import uuid
 
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
-from fmkt_mm.apis import apply_distiller, prepare_work_dir
+from fmkt_mm import experiment
 from fmkt_mm.distill.teacher import build_model
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -38,7 +36,7 @@ def tiny_cfg(variant, work_dir, teacher_checkpoint, max_epochs=1, max_iters=None
     """A Fashion-MNIST distillation config on 8 training images (2
     iterations per epoch), ready for ``Runner.from_cfg``. ``max_iters``
     switches to an iteration-based loop with a checkpoint every iteration."""
-    cfg = Config.fromfile(osp.join(CLS_CONFIGS, VARIANT_CONFIGS[variant]))
+    cfg = experiment.load(osp.join(CLS_CONFIGS, VARIANT_CONFIGS[variant]))
     cfg.train_dataloader.batch_size = 4
     cfg.train_dataloader.dataset.num_samples = 8  # 2 iterations per epoch
     for loader in ('val_dataloader', 'test_dataloader'):
@@ -52,13 +50,8 @@ def tiny_cfg(variant, work_dir, teacher_checkpoint, max_epochs=1, max_iters=None
     cfg.param_scheduler = []
     cfg.default_hooks.logger.interval = 1
     cfg.randomness = dict(seed=0, deterministic=True)
-    if cfg.distiller.get('teacher') is not None:
-        cfg.distiller.teacher.checkpoint = teacher_checkpoint
-    # runners built within the same second would share MMEngine's visualizer
-    cfg.experiment_name = f'{variant}-{uuid.uuid4().hex[:8]}'
-    apply_distiller(cfg)
-    prepare_work_dir(cfg, 'tiny', str(work_dir))
-    return cfg
+    experiment.set_teacher(cfg, teacher_checkpoint)
+    return experiment.finalize(cfg, 'tiny', str(work_dir))
 
 
 # -- detection -----------------------------------------------------------------------
@@ -89,30 +82,23 @@ def faster_rcnn(width: int, fpn: int) -> dict:
 def runner_config(config: str, work_dir: str, data_root: str, student: dict, teacher,
                   max_iters: int = 2, **distiller_args) -> Config:
     """A fashion_det config shrunk to tiny models, 64 px and ``max_iters``."""
-    cfg = Config.fromfile(osp.join(DET_CONFIGS, config))
+    cfg = experiment.point_detection(experiment.load(osp.join(DET_CONFIGS, config)), data_root, 1)
     cfg.model = student
     if 'distiller' in cfg:
         model, path = teacher
         cfg.distiller.teacher = dict(config=model, checkpoint=path)
         cfg.distiller.update(dummy_input_shape=(3, SIZE, SIZE), **distiller_args)
-    root = data_root.rstrip('/') + '/'
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         cfg[loader].batch_size = 2
-        cfg[loader].dataset.data_root = root
         for step in cfg[loader].dataset.pipeline:
             if step.type == 'Resize':
                 step.scale = (SIZE, SIZE)
-    for evaluator in ('val_evaluator', 'test_evaluator'):
-        cfg[evaluator].ann_file = root + 'annotations/instances_val.json'
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=100)
     cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.5, by_epoch=False, begin=0, end=2)]
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=1, by_epoch=False)
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
     cfg.log_processor = dict(by_epoch=False)
-    cfg.experiment_name = f'{osp.basename(work_dir)}_{time.time_ns()}'
-    apply_distiller(cfg)
-    prepare_work_dir(cfg, config, work_dir)  # as tools/train.py does
-    return cfg
+    return experiment.finalize(cfg, config, work_dir)  # as tools/train.py does
 
 
 def det_batch(model, n: int = 2, seed: int = 0, train: bool = True):

@@ -12,11 +12,7 @@ the training time::
 """
 import argparse
 import os.path as osp
-import sys
 import time
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 CONFIGS = dict(fmkt='fmkt_resnet18_w16_to_resnet18_w4.py',
                fmkt_theta='fmkt_theta_resnet18_w16_to_resnet18_w4.py',
@@ -36,29 +32,21 @@ def parse_args(argv=None):
 
 
 def run(variant: str, amp: bool, args) -> dict:
-    from mmengine.config import Config
     from mmengine.runner import Runner
 
-    from fmkt_mm.apis import apply_distiller, prepare_work_dir
+    from fmkt_mm import experiment
     from fmkt_mm.optim import enable_amp
-    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'fashion_mnist', CONFIGS[variant]))
-    if cfg.distiller.get('teacher') is not None:
-        if not osp.isfile(args.teacher):
-            raise FileNotFoundError(f'teacher checkpoint {args.teacher!r} not found: train one with '
-                                    f'tools/demo_fashion_mnist.py or pass --teacher')
-        cfg.distiller.teacher.checkpoint = args.teacher
-    cfg.train_dataloader.dataset.num_samples = args.train_samples
+    cfg = experiment.load(osp.join('fashion_mnist', CONFIGS[variant]))
+    if cfg.distiller.get('teacher') is not None and not osp.isfile(args.teacher):
+        raise FileNotFoundError(f'teacher checkpoint {args.teacher!r} not found: train one with '
+                                f'tools/demo_fashion_mnist.py or pass --teacher')
+    experiment.shrink_classification(cfg, args.epochs, args.train_samples)
+    cfg.randomness = dict(seed=0)
     if args.test_samples:
         cfg.test_dataloader.dataset.num_samples = args.test_samples
-    cfg.train_cfg.max_epochs = cfg.train_cfg.val_interval = args.epochs
-    cfg.param_scheduler = [dict(type='CosineAnnealingLR', by_epoch=True, T_max=args.epochs,
-                                convert_to_iter_based=True)]
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
-    cfg.randomness = dict(seed=0)
-    cfg.default_hooks.logger.interval = 50
-    cfg.experiment_name = f'{variant}_{"amp" if amp else "fp32"}_{time.time_ns()}'
-    apply_distiller(cfg)
-    prepare_work_dir(cfg, CONFIGS[variant], osp.join(args.work_dir, f'{variant}_{int(amp)}'))
+    experiment.set_teacher(cfg, args.teacher)
+    experiment.finalize(cfg, CONFIGS[variant], osp.join(args.work_dir, f'{variant}_{int(amp)}'))
     if amp:
         enable_amp(cfg)
     runner = Runner.from_cfg(cfg)

@@ -52,7 +52,6 @@ import sys
 import time
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 CLS_CONFIG = osp.join(ROOT, 'configs', 'mmpretrain', 'fmkt_resnet34_resnet18_8xb32_in1k.py')
 DET_CONFIG = osp.join(ROOT, 'configs', 'mmdet', 'fmkt_retinanet_x101-64x4d_to_r50_fpn_2x_coco_deploy-flow.py')

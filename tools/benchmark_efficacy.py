@@ -31,11 +31,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-
-CLS_CONFIGS = osp.join(ROOT, 'configs', 'fashion_mnist')
 FMKT = 'fmkt_resnet18_w16_to_resnet18_w4.py'
 #: (row name, config, overrides of ``distiller.flow``)
 CLS_ROWS = [
@@ -105,87 +100,53 @@ def parse_args(argv=None):
 
 def cls_config(config: str, flow_overrides, args, seed: int, work_dir: str, teacher_ckpt=None,
                samples=None, epochs=None):
-    from mmengine.config import Config
-
-    from fmkt_mm.apis import apply_distiller, prepare_work_dir
-    cfg = Config.fromfile(osp.join(CLS_CONFIGS, config))
-    epochs = epochs or args.epochs
-    cfg.train_cfg.max_epochs = cfg.train_cfg.val_interval = epochs
-    cfg.param_scheduler = [dict(type='CosineAnnealingLR', by_epoch=True, T_max=epochs,
-                                convert_to_iter_based=True)]
-    cfg.train_dataloader.dataset.num_samples = samples or args.train_samples
-    cfg.train_dataloader.dataset.seed = seed
-    if args.test_samples:
-        cfg.val_dataloader.dataset.num_samples = args.test_samples
-        cfg.test_dataloader = cfg.val_dataloader
-    cfg.randomness = dict(seed=seed)
-    cfg.default_hooks.logger.interval = 50
+    from fmkt_mm import experiment
+    path = osp.join('fashion_mnist', config)
+    cfg = experiment.shrink_classification(experiment.load(path), epochs or args.epochs,
+                                           samples or args.train_samples, args.test_samples, seed)
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1, save_last=True)
-    cfg.experiment_name = f'{osp.basename(work_dir)}_{time.time_ns()}'
+    experiment.set_teacher(cfg, teacher_ckpt)
     if 'distiller' in cfg:
-        if cfg.distiller.get('teacher') is not None:
-            cfg.distiller.teacher.checkpoint = teacher_ckpt
         if flow_overrides:  # a copy: merging consumes the `_delete_` markers
             cfg.merge_from_dict(dict(distiller=dict(flow=copy.deepcopy(flow_overrides))))
         if cfg.distiller.get('flow') is not None:
             cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if 'FlowSteps' not in h['type']]
             cfg.custom_hooks.append(dict(type='fmkt_mm.FlowStepsHook',
                                          test_steps=INFERENCE_STEPS))
-    apply_distiller(cfg)
-    prepare_work_dir(cfg, config, work_dir)
-    return cfg
+    return experiment.finalize(cfg, config, work_dir)
 
 
 def run_cls(job):
     """One classification run in this process: ``dict(top1, steps, step_loss, seconds)``."""
     import torch
-    from mmengine.runner import Runner
+
+    from fmkt_mm import experiment
     torch.set_num_threads(1)
     name, config, overrides, seed, args, teacher_ckpt, work_dir = job
-    cfg = cls_config(config, overrides, args, seed, work_dir, teacher_ckpt)
-    runner = Runner.from_cfg(cfg)
-    start = time.time()
-    runner.train()
-    seconds = time.time() - start
-    metrics = runner.test()
-    scalars = runner.message_hub.log_scalars
-    steps = {int(k.rsplit('steps', 1)[1]): float(v.current()) for k, v in scalars.items()
-             if k.startswith('test/flow/top1_steps')}
-    step_loss = {}
-    for key, buf in scalars.items():
-        match = re.fullmatch(r'train/flow_step(\d+)', key)
-        if match:
-            values = buf.data[0]
-            tail = values[-max(1, len(values) // 4):]  # the last quarter of training
-            step_loss[int(match.group(1))] = float(sum(tail) / len(tail))
-    return dict(row=name, seed=seed, top1=float(metrics['accuracy/top1']), steps=steps,
-                step_loss=step_loss, seconds=seconds,
-                iters=runner.iter, sec_per_iter=seconds / max(1, runner.iter))
+    run = experiment.train_and_test(cls_config(config, overrides, args, seed, work_dir, teacher_ckpt))
+    return dict(row=name, seed=seed, top1=float(run.metrics['accuracy/top1']),
+                steps=run.by_steps('test/flow/top1_steps'),
+                step_loss=run.tail_mean('train/flow_step'),  # the last quarter of training
+                seconds=run.seconds, iters=run.iters, sec_per_iter=run.seconds / max(1, run.iters))
 
 
 def train_cls_teacher(args):
     import torch
     from mmengine.runner import Runner
 
-    from fmkt_mm.export import atomic_torch_save
+    from fmkt_mm import experiment
     path = osp.join(args.out_dir, 'cls_teacher.pth')
     work_dir = osp.join(args.out_dir, 'cls', 'teacher')
+    torch.set_num_threads(1)
     if osp.isfile(path):
         print(f'reusing the classification teacher {path}', flush=True)
-        torch.set_num_threads(1)
         cfg = cls_config('teacher_resnet18_w16.py', None, args, 0, work_dir)
         cfg.load_from = path
         return path, float(Runner.from_cfg(cfg).test()['accuracy/top1']), None
-    torch.set_num_threads(1)
-    cfg = cls_config('teacher_resnet18_w16.py', None, args, 0, work_dir,
-                     samples=args.teacher_samples, epochs=args.teacher_epochs)
-    runner = Runner.from_cfg(cfg)
-    start = time.time()
-    runner.train()
-    seconds = time.time() - start
-    top1 = float(runner.test()['accuracy/top1'])
-    atomic_torch_save(runner.model.state_dict(), path)
-    return path, top1, seconds
+    run = experiment.train_and_test(cls_config('teacher_resnet18_w16.py', None, args, 0, work_dir,
+                                               samples=args.teacher_samples, epochs=args.teacher_epochs))
+    experiment.save_weights(run, path)
+    return path, float(run.metrics['accuracy/top1']), run.seconds
 
 
 def mean_std(values):
@@ -293,33 +254,42 @@ DET_ROWS = [('student alone RetinaNet R18 w16', 'retinanet_r18w16_student.py'),
             ('FM-KT deploy flow, conv encoder', 'fmkt_retinanet_r18_to_r18w16_deploy-flow_conv.py')]
 
 
+def det_config(config: str, data_root: str, work_dir: str, epochs: int, teacher_ckpt=None,
+               seed=None, flow_steps=None):
+    """A composed-set detection config, ready to run; ``flow_steps``: the
+    step counts at which a flow-deployed distiller is also tested."""
+    from fmkt_mm import experiment
+    from fmkt_mm.export import deploy_mode_of
+    path = osp.join('fashion_det', config)
+    cfg = experiment.point_detection(experiment.load(path), data_root, epochs)
+    experiment.set_teacher(cfg, teacher_ckpt)
+    if flow_steps and 'distiller' in cfg and deploy_mode_of(cfg.distiller) == 'flow':
+        cfg.distiller.eval_steps = flow_steps[-1]
+        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
+            dict(type='fmkt_mm.FlowStepsHook', val_steps=flow_steps[-1], test_steps=tuple(flow_steps))]
+    if seed is not None:
+        cfg.randomness = dict(seed=seed)
+    return experiment.finalize(cfg, path, work_dir)
+
+
 def run_det(job):
     """One detection run in this process: ``dict(row, seed, metrics, seconds, map_by_steps)``;
     ``map_by_steps`` (mAP at each ``--det-steps``) for rows whose flows predict."""
-    import demo_detection as demo
     import torch
-    from mmengine.logging import MessageHub
+
+    from fmkt_mm import experiment
     torch.set_num_threads(1)
     name, config, seed, args, data_root, teacher_ckpt, work_dir = job
-    cfg = demo.load_config(config, argparse.Namespace(data_root=data_root), work_dir, args.det_epochs)
-    if 'distiller' in cfg:
-        cfg.distiller.teacher.checkpoint = teacher_ckpt
-    flow_deployed = cfg.get('distiller', {}).get('deploy_mode') == 'flow'
-    if flow_deployed:
-        cfg.distiller.eval_steps = args.det_steps[-1]
-        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
-            dict(type='fmkt_mm.FlowStepsHook', val_steps=args.det_steps[-1],
-                 test_steps=tuple(args.det_steps))]
-    cfg.randomness = dict(seed=seed)
-    _, metrics, seconds = demo.train_and_test(cfg)
+    cfg = det_config(config, data_root, work_dir, args.det_epochs, teacher_ckpt, seed, args.det_steps)
+    flow_tested = any(str(h.get('type', '')).endswith('FlowStepsHook') for h in cfg.custom_hooks)
+    run = experiment.train_and_test(cfg)
     curve = None
-    if flow_deployed:
+    if flow_tested:
         # CocoMetric reports nothing when no box was predicted: 0 mAP, as for the rows
-        scalars = MessageHub.get_current_instance().log_scalars
-        curve = {n: float(scalars[key].current()) if key in scalars else 0.0
-                 for n in args.det_steps for key in [f'test/flow/coco/bbox_mAP_steps{n}']}
-    return dict(row=name, seed=seed, metrics={k: float(v) for k, v in metrics.items()},
-                seconds=seconds, map_by_steps=curve)
+        by_steps = run.by_steps('test/flow/coco/bbox_mAP_steps')
+        curve = {n: by_steps.get(n, 0.0) for n in args.det_steps}
+    return dict(row=name, seed=seed, metrics={k: float(v) for k, v in run.metrics.items()},
+                seconds=run.seconds, map_by_steps=curve)
 
 
 def det_table(teacher_metrics, results, args):
@@ -351,26 +321,25 @@ def det_table(teacher_metrics, results, args):
 
 
 def benchmark_det(args):
-    import demo_detection as demo
     import torch
     from mmengine.runner import Runner
 
-    from fmkt_mm.export import atomic_torch_save
-    torch.set_num_threads(1)
-
+    from fmkt_mm import experiment
     from fmkt_mm.datasets import make_detection_set
+    torch.set_num_threads(1)
     data_root = osp.join(args.out_dir, 'fashion_det')
     make_detection_set(data_root, args.det_train, args.det_val, image_size=128, seed=0)
     work = osp.join(args.out_dir, 'det')
     teacher_ckpt = osp.join(args.out_dir, 'det_teacher.pth')
-    cfg = demo.load_config('retinanet_r18_teacher.py', argparse.Namespace(data_root=data_root),
-                           osp.join(work, 'teacher'), args.det_teacher_epochs)
+    cfg = det_config('retinanet_r18_teacher.py', data_root, osp.join(work, 'teacher'),
+                     args.det_teacher_epochs)
     if osp.isfile(teacher_ckpt):
         cfg.load_from = teacher_ckpt
         teacher_metrics, teacher_seconds = Runner.from_cfg(cfg).test(), None
     else:
-        model, teacher_metrics, teacher_seconds = demo.train_and_test(cfg)
-        atomic_torch_save(model.state_dict(), teacher_ckpt)
+        run = experiment.train_and_test(cfg)
+        experiment.save_weights(run, teacher_ckpt)
+        teacher_metrics, teacher_seconds = run.metrics, run.seconds
     jobs = []
     for seed in args.det_seeds:
         for name, config in DET_ROWS:

@@ -39,21 +39,13 @@ import copy
 import json
 import os
 import os.path as osp
-import sys
-import time
-import uuid
 
-import numpy as np
 import torch
 from mmengine.config import Config
-from mmengine.runner import Runner
 
 import fmkt_mm  # noqa: F401  (registers the components)
-from fmkt_mm.apis import apply_distiller, prepare_work_dir
-from fmkt_mm.export import atomic_torch_save
+from fmkt_mm import experiment
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIG_DIR = osp.join(ROOT, 'configs', 'fashion_mnist')
 TEACHER_CONFIG = 'teacher_resnet18_w16.py'
 ROWS = {
     'fmkt': ('plain FM-KT', 'fmkt_resnet18_w16_to_resnet18_w4.py'),
@@ -71,7 +63,6 @@ ROWS = {
 }
 #: the round trip every row is measured with: N = 1 and the training N = 8
 ROUNDTRIP_STEPS = (1, 8)
-DET_CONFIG_DIR = osp.join(ROOT, 'configs', 'fashion_det')
 DET_ROWS = {
     'fmkt': ('plain FM-KT (deploy flow)', 'fmkt_retinanet_r18_to_r18w16_deploy-flow.py'),
     'conditional': ('+ conditional flows (level + pooled, one shared encoder)',
@@ -108,20 +99,13 @@ def epoch_milestones_to_iters(hook: dict, config_epochs: int, total_iters: int) 
 
 
 def build_cfg(config: str, args, work_dir: str, teacher_checkpoint=None) -> Config:
-    cfg = Config.fromfile(osp.join(CONFIG_DIR, config))
+    cfg = experiment.load(osp.join('fashion_mnist', config))
     config_epochs = cfg.train_cfg.max_epochs
-    cfg.train_cfg.max_epochs = args.epochs
+    experiment.shrink_classification(cfg, args.epochs, args.train_samples, args.test_samples,
+                                     batch_size=args.batch_size)
     cfg.train_cfg.val_interval = args.epochs + 1  # scored once, by runner.test()
-    cfg.param_scheduler = [dict(type='CosineAnnealingLR', by_epoch=True, T_max=args.epochs,
-                                convert_to_iter_based=True)]
-    cfg.train_dataloader.dataset.num_samples = args.train_samples
-    cfg.train_dataloader.batch_size = args.batch_size
-    if args.test_samples:
-        cfg.val_dataloader.dataset.num_samples = args.test_samples
     cfg.test_dataloader = cfg.val_dataloader
-    cfg.default_hooks.logger.interval = 50
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=args.epochs, max_keep_ckpts=1)
-    cfg.experiment_name = f'{osp.splitext(config)[0]}-{uuid.uuid4().hex[:8]}'
     if not args.verbose:
         cfg.log_level = 'WARNING'
     iters_per_epoch = -(-args.train_samples // args.batch_size)
@@ -135,55 +119,37 @@ def build_cfg(config: str, args, work_dir: str, teacher_checkpoint=None) -> Conf
         hooks.append(hook)
     if 'distiller' in cfg:
         hooks.append(dict(type='fmkt_mm.FlowRoundTripHook', num_steps=ROUNDTRIP_STEPS, refine=0))
-        if cfg.distiller.get('teacher') is not None:
-            cfg.distiller.teacher.checkpoint = teacher_checkpoint
     cfg.custom_hooks = hooks
-    apply_distiller(cfg)
-    prepare_work_dir(cfg, config, work_dir)
-    return cfg
-
-
-def seconds_per_iter(runner) -> float:
-    """Mean training iteration time, without the first (warm-up) iteration."""
-    logs = np.asarray(runner.message_hub.get_scalar('train/time').data[0], dtype=float)
-    return float(logs[1:].mean() if len(logs) > 1 else logs.mean())
+    experiment.set_teacher(cfg, teacher_checkpoint)
+    return experiment.finalize(cfg, config, work_dir)
 
 
 def train_teacher(args) -> str:
-    path = osp.join(args.work_dir, 'teacher.pth')
     teacher_args = copy.copy(args)
     if args.quick:
         teacher_args.epochs, teacher_args.train_samples = 1, 256
     cfg = build_cfg(TEACHER_CONFIG, teacher_args, osp.join(args.work_dir, 'teacher'))
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    atomic_torch_save(runner.model.state_dict(), path)
-    return path
+    return experiment.save_weights(experiment.train_and_test(cfg, test=False),
+                                   osp.join(args.work_dir, 'teacher.pth'))
 
 
 def train_and_score(cfg, steps):
-    """Train and test ``cfg``: ``(runner, test metrics, log scalars, round-trip
-    errors at each of ``steps``, wall seconds)``."""
-    start = time.time()
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    metrics = runner.test()
-    scalars = {k: v.current() for k, v in runner.message_hub.log_scalars.items()}
+    """Train and test ``cfg``: ``(run, round-trip errors at each of ``steps``)``."""
+    run = experiment.train_and_test(cfg)
+    scalars = run.scalars
     roundtrip = {f'{direction}_steps{n}': scalars.get(f'test/flow/roundtrip_{direction}_steps{n}')
                  for direction in ('s2t2s', 't2s2t') for n in steps}
-    return runner, metrics, scalars, roundtrip, time.time() - start
+    return run, roundtrip
 
 
 def run_row(name: str, args, teacher_checkpoint: str) -> dict:
     label, config = ROWS[name]
     cfg = build_cfg(config, args, osp.join(args.work_dir, name), teacher_checkpoint)
-    runner, metrics, scalars, roundtrip, seconds = train_and_score(cfg, ROUNDTRIP_STEPS)
-    flow_top1 = {int(k.rsplit('steps', 1)[1]): v for k, v in scalars.items()
-                 if k.startswith('test/flow/top1_steps')}
-    return dict(row=name, model=label, config=config, top1=float(metrics['accuracy/top1']),
-                flow_top1=flow_top1, seconds_per_iter=seconds_per_iter(runner),
-                iterations=int(runner.iter), roundtrip=roundtrip,
-                roundtrip_steps=ROUNDTRIP_STEPS[-1], seconds=seconds)
+    run, roundtrip = train_and_score(cfg, ROUNDTRIP_STEPS)
+    return dict(row=name, model=label, config=config, top1=float(run.metrics['accuracy/top1']),
+                flow_top1=run.by_steps('test/flow/top1_steps'), seconds_per_iter=run.seconds_per_iter(),
+                iterations=run.iters, roundtrip=roundtrip, roundtrip_steps=ROUNDTRIP_STEPS[-1],
+                seconds=run.seconds)
 
 
 def table(results, scores, steps) -> str:
@@ -208,44 +174,39 @@ def table(results, scores, steps) -> str:
 # -- detection ---------------------------------------------------------------------------
 
 
-def det_config(config: str, args, data_root: str, work_dir: str, epochs: int) -> Config:
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    import demo_detection as demo
-    cfg = demo.load_config(config, argparse.Namespace(data_root=data_root), work_dir, epochs)
+def det_config(config: str, args, data_root: str, work_dir: str, epochs: int,
+               teacher_checkpoint=None) -> Config:
+    path = osp.join('fashion_det', config)
+    cfg = experiment.point_detection(experiment.load(path), data_root, epochs)
     cfg.randomness = dict(seed=0)
-    cfg.experiment_name = f'{osp.splitext(config)[0]}-{uuid.uuid4().hex[:8]}'
     if not args.verbose:
         cfg.log_level = 'WARNING'
-    return cfg
+    if 'distiller' in cfg:
+        cfg.custom_hooks = [h for h in cfg.get('custom_hooks', [])
+                            if str(h.get('type', '')).split('.')[-1] != 'FlowRoundTripHook']
+        cfg.custom_hooks.append(dict(type='fmkt_mm.FlowRoundTripHook', num_steps=DET_ROUNDTRIP_STEPS,
+                                     refine=0))
+    experiment.set_teacher(cfg, teacher_checkpoint)
+    return experiment.finalize(cfg, path, work_dir)
 
 
 def train_det_teacher(args, data_root: str) -> str:
-    path = osp.join(args.work_dir, 'det_teacher.pth')
     cfg = det_config('retinanet_r18_teacher.py', args, data_root, osp.join(args.work_dir, 'det', 'teacher'),
                      args.det_teacher_epochs)
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    atomic_torch_save(runner.model.state_dict(), path)
-    return path
+    return experiment.save_weights(experiment.train_and_test(cfg, test=False),
+                                   osp.join(args.work_dir, 'det_teacher.pth'))
 
 
 def run_det_row(name: str, args, data_root: str, teacher_checkpoint: str) -> dict:
     label, config = DET_ROWS[name]
-    work_dir = osp.join(args.work_dir, 'det', name)
-    cfg = det_config(config, args, data_root, work_dir, args.det_epochs)
-    cfg.distiller.teacher.checkpoint = teacher_checkpoint
-    cfg.custom_hooks = [h for h in cfg.get('custom_hooks', [])
-                        if str(h.get('type', '')).split('.')[-1] != 'FlowRoundTripHook']
-    cfg.custom_hooks.append(dict(type='fmkt_mm.FlowRoundTripHook', num_steps=DET_ROUNDTRIP_STEPS,
-                                 refine=0))
-    apply_distiller(cfg)
-    prepare_work_dir(cfg, config, work_dir)
-    runner, metrics, _, roundtrip, seconds = train_and_score(cfg, DET_ROUNDTRIP_STEPS)
+    cfg = det_config(config, args, data_root, osp.join(args.work_dir, 'det', name), args.det_epochs,
+                     teacher_checkpoint)
+    run, roundtrip = train_and_score(cfg, DET_ROUNDTRIP_STEPS)
     return dict(row=name, model=label, config=config,
-                mAP=100 * float(metrics.get('coco/bbox_mAP', 0.0)),
-                mAP_50=100 * float(metrics.get('coco/bbox_mAP_50', 0.0)),
-                seconds_per_iter=seconds_per_iter(runner), iterations=int(runner.iter),
-                roundtrip=roundtrip, seconds=seconds)
+                mAP=100 * float(run.metrics.get('coco/bbox_mAP', 0.0)),
+                mAP_50=100 * float(run.metrics.get('coco/bbox_mAP_50', 0.0)),
+                seconds_per_iter=run.seconds_per_iter(), iterations=run.iters,
+                roundtrip=roundtrip, seconds=run.seconds)
 
 
 #: the leading columns of each task's table: (header, result key, format)

@@ -16,23 +16,16 @@ it and retrains only the students.
 import argparse
 import os
 import os.path as osp
-import sys
 import time
-from contextlib import nullcontext
 
 import torch
-from mmengine.config import Config
 from mmengine.runner import Runner
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import fmkt_mm  # noqa: F401  (registers the components)
+from fmkt_mm import experiment
+from fmkt_mm.console import quiet_run
+from fmkt_mm.datasets import make_detection_set
 
-from fmkt_mm.apis import apply_distiller  # noqa: E402
-from fmkt_mm.console import quiet_run  # noqa: E402
-from fmkt_mm.datasets import make_detection_set  # noqa: E402
-from fmkt_mm.export import atomic_torch_save  # noqa: E402
-
-CONFIGS = osp.join(ROOT, 'configs', 'fashion_det')
 PAIRS = {
     'retinanet': dict(
         teacher='retinanet_r18_teacher.py',
@@ -75,22 +68,12 @@ def parse_args():
     return args
 
 
-def load_config(name: str, args, work_dir: str, epochs: int) -> Config:
-    """A demo config pointed at this run's data, epochs and work dir."""
-    cfg = Config.fromfile(osp.join(CONFIGS, name))
-    root = args.data_root.rstrip('/') + '/'
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].dataset.data_root = root
-    for evaluator in ('val_evaluator', 'test_evaluator'):
-        cfg[evaluator].ann_file = root + 'annotations/instances_val.json'
-    cfg.train_cfg.max_epochs = cfg.train_cfg.val_interval = epochs
-    for scheduler in cfg.param_scheduler:
-        if scheduler.type == 'CosineAnnealingLR':
-            scheduler.end = scheduler.T_max = epochs
-    cfg.work_dir = work_dir
-    # runners of one process must not share a logger or visualizer instance
-    cfg.experiment_name = f'{osp.splitext(name)[0]}_{time.strftime("%Y%m%d_%H%M%S")}'
-    return cfg
+def config(name: str, args, epochs: int, teacher: str = None):
+    """A demo config on this run's data and epochs, in its own work dir, ready to run."""
+    path = osp.join('fashion_det', name)
+    cfg = experiment.point_detection(experiment.load(path), args.data_root, epochs)
+    experiment.set_teacher(cfg, teacher)
+    return experiment.finalize(cfg, path, osp.join(args.work_dir, osp.splitext(name)[0]))
 
 
 def count_parameters(module) -> int:
@@ -108,21 +91,6 @@ def inference_parameters(model) -> int:
     return total
 
 
-def train_and_test(cfg: Config, name: str = None):
-    """``(model, metrics, train_seconds)`` of a fresh run of ``cfg``; with a
-    ``name``, one line of progress on the console and the logs in its work
-    dir."""
-    apply_distiller(cfg)
-    with (quiet_run(name, cfg.work_dir) if name else nullcontext(lambda runner: None)) as attach:
-        runner = Runner.from_cfg(cfg)
-        attach(runner)
-        start = time.time()
-        runner.train()
-        seconds = time.time() - start
-        metrics = runner.test()
-    return runner.model, metrics, seconds
-
-
 def main():
     args = parse_args()
     if args.threads:
@@ -136,7 +104,7 @@ def main():
     rows = []
     teacher_name = osp.splitext(pair['teacher'])[0]
     teacher_ckpt = osp.join(args.work_dir, f'{teacher_name}.pth')
-    cfg = load_config(pair['teacher'], args, osp.join(args.work_dir, teacher_name), args.teacher_epochs)
+    cfg = config(pair['teacher'], args, args.teacher_epochs)
     if osp.isfile(teacher_ckpt) and not args.retrain_teacher:
         print(f'reusing the teacher checkpoint {teacher_ckpt}', flush=True)
         cfg.load_from = teacher_ckpt
@@ -144,22 +112,21 @@ def main():
             runner = Runner.from_cfg(cfg)
             metrics, seconds, model = runner.test(), None, runner.model
     else:
-        model, metrics, seconds = train_and_test(cfg, 'teacher')
-        atomic_torch_save(model.state_dict(), teacher_ckpt)
+        run = experiment.train_and_test(cfg, 'teacher')
+        experiment.save_weights(run, teacher_ckpt)
+        metrics, seconds, model = run.metrics, run.seconds, run.model
     rows.append(('teacher', teacher_name, '-', inference_parameters(model), seconds, metrics))
 
-    student_name = osp.splitext(pair['student'])[0]
-    cfg = load_config(pair['student'], args, osp.join(args.work_dir, student_name), args.student_epochs)
-    model, metrics, seconds = train_and_test(cfg, 'student alone')
-    rows.append(('student alone', student_name, '-', inference_parameters(model), seconds, metrics))
+    run = experiment.train_and_test(config(pair['student'], args, args.student_epochs), 'student alone')
+    rows.append(('student alone', osp.splitext(pair['student'])[0], '-', inference_parameters(run.model),
+                 run.seconds, run.metrics))
 
     for mode in args.modes:
         name = pair['distilled'][mode]
-        cfg = load_config(name, args, osp.join(args.work_dir, osp.splitext(name)[0]), args.student_epochs)
-        cfg.distiller.teacher.checkpoint = teacher_ckpt
-        model, metrics, seconds = train_and_test(cfg, f'FM-KT ({mode})')
-        rows.append(('FM-KT student', osp.splitext(name)[0], mode, inference_parameters(model), seconds,
-                     metrics))
+        run = experiment.train_and_test(config(name, args, args.student_epochs, teacher_ckpt),
+                                        f'FM-KT ({mode})')
+        rows.append(('FM-KT student', osp.splitext(name)[0], mode, inference_parameters(run.model),
+                     run.seconds, run.metrics))
 
     lines = [
         f'Fashion-MNIST detection ({args.num_train} train / {args.num_val} val images, 128 px), '

@@ -11,17 +11,10 @@
 import argparse
 import json
 import os.path as osp
-import time
-
-from mmengine.config import Config
-from mmengine.runner import Runner
 
 import fmkt_mm  # noqa: F401  (registers the components)
-from fmkt_mm.apis import apply_distiller, prepare_work_dir
-from fmkt_mm.console import quiet_run
-from fmkt_mm.export import atomic_torch_save
+from fmkt_mm import experiment
 
-CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 'fashion_mnist')
 CONFIGS = dict(
     teacher='teacher_resnet18_w16.py',
     student='student_resnet18_w4.py',
@@ -31,33 +24,14 @@ CONFIGS = dict(
 )
 
 
-def run(name, args, teacher_checkpoint=None):
-    """Train one config and return (top-1, flow top-1 by steps, seconds, runner)."""
-    path = osp.join(CONFIG_DIR, CONFIGS[name])
-    cfg = Config.fromfile(path)
-    cfg.train_cfg.max_epochs = args.epochs
-    cfg.train_cfg.val_interval = args.epochs
-    cfg.param_scheduler = [dict(type='CosineAnnealingLR', by_epoch=True, T_max=args.epochs,
-                                convert_to_iter_based=True)]
-    cfg.train_dataloader.dataset.num_samples = args.train_samples
-    if args.test_samples:
-        cfg.val_dataloader.dataset.num_samples = args.test_samples
-        cfg.test_dataloader = cfg.val_dataloader
-    cfg.default_hooks.logger.interval = 50
-    if 'distiller' in cfg and cfg.distiller.get('teacher') is not None:
-        cfg.distiller.teacher.checkpoint = teacher_checkpoint
-    apply_distiller(cfg)
-    prepare_work_dir(cfg, path, osp.join(args.work_dir, name))
-    start = time.time()
-    with quiet_run(name, cfg.work_dir) as attach:
-        runner = Runner.from_cfg(cfg)
-        attach(runner)
-        runner.train()
-        metrics = runner.test()
-    seconds = time.time() - start
-    flow = {k.rsplit('steps', 1)[1]: v for k, v in runner.message_hub.log_scalars.items()
-            if k.startswith('test/flow/top1_steps') for v in [v.current()]}
-    return metrics['accuracy/top1'], flow, seconds, runner
+def run(name, args, teacher_checkpoint=None) -> experiment.Run:
+    """Train and test one config of the demo (one progress line on the console)."""
+    config = osp.join('fashion_mnist', CONFIGS[name])
+    cfg = experiment.shrink_classification(experiment.load(config), args.epochs, args.train_samples,
+                                           args.test_samples)
+    experiment.set_teacher(cfg, teacher_checkpoint)
+    experiment.finalize(cfg, config, osp.join(args.work_dir, name))
+    return experiment.train_and_test(cfg, name)
 
 
 def main():
@@ -76,25 +50,27 @@ def main():
         args.epochs, args.train_samples, args.test_samples = 1, 1000, 1000
         args.work_dir = osp.join(args.work_dir, 'quick')
 
+    def row(model, result, flow=False):
+        return (model, result.metrics['accuracy/top1'],
+                result.by_steps('test/flow/top1_steps') if flow else {}, result.seconds)
+
     rows = []
     teacher_checkpoint = osp.join(args.work_dir, 'teacher.pth')
     if osp.isfile(teacher_checkpoint):
         print(f'reusing the teacher in {teacher_checkpoint}')
         rows.append(('teacher (reused)', None, {}, 0.0))
     else:
-        top1, _, seconds, runner = run('teacher', args)
-        atomic_torch_save(runner.model.state_dict(), teacher_checkpoint)
-        rows.append(('teacher ResNet-18 w16', top1, {}, seconds))
-    top1, _, seconds, _ = run('student', args)
-    rows.append(('student alone ResNet-18 w4', top1, {}, seconds))
+        teacher = run('teacher', args)
+        experiment.save_weights(teacher, teacher_checkpoint)
+        rows.append(row('teacher ResNet-18 w16', teacher))
+    rows.append(row('student alone ResNet-18 w4', run('student', args)))
     for variant in args.variants:
-        top1, flow, seconds, _ = run(variant, args, teacher_checkpoint)
-        rows.append((f'student + {variant}', top1, flow, seconds))
+        rows.append(row(f'student + {variant}', run(variant, args, teacher_checkpoint), flow=True))
 
     print('\n| model | top-1 (%) | flow ensemble top-1 at N = 1 / 2 / 4 / 8 | time (s) |')
     print('|---|---|---|---|')
     for name, top1, flow, seconds in rows:
-        steps = ' / '.join(f'{flow[n]:.2f}' for n in sorted(flow, key=int)) if flow else '-'
+        steps = ' / '.join(f'{flow[n]:.2f}' for n in sorted(flow)) if flow else '-'
         top1 = f'{top1:.2f}' if top1 is not None else '-'
         print(f'| {name} | {top1} | {steps} | {seconds:.0f} |')
     with open(osp.join(args.work_dir, 'demo_results.json'), 'w') as f:
