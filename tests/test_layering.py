@@ -155,9 +155,9 @@ def test_tools_share_the_library_harness_not_each_other():
     """Each script under tools/ imports the library (fmkt_mm.experiment is
     the one harness), never another script, and never edits sys.path."""
     tools = ROOT / 'tools'
-    scripts = {path.stem for path in tools.glob('*.py')}
+    scripts = {path.stem for path in tools.rglob('*.py')}
     offending = []
-    for path in sorted(tools.glob('*.py')):
+    for path in sorted(tools.rglob('*.py')):
         for module, level in imported_modules(path):
             if module.split('.')[0] in scripts:
                 offending.append(f'{path.name}: import {module}')

@@ -7,16 +7,29 @@ MMEngine). Parts are named through the plain catalogs of
 place, :mod:`fmkt_mm.registry`.
 """
 from .catalog import CONDITIONS, ENCODERS, LOSSES, PATHS, Catalog
-from .conditions import (ClassCondition, CompositeCondition, FlowCondition, LevelCondition,
-                         PooledCondition, build_condition)
-from .encoders import (ConvMetaEncoder, MetaEncoder, MLPMetaEncoder, TransformerMetaEncoder,
-                       sinusoidal_embedding)
+from .conditions import (
+                         ClassCondition,
+                         CompositeCondition,
+                         FlowCondition,
+                         LevelCondition,
+                         PooledCondition,
+                         build_condition,
+)
+from .encoders import (
+                         ConvMetaEncoder,
+                         MetaEncoder,
+                         MLPMetaEncoder,
+                         TransformerMetaEncoder,
+                         sinusoidal_embedding,
+)
 from .paths import FlowPath, RectifiedPath, VEPath, VPPath
-from .transfer import FlowOutput, FlowTransfer, RoundTrip
+from .objective import FMKTObjective
+from .transfer import FlowOutput, FlowTransfer, FlowTransport, RoundTrip
 
 __all__ = [
     'FlowPath', 'RectifiedPath', 'VPPath', 'VEPath', 'MetaEncoder', 'MLPMetaEncoder',
     'ConvMetaEncoder', 'TransformerMetaEncoder', 'sinusoidal_embedding', 'FlowTransfer',
+    'FlowTransport', 'FMKTObjective',
     'FlowOutput', 'RoundTrip', 'FlowCondition', 'PooledCondition', 'LevelCondition',
     'ClassCondition', 'CompositeCondition', 'build_condition', 'Catalog', 'PATHS', 'ENCODERS',
     'CONDITIONS', 'LOSSES'

@@ -9,14 +9,9 @@ Does nothing if a complete set with the same parameters is already there.
 See ``fmkt_mm/datasets/detection_set.py`` for the details.
 """
 import argparse
-import os
-import sys
 import time
 
-# Runnable from a checkout without installing fmkt_mm.
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..')))
-
-from fmkt_mm.datasets.detection_set import make_detection_set  # noqa: E402
+from fmkt_mm.datasets.detection_set import make_detection_set
 
 
 def parse_args(argv=None):

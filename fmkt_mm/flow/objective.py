@@ -1,0 +1,139 @@
+"""The FM-KT objective on top of the transport: the metric loss on every
+step of a training run, pair decoupling, the step-count draw, a curriculum
+mask and the cycle-consistency loss."""
+from typing import Dict, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .catalog import LOSSES
+from .transport import FlowOutput
+
+
+class FMKTObjective:
+    """The training side of :class:`~fmkt_mm.flow.FlowTransfer` (a mixin of
+    a :class:`~fmkt_mm.flow.transport.FlowTransport`): ``loss_fn``,
+    ``beta_d`` and the step choices are set by :meth:`init_objective`."""
+
+    def init_objective(self, loss, beta_d: float, num_steps_choices: Optional[Sequence[int]]) -> None:
+        if not 0.0 <= beta_d <= 1.0:
+            raise ValueError(f'beta_d must lie in [0, 1], got {beta_d}')
+        self.beta_d = beta_d
+        self.num_steps_choices = None if num_steps_choices is None else \
+            tuple(self._check_steps(n) for n in num_steps_choices)
+        self._configured_choices = self.num_steps_choices
+        self.loss_fn = LOSSES.build(loss)
+
+    def set_train_steps(self, n: int) -> None:
+        """Train with ``n`` steps from now on. A flow that draws ``N`` from
+        ``num_steps_choices`` draws from its configured choices up to ``n``
+        (``(n,)`` when none is that small)."""
+        self.num_steps = self._check_steps(n)
+        if self._configured_choices is not None:
+            self.num_steps_choices = tuple(c for c in self._configured_choices if c <= n) or (n, )
+
+    def draw_num_steps(self) -> int:
+        if self.num_steps_choices is None:
+            return self.num_steps
+        # torch's generator, so that runs seeded through MMEngine repeat exactly
+        return self.num_steps_choices[int(torch.randint(len(self.num_steps_choices), ()).item())]
+
+    def decouple_pairs(self, target: Tensor, labels: Optional[Tensor]):
+        """Permute the targets of a random ``1 - beta_d`` fraction of the batch."""
+        b = target.shape[0]
+        n_shuffled = int(round((1.0 - self.beta_d) * b))
+        if n_shuffled < 2:
+            return target, labels
+        chosen = torch.randperm(b, device=target.device)[:n_shuffled]
+        permuted = chosen[torch.randperm(n_shuffled, device=target.device)]
+        index = torch.arange(b, device=target.device)
+        index[chosen] = permuted
+        return target[index], (labels[index] if labels is not None else None)
+
+    def loss(self, x_student: Tensor, target: Optional[Tensor] = None,
+             labels: Optional[Tensor] = None, num_steps: Optional[int] = None,
+             context: Optional[Tensor] = None, prefix: str = 'loss_flow',
+             sample_mask: Optional[Tensor] = None):
+        """Run the serial loop and apply the metric loss to every step.
+
+        ``target=None`` is the online variant (OFM-KT): the flow's own detached
+        ensemble is the target of every step. ``labels`` also feed a class
+        condition in training.
+
+        Returns ``(losses, output)``: ``losses`` maps ``f'{prefix}_step{k}'``
+        (k = 1 for the first step) to ``D(step_k, target) / N``; their sum is
+        the flow's loss. ``sample_mask``: see :meth:`step_losses`.
+        """
+        n = self._check_steps(num_steps) if num_steps is not None else self.draw_num_steps()
+        self._require_loss()
+        out = self.run(x_student, n, context, labels)
+        return self.step_losses(out, target, labels, prefix, sample_mask), out
+
+    def _require_loss(self):
+        if self.loss_fn is None:
+            raise ValueError('FlowTransfer.loss needs a metric loss: build the flow with '
+                             "loss=dict(type='KDLoss') (or DKDLoss, DISTLoss, PKDLoss, MSELoss)")
+
+    def step_losses(self, out: Optional[FlowOutput], target: Optional[Tensor] = None,
+                    labels: Optional[Tensor] = None, prefix: str = 'loss_flow',
+                    sample_mask: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """The metric loss of every step of a run, by name (see :meth:`loss`
+        and :meth:`step_loss_vector`)."""
+        values = self.step_loss_vector(out, target, labels, sample_mask)
+        return {f'{prefix}_step{k}': v for k, v in enumerate(values.unbind(0), start=1)}
+
+    @staticmethod
+    def check_target(target: Tensor, out: FlowOutput) -> None:
+        if target.shape != out.ensemble.shape:
+            raise ValueError(
+                f'flow output {tuple(out.ensemble.shape)} and teacher target {tuple(target.shape)} '
+                f'differ in shape; configure an adapter (channels / spatial size) or a head '
+                f'that maps the flow to the teacher\'s shape')
+
+    def step_loss_vector(self, out: FlowOutput, target: Optional[Tensor] = None,
+                         labels: Optional[Tensor] = None,
+                         sample_mask: Optional[Tensor] = None) -> Tensor:
+        """``(N,)``: ``D(step_k, target) / N`` for every step ``k`` of a run,
+        in one call of the metric loss on the stacked steps; its sum is the
+        flow's loss. ``target=None``: the run's own detached ensemble
+        (OFM-KT).
+
+        ``sample_mask``: ``(B,)`` booleans, per-sample weights in ``{0, 1}``
+        (a curriculum): each step's loss is the metric's mean over the kept
+        samples only. With no kept sample the losses are zero (and still
+        connected to the graph, so every parameter receives a gradient).
+        """
+        self._require_loss()
+        steps = out.steps
+        n = steps.shape[0]
+        if target is None:
+            target = out.ensemble.detach()
+        else:
+            self.check_target(target, out)
+            target = target.detach()
+        if self.training and self.beta_d < 1.0:
+            target, labels = self.decouple_pairs(target, labels)
+        if sample_mask is not None:
+            sample_mask = sample_mask.reshape(-1).bool()
+            if sample_mask.shape[0] != target.shape[0]:
+                raise ValueError(f'sample_mask has {sample_mask.shape[0]} entries for a batch of '
+                                 f'{target.shape[0]}')
+            if not bool(sample_mask.any()):
+                return 0.0 * steps.flatten(1).sum(1)
+            target, steps = target[sample_mask], steps[:, sample_mask]
+            labels = labels[sample_mask] if labels is not None else None
+        return self.loss_fn.forward_steps(steps, target, labels) / n
+
+    def roundtrip_loss(self, x_student: Tensor, out: FlowOutput) -> Tensor:
+        """Cycle consistency of a training run: ``||reverse(Z_0) - X_S||^2 /
+        ||X_S||^2`` (mean over the batch), differentiable, with the explicit
+        reverse sampler over the same ``N`` steps. Penalising it drives the
+        learnt field toward trajectories that the reverse sampler retraces
+        (straighter, smaller Lipschitz constant), at the cost of ``N`` extra
+        meta-encoder calls per iteration. ``X_S`` is the target (detached);
+        a conditional flow is reversed at the context of ``out``."""
+        back = self.reverse(out.state, out.steps.shape[0], out.context)
+        x = x_student.detach().float()
+        dims = tuple(range(1, x.dim()))
+        err = (back.float() - x).pow(2).sum(dims) / x.pow(2).sum(dims).clamp(min=1e-12)
+        return err.mean()
