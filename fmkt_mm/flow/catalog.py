@@ -62,24 +62,31 @@ class Catalog:
         and the arguments, or an object already built (returned as is).
         ``defaults`` fill in the arguments the spec leaves out. An unknown
         name raises a ValueError that lists the known ones."""
-        if spec is None or not isinstance(spec, (str, dict)):
-            return spec
-        spec = dict(type=spec) if isinstance(spec, str) else dict(spec)
-        name = spec.pop('type', None)
-        if isinstance(name, str):
-            cls = self.get(name)
-            if cls is None:
-                known = self.names()
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = f' Did you mean {close[0]!r}?' if close else ''
-                raise ValueError(f'unknown {self.what} {name!r}; choose one of {known}.{hint}')
-        elif callable(name):
-            cls = name
-        else:
-            raise ValueError(f'{self.what} config needs a `type`, got {spec!r}')
-        for key, value in defaults.items():
-            spec.setdefault(key, value)
-        return cls(**spec)
+        return build_object(spec, self.get, self.names, self.what, **defaults)
+
+
+def build_object(spec: Any, get: Callable[[str], Optional[type]], names: Callable[[], Iterable[str]],
+                 what: str, **defaults):
+    """:meth:`Catalog.build` over any lookup: ``get(name)`` finds a class
+    (None when unknown) and ``names()`` lists the known names."""
+    if spec is None or not isinstance(spec, (str, dict)):
+        return spec
+    spec = dict(type=spec) if isinstance(spec, str) else dict(spec)
+    name = spec.pop('type', None)
+    if isinstance(name, str):
+        cls = get(name)
+        if cls is None:
+            known = sorted(names())
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f' Did you mean {close[0]!r}?' if close else ''
+            raise ValueError(f'unknown {what} {name!r}; choose one of {known}.{hint}')
+    elif callable(name):
+        cls = name
+    else:
+        raise ValueError(f'{what} config needs a `type`, got {spec!r}')
+    for key, value in defaults.items():
+        spec.setdefault(key, value)
+    return cls(**spec)
 
 
 #: Interpolation paths of the flow (``rectified``, ``vp``, ``ve``).
