@@ -15,7 +15,7 @@ from fmkt_mm.flow.encoders import sinusoidal_embedding
 PATHS = dict(rectified=RectifiedPath(), vp=VPPath('linear'), trig=VPPath('trig'), ve=VEPath())
 
 
-def reference_run(flow: FlowTransfer, x: torch.Tensor, n: int, context=None):
+def reference_run(flow: FlowTransfer, x: torch.Tensor, n: int, context=None, velocities=None):
     """The serial loop of the method, one formula at a time, as written in
     the paper (scalar times as tensors, the head and the time embedding
     recomputed at every step)."""
@@ -38,6 +38,8 @@ def reference_run(flow: FlowTransfer, x: torch.Tensor, n: int, context=None):
             endpoint = state + out
             velocity = path.velocity_from_endpoint(state, endpoint, t)
         estimates.append(endpoint)
+        if velocities is not None:
+            velocities.append(velocity)
         steps.append(flow.head(endpoint))
         state = path.step(state, endpoint, velocity, t, t_next, flow.update) if i > 1 else endpoint
     return torch.stack(estimates), torch.stack(steps), state
@@ -168,3 +170,40 @@ def test_compile_needs_a_meta_encoder():
 
     with pytest.raises(ValueError, match='compile=True compiles a MetaEncoder'):
         FlowTransfer(4, encoder=Plain(), compile=True)
+
+
+@pytest.mark.parametrize('path', ['rectified', 'vp', 've'])
+@pytest.mark.parametrize('shape', [(3, 5), (2, 5, 3, 3)])
+def test_student_estimate_is_the_authors_logit_mode(path, shape):
+    """``estimate='student'``: every step's estimate is read from the student
+    representation itself, ``X_S - v_i`` on the rectified path (the path's
+    t = 1 endpoint formula in general), while the state moves serially."""
+    torch.manual_seed(0)
+    flow = FlowTransfer(5, path=path, encoder=dict(type='mlp', hidden_ratio=1.0), num_steps=4,
+                        estimate='student')
+    random_encoder(flow)
+    x = torch.randn(*shape)
+    velocities = []
+    reference_run(flow, x, 4, velocities=velocities)  # the serial run as written in the paper
+    start = flow.path.b(1.0).to(x.dtype) * x
+    expected = torch.stack([flow.path.endpoint_from_velocity(start, v, torch.tensor(1.0, dtype=torch.float64))
+                            for v in velocities])
+    estimates, _, _ = flow.transport(x, 4)
+    torch.testing.assert_close(estimates, expected, rtol=1e-5, atol=1e-5)
+    if path == 'rectified':
+        torch.testing.assert_close(estimates, x[None] - torch.stack(velocities), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="needs estimate='state'"):
+        flow.roundtrip(x, 4)
+
+
+def test_drawn_step_counts_follow_torch_seed_and_the_progressive_cap():
+    flow = FlowTransfer(4, num_steps=16, num_steps_choices=(1, 2, 4, 8, 16))
+    torch.manual_seed(3)
+    first = [flow.draw_num_steps() for _ in range(200)]
+    torch.manual_seed(3)
+    assert [flow.draw_num_steps() for _ in range(200)] == first  # seeded runs repeat
+    assert set(first) == {1, 2, 4, 8, 16}
+    flow.set_train_steps(4)
+    assert {flow.draw_num_steps() for _ in range(100)} == {1, 2, 4}
+    flow.set_train_steps(16)
+    assert flow.num_steps_choices == (1, 2, 4, 8, 16)

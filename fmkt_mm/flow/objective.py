@@ -132,6 +132,7 @@ class FMKTObjective:
         (straighter, smaller Lipschitz constant), at the cost of ``N`` extra
         meta-encoder calls per iteration. ``X_S`` is the target (detached);
         a conditional flow is reversed at the context of ``out``."""
+        self._check_serial('cycle-consistency loss')
         back = self.reverse(out.state, out.steps.shape[0], out.context)
         x = x_student.detach().float()
         dims = tuple(range(1, x.dim()))

@@ -138,7 +138,7 @@ def plan_steps(path: FlowPath, n: int, parameterization: str, update: str) -> Li
     return plans
 
 
-def endpoint_mixing(plans: Sequence[StepPlan], start_scale: float):
+def endpoint_mixing(plans: Sequence[StepPlan], start_scale: float, estimate: str = 'state'):
     """Every step's endpoint estimate as a linear map of the start ``X`` and
     the encoder outputs ``out_j``: ``(start, gamma)`` with
 
@@ -146,9 +146,17 @@ def endpoint_mixing(plans: Sequence[StepPlan], start_scale: float):
 
     (``gamma`` lower-triangular). Every update is linear in the state and
     the output with constant coefficients, so the serial states unroll into
-    this form; :meth:`FlowTransfer.transport` then gets all ``N`` estimates
-    from the stacked outputs in one matrix product. Computed in float64."""
+    this form; :meth:`FlowTransport.transport` then gets all ``N`` estimates
+    from the stacked outputs in one matrix product. Computed in float64.
+
+    ``estimate='student'`` reads every output as if it were taken at the
+    start (``t = 1``, from ``X`` itself): ``Xhat_k = X_S - v_k`` on the
+    rectified path, the authors' logit-mode estimate (``gamma`` diagonal)."""
     n = len(plans)
+    if estimate == 'student':
+        c_z, c_o = plans[0].endpoint  # the t = 1 step
+        return [_clean(c_z * start_scale)] * n, [[c_o if j == k else 0.0 for j in range(n)]
+                                                 for k in range(n)]
     alpha, row = start_scale, [0.0] * n  # the state Z_k = alpha X + sum_j row[j] out_j
     start, gamma = [], [[0.0] * n for _ in range(n)]
     for k, plan in enumerate(plans):
@@ -222,6 +230,13 @@ class FlowTransport(nn.Module):
             ``X_S`` (and the labels in training) unless one is passed.
         condition_level: the level / task index this flow passes to its
             condition (a ``'level'`` condition shared by several flows).
+        estimate: what each step's estimate of the teacher is computed from:
+            ``'state'`` (default), the path's endpoint from the flow's current
+            state ``Z_i`` (``Z_i - t v_i`` on the rectified path); or
+            ``'student'``, from the student representation itself
+            (``X_S - v_i``, the authors' logit mode; the state still moves
+            step by step, and the round trip, which inverts the serial
+            path, needs ``'state'``).
         compile: compile the meta-encoder's step with ``torch.compile``
             (``True``, or a dict of ``torch.compile`` arguments such as
             ``dict(mode='reduce-overhead')``, which on a GPU also captures
@@ -239,8 +254,12 @@ class FlowTransport(nn.Module):
                  head: Optional[nn.Module] = None,
                  condition: Optional[Union[str, dict, list, nn.Module]] = None,
                  condition_level: int = 0,
+                 estimate: str = 'state',
                  compile: Union[bool, dict] = False):
         super().__init__()
+        if estimate not in ('state', 'student'):
+            raise ValueError(f"estimate must be 'state' or 'student', got {estimate!r}")
+        self.estimate = estimate
         self.channels = channels
         self.num_steps = self._check_steps(num_steps)
         if parameterization not in ('velocity', 'endpoint'):
@@ -338,19 +357,10 @@ class FlowTransport(nn.Module):
             return self.encoder(state.flatten(1), t, context)[:, :, None, None]
         return self.encoder(state, t, context)
 
-    def predict_step(self, state: Tensor, t: float, context: Optional[Tensor] = None):
-        """One meta-encoder call at time ``t``: returns ``(endpoint, velocity)``
-        (states ``(B, C)`` or ``(B, C, H, W)``; any ``t`` in ``(0, 1]``)."""
-        endpoint_c, velocity_c = step_coefficients(self.path, t, self.parameterization)
-        plan = StepPlan(t=t, input_scale=_clean(float(self.path.input_scale(t))), endpoint=endpoint_c,
-                        velocity=velocity_c, next_state=endpoint_c)
-        x = state[:, :, None, None] if state.dim() == 2 else state
-        out = self._encoder_call(self._scaled(x, plan),
-                                 self.conditioning([plan], context, x, state.dim() == 2)[0])
-        endpoint, velocity = combine(x, plan.endpoint, out), combine(x, plan.velocity, out)
-        if state.dim() == 2:
-            return endpoint.flatten(1), velocity.flatten(1)
-        return endpoint, velocity
+    def _check_serial(self, what: str) -> None:
+        if self.estimate != 'state':
+            raise ValueError(f"the {what} inverts the serial path and needs estimate='state'; "
+                             f'this flow estimates from the {self.estimate}')
 
     @staticmethod
     def _scaled(state: Tensor, plan: StepPlan) -> Tensor:
@@ -367,17 +377,6 @@ class FlowTransport(nn.Module):
         if context is None and self.condition is not None:
             return self.make_context(x_student, labels)
         return context
-
-    def forward_step(self, state: Tensor, i: int, n: int, context: Optional[Tensor] = None):
-        """Step ``i`` of ``n`` (``t = i/n -> (i-1)/n``): returns ``(next_state,
-        endpoint, velocity)``. The last step (``i = 1``) lands on its endpoint
-        estimate."""
-        plan = self.plan(n)[n - i]
-        x = state[:, :, None, None] if state.dim() == 2 else state
-        out = self._encoder_call(self._scaled(x, plan),
-                                 self.conditioning([plan], context, x, state.dim() == 2)[0])
-        results = [combine(x, c, out) for c in (plan.next_state, plan.endpoint, plan.velocity)]
-        return tuple(r.flatten(1) for r in results) if state.dim() == 2 else tuple(results)
 
     def run(self, x_student: Tensor, num_steps: Optional[int] = None,
             context: Optional[Tensor] = None, labels: Optional[Tensor] = None) -> FlowOutput:
@@ -437,7 +436,7 @@ class FlowTransport(nn.Module):
         key = (n, like.device, like.dtype)
         value = self._coefficients.get(key)
         if value is None:
-            start, gamma = endpoint_mixing(self.plan(n), self._start_scale)
+            start, gamma = endpoint_mixing(self.plan(n), self._start_scale, self.estimate)
             start = start[0] if len(set(start)) == 1 else \
                 torch.tensor(start, dtype=torch.float64).view(-1, 1).to(like.device, like.dtype)
             gamma = torch.tensor(gamma, dtype=torch.float64).to(like.device, like.dtype)
@@ -505,6 +504,7 @@ class FlowTransport(nn.Module):
         Both are zero for an exactly invertible flow. Returns
         :class:`RoundTrip` sums (``.relative`` is the relative L2 error).
         """
+        self._check_serial('round trip')
         n = self._check_steps(num_steps if num_steps is not None else self.num_steps)
         context = self._resolve_context(x_student, context, labels)
         image = self.run(x_student, n, context).state
