@@ -76,6 +76,29 @@ def test_efficacy_benchmark_trains_teacher_baselines_and_fmkt(tmp_path):
     assert osp.isfile(osp.join(out, 'quick', 'fmkt_steps.png'))
 
 
+def test_recipe_study_pairs_rows_with_dist_for_two_teachers_and_resumes(tmp_path, capsys):
+    efficacy = load_tool('benchmark_efficacy')
+    out = str(tmp_path / 'study')
+    args = ['--quick', '--study', '--out-dir', out]
+    result = efficacy.main(args)
+    runs = result['study']['runs']
+    assert sorted((r['teacher'], r['row']) for r in runs) == sorted(
+        (t, row) for t in ('full', 'half') for row in ('DIST', 'FM-KT rectified (default)'))
+    summary = result['study']['summary']['rows']['FM-KT rectified (default)']
+    for teacher in ('full', 'half'):
+        fmkt = next(r for r in runs if r['teacher'] == teacher and r['row'] != 'DIST')
+        dist = next(r for r in runs if r['teacher'] == teacher and r['row'] == 'DIST')
+        assert summary[teacher]['diff'][0] == fmkt['top1'] - dist['top1']  # paired on the seed
+        assert sorted(summary[teacher]['curve']) == [1, 2, 4, 8]
+    assert "minus DIST (paired)" in result['study']['table']
+    records = open(osp.join(out, 'quick', 'study.jsonl')).read().splitlines()
+    assert len(records) == 4
+    capsys.readouterr()
+    again = efficacy.main(args)  # resumes: every run is recorded, none reruns
+    assert '[study] 4 runs recorded, 0 to run' in capsys.readouterr().out
+    assert again['study']['table'] == result['study']['table']
+
+
 def test_efficacy_benchmark_scores_the_detection_flow_at_each_step_count(tmp_path, capsys):
     efficacy = load_tool('benchmark_efficacy')
     result = efficacy.main(['--quick', '--task', 'det', '--det-rows', 'FM-KT deploy flow (paper)',

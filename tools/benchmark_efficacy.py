@@ -28,7 +28,8 @@ import re
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Tuple
 from multiprocessing import get_context
 
 FMKT = 'fmkt_resnet18_w16_to_resnet18_w4.py'
@@ -77,6 +78,9 @@ def parse_args(argv=None):
     parser.add_argument('--jobs', type=int, default=1, help='runs in parallel (one thread each)')
     parser.add_argument('--out-dir', default=osp.join('work_dirs', 'benchmark_efficacy'))
     parser.add_argument('--quick', action='store_true', help='tiny sizes: checks the script runs')
+    parser.add_argument('--study', action='store_true',
+                        help='the recipe study: STUDY_ROWS x two teachers x --seeds, each row paired '
+                             'with the first (DIST); resumable')
     args = parser.parse_args(argv)
     unknown = set(args.det_rows or ()) - {name for name, _ in DET_ROWS}
     if unknown:
@@ -89,8 +93,9 @@ def parse_args(argv=None):
         args.epochs = args.teacher_epochs = 1
         args.det_train, args.det_val = 16, 8
         args.det_teacher_epochs = args.det_epochs = 1
-        args.rows = args.rows or ['student alone', 'KD (tau 4)', 'FM-KT rectified / mlp / N=8',
-                                  'FM-KT^Theta rectified / mlp / N=8']
+        args.rows = args.rows or ([STUDY_ROWS[1][0]] if args.study else [
+            'student alone', 'KD (tau 4)', 'FM-KT rectified / mlp / N=8',
+            'FM-KT^Theta rectified / mlp / N=8'])
         args.out_dir = osp.join(args.out_dir, 'quick')
     return args
 
@@ -130,13 +135,15 @@ def run_cls(job):
                 seconds=run.seconds, iters=run.iters, sec_per_iter=run.seconds / max(1, run.iters))
 
 
-def train_cls_teacher(args):
+def train_cls_teacher(args, name='cls_teacher', epochs=None):
+    """``(checkpoint, top-1, seconds)`` of the classification teacher
+    ``name`` (reused when its checkpoint exists), ``epochs`` long."""
     import torch
     from mmengine.runner import Runner
 
     from fmkt_mm import experiment
-    path = osp.join(args.out_dir, 'cls_teacher.pth')
-    work_dir = osp.join(args.out_dir, 'cls', 'teacher')
+    path = osp.join(args.out_dir, f'{name}.pth')
+    work_dir = osp.join(args.out_dir, 'cls', name)
     torch.set_num_threads(1)
     if osp.isfile(path):
         print(f'reusing the classification teacher {path}', flush=True)
@@ -144,7 +151,8 @@ def train_cls_teacher(args):
         cfg.load_from = path
         return path, float(Runner.from_cfg(cfg).test()['accuracy/top1']), None
     run = experiment.train_and_test(cls_config('teacher_resnet18_w16.py', None, args, 0, work_dir,
-                                               samples=args.teacher_samples, epochs=args.teacher_epochs))
+                                               samples=args.teacher_samples,
+                                               epochs=epochs or args.teacher_epochs))
     experiment.save_weights(run, path)
     return path, float(run.metrics['accuracy/top1']), run.seconds
 
@@ -241,6 +249,126 @@ def benchmark_cls(args):
     table, summary = cls_table(results, teacher_top1, args)
     plots = plot_cls(results, args.out_dir)
     return dict(teacher_top1=teacher_top1, runs=results, summary=summary, table=table, plots=plots)
+
+
+# -- the recipe study ---------------------------------------------------------------------
+
+#: (row, config, overrides of ``distiller.flow``); the first row is the
+#: baseline that every other row is paired with, seed by seed and teacher by teacher
+STUDY_ROWS = [
+    ('DIST', 'dist_resnet18_w16_to_resnet18_w4.py', None),
+    ('FM-KT rectified (default)', FMKT, {}),
+    ('FM-KT VE', FMKT, dict(path='ve')),
+    ('FM-KT VP', FMKT, dict(path='vp')),
+    ('FM-KT rectified, estimate from X_S (authors)', FMKT, dict(estimate='student')),
+    ('FM-KT rectified, N drawn from 1..16', FMKT, dict(num_steps=16, num_steps_choices=(1, 2, 4, 8, 16))),
+    ('FM-KT rectified, encoder width x2', FMKT, dict(encoder=dict(hidden_ratio=4.0))),
+]
+
+
+def study_teachers(args):
+    """The study's two teachers, trained by this script: the full schedule
+    and one of half the epochs (another training length)."""
+    full = train_cls_teacher(args)
+    half = train_cls_teacher(args, 'cls_teacher_half', max(1, args.teacher_epochs // 2))
+    return {'full': full, 'half': half}
+
+
+def paired(study, teacher: str, row: str, baseline: str):
+    """Per seed (shared by both rows): ``(row top-1, baseline top-1)``."""
+    by_seed = {r['seed']: r for r in study if r['teacher'] == teacher and r['row'] == baseline}
+    return [(r['top1'], by_seed[r['seed']]['top1']) for r in study
+            if r['teacher'] == teacher and r['row'] == row and r['seed'] in by_seed]
+
+
+def study_table(study, teachers, rows) -> Tuple[str, dict]:
+    """Per teacher and row: top-1, the paired difference to the baseline
+    (mean ± std over seeds), the seeds won, whether the mean difference
+    exceeds 2 standard deviations of the paired differences, and cost."""
+    baseline = rows[0][0]
+    lines, summary = [], {}
+    for teacher, (_, teacher_top1, _) in teachers.items():
+        lines += [f'Teacher {teacher!r} ({teacher_top1:.2f} % top-1):', '',
+                  f'| row | top-1 | minus {baseline} (paired) | seeds won | > 2 sd | top-1 at N=1/2/4/8 '
+                  f'| s / iter |', '|---|---|---|---|---|---|---|']
+        for name, _, _ in rows:
+            runs = [r for r in study if r['teacher'] == teacher and r['row'] == name]
+            if not runs:
+                continue
+            top1 = mean_std([r['top1'] for r in runs])
+            pairs = paired(study, teacher, name, baseline) if name != baseline else []
+            diffs = [a - b for a, b in pairs]
+            diff = mean_std(diffs) if diffs else (float('nan'), float('nan'))
+            beyond = len(diffs) > 1 and diff[0] > 2 * diff[1]
+            curve = {n: statistics.fmean(r['steps'][n] for r in runs) for n in INFERENCE_STEPS
+                     if all(n in r['steps'] for r in runs)}
+            summary.setdefault(name, {})[teacher] = dict(
+                top1=top1, diff=diff, wins=sum(d > 0 for d in diffs), seeds=len(runs), beyond_2sd=beyond,
+                curve=curve, sec_per_iter=statistics.fmean(r['sec_per_iter'] for r in runs))
+            cells = [fmt(*top1), '-' if not diffs else f'{diff[0]:+.2f} ± {diff[1]:.2f}',
+                     '-' if not diffs else f'{sum(d > 0 for d in diffs)}/{len(diffs)}',
+                     '-' if not diffs else ('yes' if beyond else 'no'),
+                     ' / '.join(f'{v:.2f}' for v in curve.values()) or '-',
+                     f'{summary[name][teacher]["sec_per_iter"]:.3f}']
+            lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+        lines.append('')
+    winners = [name for name, by_teacher in summary.items() if name != baseline and
+               len(by_teacher) == len(teachers) and all(v['beyond_2sd'] for v in by_teacher.values())]
+    lines.append(f'Rows that beat {baseline} by more than 2 sd of the paired difference with both '
+                 f'teachers: {", ".join(winners) if winners else "none"}.')
+    return '\n'.join(lines), dict(rows=summary, winners=winners)
+
+
+def study_cls(args):
+    """The recipe study (``--study``): every row x teacher x seed, resumable
+    (each finished run is a line of ``study.jsonl``; a rerun skips those)."""
+    unknown = set(args.rows or ()) - {r[0] for r in STUDY_ROWS}
+    if unknown:
+        raise ValueError(f'unknown study rows {sorted(unknown)}; choose from {[r[0] for r in STUDY_ROWS]}')
+    rows = [r for r in STUDY_ROWS if not args.rows or r[0] in args.rows or r is STUDY_ROWS[0]]
+    teachers = study_teachers(args)
+    record = osp.join(args.out_dir, 'study.jsonl')
+    study = []
+    if osp.isfile(record):
+        with open(record) as f:
+            study = [json.loads(line) for line in f if line.strip()]
+        for r in study:
+            r['steps'] = {int(n): v for n, v in r['steps'].items()}
+    done = {(r['teacher'], r['row'], r['seed']) for r in study}
+    jobs = []
+    for teacher, (checkpoint, _, _) in teachers.items():
+        for seed in args.seeds:
+            for name, config, overrides in rows:
+                if (teacher, name, seed) in done:
+                    continue
+                slug = re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')
+                jobs.append((name, config, overrides, seed, args, checkpoint,
+                             osp.join(args.out_dir, 'study', teacher, f'{slug}_seed{seed}'), teacher))
+    print(f'[study] {len(done)} runs recorded, {len(jobs)} to run', flush=True)
+
+    def keep(result):
+        study.append(result)
+        with open(record, 'a') as f:
+            f.write(json.dumps(result) + '\n')
+        print(f'[study] teacher {result["teacher"]}, {result["row"]}, seed {result["seed"]}: '
+              f'{result["top1"]:.2f}', flush=True)
+
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context('spawn')) as pool:
+            for future in as_completed([pool.submit(run_study_job, job) for job in jobs]):
+                keep(future.result())
+    else:
+        for job in jobs:
+            keep(run_study_job(job))
+    table, summary = study_table(study, teachers, rows)
+    return dict(teachers={k: dict(checkpoint=v[0], top1=v[1]) for k, v in teachers.items()},
+                runs=study, summary=summary, table=table)
+
+
+def run_study_job(job):
+    result = run_cls(job[:-1])
+    result['teacher'] = job[-1]
+    return result
 
 
 # -- detection ------------------------------------------------------------------------------
@@ -371,13 +499,19 @@ def main(argv=None):
                f'{os.cpu_count()} cores', torch=torch.__version__, mmengine=mmengine.__version__,
                command=' '.join(['python', 'tools/benchmark_efficacy.py'] + (argv or sys.argv[1:])))
     text = []
-    if args.task in ('cls', 'all'):
+    if args.study:
+        out['study'] = study_cls(args)
+        text += [f'Recipe study, Fashion-MNIST: {args.train_samples} training images, {args.epochs} '
+                 f'epochs, seeds {args.seeds}, two teachers ({args.teacher_epochs} and '
+                 f'{max(1, args.teacher_epochs // 2)} epochs), top-1 at N=8 on '
+                 f'{args.test_samples or 10000} test images', '', out['study']['table'], '']
+    elif args.task in ('cls', 'all'):
         out['cls'] = benchmark_cls(args)
         text += [f'Fashion-MNIST classification: {args.train_samples} training images, '
                  f'{args.epochs} epochs, seeds {args.seeds}, top-1 on '
                  f'{args.test_samples or 10000} test images (mean ± std over seeds)', '',
                  out['cls']['table'], '']
-    if args.task in ('det', 'all'):
+    if args.task in ('det', 'all') and not args.study:
         out['det'] = benchmark_det(args)
         text += [f'Fashion-MNIST detection: {args.det_train} train / {args.det_val} val images '
                  f'(128 px), teacher {args.det_teacher_epochs} epochs, students {args.det_epochs} '
