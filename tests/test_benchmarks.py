@@ -83,8 +83,8 @@ def test_recipe_study_pairs_rows_with_dist_for_two_teachers_and_resumes(tmp_path
     result = efficacy.main(args)
     runs = result['study']['runs']
     assert sorted((r['teacher'], r['row']) for r in runs) == sorted(
-        (t, row) for t in ('full', 'half') for row in ('DIST', 'FM-KT rectified (default)'))
-    summary = result['study']['summary']['rows']['FM-KT rectified (default)']
+        (t, row) for t in ('full', 'half') for row in ('DIST', 'FM-KT VE (default)'))
+    summary = result['study']['summary']['rows']['FM-KT VE (default)']
     for teacher in ('full', 'half'):
         fmkt = next(r for r in runs if r['teacher'] == teacher and r['row'] != 'DIST')
         dist = next(r for r in runs if r['teacher'] == teacher and r['row'] == 'DIST')

@@ -39,14 +39,14 @@ CLS_ROWS = [
     ('KD (tau 4)', 'kd_resnet18_w16_to_resnet18_w4.py', None),
     ('DKD', 'dkd_resnet18_w16_to_resnet18_w4.py', None),
     ('DIST', 'dist_resnet18_w16_to_resnet18_w4.py', None),
-    ('FM-KT rectified / mlp / N=8', FMKT, {}),
-    ('FM-KT rectified / mlp / N=4', FMKT, dict(num_steps=4)),
+    ('FM-KT rectified / mlp / N=8', FMKT, dict(path='rectified')),
+    ('FM-KT rectified / mlp / N=4', FMKT, dict(path='rectified', num_steps=4)),
     ('FM-KT VP / mlp / N=8', FMKT, dict(path='vp')),
     ('FM-KT VE / mlp / N=8', FMKT, dict(path='ve')),
-    ('FM-KT rectified / conv / N=8', FMKT, dict(encoder=dict(_delete_=True, type='conv'))),
+    ('FM-KT rectified / conv / N=8', FMKT, dict(path='rectified', encoder=dict(_delete_=True, type='conv'))),
     ('FM-KT rectified / transformer / N=8', FMKT,
-     dict(encoder=dict(_delete_=True, type='transformer'))),
-    ('FM-KT^Theta rectified / mlp / N=8', 'fmkt_theta_resnet18_w16_to_resnet18_w4.py', {}),
+     dict(path='rectified', encoder=dict(_delete_=True, type='transformer'))),
+    ('FM-KT^Theta rectified / mlp / N=8', 'fmkt_theta_resnet18_w16_to_resnet18_w4.py', dict(path='rectified')),
     ('OFM-KT (no teacher)', 'ofmkt_resnet18_w4.py', {}),
 ]
 INFERENCE_STEPS = (1, 2, 4, 8)
@@ -257,12 +257,12 @@ def benchmark_cls(args):
 #: baseline that every other row is paired with, seed by seed and teacher by teacher
 STUDY_ROWS = [
     ('DIST', 'dist_resnet18_w16_to_resnet18_w4.py', None),
-    ('FM-KT rectified (default)', FMKT, {}),
-    ('FM-KT VE', FMKT, dict(path='ve')),
+    ('FM-KT VE (default)', FMKT, dict(path='ve')),
+    ('FM-KT rectified', FMKT, dict(path='rectified')),
     ('FM-KT VP', FMKT, dict(path='vp')),
-    ('FM-KT rectified, estimate from X_S (authors)', FMKT, dict(estimate='student')),
-    ('FM-KT rectified, N drawn from 1..16', FMKT, dict(num_steps=16, num_steps_choices=(1, 2, 4, 8, 16))),
-    ('FM-KT rectified, encoder width x2', FMKT, dict(encoder=dict(hidden_ratio=4.0))),
+    ('FM-KT rectified, estimate from X_S (authors)', FMKT, dict(path='rectified', estimate='student')),
+    ('FM-KT VE, N drawn from 1..16', FMKT, dict(path='ve', num_steps=16, num_steps_choices=(1, 2, 4, 8, 16))),
+    ('FM-KT VE, encoder width x2', FMKT, dict(path='ve', encoder=dict(hidden_ratio=4.0))),
 ]
 
 
