@@ -152,8 +152,13 @@ def test_extra_step_counts_predict_as_a_run_at_that_count(teachers):
         torch.nn.init.normal_(flow.encoder.output.weight, std=0.3)
     data = batch(model, train=False)
     model.set_eval_steps(4, [1, 2, 4])
+    backbone_calls = []
+    handle = model.student.backbone.register_forward_hook(lambda *args: backbone_calls.append(1))
     with torch.no_grad():
         preds = model(**copy.deepcopy(data), mode='predict')
+    handle.remove()
+    assert len(backbone_calls) == 1  # three counts, one backbone pass
+    with torch.no_grad():
         alone = {}
         for n in (1, 4):
             model.set_eval_steps(n)

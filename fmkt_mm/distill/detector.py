@@ -72,6 +72,8 @@ class _HookState:
         self.num_steps = num_steps
         self.losses: Dict[str, Tensor] = {}
         self.calls = 0
+        #: the tap's own output (before the flows), kept for reuse
+        self.raw_levels: Optional[List[Tensor]] = None
 
 
 @MODELS.register_module()
@@ -317,7 +319,8 @@ class DetectionDistiller(LevelDistiller):
                 raise RuntimeError(
                     f'the student\'s {self.student_tap!r} ran twice in one forward pass; the '
                     f'distiller expects one call per batch (set student_tap to a module that runs once)')
-            levels = self._transfer(as_levels(output, self.student_tap, 'student'), state)
+            state.raw_levels = as_levels(output, self.student_tap, 'student')
+            levels = self._transfer(state.raw_levels, state)
             if isinstance(output, Tensor):
                 return levels[0]
             return tuple(levels) if isinstance(output, tuple) else levels
@@ -411,22 +414,36 @@ class DetectionDistiller(LevelDistiller):
 
         With ``extra_eval_steps`` (deploy mode ``'flow'``), each sample also
         gets ``pred_instances_steps{N}``: the detections with the flows' ensemble
-        at ``N`` steps. The student's ``predict`` runs once per extra count (the
-        head's post-processing depends on the features, so nothing is shared but
-        the data); ``pred_instances`` stays the one at ``eval_steps``."""
+        at ``N`` steps; ``pred_instances`` stays the one at ``eval_steps``. The
+        backbone and neck run once: for each extra count only the flows and
+        the heads run again, on the neck's kept output (through the detector's
+        ``extract_feat``, which every mmdet detector's ``predict`` calls once;
+        a student tapped elsewhere reruns its whole ``predict`` per count)."""
         if self.deploy_mode == 'student':
             return self.student.predict(inputs, data_samples)
-        extra = {}
-        for steps in self.extra_eval_steps:
-            if steps != self.eval_steps:
-                with self._flows_on_neck(num_steps=steps):
-                    samples = self.student.predict(inputs, data_samples)
-                extra[steps] = [sample.pred_instances for sample in samples]
-        with self._flows_on_neck():
+        with self._flows_on_neck() as state:
             samples = self.student.predict(inputs, data_samples)
-        for steps, instances in extra.items():
-            for sample, pred in zip(samples, instances):
-                sample.set_field(pred, f'pred_instances_steps{steps}')
+        counts = [n for n in dict.fromkeys(self.extra_eval_steps) if n != self.eval_steps]
+        if not counts:
+            return samples
+        main = [sample.pred_instances for sample in samples]  # the samples are reused below
+        extra = {}
+        for steps in counts:
+            if self.student_tap == 'neck' and hasattr(self.student, 'extract_feat'):
+                levels = tuple(self._transfer(state.raw_levels, _HookState(None, False, steps)))
+                self.student.extract_feat = lambda batch_inputs, levels=levels: levels
+                try:
+                    again = self.student.predict(inputs, data_samples)
+                finally:
+                    del self.student.extract_feat
+            else:
+                with self._flows_on_neck(num_steps=steps):
+                    again = self.student.predict(inputs, data_samples)
+            extra[steps] = [sample.pred_instances for sample in again]
+        for k, sample in enumerate(samples):
+            sample.pred_instances = main[k]
+            for steps, instances in extra.items():
+                sample.set_field(instances[k], f'pred_instances_steps{steps}')
         return samples
 
     def _forward(self, inputs: Tensor, data_samples=None):
