@@ -36,14 +36,13 @@ def _registry_source(registry: Registry, accepts=lambda cls: True):
     """``(get, names)`` of a flow catalog source: the classes of ``registry``
     that ``accepts``, by name, bare or prefixed with the scope
     (``'PKDLoss'``, ``'fmkt_mm.PKDLoss'``)."""
-    prefix = registry.scope + '.'
+    from .utils import scoped_get
 
     def wanted(cls) -> bool:
         return isinstance(cls, type) and accepts(cls)
 
     def get(name: str):
-        bare = name[len(prefix):] if name.startswith(prefix) else name
-        cls = registry.get(bare) if '.' not in bare else None
+        cls = scoped_get(registry, name)
         return cls if wanted(cls) else None
 
     def names():
