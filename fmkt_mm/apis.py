@@ -131,20 +131,25 @@ def teacher_from_checkpoint(cfg: Config, checkpoint: str) -> Optional[Dict[str, 
     weights are returned for :func:`load_teacher_state`, which loads them
     strictly once the model exists. Returns None otherwise.
     """
-    teacher = (cfg.get('model') or {}).get('teacher')
-    if not isinstance(teacher, dict):
+    model = cfg.get('model') or {}
+    teacher, teachers = model.get('teacher'), model.get('teachers')
+    if not isinstance(teacher, dict) and not isinstance(teachers, (list, tuple)):
         return None
     state = extract_state_dict(safe_torch_load(checkpoint, what='checkpoint'))
     if not any(key.startswith(TEACHER_PREFIX) for key in state):
         return None
-    cfg.model.teacher = dict(teacher, checkpoint=None, allow_random_init=True)
+    if isinstance(teacher, dict):
+        cfg.model.teacher = dict(teacher, checkpoint=None, allow_random_init=True)
+    else:
+        cfg.model.teachers = [dict(entry, checkpoint=None, allow_random_init=True) for entry in teachers]
     return state
 
 
 def load_teacher_state(model, state: Dict[str, Tensor], checkpoint: str) -> None:
     """Load the ``teacher.*`` tensors of a checkpoint's ``state`` into
-    ``model.teacher`` strictly: a teacher that does not fit the config's
-    fails with the missing/unexpected/wrong-shape keys."""
+    ``model.teacher`` (one teacher, or every teacher of several as
+    ``teacher.0.*``, ``teacher.1.*``) strictly: a teacher that does not fit
+    the config's fails with the missing/unexpected/wrong-shape keys."""
     model = model.module if is_model_wrapper(model) else model
     load_state(model.teacher, state, strict=True, prefix=TEACHER_PREFIX,
                what=f'the teacher in checkpoint {checkpoint!r}')

@@ -18,7 +18,7 @@ import time
 import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Union
 
 from mmengine.config import Config
 from mmengine.runner import Runner
@@ -87,10 +87,22 @@ def point_detection(cfg: Config, data_root: str, epochs: int) -> Config:
     return cfg
 
 
-def set_teacher(cfg: Config, checkpoint: Optional[str]) -> Config:
-    """Point a distillation config's teacher at ``checkpoint`` (configs
+def set_teacher(cfg: Config, checkpoint: Union[None, str, Sequence[Optional[str]]]) -> Config:
+    """Point a distillation config's teacher at ``checkpoint``, or its
+    ``teachers`` at a list of checkpoints, one per teacher in order (configs
     without a teacher, plain or online, are left as they are)."""
-    if 'distiller' in cfg and cfg.distiller.get('teacher') is not None:
+    if 'distiller' not in cfg:
+        return cfg
+    if cfg.distiller.get('teachers') is not None:
+        entries = cfg.distiller.teachers
+        if isinstance(checkpoint, str) or checkpoint is None or len(checkpoint) != len(entries):
+            raise ValueError(f'the config has {len(entries)} teachers: give one checkpoint each, '
+                             f'got {checkpoint!r}')
+        for entry, path in zip(entries, checkpoint):
+            entry.checkpoint = path
+    elif cfg.distiller.get('teacher') is not None:
+        if not (checkpoint is None or isinstance(checkpoint, str)):
+            raise ValueError(f'the config has one teacher: give one checkpoint, got {checkpoint!r}')
         cfg.distiller.teacher.checkpoint = checkpoint
     return cfg
 

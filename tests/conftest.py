@@ -25,6 +25,15 @@ def teacher_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def teacher_w8_checkpoint(tmp_path_factory):
+    """A second Fashion-MNIST teacher of another width (ResNet-18 w8, untrained)."""
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp('teacher_w8') / 'teacher_w8.pth'
+    torch.save(plain_model('teacher_resnet18_w8.py').state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope='session')
 def det_teacher(tmp_path_factory):
     """``(model config, checkpoint)`` of a tiny RetinaNet teacher (32-channel FPN)."""
     pytest.importorskip('mmdet')

@@ -3,16 +3,17 @@ switching distillation off, and the check for non-finite losses."""
 import functools
 import logging
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.distributed as torch_dist
+from torch import nn
 from mmengine.logging import MessageHub, print_log
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
 
 from .taps import get_module, run_until_tapped
-from .teacher import build_teacher
+from .teacher import TEACHER_FLOWS, TEACHER_KEYS, TeacherSet, build_teacher, build_teachers
 
 STUDENT_PREFIX = 'student.'
 #: losses-dict keys ending with this hold per-step values, logged only
@@ -59,10 +60,20 @@ class BaseDistiller(BaseModel):
             for online variants without a teacher.
         data_preprocessor: merged in by MMEngine's Runner from the config's
             top level; used for the student if its own config has none.
+        teachers: several teachers instead of ``teacher``: a list of
+            ``dict(config=..., checkpoint=..., weight=1.0, tap=None,
+            name=None)`` (:func:`~fmkt_mm.distill.teacher.build_teachers`);
+            :attr:`teacher` is then a :class:`TeacherSet`. Distillers that
+            take it also take ``teacher_flows`` (``'separate'``: a flow per
+            teacher; ``'shared'``: one flow conditioned on the teacher) and
+            ``deploy_teacher`` (whose flow predicts in deploy mode 'flow': a
+            teacher's index or name, or ``'mean'``, the weighted mean of all).
     """
 
     def __init__(self, student: dict, teacher: Optional[dict] = None,
-                 data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
+                 data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None,
+                 teachers: Optional[Sequence[dict]] = None, teacher_flows: str = 'separate',
+                 deploy_teacher: Union[str, int] = 'mean'):
         student = dict(student)
         if data_preprocessor is not None:
             student.setdefault('data_preprocessor', data_preprocessor)
@@ -70,16 +81,57 @@ class BaseDistiller(BaseModel):
         super().__init__(data_preprocessor=student_model.data_preprocessor, init_cfg=init_cfg)
         self.student = student_model
         self.teacher = None
+        if teacher is not None and teachers is not None:
+            raise ValueError('give either teacher=dict(...) or teachers=[dict(...), ...], not both')
         if teacher is not None:
             teacher = dict(teacher)
-            unknown = set(teacher) - {'config', 'checkpoint', 'strict', 'allow_unsafe_pickle',
-                                      'allow_random_init'}
+            unknown = set(teacher) - set(TEACHER_KEYS)
             if unknown or 'config' not in teacher:
                 raise ValueError(f'teacher must be dict(config=..., checkpoint=..., strict=True, '
                                  f'allow_unsafe_pickle=False); got keys {sorted(teacher)}')
             self.teacher = build_teacher(data_preprocessor=data_preprocessor, **teacher)
+        elif teachers is not None:
+            self.teacher = build_teachers(teachers, data_preprocessor)
+        if teacher_flows not in TEACHER_FLOWS:
+            raise ValueError(f'unknown teacher_flows {teacher_flows!r}; choose one of {list(TEACHER_FLOWS)}')
+        #: several teachers: ``'separate'`` flows or one ``'shared'`` flow
+        self.teacher_flows = teacher_flows
+        #: several teachers: the index whose flow predicts, or None for the weighted mean
+        self.deploy_teacher = self._teacher_index(deploy_teacher)
         #: False once distillation is switched off: ``loss`` returns the task loss alone
         self.distillation_enabled = True
+
+    # -- one or several teachers ---------------------------------------------------------
+    @property
+    def multi_teacher(self) -> bool:
+        """True when the distiller was built with ``teachers=[...]``."""
+        return isinstance(self.teacher, TeacherSet)
+
+    def teacher_models(self) -> List[nn.Module]:
+        """Every teacher, in config order (none for an online variant)."""
+        if self.teacher is None:
+            return []
+        return list(self.teacher) if self.multi_teacher else [self.teacher]
+
+    def teacher_weights(self) -> List[float]:
+        """The teachers' relative weights (summing to 1)."""
+        return list(self.teacher.weights) if self.multi_teacher else [1.0] * len(self.teacher_models())
+
+    def teacher_label(self, j: int) -> str:
+        """How error messages name teacher ``j``."""
+        return f'teacher {j} ({self.teacher.names[j]})' if self.multi_teacher else 'teacher'
+
+    def _teacher_index(self, which: Union[str, int]) -> Optional[int]:
+        if which == 'mean':
+            return None
+        count = len(self.teacher_models())
+        names = list(self.teacher.names) if self.multi_teacher else []
+        if isinstance(which, str) and which in names:
+            return names.index(which)
+        if isinstance(which, int) and not isinstance(which, bool) and 0 <= which < max(count, 1):
+            return which
+        raise ValueError(f"deploy_teacher must be 'mean', a teacher's index (0..{max(count, 1) - 1}) "
+                         f'or name {names}, got {which!r}')
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -250,18 +302,27 @@ class BaseDistiller(BaseModel):
         self.curriculum_fraction = float(fraction)
 
     @torch.no_grad()
-    def teacher_outputs(self, inputs, data_samples, paths: Sequence[str]) -> Dict[str, object]:
-        """Outputs of the teacher's tapped modules; its forward stops there."""
-        return run_until_tapped(self.teacher, paths,
-                                lambda: self.teacher(inputs, data_samples, mode='tensor'), 'teacher')
+    def teacher_outputs(self, inputs, data_samples, paths: Sequence[str],
+                        index: int = 0) -> Dict[str, object]:
+        """Outputs of a teacher's tapped modules (teacher ``index`` of
+        several); its forward stops there."""
+        teacher = self.teacher_models()[index]
+        return run_until_tapped(teacher, paths, lambda: teacher(inputs, data_samples, mode='tensor'),
+                                self.teacher_label(index))
+
+    def teacher_tap_of(self, j: int, default: str) -> str:
+        """Teacher ``j``'s tap: its entry's ``tap``, else ``default``."""
+        tap = self.teacher.taps[j] if self.multi_teacher else None
+        return tap or default
 
     def check_taps(self, student_paths: Sequence[str] = (), teacher_paths: Sequence[str] = ()):
-        """Fail at build time, not at the first iteration, on unknown paths."""
+        """Fail at build time, not at the first iteration, on unknown
+        paths (each teacher's own ``tap`` replaces ``teacher_paths``)."""
         for path in student_paths:
             get_module(self.student, path, 'student')
-        if self.teacher is not None:
+        for j, teacher in enumerate(self.teacher_models()):
             for path in teacher_paths:
-                get_module(self.teacher, path, 'teacher')
+                get_module(teacher, self.teacher_tap_of(j, path), self.teacher_label(j))
 
     # -- checkpoints ---------------------------------------------------------------
     def student_state_dict(self) -> Dict[str, torch.Tensor]:

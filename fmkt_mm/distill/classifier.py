@@ -32,18 +32,36 @@ FlowDistill options (all variants):
 """
 import copy
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from ..flow import FlowTransfer, RoundTrip, build_condition
+from ..flow import FlowOutput, FlowTransfer, RoundTrip, build_condition
 from ..registry import MODELS
 from ..utils import build_from_registry
 from .base import BaseDistiller, hard_labels
 from .taps import run_until_tapped, select
 
 VARIANTS = ('fmkt', 'fmkt_theta', 'ofmkt')
+
+
+def weighted(values: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """``sum_j weights[j] * values[j]``; the value itself for one weight of 1."""
+    if len(values) == 1 and weights[0] == 1.0:
+        return values[0]
+    return sum(w * v for w, v in zip(weights, values))
+
+
+def with_teacher_condition(condition):
+    """A flow condition config plus the ``'teacher'`` condition (unless it
+    already has one)."""
+    items = [] if condition is None else list(condition) if isinstance(condition, (list, tuple)) \
+        else [condition]
+    if any((item.get('type') if isinstance(item, dict) else item) in ('teacher', 'TeacherCondition')
+           for item in items):
+        return condition
+    return items + [dict(type='teacher')]
 
 
 class ClassifierTail(nn.Module):
@@ -83,6 +101,14 @@ class ClassificationDistiller(BaseDistiller):
             ``||reverse(run(X_S)) - X_S||^2 / ||X_S||^2`` (0: off; it costs
             ``N`` extra meta-encoder calls per iteration).
 
+        teachers, teacher_flows, deploy_teacher: several teachers (see
+            :class:`BaseDistiller`): each teacher's logits are a target of
+            its flow (``'separate'``) or of the one flow conditioned on the
+            teacher (``'shared'``: a ``'teacher'`` condition is added, and the
+            flow runs once on the batch stacked per teacher). The flow losses,
+            the theta losses and the curriculum's ranking weigh the teachers
+            by their weights; every flow step is also a classifier.
+
     ``flow`` may hold ``condition`` (see the module docstring).
     """
 
@@ -99,17 +125,22 @@ class ClassificationDistiller(BaseDistiller):
                  eval_steps: Optional[int] = None,
                  dummy_input_shape: Sequence[int] = (3, 64, 64),
                  roundtrip_loss_weight: float = 0.0,
+                 teachers: Optional[Sequence[dict]] = None,
+                 teacher_flows: str = 'separate',
+                 deploy_teacher: Union[str, int] = 'mean',
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
         if variant not in VARIANTS:
             raise ValueError(f'unknown variant {variant!r}; choose one of {list(VARIANTS)}')
-        if variant == 'ofmkt' and teacher is not None:
+        has_teacher = teacher is not None or teachers is not None
+        if variant == 'ofmkt' and has_teacher:
             raise ValueError("variant='ofmkt' is the online variant and uses no teacher; "
                              "remove the teacher or choose variant='fmkt' / 'fmkt_theta'")
-        if variant != 'ofmkt' and teacher is None:
+        if variant != 'ofmkt' and not has_teacher:
             raise ValueError(f"variant={variant!r} needs a teacher: teacher=dict(config=..., "
                              f"checkpoint=...); for distillation without a teacher use variant='ofmkt'")
-        super().__init__(student, teacher, data_preprocessor, init_cfg)
+        super().__init__(student, teacher, data_preprocessor, init_cfg, teachers=teachers,
+                         teacher_flows=teacher_flows, deploy_teacher=deploy_teacher)
         for part in ('backbone', 'head'):
             if getattr(self.student, part, None) is None:
                 raise ValueError(f'the student must be an mmpretrain classifier with a {part} '
@@ -120,17 +151,28 @@ class ClassificationDistiller(BaseDistiller):
 
         student_tail = ClassifierTail(getattr(self.student, 'neck', None), self.student.head)
         # fmkt: the student's own classifier reads the flow; otherwise the
-        # student's head stays the deployable plain head and the flow gets a copy
+        # student's head stays the deployable plain head and the flows get a copy
         flow_tail = student_tail if variant == 'fmkt' else copy.deepcopy(student_tail)
         flow = dict(flow or {})
         flow.setdefault('loss', dict(type='KDLoss'))
         if flow.get('channels') is None:
             flow['channels'] = self._infer_channels(dummy_input_shape)
-        if flow.get('condition') is not None:
-            flow['condition'] = build_condition(
-                flow['condition'], flow['channels'], num_levels=1,
-                num_classes=getattr(self.student.head, 'num_classes', None))
-        self.flow = FlowTransfer(head=flow_tail, **flow)
+        condition = flow.pop('condition', None)
+        num_classes = getattr(self.student.head, 'num_classes', None)
+
+        def make_flow(condition, num_teachers=1):
+            if condition is not None:
+                condition = build_condition(condition, flow['channels'], num_levels=1,
+                                            num_classes=num_classes, num_teachers=num_teachers)
+            return FlowTransfer(head=flow_tail, condition=condition, **flow)
+
+        if not self.multi_teacher:
+            self.flow = make_flow(condition)
+        elif teacher_flows == 'separate':  # a flow per teacher, all reading one tail
+            self.flows = nn.ModuleList([make_flow(condition) for _ in self.teacher_models()])
+        else:  # one flow, told by a teacher embedding which teacher it carries toward
+            self.flows = nn.ModuleList([make_flow(with_teacher_condition(condition),
+                                                  len(self.teacher_models()))])
         self.theta_loss = None
         if variant != 'fmkt':
             self.theta_loss = build_from_registry(MODELS, theta_loss or flow['loss'], 'loss')
@@ -138,7 +180,7 @@ class ClassificationDistiller(BaseDistiller):
         self._theta_shares_flow_loss = variant != 'fmkt' and (
             theta_loss is None or (isinstance(theta_loss, dict) and theta_loss == flow['loss']))
         self._check_shapes(dummy_input_shape)
-        self.eval_steps = eval_steps or self.flow.num_steps
+        self.eval_steps = eval_steps or self.flow_of(0).num_steps
         #: extra step counts evaluated in the same pass (set_eval_steps)
         self.extra_eval_steps: List[int] = []
         if roundtrip_loss_weight < 0:
@@ -147,6 +189,13 @@ class ClassificationDistiller(BaseDistiller):
         #: fraction of each batch (easiest first, by teacher confidence) that
         #: receives the distillation loss (set_curriculum)
         self.curriculum_fraction = 1.0
+
+    def flow_of(self, j: int) -> FlowTransfer:
+        """The flow that carries the student toward teacher ``j`` (the one
+        flow with one teacher, or shared by all)."""
+        if not self.multi_teacher:
+            return self.flow
+        return self.flows[j if self.teacher_flows == 'separate' else 0]
 
     @property
     def deploy_mode(self) -> str:
@@ -174,19 +223,22 @@ class ClassificationDistiller(BaseDistiller):
             return
         dummy = torch.zeros(2, *dummy_input_shape)
         feature = self._dummy_feature(dummy_input_shape)
-        was_training = self.flow.training
-        self.flow.eval()
+        flow = self.flow_of(0)
+        was_training = flow.training
+        flow.eval()
         try:
-            student_logits = self.flow.head(feature)
+            student_logits = flow.head(feature)
         finally:
-            self.flow.train(was_training)
-        teacher_logits = self.teacher_logits(dummy, None)
-        if student_logits.shape != teacher_logits.shape:
-            raise ValueError(
-                f'the student predicts {tuple(student_logits.shape)} logits but the teacher tap '
-                f'{self.teacher_tap!r} gives {tuple(teacher_logits.shape)}; both models must '
-                f'classify the same classes (check num_classes in both configs) and teacher_tap '
-                f'must name the teacher\'s logits')
+            flow.train(was_training)
+        for j in range(len(self.teacher_models())):
+            teacher_logits = self.teacher_logits(dummy, None, j)
+            if student_logits.shape != teacher_logits.shape:
+                tap = self.teacher_tap_of(j, self.teacher_tap)
+                raise ValueError(
+                    f'the student predicts {tuple(student_logits.shape)} logits but the '
+                    f'{self.teacher_label(j)}\'s tap {tap!r} gives {tuple(teacher_logits.shape)}; '
+                    f'every teacher must classify the student\'s classes (check num_classes in '
+                    f'both configs) and its tap must name its logits')
 
     def _infer_channels(self, dummy_input_shape) -> int:
         feature = self._dummy_feature(dummy_input_shape)
@@ -202,9 +254,55 @@ class ClassificationDistiller(BaseDistiller):
                                    lambda: self.student(inputs, mode='tensor'), 'student')
         return select(outputs[self.student_tap])
 
-    def teacher_logits(self, inputs, data_samples) -> Tensor:
-        out = self.teacher_outputs(inputs, data_samples, [self.teacher_tap])
-        return select(out[self.teacher_tap])
+    def teacher_logits(self, inputs, data_samples, index: int = 0) -> Tensor:
+        """Teacher ``index``'s logits (its own tap, else ``teacher_tap``)."""
+        tap = self.teacher_tap_of(index, self.teacher_tap)
+        return select(self.teacher_outputs(inputs, data_samples, [tap], index)[tap])
+
+    def teacher_contexts(self, flow: FlowTransfer, x: Tensor, teachers: Sequence[int],
+                         labels: Optional[Tensor] = None):
+        """The shared flow's input for ``teachers``: ``x`` stacked once per
+        teacher (``len(teachers) * B`` rows), the labels likewise, and the
+        context with each copy's teacher index."""
+        k, b = len(teachers), x.shape[0]
+        stacked = x.repeat(k, *([1] * (x.dim() - 1))) if k > 1 else x
+        labels = labels.repeat(k) if labels is not None and k > 1 else labels
+        index = torch.tensor(list(teachers), device=x.device).repeat_interleave(b)
+        return stacked, labels, flow.make_context(stacked, labels, teacher=index)
+
+    def teacher_runs(self, feature: Tensor, num_steps: int, labels: Optional[Tensor] = None,
+                     teachers: Optional[Sequence[int]] = None) -> List[FlowOutput]:
+        """One training run of the flow per teacher in ``teachers`` (all by
+        default; one run without a teacher): separate flows run in turn, the
+        shared flow once on the stacked batch."""
+        if not self.multi_teacher:
+            return [self.flow.run(feature, num_steps, labels=labels)]
+        teachers = range(len(self.teacher_models())) if teachers is None else teachers
+        if self.teacher_flows == 'separate':
+            return [self.flows[j].run(feature, num_steps, labels=labels) for j in teachers]
+        flow = self.flows[0]
+        stacked, stacked_labels, context = self.teacher_contexts(flow, feature, teachers, labels)
+        return flow.run(stacked, num_steps, context, stacked_labels).split(len(teachers))
+
+    def teacher_estimates(self, feature: Tensor, num_steps: int,
+                          teachers: Sequence[int]) -> List[Tensor]:
+        """:meth:`teacher_runs` at inference, without the head: each
+        teacher's endpoint estimates ``(N, B, C...)``."""
+        if not self.multi_teacher:
+            return [self.flow.transport(feature, num_steps)[0]]
+        if self.teacher_flows == 'separate':
+            return [self.flows[j].transport(feature, num_steps)[0] for j in teachers]
+        flow = self.flows[0]
+        stacked, _, context = self.teacher_contexts(flow, feature, teachers)
+        return list(flow.transport(stacked, num_steps, context)[0].chunk(len(teachers), dim=1))
+
+    def deployed_teachers(self):
+        """``(teacher indices, weights)`` whose flows predict in deploy mode
+        'flow': the chosen teacher, or all with their weights."""
+        if self.deploy_teacher is not None:
+            return [self.deploy_teacher], [1.0]
+        count = max(len(self.teacher_models()), 1)
+        return list(range(count)), (self.teacher_weights() or [1.0])
 
     # -- training --------------------------------------------------------------
     def task_loss(self, logits: Tensor, data_samples) -> Tensor:
@@ -231,33 +329,43 @@ class ClassificationDistiller(BaseDistiller):
     def loss(self, inputs: Tensor, data_samples) -> Dict[str, Tensor]:
         labels = hard_labels(data_samples)
         feature = self.student_feature(inputs)
-        target = None
-        if self.teacher is not None:
-            target = self.teacher_logits(inputs, data_samples)
-        out = self.flow.run(feature, self.flow.draw_num_steps(), labels=labels)
-        mask = self.curriculum_mask(target if target is not None else out.ensemble)
-        n = out.steps.shape[0]
+        targets = [self.teacher_logits(inputs, data_samples, j)
+                   for j in range(len(self.teacher_models()))]  # none for OFM-KT
+        weights = self.teacher_weights() or [1.0]  # OFM-KT: its one flow
+        outs = self.teacher_runs(feature, self.flow_of(0).draw_num_steps(), labels)
+        mask = self.curriculum_mask(weighted(targets, weights) if targets else outs[0].ensemble)
+        n = outs[0].steps.shape[0]
         logits = theta = None
         if self.deploy_mode == 'student':
             logits = self.student_logits_from_feature(feature)
-        if logits is not None and self._theta_shares_flow_loss and mask is None and \
-                not (self.flow.training and self.flow.beta_d < 1.0):
-            flow_losses, theta = self._flow_and_theta_losses(out, target, logits, labels)
+        if logits is not None and len(outs) == 1 and self._theta_shares_flow_loss and mask is None \
+                and not (self.flow_of(0).training and self.flow_of(0).beta_d < 1.0):
+            flow_losses, theta = self._flow_and_theta_losses(outs[0], targets[0] if targets else None,
+                                                             logits, labels)
+            per_teacher = [flow_losses]
         else:
-            flow_losses = self.flow.step_loss_vector(out, target, labels, sample_mask=mask)  # (N,)
+            per_teacher = [self.flow_of(j).step_loss_vector(out, target, labels, sample_mask=mask)
+                           for j, (out, target) in enumerate(zip(outs, targets or [None]))]  # (N,) each
+            flow_losses = weighted(per_teacher, weights)
             if logits is not None:
-                theta = self.theta_loss(logits, out.ensemble.detach(), labels)
+                theta = weighted([self.theta_loss(logits, out.ensemble.detach(), labels)
+                                  for out in outs], weights)
 
         losses: Dict[str, Tensor] = {}
-        # every step is also a classifier: its task loss, averaged over steps
-        step_task = self.steps_task_loss(out.steps, data_samples)
+        # every step is also a classifier: its task loss, averaged over steps (and teachers)
+        steps = outs[0].steps if len(outs) == 1 else torch.cat([out.steps for out in outs])
+        step_task = self.steps_task_loss(steps, data_samples)
         losses['loss_flow_cls' if self.deploy_mode == 'student' else 'loss_cls'] = step_task
         losses['loss_flow'] = self.flow_loss_weight * flow_losses.sum()
         losses['flow_step'] = flow_losses.detach() * n  # per step, logged only (flow_step1, ...)
+        if self.multi_teacher:  # each teacher's flow loss, logged only
+            for j, values in enumerate(per_teacher):
+                losses[f'flow_teacher{j}'] = values.detach().sum()
         if mask is not None:
             losses['curriculum_kept'] = mask.float().mean()  # logged only
         if self.roundtrip_loss_weight > 0:
-            losses['loss_roundtrip'] = self.roundtrip_loss_weight * self.flow.roundtrip_loss(feature, out)
+            losses['loss_roundtrip'] = self.roundtrip_loss_weight * weighted(
+                [self.flow_of(j).roundtrip_loss(feature, out) for j, out in enumerate(outs)], weights)
         if logits is not None:
             losses['loss_cls'] = self.task_loss(logits, data_samples)
             losses['loss_theta'] = self.theta_loss_weight * theta
@@ -273,9 +381,9 @@ class ClassificationDistiller(BaseDistiller):
         if target is None:  # OFM-KT: the ensemble is every row's target
             targets = ensemble
         else:
-            self.flow.check_target(target, out)
+            self.flow_of(0).check_target(target, out)
             targets = torch.cat([target.detach().expand_as(out.steps), ensemble[None]])
-        values = self.flow.loss_fn.forward_steps(outputs, targets, labels)
+        values = self.flow_of(0).loss_fn.forward_steps(outputs, targets, labels)
         return values[:n] / n, values[n]
 
     def steps_task_loss(self, steps: Tensor, data_samples) -> Tensor:
@@ -292,8 +400,10 @@ class ClassificationDistiller(BaseDistiller):
         student's ``loss_cls``."""
         feature = self.student_feature(inputs)
         if self.deploy_mode == 'flow':
-            out = self.flow.run(feature, self.flow.draw_num_steps(), labels=hard_labels(data_samples))
-            return dict(loss_cls=self.steps_task_loss(out.steps, data_samples))
+            outs = self.teacher_runs(feature, self.flow_of(0).draw_num_steps(),
+                                     hard_labels(data_samples))
+            steps = torch.cat([out.steps for out in outs])
+            return dict(loss_cls=self.steps_task_loss(steps, data_samples))
         return dict(loss_cls=self.task_loss(self.student_logits_from_feature(feature), data_samples))
 
     @torch.no_grad()
@@ -303,9 +413,22 @@ class ClassificationDistiller(BaseDistiller):
         -> teacher space -> back) and ``'t2s2t'`` (the flow's teacher-space
         image -> student space -> forward again). The teacher gives logits,
         which are not in the flow's space, so the teacher-space points are
-        the flow's own images. ``num_steps`` defaults to ``eval_steps``."""
+        the flow's own images. ``num_steps`` defaults to ``eval_steps``.
+        With several teachers: each teacher's flow as ``'s2t2s_t{j}'`` and
+        ``'t2s2t_t{j}'``, and their sums under the plain keys."""
         feature = self.student_feature(inputs)
-        return self.flow.roundtrip(feature, num_steps or self.eval_steps, refine=refine)
+        steps = num_steps or self.eval_steps
+        if not self.multi_teacher:
+            return self.flow.roundtrip(feature, steps, refine=refine)
+        errors: Dict[str, RoundTrip] = {}
+        for j in range(len(self.teacher_models())):
+            flow, x, context = self.flow_of(j), feature, None
+            if self.teacher_flows == 'shared':
+                x, _, context = self.teacher_contexts(flow, feature, [j])
+            for key, value in flow.roundtrip(x, steps, refine=refine, context=context).items():
+                errors[f'{key}_t{j}'] = value
+                errors[key] = errors[key] + value if key in errors else value
+        return errors
 
     def student_logits_from_feature(self, feature: Tensor) -> Tensor:
         feats = (feature,)
@@ -315,7 +438,10 @@ class ClassificationDistiller(BaseDistiller):
 
     # -- inference -------------------------------------------------------------
     def flow_logits(self, feature: Tensor, steps: int) -> Tensor:
-        return self.flow.sample(feature, num_steps=steps)
+        """The deployed flows' implicit ensemble (logits) at ``steps`` steps."""
+        if not self.multi_teacher:
+            return self.flow.sample(feature, num_steps=steps)
+        return self.flow_ensembles(feature, [steps])[steps]
 
     def predict(self, inputs: Tensor, data_samples=None):
         feature = self.student_feature(inputs)
@@ -336,9 +462,11 @@ class ClassificationDistiller(BaseDistiller):
         ``counts``: one run per count, one head call for all of them."""
         if not counts:
             return {}
-        estimates = [self.flow.transport(feature, n)[0] for n in counts]
-        logits = self.flow.apply_head(torch.cat(estimates))  # (sum N, B, K)
-        return {n: part.mean(0) for n, part in zip(counts, logits.split([e.shape[0] for e in estimates]))}
+        teachers, weights = self.deployed_teachers()
+        estimates = [e for n in counts for e in self.teacher_estimates(feature, n, teachers)]
+        logits = self.flow_of(0).apply_head(torch.cat(estimates))  # (sum N, B, K): the flows share the tail
+        parts = iter(logits.split([e.shape[0] for e in estimates]))
+        return {n: weighted([next(parts).mean(0) for _ in teachers], weights) for n in counts}
 
     def _forward(self, inputs: Tensor, data_samples=None):
         feature = self.student_feature(inputs)

@@ -66,3 +66,59 @@ def freeze(model: nn.Module) -> nn.Module:
     for param in model.parameters():
         param.requires_grad_(False)
     return model
+
+
+#: the keys of one teacher's config
+TEACHER_KEYS = ('config', 'checkpoint', 'strict', 'allow_unsafe_pickle', 'allow_random_init')
+#: the further keys of an entry of ``teachers``
+ENTRY_KEYS = ('weight', 'tap', 'name')
+#: how several teachers are followed: a flow each, or one flow conditioned on the teacher
+TEACHER_FLOWS = ('separate', 'shared')
+
+
+class TeacherSet(nn.ModuleList):
+    """Several frozen teachers, in the order of the config's ``teachers``
+    (state-dict keys ``teacher.0.*``, ``teacher.1.*``, ...), with each
+    one's :attr:`names`, :attr:`weights` (summing to 1) and :attr:`taps`
+    (None: the distiller's ``teacher_tap``)."""
+
+    def __init__(self, models, names, weights, taps):
+        super().__init__(models)
+        self.names, self.weights, self.taps = list(names), list(weights), list(taps)
+
+
+def build_teachers(entries, data_preprocessor=None) -> TeacherSet:
+    """The :class:`TeacherSet` of a distiller's ``teachers=[dict(config=...,
+    checkpoint=..., weight=1.0, tap=None, name=None), ...]``: each loaded
+    strictly and safely as :func:`build_teacher` loads one. The weights are
+    relative (normalised to sum to 1, so the distillation terms keep the
+    scale of one teacher's); ``name`` defaults to the config's file name."""
+    if not isinstance(entries, (list, tuple)) or not entries:
+        raise ValueError('teachers must be a non-empty list of dict(config=..., checkpoint=..., '
+                         f'weight=1.0), got {entries!r}')
+    models, names, weights, taps = [], [], [], []
+    for j, entry in enumerate(entries):
+        entry = dict(entry) if isinstance(entry, dict) else entry
+        if not isinstance(entry, dict) or 'config' not in entry or \
+                set(entry) - set(TEACHER_KEYS) - set(ENTRY_KEYS):
+            raise ValueError(f'teachers[{j}] must be dict(config=..., checkpoint=..., weight=1.0, '
+                             f'tap=None, name=None); got {entry!r}')
+        weight = float(entry.pop('weight', 1.0))
+        if not weight > 0:
+            raise ValueError(f'teachers[{j}] has weight {weight}; weights must be > 0')
+        config = entry['config']
+        name = entry.pop('name', None) or (
+            config.rsplit('/', 1)[-1].rsplit('.', 1)[0] if isinstance(config, str) else f'teacher{j}')
+        taps.append(entry.pop('tap', None))
+        try:
+            models.append(build_teacher(data_preprocessor=data_preprocessor, **entry))
+        except Exception as err:  # the same error, naming the teacher
+            try:
+                named = type(err)(f'teachers[{j}] ({name}): {err}')
+            except Exception:
+                raise err from None
+            raise named from err
+        names.append(name)
+        weights.append(weight)
+    total = sum(weights)
+    return TeacherSet(models, names, [w / total for w in weights], taps)

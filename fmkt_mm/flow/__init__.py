@@ -13,6 +13,7 @@ from .conditions import (
                          FlowCondition,
                          LevelCondition,
                          PooledCondition,
+                         TeacherCondition,
                          build_condition,
 )
 from .encoders import (
@@ -31,6 +32,6 @@ __all__ = [
     'ConvMetaEncoder', 'TransformerMetaEncoder', 'sinusoidal_embedding', 'FlowTransfer',
     'FlowTransport', 'FMKTObjective',
     'FlowOutput', 'RoundTrip', 'FlowCondition', 'PooledCondition', 'LevelCondition',
-    'ClassCondition', 'CompositeCondition', 'build_condition', 'Catalog', 'PATHS', 'ENCODERS',
+    'ClassCondition', 'TeacherCondition', 'CompositeCondition', 'build_condition', 'Catalog', 'PATHS', 'ENCODERS',
     'CONDITIONS', 'LOSSES'
 ]

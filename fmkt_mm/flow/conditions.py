@@ -18,6 +18,9 @@ Conditions (``type`` in a config):
 * ``'level'`` / ``'task'``: a learned embedding of the level (detection: the
   FPN level of the flow) or task index. With one meta-encoder shared by all
   levels it tells the shared network which level it transports.
+* ``'teacher'``: a learned embedding of the teacher a sample is carried
+  toward (multi-teacher distillation with one shared flow): every run gets
+  the ``(B,)`` teacher indices (:meth:`~fmkt_mm.flow.FlowTransport.make_context`).
 * ``'class'``: a learned class embedding. Training uses the ground-truth
   label (replaced by a learned "no class" entry with probability
   ``drop_prob``); inference has no label and uses ``inference``:
@@ -36,20 +39,23 @@ from .catalog import CONDITIONS
 
 
 class FlowCondition(nn.Module):
-    """Base class: ``forward(source, level, labels, head) -> (B, dim)``.
+    """Base class: ``forward(source, level, labels, head, teacher) -> (B, dim)``.
 
     Args of :meth:`forward`:
         source: the flow's input ``X_S``, ``(B, C)`` or ``(B, C, H, W)``.
         level: index of the flow's level (or task) in the distiller.
         labels: ``(B,)`` ground-truth classes; only read in training.
         head: the flow's head (estimate -> compared output, e.g. logits).
+        teacher: ``(B,)`` index of the teacher each sample is carried
+            toward (several teachers sharing one flow); None otherwise.
     """
 
     #: length of the context vector
     dim: int
 
     def forward(self, source: Tensor, level: int = 0, labels: Optional[Tensor] = None,
-                head: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+                head: Optional[Callable[[Tensor], Tensor]] = None,
+                teacher: Optional[Tensor] = None) -> Tensor:
         raise NotImplementedError
 
 
@@ -74,7 +80,7 @@ class PooledCondition(FlowCondition):
         self.proj = nn.Linear(channels, dim) if dim is not None else nn.Identity()
         self.dim = dim if dim is not None else channels
 
-    def forward(self, source, level=0, labels=None, head=None):
+    def forward(self, source, level=0, labels=None, head=None, teacher=None):
         if source.shape[1] != self.channels:
             raise ValueError(f'PooledCondition(channels={self.channels}) got {tuple(source.shape)}')
         pooled = source.flatten(2).mean(2) if source.dim() > 2 else source
@@ -98,10 +104,38 @@ class LevelCondition(FlowCondition):
         self.num_levels, self.dim = num_levels, dim
         self.embedding = nn.Embedding(num_levels, dim)
 
-    def forward(self, source, level=0, labels=None, head=None):
+    def forward(self, source, level=0, labels=None, head=None, teacher=None):
         if not 0 <= level < self.num_levels:
             raise ValueError(f'LevelCondition(num_levels={self.num_levels}) got level {level}')
         return self.embedding.weight[level].to(source.dtype).expand(source.shape[0], -1)
+
+
+class TeacherCondition(FlowCondition):
+    """A learned embedding per teacher: ``E[teacher[b]]`` for sample ``b``.
+    One flow shared by several teachers is then a family of flows, one per
+    teacher, for the parameters of one flow plus ``num_teachers * dim``.
+
+    Args:
+        num_teachers: number of teachers (filled in by the distillers).
+        dim: embedding length.
+    """
+
+    def __init__(self, num_teachers: int = 1, dim: int = 16):
+        super().__init__()
+        if num_teachers < 1:
+            raise ValueError(f'TeacherCondition needs num_teachers >= 1, got {num_teachers}')
+        self.num_teachers, self.dim = num_teachers, dim
+        self.embedding = nn.Embedding(num_teachers, dim)
+
+    def forward(self, source, level=0, labels=None, head=None, teacher=None):
+        if teacher is None:
+            raise ValueError('TeacherCondition needs the (B,) teacher index of every sample: '
+                             'make_context(x, teacher=index); a multi-teacher distiller passes it')
+        teacher = teacher.reshape(-1).long().to(source.device)
+        if teacher.shape[0] != source.shape[0]:
+            raise ValueError(f'TeacherCondition got {teacher.shape[0]} teacher indices for a batch '
+                             f'of {source.shape[0]}')
+        return self.embedding(teacher).to(source.dtype)
 
 
 class ClassCondition(FlowCondition):
@@ -141,7 +175,7 @@ class ClassCondition(FlowCondition):
         self.inference, self.drop_prob = inference, drop_prob
         self.embedding = nn.Embedding(num_classes + 1, dim)
 
-    def forward(self, source, level=0, labels=None, head=None):
+    def forward(self, source, level=0, labels=None, head=None, teacher=None):
         b = source.shape[0]
         if self.training and labels is not None:
             index = labels.reshape(-1).long().to(source.device)
@@ -176,19 +210,23 @@ class CompositeCondition(FlowCondition):
         self.conditions = nn.ModuleList(conditions)
         self.dim = sum(c.dim for c in conditions)
 
-    def forward(self, source, level=0, labels=None, head=None):
-        return torch.cat([c(source, level, labels, head) for c in self.conditions], dim=1)
+    def forward(self, source, level=0, labels=None, head=None, teacher=None):
+        extra = {} if teacher is None else dict(teacher=teacher)  # older conditions lack it
+        return torch.cat([c(source, level, labels, head, **extra) for c in self.conditions], dim=1)
 
 
 CONDITIONS.register('pooled', 'PooledCondition')(PooledCondition)
 CONDITIONS.register('level', 'task', 'LevelCondition')(LevelCondition)
 CONDITIONS.register('class', 'ClassCondition')(ClassCondition)
+CONDITIONS.register('teacher', 'TeacherCondition')(TeacherCondition)
 
 
 def build_condition(cfg: Union[None, str, dict, Sequence, nn.Module], channels: int,
-                    num_levels: int = 1, num_classes: Optional[int] = None) -> Optional[nn.Module]:
+                    num_levels: int = 1, num_classes: Optional[int] = None,
+                    num_teachers: int = 1) -> Optional[nn.Module]:
     """Build a condition from its config; the distillers fill in ``channels``
-    (pooled), ``num_levels`` (level/task) and ``num_classes`` (class).
+    (pooled), ``num_levels`` (level/task), ``num_classes`` (class) and
+    ``num_teachers`` (teacher).
 
     ``cfg``: None, a type name (``'pooled'``), a dict with ``type``, a built
     module, or a list of these (concatenated contexts).
@@ -196,7 +234,8 @@ def build_condition(cfg: Union[None, str, dict, Sequence, nn.Module], channels: 
     if cfg is None or isinstance(cfg, nn.Module):
         return cfg
     if isinstance(cfg, (list, tuple)):
-        return CompositeCondition([build_condition(c, channels, num_levels, num_classes) for c in cfg])
+        return CompositeCondition([build_condition(c, channels, num_levels, num_classes, num_teachers)
+                                   for c in cfg])
     cfg = dict(type=cfg) if isinstance(cfg, str) else dict(cfg)
     name = cfg.pop('type', None)
     cls = name if isinstance(name, type) else CONDITIONS.get(name) if isinstance(name, str) else None
@@ -207,6 +246,8 @@ def build_condition(cfg: Union[None, str, dict, Sequence, nn.Module], channels: 
         cfg.setdefault('channels', channels)
     elif issubclass(cls, LevelCondition):
         cfg.setdefault('num_levels', num_levels)
+    elif issubclass(cls, TeacherCondition):
+        cfg.setdefault('num_teachers', num_teachers)
     elif issubclass(cls, ClassCondition):
         if num_classes is None and 'num_classes' not in cfg:
             raise ValueError("condition type 'class' needs num_classes: it conditions a "

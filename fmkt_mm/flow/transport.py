@@ -70,6 +70,22 @@ class FlowOutput:
         """The implicit ensemble in the flow's own space (before the head)."""
         return self.estimates.mean(0)
 
+    def split(self, parts: int) -> List['FlowOutput']:
+        """A run on ``parts`` stacked copies of a batch (``parts * B`` rows)
+        as one output per copy, first copy first."""
+        rows = self.state.shape[0]
+        if rows % parts:
+            raise ValueError(f'a run on {rows} rows does not split into {parts} equal parts')
+        b = rows // parts
+        out = []
+        for j in range(parts):
+            rows_j = slice(j * b, (j + 1) * b)
+            steps = self.steps[:, rows_j]
+            out.append(FlowOutput(estimates=self.estimates[:, rows_j], steps=steps,
+                                  ensemble=steps.mean(0), state=self.state[rows_j],
+                                  context=None if self.context is None else self.context[rows_j]))
+        return out
+
 
 @dataclass(frozen=True)
 class StepPlan:
@@ -366,12 +382,16 @@ class FlowTransport(nn.Module):
     def _scaled(state: Tensor, plan: StepPlan) -> Tensor:
         return state if plan.input_scale == 1.0 else state * plan.input_scale
 
-    def make_context(self, x_student: Tensor, labels: Optional[Tensor] = None) -> Optional[Tensor]:
+    def make_context(self, x_student: Tensor, labels: Optional[Tensor] = None,
+                     teacher: Optional[Tensor] = None) -> Optional[Tensor]:
         """The condition's context ``(B, dim)`` for ``X_S`` (None for an
-        unconditional flow). Labels are read in training only."""
+        unconditional flow). Labels are read in training only; ``teacher``
+        is the ``(B,)`` teacher index of a ``'teacher'`` condition."""
         if self.condition is None:
             return None
-        return self.condition(x_student, level=self.condition_level, labels=labels, head=self.head)
+        extra = {} if teacher is None else dict(teacher=teacher)  # older conditions lack it
+        return self.condition(x_student, level=self.condition_level, labels=labels, head=self.head,
+                              **extra)
 
     def _resolve_context(self, x_student, context, labels):
         if context is None and self.condition is not None:

@@ -43,8 +43,9 @@ class TeacherEvalHook(Hook):
         if runner.iter > 0 and not self.on_resume:
             return
         model = unwrap(runner.model)
-        teacher = getattr(model, 'teacher', None)
-        if teacher is None:
+        teachers = model.teacher_models() if hasattr(model, 'teacher_models') else \
+            [t for t in [getattr(model, 'teacher', None)] if t is not None]
+        if not teachers:
             runner.logger.warning('TeacherEvalHook: this model has no teacher; nothing to evaluate')
             return
         loop = getattr(runner, '_val_loop', None)
@@ -52,23 +53,33 @@ class TeacherEvalHook(Hook):
             runner.logger.warning('TeacherEvalHook: the config has no val_dataloader / '
                                   'val_evaluator; the teacher is not evaluated')
             return
-        self.metrics = self.evaluate(teacher, loop.dataloader, loop.evaluator)
+        several = len(teachers) > 1
+        self.metrics = {}
+        for j, teacher in enumerate(teachers):
+            # several teachers: ``teacher{j}/<metric>``, each held to ``min_metrics``
+            who = model.teacher_label(j) if several else 'teacher'
+            prefix = f'teacher{j}' if several else 'teacher'
+            metrics = self.evaluate(teacher, loop.dataloader, loop.evaluator)
+            self.metrics.update({f'{prefix}/{k}': v for k, v in metrics.items()} if several else metrics)
+            self.report(runner, who, prefix, metrics)
+
+    def report(self, runner, who: str, prefix: str, metrics: Dict[str, float]) -> None:
         shown = ', '.join(f'{k}: {v:.4f}' if isinstance(v, float) else f'{k}: {v}'
-                          for k, v in self.metrics.items())
-        runner.logger.info(f'teacher on the validation set before training: {shown}')
-        scalars = {f'teacher/{k}': v for k, v in self.metrics.items() if isinstance(v, (int, float))}
+                          for k, v in metrics.items())
+        runner.logger.info(f'{who} on the validation set before training: {shown}')
+        scalars = {f'{prefix}/{k}': v for k, v in metrics.items() if isinstance(v, (int, float))}
         if scalars:
             runner.visualizer.add_scalars(scalars, step=runner.iter)
         for key, value in scalars.items():
             runner.message_hub.update_info(key, value)
-        low = {k: (self.metrics.get(k), bound) for k, bound in self.min_metrics.items()
-               if k not in self.metrics or self.metrics[k] < bound}
+        low = {k: (metrics.get(k), bound) for k, bound in self.min_metrics.items()
+               if k not in metrics or metrics[k] < bound}
         if low:
             raise RuntimeError(
-                'the teacher is below the configured minimum on the validation set: ' +
+                f'the {who} is below the configured minimum on the validation set: ' +
                 ', '.join(f'{k} = {v} < {b}' if v is not None else f'{k} missing (metrics: '
-                          f'{sorted(self.metrics)})' for k, (v, b) in low.items()) +
-                '; check teacher.checkpoint, the teacher config and the data pipeline')
+                          f'{sorted(metrics)})' for k, (v, b) in low.items()) +
+                '; check its checkpoint, its config and the data pipeline')
 
     @torch.no_grad()
     def evaluate(self, teacher, dataloader, evaluator) -> Dict[str, float]:
