@@ -185,3 +185,147 @@ def test_teacher_and_teachers_together_are_refused(checkpoints, tmp_path):
     cfg.model.teacher = dict(cfg.model.teachers[0])
     with pytest.raises(ValueError, match='either teacher=dict'):
         Runner.from_cfg(cfg)
+
+
+# -- detection: a RetinaNet and an FCOS teacher ------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def det_teachers(tmp_path_factory):
+    """``[(model config, checkpoint)]``: a tiny RetinaNet (32-channel FPN) and
+    a tiny FCOS (64-channel FPN, so the student needs an adapter for it)."""
+    pytest.importorskip('mmdet')
+    from mmdet.utils import register_all_modules
+    from mmengine.registry import MODELS, DefaultScope
+    from tiny_runs import fcos, retinanet
+    register_all_modules(init_default_scope=False)
+    out = tmp_path_factory.mktemp('det_teachers')
+    made = []
+    for name, model in [('retinanet', retinanet(16, 32)), ('fcos', fcos(16, 64))]:
+        torch.manual_seed(0)
+        path = str(out / f'{name}.pth')
+        with DefaultScope.overwrite_default_scope('mmdet'):
+            torch.save(MODELS.build(model).state_dict(), path)
+        made.append((name, model, path))
+    return made
+
+
+def det_distiller(det_teachers, **kwargs):
+    from mmengine.registry import DefaultScope
+    from fmkt_mm.distill import DetectionDistiller
+    from tiny_runs import SIZE, retinanet
+    kwargs.setdefault('dummy_input_shape', (3, SIZE, SIZE))
+    kwargs.setdefault('adapter', dict(type='fmkt_mm.FeatureAdapter'))
+    teachers = kwargs.pop('teachers', [dict(config=model, checkpoint=path, name=name)
+                                       for name, model, path in det_teachers])
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        return DetectionDistiller(student=retinanet(8, 32), teachers=teachers, **kwargs)
+
+
+@pytest.mark.parametrize('mode', ['separate', 'shared'])
+@pytest.mark.parametrize('deploy_mode', ['flow', 'student'])
+def test_detection_two_teachers_losses_weights_and_gradients(mode, deploy_mode, det_teachers):
+    from tiny_runs import det_batch
+    teachers = [dict(config=model, checkpoint=path, name=name, weight=w)
+                for (name, model, path), w in zip(det_teachers, (1.0, 3.0))]
+    model = det_distiller(det_teachers, teacher_flows=mode, deploy_mode=deploy_mode,
+                          teachers=teachers, level_weights=2.0)
+    model.init_weights()
+    model.train()
+    losses = model(**det_batch(model), mode='loss')
+    for s in range(4):
+        expected = 2.0 * (0.25 * losses[f'flow_l{s}_t0'] + 0.75 * losses[f'flow_l{s}_t1'])
+        torch.testing.assert_close(losses[f'loss_flow_l{s}'].detach(), expected)
+        assert (f'loss_theta_l{s}' in losses) == (deploy_mode == 'student')
+    model.parse_losses(losses)[0].backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, name
+    assert all(p.grad is None for p in model.teacher.parameters())
+    expected_flows = 4 if mode == 'shared' else 8
+    assert len(model.flows) == expected_flows
+
+
+def test_detection_shared_flows_have_one_set_of_flows_plus_the_condition(det_teachers):
+    separate = det_distiller(det_teachers, teacher_flows='separate')
+    shared = det_distiller(det_teachers, teacher_flows='shared')
+
+    def flow_params(model):  # the flows without their adapters
+        return sum(p.numel() for f in model.flows for n, p in f.named_parameters()
+                   if not n.startswith('head.'))
+    per_teacher = flow_params(separate) // 2
+    extra = sum(p.numel() for f in shared.flows for n, p in f.named_parameters()
+                if n.startswith('condition.') or 'context' in n)
+    assert extra > 0 and flow_params(shared) == per_teacher + extra
+    # the adapters are per teacher in both modes (the teachers' shapes differ)
+    adapters = lambda m: sum(p.numel() for n, p in m.named_parameters() if 'adapter' in n)  # noqa: E731
+    assert adapters(shared) == adapters(separate) > 0
+
+
+@pytest.mark.parametrize('mode', ['separate', 'shared'])
+def test_detection_deploy_teacher_mean_is_the_weighted_mean(mode, det_teachers):
+    teachers = [dict(config=model, checkpoint=path, name=name, weight=w)
+                for (name, model, path), w in zip(det_teachers, (1.0, 3.0))]
+    model = det_distiller(det_teachers, teacher_flows=mode, teachers=teachers).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for flow in model.flows:
+            for n, p in flow.named_parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+        level = torch.randn(2, 32, 8, 8)
+        mean = model.deployed_ensemble(0, level, 3)
+        single = []
+        for j in (0, 1):
+            model.deploy_teacher = j
+            single.append(model.deployed_ensemble(0, level, 3))
+    torch.testing.assert_close(mean, 0.25 * single[0] + 0.75 * single[1])
+    assert not torch.allclose(single[0], single[1])
+
+
+def test_detection_teacher_errors_name_the_teacher(det_teachers):
+    teachers = [dict(config=model, checkpoint=path, name=name) for name, model, path in det_teachers]
+    teachers[1]['tap'] = 'nek'
+    with pytest.raises(ValueError, match=r"unknown module path 'nek' in the teacher 1 \(fcos\)"):
+        det_distiller(det_teachers, teachers=teachers)
+    teachers[1]['tap'] = 'neck'
+    with pytest.raises(ValueError, match=r"shape .* teacher 1 \(fcos\)'s.*adapter=dict"):
+        det_distiller(det_teachers, teachers=teachers, adapter=None)
+    with pytest.raises(ValueError, match=r"teacher level 5,.* teacher 0 \(retinanet\)'s 'neck' 4"):
+        det_distiller(det_teachers, teachers=teachers, levels=[(0, 5)])
+
+
+@pytest.mark.parametrize('mode', ['separate', 'shared'])
+def test_detection_two_teachers_train_resume_test_and_export(mode, det_teachers, coco_set, tmp_path):
+    from mmengine.registry import DefaultScope
+    from tiny_runs import retinanet, runner_config
+    cfg_name = 'fmkt_retinanet-fcos_r18_to_r18w16_deploy-student.py'
+
+    def cfg(max_iters):
+        name, model, path = det_teachers[0]
+        c = runner_config(cfg_name, str(tmp_path), coco_set, retinanet(8, 32), (model, path),
+                          max_iters=max_iters, adapter=dict(type='fmkt_mm.FeatureAdapter'))
+        c.model.teacher = None
+        c.model.teachers = [dict(config=m, checkpoint=p, name=n) for n, m, p in det_teachers]
+        c.model.teacher_flows = mode
+        return c
+
+    runner = Runner.from_cfg(cfg(2))
+    runner.train()
+    assert {'train/flow_l0_t0', 'train/flow_l0_t1'} <= set(runner.message_hub.log_scalars)
+    resume = cfg(3)
+    resume.resume = True
+    resumed = Runner.from_cfg(resume)
+    resumed.train()
+    assert resumed.iter == 3
+    assert 'coco/bbox_mAP' in resumed.test()
+
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        out = tmp_path / 'student.pth'
+        from fmkt_mm.export import export_student_from_cfg
+        summary = export_student_from_cfg(resume, str(tmp_path / 'iter_3.pth'), str(out))
+    assert not summary['not_exported']
+    exported = torch.load(out, weights_only=True)['state_dict']
+    student = resumed.model.student.state_dict()
+    assert exported.keys() == student.keys()
+    assert all(torch.equal(exported[k], student[k]) for k in student)

@@ -68,6 +68,16 @@ def retinanet(width: int, fpn: int) -> dict:
     return model
 
 
+def fcos(width: int, fpn: int) -> dict:
+    """The FCOS teacher config's model at base width ``width`` and ``fpn`` channels."""
+    model = copy.deepcopy(Config.fromfile(osp.join(DET_CONFIGS, 'fcos_r18_teacher.py')).model)
+    model.backbone.update(base_channels=width, stem_channels=width)
+    model.neck.update(in_channels=[2 * width, 4 * width, 8 * width], out_channels=fpn)
+    model.bbox_head.update(in_channels=fpn, feat_channels=fpn)
+    model.test_cfg.update(score_thr=0.0, max_per_img=20)
+    return model
+
+
 def faster_rcnn(width: int, fpn: int) -> dict:
     model = copy.deepcopy(Config.fromfile(osp.join(DET_CONFIGS, 'faster-rcnn_r18_teacher.py')).model)
     model.backbone.update(base_channels=width, stem_channels=width)

@@ -84,7 +84,7 @@ class FeatureDistiller(LevelDistiller):
         super().__init__(student, teacher, data_preprocessor, init_cfg)
         student_shapes, teacher_shapes = self.setup_levels(levels, level_weights, student_tap,
                                                            teacher_tap, dummy_input_shape)
-        adapters = [self.level_adapter(adapter, s, t, student_shapes[s], teacher_shapes[t]) or nn.Identity()
+        adapters = [self.level_adapter(adapter, s, t, student_shapes[s], teacher_shapes[0][t]) or nn.Identity()
                     for s, t in self.level_pairs]
         self.adapters = nn.ModuleList(adapters)
         self.feat_loss = build_from_registry(MODELS, loss or dict(type='PKDLoss'), 'loss')

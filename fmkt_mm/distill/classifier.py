@@ -41,27 +41,10 @@ from ..flow import FlowOutput, FlowTransfer, RoundTrip, build_condition
 from ..registry import MODELS
 from ..utils import build_from_registry
 from .base import BaseDistiller, hard_labels
+from .teacher import weighted, with_teacher_condition
 from .taps import run_until_tapped, select
 
 VARIANTS = ('fmkt', 'fmkt_theta', 'ofmkt')
-
-
-def weighted(values: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
-    """``sum_j weights[j] * values[j]``; the value itself for one weight of 1."""
-    if len(values) == 1 and weights[0] == 1.0:
-        return values[0]
-    return sum(w * v for w, v in zip(weights, values))
-
-
-def with_teacher_condition(condition):
-    """A flow condition config plus the ``'teacher'`` condition (unless it
-    already has one)."""
-    items = [] if condition is None else list(condition) if isinstance(condition, (list, tuple)) \
-        else [condition]
-    if any((item.get('type') if isinstance(item, dict) else item) in ('teacher', 'TeacherCondition')
-           for item in items):
-        return condition
-    return items + [dict(type='teacher')]
 
 
 class ClassifierTail(nn.Module):

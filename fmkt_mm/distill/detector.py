@@ -53,19 +53,20 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..flow import ENCODERS, FlowTransfer, RoundTrip, build_condition
+from ..flow import ENCODERS, FlowOutput, FlowTransfer, RoundTrip, build_condition
 from ..flow.conditions import ClassCondition
 from ..registry import MODELS
 from ..utils import build_from_registry
 from .levels import LevelDistiller, LevelSpec, TeacherShape, as_levels
 from .taps import get_module, run_until_tapped
+from .teacher import weighted, with_teacher_condition
 
 DEPLOY_MODES = ('flow', 'student')
 
 class _HookState:
     """What the neck hook needs for one call and what it leaves behind."""
 
-    def __init__(self, teacher_levels: Optional[Sequence[Tensor]], compute_losses: bool,
+    def __init__(self, teacher_levels: Optional[Sequence[Sequence[Tensor]]], compute_losses: bool,
                  num_steps: Optional[int] = None):
         self.teacher_levels = teacher_levels
         self.compute_losses = compute_losses
@@ -141,7 +142,7 @@ class DetectionDistiller(LevelDistiller):
 
     def __init__(self,
                  student: dict,
-                 teacher: dict,
+                 teacher: Optional[dict] = None,
                  flow: Optional[dict] = None,
                  levels: Sequence[LevelSpec] = (0, 1, 2, 3),
                  level_weights: Union[float, Sequence[float]] = 1.0,
@@ -157,18 +158,23 @@ class DetectionDistiller(LevelDistiller):
                  dummy_input_shape: Sequence[int] = (3, 128, 128),
                  shared_encoder: bool = False,
                  roundtrip_loss_weight: float = 0.0,
+                 teachers: Optional[Sequence[dict]] = None,
+                 teacher_flows: str = 'separate',
+                 deploy_teacher: Union[str, int] = 'mean',
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
         if deploy_mode not in DEPLOY_MODES:
             raise ValueError(f'unknown deploy_mode {deploy_mode!r}; choose one of {list(DEPLOY_MODES)}')
-        if teacher is None:
-            raise ValueError('DetectionDistiller needs a teacher: teacher=dict(config=..., checkpoint=...)')
+        if teacher is None and teachers is None:
+            raise ValueError('DetectionDistiller needs a teacher: teacher=dict(config=..., checkpoint=...) '
+                             'or teachers=[dict(config=..., checkpoint=...), ...]')
         if ema_momentum is not None and not 0.0 < ema_momentum <= 1.0:
             raise ValueError(f'ema_momentum must lie in (0, 1] (the weight of the new weights), '
                              f'got {ema_momentum}')
         if ema_warmup is not None and not ema_warmup > 0:
             raise ValueError(f'ema_warmup must be a positive number of updates or None, got {ema_warmup}')
-        super().__init__(student, teacher, data_preprocessor, init_cfg)
+        super().__init__(student, teacher, data_preprocessor, init_cfg, teachers=teachers,
+                         teacher_flows=teacher_flows, deploy_teacher=deploy_teacher)
         self._deploy_mode = deploy_mode
         self.theta_loss_weight = theta_loss_weight
         student_shapes, teacher_shapes = self.setup_levels(levels, level_weights, student_tap,
@@ -185,31 +191,54 @@ class DetectionDistiller(LevelDistiller):
         condition_cfg = flow.pop('condition', None)
         encoder_cfg = flow.pop('encoder')
         self._check_detection_condition(condition_cfg)
-        shared_condition = shared = None
-        if shared_encoder:
-            channels = sorted({student_shapes[s][1] for s, _ in self.level_pairs})
-            if len(channels) > 1:
-                raise ValueError(f'shared_encoder=True needs equal channels on every distilled '
-                                 f'student level, got {channels}; distil levels of one width or '
-                                 f'set shared_encoder=False')
-            shared_condition = build_condition(condition_cfg, channels[0],
-                                               num_levels=len(self.level_pairs))
-            context = {} if shared_condition is None else dict(context_dim=shared_condition.dim)
-            shared = ENCODERS.build(encoder_cfg, channels=channels[0], **context)
-        flows = []
-        for k, (s, t) in enumerate(self.level_pairs):
-            s_shape, t_shape = student_shapes[s], teacher_shapes[t]
-            head = self.level_adapter(adapter, s, t, s_shape, t_shape,
-                                      why=": the flow's estimates cannot be compared with the teacher")
-            if shared is not None:
-                condition, encoder = shared_condition, shared
-            else:
-                condition = build_condition(condition_cfg, s_shape[1], num_levels=len(self.level_pairs))
-                encoder = encoder_cfg
-            flows.append(FlowTransfer(channels=s_shape[1], head=head, encoder=encoder,
-                                      condition=condition, condition_level=k, **flow))
-        #: one flow per entry of ``level_pairs``
-        self.flows = nn.ModuleList(flows)
+        num_teachers = len(self.teacher_models())
+        shared_teachers = self.multi_teacher and teacher_flows == 'shared'
+        if shared_teachers:  # one flow per level, told by a teacher embedding which teacher it follows
+            condition_cfg = with_teacher_condition(condition_cfg)
+        num_pairs = len(self.level_pairs)
+
+        def make_condition(channels):
+            return build_condition(condition_cfg, channels, num_levels=num_pairs,
+                                   num_teachers=num_teachers)
+
+        def make_flows(j: int) -> List[FlowTransfer]:
+            """The level flows toward teacher ``j`` (toward every teacher when shared)."""
+            shared_condition = shared = None
+            if shared_encoder:
+                channels = sorted({student_shapes[s][1] for s, _ in self.level_pairs})
+                if len(channels) > 1:
+                    raise ValueError(f'shared_encoder=True needs equal channels on every distilled '
+                                     f'student level, got {channels}; distil levels of one width or '
+                                     f'set shared_encoder=False')
+                shared_condition = make_condition(channels[0])
+                context = {} if shared_condition is None else dict(context_dim=shared_condition.dim)
+                shared = ENCODERS.build(encoder_cfg, channels=channels[0], **context)
+            flows = []
+            for k, (s, t) in enumerate(self.level_pairs):
+                head = None
+                if not shared_teachers:  # the teacher's adapter is the flow's head
+                    head = self.level_adapter(adapter, s, t, student_shapes[s], teacher_shapes[j][t],
+                                              why=self._why(j))
+                if shared is not None:
+                    condition, encoder = shared_condition, shared
+                else:
+                    condition, encoder = make_condition(student_shapes[s][1]), encoder_cfg
+                flows.append(FlowTransfer(channels=student_shapes[s][1], head=head, encoder=encoder,
+                                          condition=condition, condition_level=k, **flow))
+            return flows
+
+        #: one flow per entry of ``level_pairs``; with several teachers and
+        #: separate flows, teacher ``j``'s flows are ``flows[j * len(level_pairs):]``
+        self.flows = nn.ModuleList([f for j in range(1 if shared_teachers else num_teachers)
+                                    for f in make_flows(j)])
+        #: several teachers sharing the flows: each teacher's adapters
+        #: (identity where shapes agree), in the same order
+        self.teacher_adapters = None
+        if shared_teachers:
+            self.teacher_adapters = nn.ModuleList([
+                self.level_adapter(adapter, s, t, student_shapes[s], teacher_shapes[j][t],
+                                   why=self._why(j)) or nn.Identity()
+                for j in range(num_teachers) for s, t in self.level_pairs])
         self.theta_loss = None
         if deploy_mode == 'student':
             self.theta_loss = build_from_registry(MODELS, theta_loss or flow['loss'], 'loss')
@@ -260,6 +289,10 @@ class DetectionDistiller(LevelDistiller):
         return cfg.get('deploy_mode', 'flow')
 
     # -- building ----------------------------------------------------------------
+    def _why(self, j: int) -> str:
+        return f": the flow's estimates cannot be compared with {self.teacher_label(j)}'s" \
+            if self.multi_teacher else ": the flow's estimates cannot be compared with the teacher"
+
     @staticmethod
     def _check_detection_condition(cfg):
         items = cfg if isinstance(cfg, (list, tuple)) else [cfg]
@@ -275,38 +308,108 @@ class DetectionDistiller(LevelDistiller):
     def _inference_flows(self) -> nn.ModuleList:
         return self.ema_flows if self.ema_flows is not None and not self.training else self.flows
 
+    def flow_of(self, j: int, k: int, flows: Optional[nn.ModuleList] = None) -> FlowTransfer:
+        """The flow of level pair ``k`` toward teacher ``j`` (in ``flows``,
+        the training flows by default)."""
+        flows = self.flows if flows is None else flows
+        separate = self.multi_teacher and self.teacher_flows == 'separate'
+        return flows[j * len(self.level_pairs) + k if separate else k]
+
+    def level_runs(self, k: int, level: Tensor, num_steps: int, targets: Sequence[Tensor],
+                   flows: Optional[nn.ModuleList] = None) -> List[FlowOutput]:
+        """One training run of level pair ``k`` per teacher, each run's
+        steps in its teacher's shape (``targets`` give the sizes): separate
+        flows run in turn, a shared flow once on the level stacked per
+        teacher, its estimates then mapped by each teacher's adapter."""
+        if self.teacher_adapters is None:
+            outs = []
+            for j, target in enumerate(targets):
+                flow = self.flow_of(j, k, flows)
+                if isinstance(flow.head, TeacherShape):
+                    flow.head.size = tuple(target.shape[-2:])
+                outs.append(flow.run(level, num_steps))
+            return outs
+        flow = self.flow_of(0, k, flows)
+        stacked, context = self.teacher_contexts(flow, level, range(len(targets)))
+        outs = flow.run(stacked, num_steps, context).split(len(targets))
+        for j, (out, target) in enumerate(zip(outs, targets)):
+            adapter = self.teacher_adapters[j * len(self.level_pairs) + k]
+            if isinstance(adapter, TeacherShape):
+                adapter.size = tuple(target.shape[-2:])
+                n, b = out.estimates.shape[:2]
+                out.steps = adapter(out.estimates.flatten(0, 1)).unflatten(0, (n, b))
+                out.ensemble = out.steps.mean(0)
+        return outs
+
+    @staticmethod
+    def teacher_contexts(flow: FlowTransfer, level: Tensor, teachers: Sequence[int]):
+        """A shared flow's input for ``teachers``: the level stacked once
+        per teacher and the context with each copy's teacher index."""
+        teachers = list(teachers)
+        stacked = level.repeat(len(teachers), 1, 1, 1) if len(teachers) > 1 else level
+        index = torch.tensor(teachers, device=level.device).repeat_interleave(level.shape[0])
+        return stacked, flow.make_context(stacked, teacher=index)
+
+    def deployed_ensemble(self, k: int, level: Tensor, num_steps: int) -> Tensor:
+        """What the heads read for level pair ``k`` at inference: the
+        implicit ensemble (student space) of the deployed teacher's flow, or
+        the weighted mean over all teachers' flows."""
+        flows = self._inference_flows()
+        if not self.multi_teacher:
+            return self.flow_of(0, k, flows).transport(level, num_steps)[0].mean(0)
+        if self.deploy_teacher is not None:
+            teachers, weights = [self.deploy_teacher], [1.0]
+        else:
+            teachers, weights = list(range(len(self.teacher_models()))), self.teacher_weights()
+        if self.teacher_adapters is None:
+            ensembles = [self.flow_of(j, k, flows).transport(level, num_steps)[0].mean(0)
+                         for j in teachers]
+        else:
+            flow = self.flow_of(0, k, flows)
+            stacked, context = self.teacher_contexts(flow, level, teachers)
+            ensembles = flow.transport(stacked, num_steps, context)[0].mean(0).chunk(len(teachers))
+        return weighted(ensembles, weights)
+
     def _transfer(self, levels: List[Tensor], state: _HookState) -> List[Tensor]:
         """Run the flows on the student's levels; return what the heads read."""
         levels = list(levels)
         if not state.compute_losses:  # inference in deploy_mode 'flow': no adapter, no loss
             steps = state.num_steps or self.eval_steps
-            for (s, _), flow in zip(self.level_pairs, self._inference_flows()):
-                levels[s] = flow.transport(levels[s], steps)[0].mean(0)
+            for k, (s, _) in enumerate(self.level_pairs):
+                levels[s] = self.deployed_ensemble(k, levels[s], steps)
             return levels
-        for (s, t), flow, weight, scale in zip(self.level_pairs, self.flows, self.level_weights,
-                                               self.level_scales):
+        weights = self.teacher_weights()
+        for k, ((s, t), weight, scale) in enumerate(zip(self.level_pairs, self.level_weights,
+                                                        self.level_scales)):
             weight = weight * scale
-            target = state.teacher_levels[t]
-            if isinstance(flow.head, TeacherShape):
-                flow.head.size = tuple(target.shape[-2:])
-            out = flow.run(levels[s], flow.draw_num_steps())
-            step_losses = flow.step_loss_vector(out, target)  # (N,), one loss call for all steps
+            targets = [teacher[t] for teacher in state.teacher_levels]
+            outs = self.level_runs(k, levels[s], self.flow_of(0, k).draw_num_steps(), targets)
+            per_teacher = [self.flow_of(j, k).step_loss_vector(out, target)  # (N,), one loss call each
+                           for j, (out, target) in enumerate(zip(outs, targets))]
+            step_losses = weighted(per_teacher, weights)
             state.losses[f'loss_flow_l{s}'] = weight * step_losses.sum()
             if self.roundtrip_loss_weight > 0:
-                state.losses[f'loss_roundtrip_l{s}'] = self.roundtrip_loss_weight * flow.roundtrip_loss(
-                    levels[s], out)
+                state.losses[f'loss_roundtrip_l{s}'] = self.roundtrip_loss_weight * weighted(
+                    [self.flow_of(j, k).roundtrip_loss(levels[s], out) for j, out in enumerate(outs)],
+                    weights)
             # per step, undivided: logged only (flow_l{s}_step1, ...)
-            state.losses[f'flow_l{s}_step'] = step_losses.detach() * out.steps.shape[0]
-            ensemble = out.mean_estimate()
+            state.losses[f'flow_l{s}_step'] = step_losses.detach() * outs[0].steps.shape[0]
+            if self.multi_teacher:  # each teacher's flow loss on the level, logged only
+                for j, values in enumerate(per_teacher):
+                    state.losses[f'flow_l{s}_t{j}'] = values.detach().sum()
+            ensembles = [out.mean_estimate() for out in outs]
             if self.deploy_mode == 'flow':
-                levels[s] = ensemble
+                if self.deploy_teacher is not None:
+                    levels[s] = ensembles[self.deploy_teacher]
+                else:
+                    levels[s] = weighted(ensembles, weights)
             else:
-                state.losses[f'loss_theta_l{s}'] = weight * self.theta_loss_weight * self.theta_loss(
-                    levels[s], ensemble.detach())
+                state.losses[f'loss_theta_l{s}'] = weight * self.theta_loss_weight * weighted(
+                    [self.theta_loss(levels[s], e.detach()) for e in ensembles], weights)
         return levels
 
     @contextmanager
-    def _flows_on_neck(self, teacher_levels: Optional[Sequence[Tensor]] = None,
+    def _flows_on_neck(self, teacher_levels: Optional[Sequence[Sequence[Tensor]]] = None,
                        compute_losses: bool = False,
                        num_steps: Optional[int] = None) -> Iterator[_HookState]:
         """Hook the flows onto the student's tap for the duration of the block
@@ -362,7 +465,8 @@ class DetectionDistiller(LevelDistiller):
         ``flow_l{l}_step{k}`` (logged only)."""
         if self.training:
             self.update_ema()
-        teacher_levels = self.teacher_levels(inputs, data_samples)
+        teacher_levels = [self.teacher_levels(inputs, data_samples, j)
+                          for j in range(len(self.teacher_models()))]
         with self._flows_on_neck(teacher_levels, compute_losses=True) as state:
             losses = dict(self.student.loss(inputs, data_samples))
         clash = set(losses) & set(state.losses)
@@ -392,20 +496,34 @@ class DetectionDistiller(LevelDistiller):
         forward again), plus their sums over levels, ``'s2t2s'`` and
         ``'t2s2t'``. A level compared through an adapter has its teacher in
         another space; its teacher-space points are then the flow's own
-        images. ``num_steps`` defaults to ``eval_steps``."""
+        images. ``num_steps`` defaults to ``eval_steps``. With several
+        teachers, each teacher's flow is keyed ``'..._l{l}_t{j}'``."""
         out = run_until_tapped(self.student, [self.student_tap],
                                lambda: self.student(inputs, data_samples, mode='tensor'), 'student')
         levels = as_levels(out[self.student_tap], self.student_tap, 'student')
-        needs_teacher = any(not isinstance(flow.head, TeacherShape) for flow in self.flows)
-        teacher = self.teacher_levels(inputs, data_samples) if needs_teacher else None
+        flows, num_pairs = self._inference_flows(), len(self.level_pairs)
+
+        def adapter(j, k):
+            shared = self.teacher_adapters
+            return self.flow_of(j, k, flows).head if shared is None else shared[j * num_pairs + k]
+
+        teachers = {}  # teacher j's levels, read where its level is in the flow's space
         errors: Dict[str, RoundTrip] = {}
-        for (s, t), flow in zip(self.level_pairs, self._inference_flows()):
-            x_teacher = None if isinstance(flow.head, TeacherShape) else teacher[t]
-            level = flow.roundtrip(levels[s], num_steps or self.eval_steps, x_teacher=x_teacher,
-                                   refine=refine)
-            for key, value in level.items():
-                errors[f'{key}_l{s}'] = value
-                errors[key] = errors[key] + value if key in errors else value
+        for k, (s, t) in enumerate(self.level_pairs):
+            for j in range(len(self.teacher_models())):
+                flow, x, context, x_teacher = self.flow_of(j, k, flows), levels[s], None, None
+                if not isinstance(adapter(j, k), TeacherShape):
+                    if j not in teachers:
+                        teachers[j] = self.teacher_levels(inputs, data_samples, j)
+                    x_teacher = teachers[j][t]
+                if self.teacher_adapters is not None:
+                    x, context = self.teacher_contexts(flow, levels[s], [j])
+                level = flow.roundtrip(x, num_steps or self.eval_steps, x_teacher=x_teacher,
+                                       refine=refine, context=context)
+                suffix = f'_l{s}_t{j}' if self.multi_teacher else f'_l{s}'
+                for key, value in level.items():
+                    errors[key + suffix] = value
+                    errors[key] = errors[key] + value if key in errors else value
         return errors
 
     # -- inference -----------------------------------------------------------------

@@ -87,20 +87,23 @@ class LevelDistiller(BaseDistiller):
 
     def setup_levels(self, levels: Sequence[LevelSpec], level_weights, student_tap: str,
                      teacher_tap: str, dummy_input_shape: Sequence[int]):
-        """Returns ``(student_shapes, teacher_shapes)``, ``(1, C, H, W)`` per
-        level of each tap at a ``dummy_input_shape`` input."""
+        """Returns ``(student_shapes, teacher_shapes)``: ``(1, C, H, W)`` per
+        level of the student's tap, and per teacher (one list per teacher,
+        in order) per level of its tap, at a ``dummy_input_shape`` input."""
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
         self.check_taps([student_tap], [teacher_tap])
         self.level_pairs = parse_levels(levels)
         self.level_weights = parse_weights(level_weights, len(self.level_pairs))
         self._dummy_input_shape = tuple(dummy_input_shape)
         student_shapes, teacher_shapes = self._infer_level_shapes(dummy_input_shape)
-        for s, t in self.level_pairs:
-            if not 0 <= s < len(student_shapes) or not 0 <= t < len(teacher_shapes):
-                raise ValueError(
-                    f'levels pairs student level {s} with teacher level {t}, but the student\'s '
-                    f'{student_tap!r} outputs {len(student_shapes)} levels and the teacher\'s '
-                    f'{teacher_tap!r} {len(teacher_shapes)}; choose levels that exist on both sides')
+        for j, shapes in enumerate(teacher_shapes):
+            for s, t in self.level_pairs:
+                if not 0 <= s < len(student_shapes) or not 0 <= t < len(shapes):
+                    raise ValueError(
+                        f'levels pairs student level {s} with teacher level {t}, but the student\'s '
+                        f'{student_tap!r} outputs {len(student_shapes)} levels and the '
+                        f'{self.teacher_label(j)}\'s {self.teacher_tap_of(j, teacher_tap)!r} '
+                        f'{len(shapes)}; choose levels that exist on both sides')
         return student_shapes, teacher_shapes
 
     def level_adapter(self, adapter: Optional[Union[str, dict]], s: int, t: int, s_shape: Shape,
@@ -122,7 +125,7 @@ class LevelDistiller(BaseDistiller):
         return None
 
     @torch.no_grad()
-    def _infer_level_shapes(self, dummy_input_shape) -> Tuple[List[Shape], List[Shape]]:
+    def _infer_level_shapes(self, dummy_input_shape) -> Tuple[List[Shape], List[List[Shape]]]:
         dummy = torch.zeros(1, *dummy_input_shape)
         was_training = self.student.training
         self.student.eval()  # a dummy batch must not touch BatchNorm statistics
@@ -132,11 +135,11 @@ class LevelDistiller(BaseDistiller):
         finally:
             self.student.train(was_training)
         student = as_levels(out[self.student_tap], self.student_tap, 'student')
-        out = self.teacher_outputs(dummy, None, [self.teacher_tap])
-        teacher = as_levels(out[self.teacher_tap], self.teacher_tap, 'teacher')
-        return [tuple(x.shape) for x in student], [tuple(x.shape) for x in teacher]
+        teachers = [self.teacher_levels(dummy, None, j) for j in range(len(self.teacher_models()))]
+        return [tuple(x.shape) for x in student], [[tuple(x.shape) for x in t] for t in teachers]
 
-    def teacher_levels(self, inputs: Tensor, data_samples) -> List[Tensor]:
-        out = self.teacher_outputs(inputs, data_samples, [self.teacher_tap])
-        return as_levels(out[self.teacher_tap], self.teacher_tap, 'teacher')
-
+    def teacher_levels(self, inputs: Tensor, data_samples, index: int = 0) -> List[Tensor]:
+        """Teacher ``index``'s levels (its own tap, else ``teacher_tap``)."""
+        tap = self.teacher_tap_of(index, self.teacher_tap)
+        out = self.teacher_outputs(inputs, data_samples, [tap], index)
+        return as_levels(out[tap], tap, self.teacher_label(index))

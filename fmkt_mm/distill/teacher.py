@@ -1,11 +1,11 @@
-"""Building and loading the frozen teacher."""
+"""Building and loading the frozen teachers, and weighing several."""
 import copy
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 from mmengine.config import Config, ConfigDict
 from mmengine.hub import get_config
 from mmengine.registry import MODELS as ROOT_MODELS
-from torch import nn
+from torch import Tensor, nn
 
 from ..checkpoint import load_weights
 
@@ -122,3 +122,21 @@ def build_teachers(entries, data_preprocessor=None) -> TeacherSet:
         weights.append(weight)
     total = sum(weights)
     return TeacherSet(models, names, [w / total for w in weights], taps)
+
+
+def weighted(values: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """``sum_j weights[j] * values[j]``; the value itself for one weight of 1."""
+    if len(values) == 1 and weights[0] == 1.0:
+        return values[0]
+    return sum(w * v for w, v in zip(weights, values))
+
+
+def with_teacher_condition(condition):
+    """A flow condition config plus the ``'teacher'`` condition (unless it
+    already has one)."""
+    items = [] if condition is None else list(condition) if isinstance(condition, (list, tuple)) \
+        else [condition]
+    if any((item.get('type') if isinstance(item, dict) else item) in ('teacher', 'TeacherCondition')
+           for item in items):
+        return condition
+    return items + [dict(type='teacher')]
