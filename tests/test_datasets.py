@@ -270,6 +270,24 @@ def test_detection_set_boxes_match_pixels(small_set):
             assert not (bright & ~covered).any()
 
 
+def test_detection_set_masks_are_the_garments_pixels(small_set):
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    coco = COCO(str(small_set / 'annotations' / 'instances_train.json'))
+    for img in coco.loadImgs(coco.getImgIds()):
+        canvas = _read_png(small_set / 'train' / img['file_name'])
+        bright = canvas.max(axis=2) > det.BACKGROUND_MAX
+        union = np.zeros_like(bright)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=img['id'])):
+            mask = mask_utils.decode(ann['segmentation']).astype(bool)
+            x, y, w, h = ann['bbox']
+            ys, xs = np.nonzero(mask)  # the mask's tight box is the box
+            assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x, y, x + w, y + h)
+            assert coco.annToMask(ann).sum() == mask.sum()
+            union |= mask
+        assert not (bright & ~union).any()  # every bright pixel is some garment's
+
+
 def test_detection_set_mmdet_coco_dataset(small_set):
     pytest.importorskip('mmdet', reason='mmdet is not installed')
     from mmdet.datasets import CocoDataset

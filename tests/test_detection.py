@@ -28,7 +28,7 @@ mmdet = pytest.importorskip('mmdet')
 from mmdet.utils import register_all_modules  # noqa: E402
 
 from tiny_runs import DET_CONFIGS as CONFIGS  # noqa: E402
-from tiny_runs import ROOT, SIZE, faster_rcnn, retinanet, runner_config  # noqa: E402
+from tiny_runs import ROOT, SIZE, faster_rcnn, mask_rcnn, retinanet, runner_config  # noqa: E402
 from tiny_runs import det_batch as batch  # noqa: E402
 
 needs_data = pytest.mark.skipif(
@@ -67,7 +67,7 @@ def teachers(tmp_path_factory):
     from mmengine.registry import MODELS
     made = {}
     for name, model in [('retinanet', retinanet(16, 32)), ('faster_rcnn', faster_rcnn(16, 32)),
-                        ('retinanet_fpn64', retinanet(16, 64))]:
+                        ('retinanet_fpn64', retinanet(16, 64)), ('mask_rcnn', mask_rcnn(16, 32))]:
         torch.manual_seed(0)
         path = str(out / f'{name}.pth')
         with DefaultScope.overwrite_default_scope('mmdet'):  # module fixtures run before mmdet_scope
@@ -422,6 +422,61 @@ print('ROUND-TRIP-OK', len(got))
 '''
     done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300)
     assert 'ROUND-TRIP-OK' in done.stdout, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize('deploy_mode', ['flow', 'student'])
+def test_runner_mask_rcnn_scores_bbox_and_segm(deploy_mode, coco_set, teachers, tmp_path):
+    """Mask R-CNN distils through the Runner in both deploy modes (the mask
+    head reads the flows' levels in 'flow') and is scored by COCO bbox and
+    segm mAP on the composed set's garment masks."""
+    cfg = runner_config(f'fmkt_mask-rcnn_r18_to_r18w16_deploy-{deploy_mode}.py', str(tmp_path),
+                        coco_set, mask_rcnn(8, 32), teachers['mask_rcnn'])
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    logs = runner.message_hub.log_scalars
+    assert {'train/loss_mask', 'train/loss_flow_l0'} <= set(logs)
+    assert ('train/loss_theta_l0' in logs) == (deploy_mode == 'student')
+    metrics = runner.test()
+    assert {'coco/bbox_mAP', 'coco/segm_mAP'} <= set(metrics)
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ('coco/bbox_mAP', 'coco/segm_mAP'))
+
+
+def test_mask_rcnn_export_round_trip_with_plain_mmdet(coco_set, teachers, tmp_path):
+    """deploy_mode='student': the exported Mask R-CNN loads in plain mmdet (no
+    fmkt_mm imported) and gives the distiller's boxes and masks."""
+    from mmdet.apis import inference_detector
+    work_dir = str(tmp_path / 'train')
+    cfg = runner_config('fmkt_mask-rcnn_r18_to_r18w16_deploy-student.py', work_dir, coco_set,
+                        mask_rcnn(8, 32), teachers['mask_rcnn'], max_iters=1)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    config = str(tmp_path / 'distill_config.py')
+    cfg.dump(config)
+    out = str(tmp_path / 'student.pth')
+    summary = export_student(config, osp.join(work_dir, 'iter_1.pth'), out)
+    assert summary['deploy_mode'] == 'student' and summary['not_exported'] is None
+    image = sorted(glob.glob(osp.join(coco_set, 'val', '*')))[0]
+    model = runner.model.eval()
+    model.cfg = Config.fromfile(summary['config'])
+    expected = inference_detector(model, image).pred_instances
+    assert len(expected) > 0 and expected.masks.shape[-2:] == (SIZE, SIZE)
+    torch.save(dict(bboxes=expected.bboxes, masks=expected.masks, labels=expected.labels),
+               tmp_path / 'expected.pth')
+    script = f'''
+import sys, torch
+from mmdet.apis import inference_detector, init_detector
+model = init_detector({summary['config']!r}, {out!r}, device='cpu')
+got = inference_detector(model, {image!r}).pred_instances
+want = torch.load({str(tmp_path / 'expected.pth')!r}, weights_only=True)
+assert 'fmkt_mm' not in sys.modules
+assert len(got) == len(want['bboxes']) > 0
+torch.testing.assert_close(got.bboxes, want['bboxes'], rtol=0, atol=1e-4)
+assert torch.equal(got.labels, want['labels'])
+assert torch.equal(got.masks, want['masks'])
+print('MASK-ROUND-TRIP-OK', len(got), int(got.masks.sum()))
+'''
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300)
+    assert 'MASK-ROUND-TRIP-OK' in done.stdout, done.stderr[-3000:]
 
 
 @needs_data

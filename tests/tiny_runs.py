@@ -89,6 +89,20 @@ def faster_rcnn(width: int, fpn: int) -> dict:
     return model
 
 
+def mask_rcnn(width: int, fpn: int) -> dict:
+    """The Mask R-CNN teacher config's model at base width ``width``, ``fpn`` channels."""
+    model = copy.deepcopy(Config.fromfile(osp.join(DET_CONFIGS, 'mask-rcnn_r18_teacher.py')).model)
+    model.backbone.update(base_channels=width, stem_channels=width)
+    model.neck.update(in_channels=[width, 2 * width, 4 * width, 8 * width], out_channels=fpn)
+    model.rpn_head.update(in_channels=fpn, feat_channels=fpn)
+    model.roi_head.bbox_roi_extractor.update(out_channels=fpn)
+    model.roi_head.bbox_head.update(in_channels=fpn, fc_out_channels=32)
+    model.roi_head.mask_roi_extractor.update(out_channels=fpn)
+    model.roi_head.mask_head.update(in_channels=fpn, conv_out_channels=16)
+    model.test_cfg.rcnn.update(score_thr=0.0)
+    return model
+
+
 def runner_config(config: str, work_dir: str, data_root: str, student: dict, teacher,
                   max_iters: int = 2, **distiller_args) -> Config:
     """A fashion_det config shrunk to tiny models, 64 px and ``max_iters``."""
