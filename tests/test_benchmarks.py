@@ -99,6 +99,27 @@ def test_recipe_study_pairs_rows_with_dist_for_two_teachers_and_resumes(tmp_path
     assert again['study']['table'] == result['study']['table']
 
 
+def test_two_teacher_benchmark_pairs_both_teachers_with_the_best_single_one(tmp_path, capsys):
+    efficacy = load_tool('benchmark_efficacy')
+    args = ['--quick', '--teachers', '--task', 'cls', '--out-dir', str(tmp_path)]
+    result = efficacy.main(args)['teachers_cls']
+    runs = {r['row']: r for r in result['runs']}
+    assert sorted(runs) == sorted(r[0] for r in efficacy.TEACHER_CLS_ROWS)
+    singles = ['FM-KT VE, teacher w16', 'FM-KT VE, teacher w8']
+    best = max(singles, key=lambda r: runs[r]['top1'])
+    for row in ('FM-KT VE, both teachers, separate flows', 'FM-KT VE, both teachers, shared flow'):
+        assert result['summary'][row]['diff'][0] == runs[row]['top1'] - runs[best]['top1']
+    # the shared flow adds only its condition; separate flows add a flow per teacher
+    params = {row: runs[row]['params'] for row in runs}
+    assert params[singles[0]] == params[singles[1]]
+    assert params[singles[0]] < params['FM-KT VE, both teachers, shared flow'] \
+        < params['FM-KT VE, both teachers, separate flows']
+    assert f'minus {best} (paired)' in result['table']
+    capsys.readouterr()
+    efficacy.main(args)  # resumes
+    assert '[teachers cls] 4 runs recorded, 0 to run' in capsys.readouterr().out
+
+
 def test_efficacy_benchmark_scores_the_detection_flow_at_each_step_count(tmp_path, capsys):
     efficacy = load_tool('benchmark_efficacy')
     result = efficacy.main(['--quick', '--task', 'det', '--det-rows', 'FM-KT deploy flow (paper)',

@@ -12,6 +12,7 @@ step)::
     python tools/benchmark_efficacy.py                 # both tasks, about an hour on 2 cores
     python tools/benchmark_efficacy.py --task cls --jobs 2
     python tools/benchmark_efficacy.py --quick         # a smoke run (tiny sizes)
+    python tools/benchmark_efficacy.py --teachers --jobs 2   # two teachers vs one; Mask R-CNN
 
 The teacher of each task is trained once (or reused from the output
 directory) and shared by every row; every row trains from scratch with the
@@ -54,7 +55,8 @@ INFERENCE_STEPS = (1, 2, 4, 8)
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--task', choices=['cls', 'det', 'all'], default='all')
+    parser.add_argument('--task', choices=['cls', 'det', 'mask', 'all'], default='all',
+                        help="'mask': the Mask R-CNN comparison (with --teachers, or in 'all')")
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--train-samples', type=int, default=5000)
     parser.add_argument('--test-samples', type=int, default=None, help='default: all 10,000')
@@ -81,7 +83,12 @@ def parse_args(argv=None):
     parser.add_argument('--study', action='store_true',
                         help='the recipe study: STUDY_ROWS x two teachers x --seeds, each row paired '
                              'with the first (DIST); resumable')
+    parser.add_argument('--teachers', action='store_true',
+                        help='several teachers: two teachers vs each alone (cls: ResNet-18 w16 and '
+                             'w8; det: RetinaNet and FCOS), and Mask R-CNN (mask); resumable')
     args = parser.parse_args(argv)
+    if args.task == 'mask' and not args.teachers:
+        parser.error('--task mask belongs to the several-teacher benchmark: add --teachers')
     unknown = set(args.det_rows or ()) - {name for name, _ in DET_ROWS}
     if unknown:
         parser.error(f'unknown detection rows {sorted(unknown)}; the rows are '
@@ -104,12 +111,16 @@ def parse_args(argv=None):
 
 
 def cls_config(config: str, flow_overrides, args, seed: int, work_dir: str, teacher_ckpt=None,
-               samples=None, epochs=None):
+               samples=None, epochs=None, teachers=None):
+    """A Fashion-MNIST run's config; ``teachers``: ``(indices, distiller
+    overrides)`` of a several-teacher config (see :func:`use_teachers`)."""
     from fmkt_mm import experiment
     path = osp.join('fashion_mnist', config)
     cfg = experiment.shrink_classification(experiment.load(path), epochs or args.epochs,
                                            samples or args.train_samples, args.test_samples, seed)
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1, save_last=True)
+    if teachers is not None:
+        use_teachers(cfg, *teachers)
     experiment.set_teacher(cfg, teacher_ckpt)
     if 'distiller' in cfg:
         if flow_overrides:  # a copy: merging consumes the `_delete_` markers
@@ -127,15 +138,26 @@ def run_cls(job):
 
     from fmkt_mm import experiment
     torch.set_num_threads(1)
-    name, config, overrides, seed, args, teacher_ckpt, work_dir = job
-    run = experiment.train_and_test(cls_config(config, overrides, args, seed, work_dir, teacher_ckpt))
+    name, config, overrides, seed, args, teacher_ckpt, work_dir = job[:7]
+    teachers = job[7] if len(job) > 7 else None
+    run = experiment.train_and_test(cls_config(config, overrides, args, seed, work_dir, teacher_ckpt,
+                                               teachers=teachers))
     return dict(row=name, seed=seed, top1=float(run.metrics['accuracy/top1']),
                 steps=run.by_steps('test/flow/top1_steps'),
                 step_loss=run.tail_mean('train/flow_step'),  # the last quarter of training
-                seconds=run.seconds, iters=run.iters, sec_per_iter=run.seconds / max(1, run.iters))
+                seconds=run.seconds, iters=run.iters, sec_per_iter=run.seconds / max(1, run.iters),
+                **footprint(run))
 
 
-def train_cls_teacher(args, name='cls_teacher', epochs=None):
+def footprint(run) -> dict:
+    """Trainable parameters (student, flows, adapters) and the process's peak
+    resident memory in MiB (a fresh process per run: see :func:`run_recorded`)."""
+    import resource
+    params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    return dict(params=params, peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def train_cls_teacher(args, name='cls_teacher', epochs=None, config='teacher_resnet18_w16.py'):
     """``(checkpoint, top-1, seconds)`` of the classification teacher
     ``name`` (reused when its checkpoint exists), ``epochs`` long."""
     import torch
@@ -147,10 +169,10 @@ def train_cls_teacher(args, name='cls_teacher', epochs=None):
     torch.set_num_threads(1)
     if osp.isfile(path):
         print(f'reusing the classification teacher {path}', flush=True)
-        cfg = cls_config('teacher_resnet18_w16.py', None, args, 0, work_dir)
+        cfg = cls_config(config, None, args, 0, work_dir)
         cfg.load_from = path
         return path, float(Runner.from_cfg(cfg).test()['accuracy/top1']), None
-    run = experiment.train_and_test(cls_config('teacher_resnet18_w16.py', None, args, 0, work_dir,
+    run = experiment.train_and_test(cls_config(config, None, args, 0, work_dir,
                                                samples=args.teacher_samples,
                                                epochs=epochs or args.teacher_epochs))
     experiment.save_weights(run, path)
@@ -327,39 +349,16 @@ def study_cls(args):
         raise ValueError(f'unknown study rows {sorted(unknown)}; choose from {[r[0] for r in STUDY_ROWS]}')
     rows = [r for r in STUDY_ROWS if not args.rows or r[0] in args.rows or r is STUDY_ROWS[0]]
     teachers = study_teachers(args)
-    record = osp.join(args.out_dir, 'study.jsonl')
-    study = []
-    if osp.isfile(record):
-        with open(record) as f:
-            study = [json.loads(line) for line in f if line.strip()]
-        for r in study:
-            r['steps'] = {int(n): v for n, v in r['steps'].items()}
-    done = {(r['teacher'], r['row'], r['seed']) for r in study}
+    done = {(r['teacher'], r['row'], r['seed']) for r in read_record(args.out_dir, 'study.jsonl')}
     jobs = []
     for teacher, (checkpoint, _, _) in teachers.items():
         for seed in args.seeds:
             for name, config, overrides in rows:
                 if (teacher, name, seed) in done:
                     continue
-                slug = re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')
                 jobs.append((name, config, overrides, seed, args, checkpoint,
-                             osp.join(args.out_dir, 'study', teacher, f'{slug}_seed{seed}'), teacher))
-    print(f'[study] {len(done)} runs recorded, {len(jobs)} to run', flush=True)
-
-    def keep(result):
-        study.append(result)
-        with open(record, 'a') as f:
-            f.write(json.dumps(result) + '\n')
-        print(f'[study] teacher {result["teacher"]}, {result["row"]}, seed {result["seed"]}: '
-              f'{result["top1"]:.2f}', flush=True)
-
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context('spawn')) as pool:
-            for future in as_completed([pool.submit(run_study_job, job) for job in jobs]):
-                keep(future.result())
-    else:
-        for job in jobs:
-            keep(run_study_job(job))
+                             osp.join(args.out_dir, 'study', teacher, f'{slug(name)}_seed{seed}'), teacher))
+    study = run_recorded(jobs, args, 'study.jsonl', run_study_job, 'study')
     table, summary = study_table(study, teachers, rows)
     return dict(teachers={k: dict(checkpoint=v[0], top1=v[1]) for k, v in teachers.items()},
                 runs=study, summary=summary, table=table)
@@ -369,6 +368,52 @@ def run_study_job(job):
     result = run_cls(job[:-1])
     result['teacher'] = job[-1]
     return result
+
+
+def slug(name: str) -> str:
+    return re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')
+
+
+def read_record(out_dir: str, record: str):
+    """The runs recorded in ``out_dir/record`` (one JSON line per run)."""
+    path = osp.join(out_dir, record)
+    if not osp.isfile(path):
+        return []
+    with open(path) as f:
+        runs = [json.loads(line) for line in f if line.strip()]
+    for r in runs:
+        for key in ('steps', 'map_by_steps'):
+            if r.get(key):
+                r[key] = {int(n): v for n, v in r[key].items()}
+    return runs
+
+
+def run_recorded(jobs, args, record: str, run, label: str):
+    """Run ``run(job)`` for every job, appending each result to
+    ``out_dir/record`` as it finishes; returns every recorded result, older
+    runs included (a rerun of the same command resumes). With ``--jobs`` > 1
+    each run has a fresh process, so its peak memory is its own; in this
+    process (``--jobs 1``) the peak is not the run's and is left out."""
+    results = read_record(args.out_dir, record)
+    print(f'[{label}] {len(results)} runs recorded, {len(jobs)} to run', flush=True)
+
+    def keep(result):
+        results.append(result)
+        with open(osp.join(args.out_dir, record), 'a') as f:
+            f.write(json.dumps(result) + '\n')
+        score = result.get('top1', 100 * result.get('metrics', {}).get('coco/bbox_mAP', 0.0))
+        print(f'[{label}] {result.get("teacher", "")} {result["row"]}, seed {result["seed"]}: '
+              f'{score:.2f}', flush=True)
+
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context('spawn'),
+                                 max_tasks_per_child=1) as pool:
+            for future in as_completed([pool.submit(run, job) for job in jobs]):
+                keep(future.result())
+    else:
+        for job in jobs:
+            keep(dict(run(job), peak_mib=None))
+    return results
 
 
 # -- detection ------------------------------------------------------------------------------
@@ -383,13 +428,16 @@ DET_ROWS = [('student alone RetinaNet R18 w16', 'retinanet_r18w16_student.py'),
 
 
 def det_config(config: str, data_root: str, work_dir: str, epochs: int, teacher_ckpt=None,
-               seed=None, flow_steps=None):
+               seed=None, flow_steps=None, teachers=None):
     """A composed-set detection config, ready to run; ``flow_steps``: the
-    step counts at which a flow-deployed distiller is also tested."""
+    step counts at which a flow-deployed distiller is also tested;
+    ``teachers``: see :func:`use_teachers`."""
     from fmkt_mm import experiment
     from fmkt_mm.export import deploy_mode_of
     path = osp.join('fashion_det', config)
     cfg = experiment.point_detection(experiment.load(path), data_root, epochs)
+    if teachers is not None:
+        use_teachers(cfg, *teachers)
     experiment.set_teacher(cfg, teacher_ckpt)
     if flow_steps and 'distiller' in cfg and deploy_mode_of(cfg.distiller) == 'flow':
         cfg.distiller.eval_steps = flow_steps[-1]
@@ -407,8 +455,10 @@ def run_det(job):
 
     from fmkt_mm import experiment
     torch.set_num_threads(1)
-    name, config, seed, args, data_root, teacher_ckpt, work_dir = job
-    cfg = det_config(config, data_root, work_dir, args.det_epochs, teacher_ckpt, seed, args.det_steps)
+    name, config, seed, args, data_root, teacher_ckpt, work_dir = job[:7]
+    teachers = job[7] if len(job) > 7 else None
+    cfg = det_config(config, data_root, work_dir, args.det_epochs, teacher_ckpt, seed, args.det_steps,
+                     teachers)
     flow_tested = any(str(h.get('type', '')).endswith('FlowStepsHook') for h in cfg.custom_hooks)
     run = experiment.train_and_test(cfg)
     curve = None
@@ -417,7 +467,8 @@ def run_det(job):
         by_steps = run.by_steps('test/flow/coco/bbox_mAP_steps')
         curve = {n: by_steps.get(n, 0.0) for n in args.det_steps}
     return dict(row=name, seed=seed, metrics={k: float(v) for k, v in run.metrics.items()},
-                seconds=run.seconds, map_by_steps=curve)
+                seconds=run.seconds, map_by_steps=curve, sec_per_iter=run.seconds / max(1, run.iters),
+                **footprint(run))
 
 
 def det_table(teacher_metrics, results, args):
@@ -448,26 +499,38 @@ def det_table(teacher_metrics, results, args):
     return '\n'.join(lines), summary
 
 
-def benchmark_det(args):
+def det_data(args) -> str:
+    """The composed detection set of ``--det-train`` / ``--det-val`` images."""
+    from fmkt_mm.datasets import make_detection_set
+    data_root = osp.join(args.out_dir, 'fashion_det')
+    make_detection_set(data_root, args.det_train, args.det_val, image_size=128, seed=0)
+    return data_root
+
+
+def train_det_teacher(args, data_root, config='retinanet_r18_teacher.py', name='det_teacher'):
+    """``(checkpoint, test metrics, seconds)`` of a detection teacher
+    trained by this script on ``data_root`` (reused when its checkpoint exists)."""
     import torch
     from mmengine.runner import Runner
 
     from fmkt_mm import experiment
-    from fmkt_mm.datasets import make_detection_set
     torch.set_num_threads(1)
-    data_root = osp.join(args.out_dir, 'fashion_det')
-    make_detection_set(data_root, args.det_train, args.det_val, image_size=128, seed=0)
+    path = osp.join(args.out_dir, f'{name}.pth')
+    cfg = det_config(config, data_root, osp.join(args.out_dir, 'det', name), args.det_teacher_epochs)
+    if osp.isfile(path):
+        cfg.load_from = path
+        return path, Runner.from_cfg(cfg).test(), None
+    run = experiment.train_and_test(cfg)
+    experiment.save_weights(run, path)
+    return path, run.metrics, run.seconds
+
+
+def benchmark_det(args):
+    import torch
+    torch.set_num_threads(1)
+    data_root = det_data(args)
     work = osp.join(args.out_dir, 'det')
-    teacher_ckpt = osp.join(args.out_dir, 'det_teacher.pth')
-    cfg = det_config('retinanet_r18_teacher.py', data_root, osp.join(work, 'teacher'),
-                     args.det_teacher_epochs)
-    if osp.isfile(teacher_ckpt):
-        cfg.load_from = teacher_ckpt
-        teacher_metrics, teacher_seconds = Runner.from_cfg(cfg).test(), None
-    else:
-        run = experiment.train_and_test(cfg)
-        experiment.save_weights(run, teacher_ckpt)
-        teacher_metrics, teacher_seconds = run.metrics, run.seconds
+    teacher_ckpt, teacher_metrics, teacher_seconds = train_det_teacher(args, data_root)
     jobs = []
     for seed in args.det_seeds:
         for name, config in DET_ROWS:
@@ -489,6 +552,138 @@ def benchmark_det(args):
                 runs=results, summary=summary, table=table)
 
 
+# -- several teachers, and instance segmentation (--teachers) -----------------------------
+
+TWO_CLS = 'fmkt_2teachers_resnet18_w16-w8_to_resnet18_w4.py'
+TWO_DET = 'fmkt_retinanet-fcos_r18_to_r18w16_deploy-student.py'
+#: (row, config, the config's teachers it keeps, distiller overrides); the
+#: rows with one teacher are the references of the rows with both
+TEACHER_CLS_ROWS = [
+    ('FM-KT VE, teacher w16', TWO_CLS, (0,), {}),
+    ('FM-KT VE, teacher w8', TWO_CLS, (1,), {}),
+    ('FM-KT VE, both teachers, separate flows', TWO_CLS, (0, 1), dict(teacher_flows='separate')),
+    ('FM-KT VE, both teachers, shared flow', TWO_CLS, (0, 1), dict(teacher_flows='shared')),
+]
+TEACHER_DET_ROWS = [
+    ('FM-KT deploy student, RetinaNet teacher', TWO_DET, (0,), {}),
+    ('FM-KT deploy student, FCOS teacher', TWO_DET, (1,), {}),
+    ('FM-KT deploy student, both teachers, separate flows', TWO_DET, (0, 1),
+     dict(teacher_flows='separate')),
+    ('FM-KT deploy student, both teachers, shared flows', TWO_DET, (0, 1),
+     dict(teacher_flows='shared')),
+]
+#: (row, config) of the Mask R-CNN comparison
+MASK_ROWS = [('student alone Mask R-CNN R18 w16', 'mask-rcnn_r18w16_student.py'),
+             ('PKD', 'pkd_mask-rcnn_r18_to_r18w16.py'),
+             ('FM-KT deploy student', 'fmkt_mask-rcnn_r18_to_r18w16_deploy-student.py'),
+             ('FM-KT deploy flow', 'fmkt_mask-rcnn_r18_to_r18w16_deploy-flow.py')]
+
+
+def use_teachers(cfg, keep, overrides) -> None:
+    """Keep the teachers at indices ``keep`` of a several-teacher
+    distiller config and apply ``overrides`` to the distiller."""
+    entries = cfg.distiller.teachers
+    cfg.distiller.teachers = [entries[j] for j in keep]
+    cfg.distiller.update(overrides)
+
+
+def teachers_table(runs, rows, metrics, single) -> Tuple[str, dict]:
+    """Per row: each metric (mean ± std over seeds); for a row with several
+    teachers, its paired difference (first metric) to the best of the rows
+    ``single`` on the same seeds and the seeds won; and its cost."""
+    best = max((r for r in single if any(x['row'] == r for x in runs)), default=None,
+               key=lambda r: statistics.fmean(x[metrics[0][1]] for x in runs if x['row'] == r))
+    lines = ['| row | ' + ' | '.join(label for label, _ in metrics) +
+             f' | minus {best} (paired) | seeds won | s / iter | trainable params | peak MiB |',
+             '|---|' + '---|' * (len(metrics) + 5)]
+    summary = {}
+    for name in rows:
+        mine = sorted((r for r in runs if r['row'] == name), key=lambda r: r['seed'])
+        if not mine:
+            continue
+        values = {key: mean_std([r[key] for r in mine]) for _, key in metrics}
+        diffs = []
+        if best is not None and name not in single:
+            reference = {r['seed']: r for r in runs if r['row'] == best}
+            key = metrics[0][1]
+            diffs = [r[key] - reference[r['seed']][key] for r in mine if r['seed'] in reference]
+        diff = mean_std(diffs) if diffs else None
+        peaks = [r['peak_mib'] for r in mine if r.get('peak_mib')]
+        summary[name] = dict(seeds=[r['seed'] for r in mine], diff=diff, wins=sum(d > 0 for d in diffs),
+                             sec_per_iter=statistics.fmean(r['sec_per_iter'] for r in mine),
+                             params=mine[0]['params'], peak_mib=max(peaks) if peaks else None,
+                             **{key: dict(mean=m, std=sd) for key, (m, sd) in values.items()})
+        cells = [fmt(*values[key]) for _, key in metrics] + [
+            fmt(*diff) if diff else '-', f'{summary[name]["wins"]}/{len(diffs)}' if diffs else '-',
+            f'{summary[name]["sec_per_iter"]:.3f}', f'{summary[name]["params"]:,}',
+            f'{summary[name]["peak_mib"]:.0f}' if peaks else '-']
+        lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines), summary
+
+
+def run_det_scored(job):
+    """:func:`run_det` with bbox and segm mAP in % at the top level (0 where
+    nothing was predicted: CocoMetric then reports nothing)."""
+    result = run_det(job)
+    for kind in ('bbox', 'segm'):
+        result[f'{kind}_map'] = 100 * result['metrics'].get(f'coco/{kind}_mAP', 0.0)
+    return result
+
+
+def teachers_cls(args):
+    """Two classification teachers (w16 and w8, trained by this script) vs
+    each alone, over ``--seeds``; resumable (``teachers_cls.jsonl``)."""
+    teachers = [train_cls_teacher(args), train_cls_teacher(args, 'cls_teacher_w8',
+                                                           config='teacher_resnet18_w8.py')]
+    done = {(r['row'], r['seed']) for r in read_record(args.out_dir, 'teachers_cls.jsonl')}
+    jobs = [(name, config, None, seed, args, [teachers[j][0] for j in keep],
+             osp.join(args.out_dir, 'teachers_cls', f'{slug(name)}_seed{seed}'), (keep, overrides))
+            for seed in args.seeds for name, config, keep, overrides in TEACHER_CLS_ROWS
+            if (name, seed) not in done]
+    runs = run_recorded(jobs, args, 'teachers_cls.jsonl', run_cls, 'teachers cls')
+    rows = [r[0] for r in TEACHER_CLS_ROWS]
+    table, summary = teachers_table(runs, rows, [('top-1 (%)', 'top1')], rows[:2])
+    return dict(teachers={name: dict(checkpoint=t[0], top1=t[1]) for name, t in zip(('w16', 'w8'), teachers)},
+                runs=runs, summary=summary, table=table)
+
+
+def teachers_det(args):
+    """A RetinaNet and an FCOS teacher (trained by this script) vs each
+    alone, over ``--det-seeds``; resumable (``teachers_det.jsonl``)."""
+    data_root = det_data(args)
+    teachers = [train_det_teacher(args, data_root),
+                train_det_teacher(args, data_root, 'fcos_r18_teacher.py', 'det_teacher_fcos')]
+    done = {(r['row'], r['seed']) for r in read_record(args.out_dir, 'teachers_det.jsonl')}
+    jobs = [(name, config, seed, args, data_root, [teachers[j][0] for j in keep],
+             osp.join(args.out_dir, 'teachers_det', f'{slug(name)}_seed{seed}'), (keep, overrides))
+            for seed in args.det_seeds for name, config, keep, overrides in TEACHER_DET_ROWS
+            if (name, seed) not in done]
+    runs = run_recorded(jobs, args, 'teachers_det.jsonl', run_det_scored, 'teachers det')
+    rows = [r[0] for r in TEACHER_DET_ROWS]
+    table, summary = teachers_table(runs, rows, [('bbox mAP', 'bbox_map')], rows[:2])
+    return dict(teachers={name: dict(checkpoint=t[0], bbox_mAP=100 * t[1].get('coco/bbox_mAP', 0.0))
+                          for name, t in zip(('RetinaNet', 'FCOS'), teachers)},
+                runs=runs, summary=summary, table=table)
+
+
+def mask_det(args):
+    """Mask R-CNN: student alone, PKD and FM-KT (both deploy modes) from a
+    Mask R-CNN teacher trained by this script, bbox and segm mAP, over
+    ``--det-seeds``; resumable (``mask.jsonl``)."""
+    data_root = det_data(args)
+    teacher = train_det_teacher(args, data_root, 'mask-rcnn_r18_teacher.py', 'det_teacher_mask-rcnn')
+    done = {(r['row'], r['seed']) for r in read_record(args.out_dir, 'mask.jsonl')}
+    jobs = [(name, config, seed, args, data_root, teacher[0],
+             osp.join(args.out_dir, 'mask', f'{slug(name)}_seed{seed}'))
+            for seed in args.det_seeds for name, config in MASK_ROWS if (name, seed) not in done]
+    runs = run_recorded(jobs, args, 'mask.jsonl', run_det_scored, 'mask')
+    rows = [r[0] for r in MASK_ROWS]
+    table, summary = teachers_table(runs, rows, [('bbox mAP', 'bbox_map'), ('segm mAP', 'segm_map')],
+                                    rows[:2])
+    return dict(teacher={k: 100 * teacher[1].get(f'coco/{k}_mAP', 0.0) for k in ('bbox', 'segm')},
+                runs=runs, summary=summary, table=table)
+
+
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out_dir, exist_ok=True)
@@ -499,7 +694,27 @@ def main(argv=None):
                f'{os.cpu_count()} cores', torch=torch.__version__, mmengine=mmengine.__version__,
                command=' '.join(['python', 'tools/benchmark_efficacy.py'] + (argv or sys.argv[1:])))
     text = []
-    if args.study:
+    if args.teachers:
+        tasks = ('cls', 'det', 'mask') if args.task == 'all' else (args.task,)
+        if 'cls' in tasks:
+            out['teachers_cls'] = teachers_cls(args)
+            top1 = ', '.join(f'{k} {v["top1"]:.2f} %' for k, v in out['teachers_cls']['teachers'].items())
+            text += [f'Two teachers, Fashion-MNIST ({top1} top-1): {args.train_samples} training '
+                     f'images, {args.epochs} epochs, seeds {args.seeds}, top-1 at N=8 on '
+                     f'{args.test_samples or 10000} test images', '', out['teachers_cls']['table'], '']
+        if 'det' in tasks:
+            out['teachers_det'] = teachers_det(args)
+            maps = ', '.join(f'{k} {v["bbox_mAP"]:.1f}' for k, v in out['teachers_det']['teachers'].items())
+            text += [f'Two teachers, composed detection set (teachers\' bbox mAP: {maps}): '
+                     f'{args.det_train} / {args.det_val} images, {args.det_epochs} epochs, seeds '
+                     f'{args.det_seeds}', '', out['teachers_det']['table'], '']
+        if 'mask' in tasks:
+            out['mask'] = mask_det(args)
+            teacher = out['mask']['teacher']
+            text += [f'Mask R-CNN, composed detection set (teacher bbox {teacher["bbox"]:.1f} / segm '
+                     f'{teacher["segm"]:.1f} mAP): {args.det_train} / {args.det_val} images, '
+                     f'{args.det_epochs} epochs, seeds {args.det_seeds}', '', out['mask']['table'], '']
+    elif args.study:
         out['study'] = study_cls(args)
         text += [f'Recipe study, Fashion-MNIST: {args.train_samples} training images, {args.epochs} '
                  f'epochs, seeds {args.seeds}, two teachers ({args.teacher_epochs} and '
@@ -511,7 +726,7 @@ def main(argv=None):
                  f'{args.epochs} epochs, seeds {args.seeds}, top-1 on '
                  f'{args.test_samples or 10000} test images (mean ± std over seeds)', '',
                  out['cls']['table'], '']
-    if args.task in ('det', 'all') and not args.study:
+    if args.task in ('det', 'all') and not args.study and not args.teachers:
         out['det'] = benchmark_det(args)
         text += [f'Fashion-MNIST detection: {args.det_train} train / {args.det_val} val images '
                  f'(128 px), teacher {args.det_teacher_epochs} epochs, students {args.det_epochs} '
