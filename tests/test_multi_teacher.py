@@ -92,6 +92,36 @@ def test_two_teachers_train_resume_test_and_export(config, mode, checkpoints, tm
         assert summary['not_exported']
 
 
+def test_test_tool_needs_no_teacher_files_and_the_hook_scores_each_teacher(checkpoints, tmp_path):
+    """tools/test.py scores a two-teacher checkpoint after both teachers'
+    files are gone (both load strictly from it); TeacherEvalHook evaluates
+    each teacher before training."""
+    import shutil
+    import subprocess
+    import sys
+    from tiny_runs import ROOT
+    copies = []
+    for k, path in enumerate(checkpoints):
+        copies.append(tmp_path / f'teacher{k}.pth')
+        shutil.copy(path, copies[-1])
+    cfg = two_teacher_cfg(THETA_TWO, tmp_path / 'train', [str(c) for c in copies])
+    cfg.custom_hooks.append(dict(type='fmkt_mm.TeacherEvalHook', max_batches=1))
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    info = runner.message_hub.runtime_info
+    assert {'teacher0/accuracy/top1', 'teacher1/accuracy/top1'} <= set(info)
+    config = tmp_path / 'config.py'
+    cfg.custom_hooks = [h for h in cfg.custom_hooks if 'TeacherEval' not in h['type']]
+    cfg.dump(str(config))
+    for c in copies:
+        c.unlink()
+    out = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'test.py'), str(config),
+                          str(tmp_path / 'train' / 'epoch_1.pth'), '--work-dir', str(tmp_path / 'test')],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 'accuracy/top1' in out.stdout + out.stderr
+
+
 def test_shared_flow_has_one_flow_plus_its_condition(checkpoints, teacher_checkpoint, tmp_path):
     separate = build(checkpoints, tmp_path / 'a', teacher_flows='separate')
     shared = build(checkpoints, tmp_path / 'b', teacher_flows='shared')
@@ -243,6 +273,12 @@ def test_detection_two_teachers_losses_weights_and_gradients(mode, deploy_mode, 
         if p.requires_grad:
             assert p.grad is not None, name
     assert all(p.grad is None for p in model.teacher.parameters())
+    # each teacher ran only up to its tap: no teacher head ran
+    heads = []
+    for teacher in model.teacher:
+        teacher.bbox_head.register_forward_hook(lambda *a: heads.append(1))
+    model(**det_batch(model), mode='loss')
+    assert heads == []
     expected_flows = 4 if mode == 'shared' else 8
     assert len(model.flows) == expected_flows
 

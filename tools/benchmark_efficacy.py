@@ -575,8 +575,7 @@ TEACHER_DET_ROWS = [
 #: (row, config) of the Mask R-CNN comparison
 MASK_ROWS = [('student alone Mask R-CNN R18 w16', 'mask-rcnn_r18w16_student.py'),
              ('PKD', 'pkd_mask-rcnn_r18_to_r18w16.py'),
-             ('FM-KT deploy student', 'fmkt_mask-rcnn_r18_to_r18w16_deploy-student.py'),
-             ('FM-KT deploy flow', 'fmkt_mask-rcnn_r18_to_r18w16_deploy-flow.py')]
+             ('FM-KT deploy student', 'fmkt_mask-rcnn_r18_to_r18w16_deploy-student.py')]
 
 
 def use_teachers(cfg, keep, overrides) -> None:
