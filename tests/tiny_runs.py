@@ -78,8 +78,9 @@ def fcos(width: int, fpn: int) -> dict:
     return model
 
 
-def faster_rcnn(width: int, fpn: int) -> dict:
-    model = copy.deepcopy(Config.fromfile(osp.join(DET_CONFIGS, 'faster-rcnn_r18_teacher.py')).model)
+def faster_rcnn(width: int, fpn: int, config: str = 'faster-rcnn_r18_teacher.py') -> dict:
+    """A two-stage teacher config's model at base width ``width``, ``fpn`` channels."""
+    model = copy.deepcopy(Config.fromfile(osp.join(DET_CONFIGS, config)).model)
     model.backbone.update(base_channels=width, stem_channels=width)
     model.neck.update(in_channels=[width, 2 * width, 4 * width, 8 * width], out_channels=fpn)
     model.rpn_head.update(in_channels=fpn, feat_channels=fpn)
@@ -90,16 +91,10 @@ def faster_rcnn(width: int, fpn: int) -> dict:
 
 
 def mask_rcnn(width: int, fpn: int) -> dict:
-    """The Mask R-CNN teacher config's model at base width ``width``, ``fpn`` channels."""
-    model = copy.deepcopy(Config.fromfile(osp.join(DET_CONFIGS, 'mask-rcnn_r18_teacher.py')).model)
-    model.backbone.update(base_channels=width, stem_channels=width)
-    model.neck.update(in_channels=[width, 2 * width, 4 * width, 8 * width], out_channels=fpn)
-    model.rpn_head.update(in_channels=fpn, feat_channels=fpn)
-    model.roi_head.bbox_roi_extractor.update(out_channels=fpn)
-    model.roi_head.bbox_head.update(in_channels=fpn, fc_out_channels=32)
+    """:func:`faster_rcnn` of the Mask R-CNN teacher config, its mask branch shrunk too."""
+    model = faster_rcnn(width, fpn, 'mask-rcnn_r18_teacher.py')
     model.roi_head.mask_roi_extractor.update(out_channels=fpn)
     model.roi_head.mask_head.update(in_channels=fpn, conv_out_channels=16)
-    model.test_cfg.rcnn.update(score_thr=0.0)
     return model
 
 

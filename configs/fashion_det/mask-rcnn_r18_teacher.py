@@ -1,22 +1,21 @@
-# Teacher for instance segmentation: Mask R-CNN with a full-width ResNet-18
-# (C2-C5) and a 128-channel FPN (5 levels, strides 4-64), as the Faster R-CNN
-# teacher plus a mask head. The composed set's masks are the garments' own
-# pixels; scored by COCO bbox and segm mAP.
-_base_ = ['mmdet::_base_/models/mask-rcnn_r50_fpn.py', './_base_.py']
+# Teacher for instance segmentation: the Faster R-CNN teacher (ResNet-18,
+# 128-channel FPN, 5 levels) plus mmdet's Mask R-CNN mask branch. The composed
+# set's masks are the garments' own pixels; scored by COCO bbox and segm mAP.
+_base_ = ['./faster-rcnn_r18_teacher.py']
 model = dict(
-    backbone=dict(depth=18, frozen_stages=-1, norm_eval=False, init_cfg=None),
-    neck=dict(in_channels=[64, 128, 256, 512], out_channels=128, num_outs=5),
-    rpn_head=dict(in_channels=128, feat_channels=128,
-                  anchor_generator=dict(scales=[4], ratios=[0.5, 1.0, 2.0],
-                                        strides=[4, 8, 16, 32, 64])),
+    type='MaskRCNN',
+    data_preprocessor=dict(pad_mask=True),
     roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=128),
-        bbox_head=dict(in_channels=128, fc_out_channels=256, num_classes=10),
-        mask_roi_extractor=dict(out_channels=128),
-        mask_head=dict(num_convs=2, in_channels=128, conv_out_channels=128, num_classes=10)),
-    train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=300),
-                   rcnn=dict(sampler=dict(num=128))),
-    test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=300)))
+        mask_roi_extractor=dict(
+            type='SingleRoIExtractor',
+            roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=0),
+            out_channels=128,
+            featmap_strides=[4, 8, 16, 32]),
+        mask_head=dict(
+            type='FCNMaskHead', num_convs=2, in_channels=128, conv_out_channels=128,
+            num_classes=10, loss_mask=dict(type='CrossEntropyLoss', use_mask=True, loss_weight=1.0))),
+    train_cfg=dict(rcnn=dict(mask_size=28)),
+    test_cfg=dict(rcnn=dict(mask_thr_binary=0.5)))
 
 backend_args = None
 train_pipeline = [

@@ -135,6 +135,16 @@ class DetectionDistiller(LevelDistiller):
             equal channels. Pair it with ``flow.condition=dict(type='level')``.
         roundtrip_loss_weight: weight of each level's cycle-consistency loss
             ``loss_roundtrip_l{l}`` (0: off).
+        teachers, teacher_flows, deploy_teacher: several teachers (see
+            :class:`BaseDistiller`), each with its own tap, level shapes
+            and adapters. ``'separate'``: a flow per teacher and level (teacher
+            ``j``'s are ``flows[j * L:(j + 1) * L]``), the adapter its head;
+            ``'shared'``: one flow per level conditioned on the teacher, run
+            once on the level stacked per teacher, then each teacher's
+            adapter (``teacher_adapters``). Each level's flow loss, theta loss
+            and (deploy mode 'flow') the levels the heads read weigh the
+            teachers by their weights; ``flow_l{l}_t{j}`` logs each teacher's
+            flow loss.
 
     ``flow`` may hold ``condition`` (see the module docstring); the
     condition's ``channels`` and ``num_levels`` are filled in.
