@@ -111,16 +111,16 @@ def parse_args(argv=None):
 
 
 def cls_config(config: str, flow_overrides, args, seed: int, work_dir: str, teacher_ckpt=None,
-               samples=None, epochs=None, teachers=None):
-    """A Fashion-MNIST run's config; ``teachers``: ``(indices, distiller
-    overrides)`` of a several-teacher config (see :func:`use_teachers`)."""
+               samples=None, epochs=None, distiller=None):
+    """A Fashion-MNIST run's config; ``distiller``: overrides of its
+    distiller (see :func:`override_distiller`)."""
     from fmkt_mm import experiment
     path = osp.join('fashion_mnist', config)
     cfg = experiment.shrink_classification(experiment.load(path), epochs or args.epochs,
                                            samples or args.train_samples, args.test_samples, seed)
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1, save_last=True)
-    if teachers is not None:
-        use_teachers(cfg, *teachers)
+    if distiller:
+        override_distiller(cfg, distiller)
     experiment.set_teacher(cfg, teacher_ckpt)
     if 'distiller' in cfg:
         if flow_overrides:  # a copy: merging consumes the `_delete_` markers
@@ -139,9 +139,9 @@ def run_cls(job):
     from fmkt_mm import experiment
     torch.set_num_threads(1)
     name, config, overrides, seed, args, teacher_ckpt, work_dir = job[:7]
-    teachers = job[7] if len(job) > 7 else None
+    distiller = job[7] if len(job) > 7 else None
     run = experiment.train_and_test(cls_config(config, overrides, args, seed, work_dir, teacher_ckpt,
-                                               teachers=teachers))
+                                               distiller=distiller))
     return dict(row=name, seed=seed, top1=float(run.metrics['accuracy/top1']),
                 steps=run.by_steps('test/flow/top1_steps'),
                 step_loss=run.tail_mean('train/flow_step'),  # the last quarter of training
@@ -275,8 +275,9 @@ def benchmark_cls(args):
 
 # -- the recipe study ---------------------------------------------------------------------
 
-#: (row, config, overrides of ``distiller.flow``); the first row is the
-#: baseline that every other row is paired with, seed by seed and teacher by teacher
+#: (row, config, overrides of ``distiller.flow``[, of the distiller]); the first
+#: row is the baseline that every other row is paired with, seed by seed and
+#: teacher by teacher
 STUDY_ROWS = [
     ('DIST', 'dist_resnet18_w16_to_resnet18_w4.py', None),
     ('FM-KT VE (default)', FMKT, dict(path='ve')),
@@ -285,6 +286,9 @@ STUDY_ROWS = [
     ('FM-KT rectified, estimate from X_S (authors)', FMKT, dict(path='rectified', estimate='student')),
     ('FM-KT VE, N drawn from 1..16', FMKT, dict(path='ve', num_steps=16, num_steps_choices=(1, 2, 4, 8, 16))),
     ('FM-KT VE, encoder width x2', FMKT, dict(path='ve', encoder=dict(hidden_ratio=4.0))),
+    ('FM-KT VE, flow loss weight 0.5', FMKT, dict(path='ve'), dict(flow_loss_weight=0.5)),
+    ('FM-KT VE, flow loss weight 2', FMKT, dict(path='ve'), dict(flow_loss_weight=2.0)),
+    ('FM-KT VE, sigma_max 2 (time scale)', FMKT, dict(path=dict(_delete_=True, type='ve', sigma_max=2.0))),
 ]
 
 
@@ -313,7 +317,7 @@ def study_table(study, teachers, rows) -> Tuple[str, dict]:
         lines += [f'Teacher {teacher!r} ({teacher_top1:.2f} % top-1):', '',
                   f'| row | top-1 | minus {baseline} (paired) | seeds won | > 2 sd | top-1 at N=1/2/4/8 '
                   f'| s / iter |', '|---|---|---|---|---|---|---|']
-        for name, _, _ in rows:
+        for name, *_ in rows:
             runs = [r for r in study if r['teacher'] == teacher and r['row'] == name]
             if not runs:
                 continue
@@ -353,11 +357,12 @@ def study_cls(args):
     jobs = []
     for teacher, (checkpoint, _, _) in teachers.items():
         for seed in args.seeds:
-            for name, config, overrides in rows:
+            for name, config, overrides, *distiller in rows:
                 if (teacher, name, seed) in done:
                     continue
                 jobs.append((name, config, overrides, seed, args, checkpoint,
-                             osp.join(args.out_dir, 'study', teacher, f'{slug(name)}_seed{seed}'), teacher))
+                             osp.join(args.out_dir, 'study', teacher, f'{slug(name)}_seed{seed}'),
+                             distiller[0] if distiller else None, teacher))
     study = run_recorded(jobs, args, 'study.jsonl', run_study_job, 'study')
     table, summary = study_table(study, teachers, rows)
     return dict(teachers={k: dict(checkpoint=v[0], top1=v[1]) for k, v in teachers.items()},
@@ -428,16 +433,16 @@ DET_ROWS = [('student alone RetinaNet R18 w16', 'retinanet_r18w16_student.py'),
 
 
 def det_config(config: str, data_root: str, work_dir: str, epochs: int, teacher_ckpt=None,
-               seed=None, flow_steps=None, teachers=None):
+               seed=None, flow_steps=None, distiller=None):
     """A composed-set detection config, ready to run; ``flow_steps``: the
     step counts at which a flow-deployed distiller is also tested;
-    ``teachers``: see :func:`use_teachers`."""
+    ``distiller``: see :func:`override_distiller`."""
     from fmkt_mm import experiment
     from fmkt_mm.export import deploy_mode_of
     path = osp.join('fashion_det', config)
     cfg = experiment.point_detection(experiment.load(path), data_root, epochs)
-    if teachers is not None:
-        use_teachers(cfg, *teachers)
+    if distiller:
+        override_distiller(cfg, distiller)
     experiment.set_teacher(cfg, teacher_ckpt)
     if flow_steps and 'distiller' in cfg and deploy_mode_of(cfg.distiller) == 'flow':
         cfg.distiller.eval_steps = flow_steps[-1]
@@ -456,9 +461,9 @@ def run_det(job):
     from fmkt_mm import experiment
     torch.set_num_threads(1)
     name, config, seed, args, data_root, teacher_ckpt, work_dir = job[:7]
-    teachers = job[7] if len(job) > 7 else None
+    distiller = job[7] if len(job) > 7 else None
     cfg = det_config(config, data_root, work_dir, args.det_epochs, teacher_ckpt, seed, args.det_steps,
-                     teachers)
+                     distiller)
     flow_tested = any(str(h.get('type', '')).endswith('FlowStepsHook') for h in cfg.custom_hooks)
     run = experiment.train_and_test(cfg)
     curve = None
@@ -556,21 +561,22 @@ def benchmark_det(args):
 
 TWO_CLS = 'fmkt_2teachers_resnet18_w16-w8_to_resnet18_w4.py'
 TWO_DET = 'fmkt_retinanet-fcos_r18_to_r18w16_deploy-student.py'
-#: (row, config, the config's teachers it keeps, distiller overrides); the
+#: (row, config, distiller overrides: the teachers it keeps, ...); the
 #: rows with one teacher are the references of the rows with both
 TEACHER_CLS_ROWS = [
-    ('FM-KT VE, teacher w16', TWO_CLS, (0,), {}),
-    ('FM-KT VE, teacher w8', TWO_CLS, (1,), {}),
-    ('FM-KT VE, both teachers, separate flows', TWO_CLS, (0, 1), dict(teacher_flows='separate')),
-    ('FM-KT VE, both teachers, shared flow', TWO_CLS, (0, 1), dict(teacher_flows='shared')),
+    ('FM-KT VE, teacher w16', TWO_CLS, dict(keep_teachers=(0,))),
+    ('FM-KT VE, teacher w8', TWO_CLS, dict(keep_teachers=(1,))),
+    ('FM-KT VE, both teachers, separate flows', TWO_CLS,
+     dict(keep_teachers=(0, 1), teacher_flows='separate')),
+    ('FM-KT VE, both teachers, shared flow', TWO_CLS, dict(keep_teachers=(0, 1), teacher_flows='shared')),
 ]
 TEACHER_DET_ROWS = [
-    ('FM-KT deploy student, RetinaNet teacher', TWO_DET, (0,), {}),
-    ('FM-KT deploy student, FCOS teacher', TWO_DET, (1,), {}),
-    ('FM-KT deploy student, both teachers, separate flows', TWO_DET, (0, 1),
-     dict(teacher_flows='separate')),
-    ('FM-KT deploy student, both teachers, shared flows', TWO_DET, (0, 1),
-     dict(teacher_flows='shared')),
+    ('FM-KT deploy student, RetinaNet teacher', TWO_DET, dict(keep_teachers=(0,))),
+    ('FM-KT deploy student, FCOS teacher', TWO_DET, dict(keep_teachers=(1,))),
+    ('FM-KT deploy student, both teachers, separate flows', TWO_DET,
+     dict(keep_teachers=(0, 1), teacher_flows='separate')),
+    ('FM-KT deploy student, both teachers, shared flows', TWO_DET,
+     dict(keep_teachers=(0, 1), teacher_flows='shared')),
 ]
 #: (row, config) of the Mask R-CNN comparison
 MASK_ROWS = [('student alone Mask R-CNN R18 w16', 'mask-rcnn_r18w16_student.py'),
@@ -578,12 +584,15 @@ MASK_ROWS = [('student alone Mask R-CNN R18 w16', 'mask-rcnn_r18w16_student.py')
              ('FM-KT deploy student', 'fmkt_mask-rcnn_r18_to_r18w16_deploy-student.py')]
 
 
-def use_teachers(cfg, keep, overrides) -> None:
-    """Keep the teachers at indices ``keep`` of a several-teacher
-    distiller config and apply ``overrides`` to the distiller."""
-    entries = cfg.distiller.teachers
-    cfg.distiller.teachers = [entries[j] for j in keep]
-    cfg.distiller.update(overrides)
+def override_distiller(cfg, overrides) -> None:
+    """Merge ``overrides`` into the config's distiller; ``keep_teachers``
+    (indices) keeps only those teachers of a several-teacher config."""
+    overrides = copy.deepcopy(dict(overrides))  # merging consumes `_delete_` markers
+    keep = overrides.pop('keep_teachers', None)
+    if keep is not None:
+        entries = cfg.distiller.teachers
+        cfg.distiller.teachers = [entries[j] for j in keep]
+    cfg.merge_from_dict(dict(distiller=overrides))
 
 
 def teachers_table(runs, rows, metrics, single) -> Tuple[str, dict]:
@@ -635,9 +644,9 @@ def teachers_cls(args):
     teachers = [train_cls_teacher(args), train_cls_teacher(args, 'cls_teacher_w8',
                                                            config='teacher_resnet18_w8.py')]
     done = {(r['row'], r['seed']) for r in read_record(args.out_dir, 'teachers_cls.jsonl')}
-    jobs = [(name, config, None, seed, args, [teachers[j][0] for j in keep],
-             osp.join(args.out_dir, 'teachers_cls', f'{slug(name)}_seed{seed}'), (keep, overrides))
-            for seed in args.seeds for name, config, keep, overrides in TEACHER_CLS_ROWS
+    jobs = [(name, config, None, seed, args, [teachers[j][0] for j in overrides['keep_teachers']],
+             osp.join(args.out_dir, 'teachers_cls', f'{slug(name)}_seed{seed}'), overrides)
+            for seed in args.seeds for name, config, overrides in TEACHER_CLS_ROWS
             if (name, seed) not in done]
     runs = run_recorded(jobs, args, 'teachers_cls.jsonl', run_cls, 'teachers cls')
     rows = [r[0] for r in TEACHER_CLS_ROWS]
@@ -653,9 +662,9 @@ def teachers_det(args):
     teachers = [train_det_teacher(args, data_root),
                 train_det_teacher(args, data_root, 'fcos_r18_teacher.py', 'det_teacher_fcos')]
     done = {(r['row'], r['seed']) for r in read_record(args.out_dir, 'teachers_det.jsonl')}
-    jobs = [(name, config, seed, args, data_root, [teachers[j][0] for j in keep],
-             osp.join(args.out_dir, 'teachers_det', f'{slug(name)}_seed{seed}'), (keep, overrides))
-            for seed in args.det_seeds for name, config, keep, overrides in TEACHER_DET_ROWS
+    jobs = [(name, config, seed, args, data_root, [teachers[j][0] for j in overrides['keep_teachers']],
+             osp.join(args.out_dir, 'teachers_det', f'{slug(name)}_seed{seed}'), overrides)
+            for seed in args.det_seeds for name, config, overrides in TEACHER_DET_ROWS
             if (name, seed) not in done]
     runs = run_recorded(jobs, args, 'teachers_det.jsonl', run_det_scored, 'teachers det')
     rows = [r[0] for r in TEACHER_DET_ROWS]
