@@ -7,10 +7,10 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.distributed as torch_dist
-from torch import nn
 from mmengine.logging import MessageHub, print_log
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
+from torch import nn
 
 from .taps import get_module, run_until_tapped
 from .teacher import TEACHER_FLOWS, TEACHER_KEYS, TeacherSet, build_teacher, build_teachers

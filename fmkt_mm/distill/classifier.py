@@ -41,7 +41,7 @@ from ..flow import FlowOutput, FlowTransfer, RoundTrip, build_condition
 from ..registry import MODELS
 from ..utils import build_from_registry
 from .base import BaseDistiller, hard_labels
-from .teacher import weighted, with_teacher_condition
+from .teacher import stack_for_teachers, weighted, with_teacher_condition
 from .taps import run_until_tapped, select
 
 VARIANTS = ('fmkt', 'fmkt_theta', 'ofmkt')
@@ -242,17 +242,6 @@ class ClassificationDistiller(BaseDistiller):
         tap = self.teacher_tap_of(index, self.teacher_tap)
         return select(self.teacher_outputs(inputs, data_samples, [tap], index)[tap])
 
-    def teacher_contexts(self, flow: FlowTransfer, x: Tensor, teachers: Sequence[int],
-                         labels: Optional[Tensor] = None):
-        """The shared flow's input for ``teachers``: ``x`` stacked once per
-        teacher (``len(teachers) * B`` rows), the labels likewise, and the
-        context with each copy's teacher index."""
-        k, b = len(teachers), x.shape[0]
-        stacked = x.repeat(k, *([1] * (x.dim() - 1))) if k > 1 else x
-        labels = labels.repeat(k) if labels is not None and k > 1 else labels
-        index = torch.tensor(list(teachers), device=x.device).repeat_interleave(b)
-        return stacked, labels, flow.make_context(stacked, labels, teacher=index)
-
     def teacher_runs(self, feature: Tensor, num_steps: int, labels: Optional[Tensor] = None,
                      teachers: Optional[Sequence[int]] = None) -> List[FlowOutput]:
         """One training run of the flow per teacher in ``teachers`` (all by
@@ -264,7 +253,7 @@ class ClassificationDistiller(BaseDistiller):
         if self.teacher_flows == 'separate':
             return [self.flows[j].run(feature, num_steps, labels=labels) for j in teachers]
         flow = self.flows[0]
-        stacked, stacked_labels, context = self.teacher_contexts(flow, feature, teachers, labels)
+        stacked, stacked_labels, context = stack_for_teachers(flow, feature, teachers, labels)
         return flow.run(stacked, num_steps, context, stacked_labels).split(len(teachers))
 
     def teacher_estimates(self, feature: Tensor, num_steps: int,
@@ -276,7 +265,7 @@ class ClassificationDistiller(BaseDistiller):
         if self.teacher_flows == 'separate':
             return [self.flows[j].transport(feature, num_steps)[0] for j in teachers]
         flow = self.flows[0]
-        stacked, _, context = self.teacher_contexts(flow, feature, teachers)
+        stacked, _, context = stack_for_teachers(flow, feature, teachers)
         return list(flow.transport(stacked, num_steps, context)[0].chunk(len(teachers), dim=1))
 
     def deployed_teachers(self):
@@ -407,7 +396,7 @@ class ClassificationDistiller(BaseDistiller):
         for j in range(len(self.teacher_models())):
             flow, x, context = self.flow_of(j), feature, None
             if self.teacher_flows == 'shared':
-                x, _, context = self.teacher_contexts(flow, feature, [j])
+                x, _, context = stack_for_teachers(flow, feature, [j])
             for key, value in flow.roundtrip(x, steps, refine=refine, context=context).items():
                 errors[f'{key}_t{j}'] = value
                 errors[key] = errors[key] + value if key in errors else value

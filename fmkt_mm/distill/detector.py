@@ -59,7 +59,7 @@ from ..registry import MODELS
 from ..utils import build_from_registry
 from .levels import LevelDistiller, LevelSpec, TeacherShape, as_levels
 from .taps import get_module, run_until_tapped
-from .teacher import weighted, with_teacher_condition
+from .teacher import stack_for_teachers, weighted, with_teacher_condition
 
 DEPLOY_MODES = ('flow', 'student')
 
@@ -340,7 +340,7 @@ class DetectionDistiller(LevelDistiller):
                 outs.append(flow.run(level, num_steps))
             return outs
         flow = self.flow_of(0, k, flows)
-        stacked, context = self.teacher_contexts(flow, level, range(len(targets)))
+        stacked, _, context = stack_for_teachers(flow, level, range(len(targets)))
         outs = flow.run(stacked, num_steps, context).split(len(targets))
         for j, (out, target) in enumerate(zip(outs, targets)):
             adapter = self.teacher_adapters[j * len(self.level_pairs) + k]
@@ -350,15 +350,6 @@ class DetectionDistiller(LevelDistiller):
                 out.steps = adapter(out.estimates.flatten(0, 1)).unflatten(0, (n, b))
                 out.ensemble = out.steps.mean(0)
         return outs
-
-    @staticmethod
-    def teacher_contexts(flow: FlowTransfer, level: Tensor, teachers: Sequence[int]):
-        """A shared flow's input for ``teachers``: the level stacked once
-        per teacher and the context with each copy's teacher index."""
-        teachers = list(teachers)
-        stacked = level.repeat(len(teachers), 1, 1, 1) if len(teachers) > 1 else level
-        index = torch.tensor(teachers, device=level.device).repeat_interleave(level.shape[0])
-        return stacked, flow.make_context(stacked, teacher=index)
 
     def deployed_ensemble(self, k: int, level: Tensor, num_steps: int) -> Tensor:
         """What the heads read for level pair ``k`` at inference: the
@@ -376,7 +367,7 @@ class DetectionDistiller(LevelDistiller):
                          for j in teachers]
         else:
             flow = self.flow_of(0, k, flows)
-            stacked, context = self.teacher_contexts(flow, level, teachers)
+            stacked, _, context = stack_for_teachers(flow, level, teachers)
             ensembles = flow.transport(stacked, num_steps, context)[0].mean(0).chunk(len(teachers))
         return weighted(ensembles, weights)
 
@@ -527,7 +518,7 @@ class DetectionDistiller(LevelDistiller):
                         teachers[j] = self.teacher_levels(inputs, data_samples, j)
                     x_teacher = teachers[j][t]
                 if self.teacher_adapters is not None:
-                    x, context = self.teacher_contexts(flow, levels[s], [j])
+                    x, _, context = stack_for_teachers(flow, levels[s], [j])
                 level = flow.roundtrip(x, num_steps or self.eval_steps, x_teacher=x_teacher,
                                        refine=refine, context=context)
                 suffix = f'_l{s}_t{j}' if self.multi_teacher else f'_l{s}'

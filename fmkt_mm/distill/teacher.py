@@ -2,6 +2,7 @@
 import copy
 from typing import Optional, Sequence, Union
 
+import torch
 from mmengine.config import Config, ConfigDict
 from mmengine.hub import get_config
 from mmengine.registry import MODELS as ROOT_MODELS
@@ -140,3 +141,17 @@ def with_teacher_condition(condition):
            for item in items):
         return condition
     return items + [dict(type='teacher')]
+
+
+def stack_for_teachers(flow, x: Tensor, teachers: Sequence[int], labels: Optional[Tensor] = None):
+    """The input of one flow shared by several teachers (a ``'teacher'``
+    condition): ``x`` stacked once per teacher in ``teachers``
+    (``len(teachers) * B`` rows, first teacher first), the labels likewise,
+    and the context with each copy's teacher index. Returns ``(stacked,
+    stacked labels, context)``."""
+    teachers = list(teachers)
+    k = len(teachers)
+    stacked = x.repeat(k, *([1] * (x.dim() - 1))) if k > 1 else x
+    labels = labels.repeat(k) if labels is not None and k > 1 else labels
+    index = torch.tensor(teachers, device=x.device).repeat_interleave(x.shape[0])
+    return stacked, labels, flow.make_context(stacked, labels, teacher=index)
