@@ -238,6 +238,28 @@ def test_level_condition_tells_a_shared_encoder_which_level_it_transports():
         condition(x, level=3)
 
 
+def test_teacher_condition_gives_each_sample_its_teachers_embedding():
+    condition = build_condition(['pooled', dict(type='teacher', dim=4)], channels=6, num_teachers=3)
+    flow = conditional_flow(condition)
+    x = torch.randn(2, 6, 3, 3)
+    stacked = torch.cat([x, x])  # the batch once per teacher: teachers 0 and 2
+    context = flow.make_context(stacked, teacher=torch.tensor([0, 0, 2, 2]))
+    assert context.shape == (4, 6 + 4)
+    teacher = condition.conditions[1]
+    torch.testing.assert_close(context[:2, 6:], teacher.embedding.weight[0].expand(2, -1))
+    torch.testing.assert_close(context[2:, 6:], teacher.embedding.weight[2].expand(2, -1))
+    out = flow.run(stacked, 3, context)
+    parts = out.split(2)  # one output per copy, as if each ran alone
+    for j, part in zip((0, 2), parts):
+        alone = flow.run(x, 3, flow.make_context(x, teacher=torch.full((2,), j)))
+        torch.testing.assert_close(part.steps, alone.steps)
+        torch.testing.assert_close(part.ensemble, alone.ensemble)
+    with pytest.raises(ValueError, match='teacher index of every sample'):
+        flow.make_context(x)
+    with pytest.raises(ValueError, match='3 teacher indices for a batch of 2'):
+        flow.make_context(x, teacher=torch.tensor([0, 1, 2]))
+
+
 def test_class_condition_reads_labels_in_training_and_its_guess_at_inference():
     head = nn.Sequential(nn.Flatten(), nn.Linear(6, 4))
     flow = conditional_flow(dict(type='class', num_classes=4, dim=3, drop_prob=0.0,
