@@ -121,6 +121,14 @@ class BaseDistiller(BaseModel):
         """How error messages name teacher ``j``."""
         return f'teacher {j} ({self.teacher.names[j]})' if self.multi_teacher else 'teacher'
 
+    def deployed_teachers(self):
+        """``(teacher indices, weights)`` whose flows predict in deploy mode
+        'flow': the chosen teacher, or all with their weights."""
+        if self.deploy_teacher is not None:
+            return [self.deploy_teacher], [1.0]
+        count = max(len(self.teacher_models()), 1)
+        return list(range(count)), (self.teacher_weights() or [1.0])
+
     def _teacher_index(self, which: Union[str, int]) -> Optional[int]:
         if which == 'mean':
             return None

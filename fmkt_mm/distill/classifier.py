@@ -268,14 +268,6 @@ class ClassificationDistiller(BaseDistiller):
         stacked, _, context = stack_for_teachers(flow, feature, teachers)
         return list(flow.transport(stacked, num_steps, context)[0].chunk(len(teachers), dim=1))
 
-    def deployed_teachers(self):
-        """``(teacher indices, weights)`` whose flows predict in deploy mode
-        'flow': the chosen teacher, or all with their weights."""
-        if self.deploy_teacher is not None:
-            return [self.deploy_teacher], [1.0]
-        count = max(len(self.teacher_models()), 1)
-        return list(range(count)), (self.teacher_weights() or [1.0])
-
     # -- training --------------------------------------------------------------
     def task_loss(self, logits: Tensor, data_samples) -> Tensor:
         """The student head's own loss (label smoothing, mixup targets, ...)."""

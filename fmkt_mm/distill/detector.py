@@ -358,10 +358,7 @@ class DetectionDistiller(LevelDistiller):
         flows = self._inference_flows()
         if not self.multi_teacher:
             return self.flow_of(0, k, flows).transport(level, num_steps)[0].mean(0)
-        if self.deploy_teacher is not None:
-            teachers, weights = [self.deploy_teacher], [1.0]
-        else:
-            teachers, weights = list(range(len(self.teacher_models()))), self.teacher_weights()
+        teachers, weights = self.deployed_teachers()
         if self.teacher_adapters is None:
             ensembles = [self.flow_of(j, k, flows).transport(level, num_steps)[0].mean(0)
                          for j in teachers]
@@ -399,11 +396,9 @@ class DetectionDistiller(LevelDistiller):
                 for j, values in enumerate(per_teacher):
                     state.losses[f'flow_l{s}_t{j}'] = values.detach().sum()
             ensembles = [out.mean_estimate() for out in outs]
-            if self.deploy_mode == 'flow':
-                if self.deploy_teacher is not None:
-                    levels[s] = ensembles[self.deploy_teacher]
-                else:
-                    levels[s] = weighted(ensembles, weights)
+            if self.deploy_mode == 'flow':  # what the heads read at inference too
+                chosen, chosen_weights = self.deployed_teachers()
+                levels[s] = weighted([ensembles[j] for j in chosen], chosen_weights)
             else:
                 state.losses[f'loss_theta_l{s}'] = weight * self.theta_loss_weight * weighted(
                     [self.theta_loss(levels[s], e.detach()) for e in ensembles], weights)
