@@ -5,8 +5,11 @@ import shutil
 from contextlib import contextmanager
 from typing import Dict, Optional
 
+import torch
 from mmengine.config import Config
 from mmengine.model import is_model_wrapper
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
 from torch import Tensor
 
 from .checkpoint import extract_state_dict, load_state, safe_torch_load, trust_directory
@@ -40,6 +43,40 @@ def apply_distiller(cfg: Config) -> Config:
                                   allow_failed_imports=False)
     use_distill_log_processor(cfg)
     return cfg
+
+
+def make_reproducible(cfg: Config, seed: Optional[int] = None) -> Config:
+    """Seed the run (``seed``, or the config's) and ask for deterministic
+    algorithms: MMEngine's ``randomness.deterministic`` (deterministic cuDNN
+    kernels without autotuning, ``torch.use_deterministic_algorithms``) and
+    the cuBLAS workspace setting torch needs for deterministic matrix
+    products on a GPU (``CUBLAS_WORKSPACE_CONFIG``, unless already set; it
+    must be set before CUDA starts). Build the runner with
+    :func:`build_runner`. The same seed in the same environment (versions,
+    device, thread count, process count) then trains to the same weights."""
+    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    randomness = dict(cfg.get('randomness') or {})
+    if seed is not None:
+        randomness['seed'] = seed
+    randomness['deterministic'] = True
+    cfg.randomness = randomness
+    return cfg
+
+
+def build_runner(cfg: Config) -> Runner:
+    """The config's runner (its ``runner_type`` if it names one).
+
+    With ``randomness.deterministic``, MMEngine makes torch raise on every
+    operator that has no deterministic implementation (on a GPU, some
+    interpolation, pooling and indexing backward passes), which can stop a
+    GPU training. Here such an operator warns instead, naming itself, and
+    the run goes on: deterministic wherever torch can be, and it says where
+    it cannot. (mmcv's CUDA ops, e.g. RoIAlign, accumulate with atomic adds
+    without consulting the flag.)"""
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    if (cfg.get('randomness') or {}).get('deterministic'):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return runner
 
 
 def use_distill_log_processor(cfg: Config) -> Config:

@@ -23,7 +23,7 @@ from typing import Dict, Optional, Sequence, Union
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from .apis import apply_distiller, prepare_work_dir
+from .apis import apply_distiller, build_runner, make_reproducible, prepare_work_dir
 from .console import quiet_run
 from .export import atomic_torch_save
 
@@ -67,7 +67,7 @@ def shrink_classification(cfg: Config, epochs: int, train_samples: Optional[int]
         cfg.test_dataloader = cfg.val_dataloader
     if seed is not None:
         cfg.train_dataloader.dataset.seed = seed
-        cfg.randomness = dict(seed=seed)
+        make_reproducible(cfg, seed)
     cfg.default_hooks.logger.interval = log_interval
     return cfg
 
@@ -165,7 +165,7 @@ def train_and_test(cfg: Config, name: Optional[str] = None, test: bool = True) -
     ``name``, the console shows one progress line and the run's output goes
     to its work dir (:func:`fmkt_mm.console.quiet_run`)."""
     with (quiet_run(name, cfg.work_dir) if name else nullcontext(lambda runner: None)) as attach:
-        runner = Runner.from_cfg(cfg)
+        runner = build_runner(cfg)
         attach(runner)
         start = time.time()
         runner.train()

@@ -214,6 +214,46 @@ def test_missing_teacher_file_fails_in_train_tool_without_work_dir(tmp_path):
     assert not work_dir.exists()
 
 
+def test_deterministic_runs_repeat_bit_for_bit_across_processes(teacher_checkpoint, tmp_path):
+    """``tools/train.py --seed N --deterministic``: two processes with the
+    same seed train to identical weights (every encoder, including the conv
+    and transformer ones), and another seed to other weights."""
+    for encoder in ('conv', 'transformer'):
+        (tmp_path / f'{encoder}.py').write_text(
+            f"_base_ = [{osp.join(CONFIGS, VARIANT_CONFIGS['fmkt'])!r}]\n"
+            f"distiller = dict(teacher=dict(checkpoint={teacher_checkpoint!r}),\n"
+            f"                 flow=dict(encoder=dict(_delete_=True, type={encoder!r})))\n"
+            "train_dataloader = dict(batch_size=4, dataset=dict(num_samples=8))\n"
+            "train_cfg = dict(max_epochs=1, val_interval=100)\n"
+            "param_scheduler = []\n")
+    env = dict(os.environ, OMP_NUM_THREADS='1')  # one environment: the same thread count
+
+    def train(name, seed, encoder):
+        return subprocess.Popen(
+            [PYTHON, osp.join(ROOT, 'tools', 'train.py'), str(tmp_path / f'{encoder}.py'),
+             '--work-dir', str(tmp_path / name), '--seed', str(seed), '--deterministic'],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def weights(name):
+        state = torch.load(tmp_path / name / 'epoch_1.pth', map_location='cpu',
+                           weights_only=False)['state_dict']  # written by this test
+        return {k: v for k, v in state.items() if not k.startswith('teacher.')}
+
+    runs = [('conv_a', 3, 'conv'), ('conv_b', 3, 'conv'), ('transformer_a', 3, 'transformer'),
+            ('transformer_b', 3, 'transformer'), ('conv_seed4', 4, 'conv')]
+    for pair in (runs[:2], runs[2:4], runs[4:]):  # two at a time on two cores
+        for name, process in [(name, train(name, seed, encoder)) for name, seed, encoder in pair]:
+            _, err = process.communicate(timeout=300)
+            assert process.returncode == 0, f'{name}: {err[-3000:]}'
+    for a, b in (('conv_a', 'conv_b'), ('transformer_a', 'transformer_b')):
+        first, second = weights(a), weights(b)
+        assert first.keys() == second.keys()
+        unequal = [k for k in first if not torch.equal(first[k], second[k])]
+        assert unequal == [], f'{a} and {b} differ in {unequal[:5]}'
+    other = weights('conv_seed4')
+    assert any(not torch.equal(other[k], v) for k, v in weights('conv_a').items() if v.is_floating_point())
+
+
 def test_unknown_tap_lists_the_real_paths(teacher_checkpoint, tmp_path):
     cfg = tiny_cfg('fmkt', tmp_path / 'run', teacher_checkpoint)
     cfg.model.teacher_tap = 'head.classifier'

@@ -45,6 +45,7 @@ from mmengine.config import Config
 
 import fmkt_mm  # noqa: F401  (registers the components)
 from fmkt_mm import experiment
+from fmkt_mm.apis import make_reproducible
 
 TEACHER_CONFIG = 'teacher_resnet18_w16.py'
 ROWS = {
@@ -178,7 +179,7 @@ def det_config(config: str, args, data_root: str, work_dir: str, epochs: int,
                teacher_checkpoint=None) -> Config:
     path = osp.join('fashion_det', config)
     cfg = experiment.point_detection(experiment.load(path), data_root, epochs)
-    cfg.randomness = dict(seed=0)
+    make_reproducible(cfg, 0)
     if not args.verbose:
         cfg.log_level = 'WARNING'
     if 'distiller' in cfg:

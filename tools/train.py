@@ -1,16 +1,16 @@
 """Train a model (a distiller or a stock OpenMMLab model) with MMEngine's Runner.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--allow-unsafe-pickle]
-                          [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
+                          [--seed N] [--deterministic] [--cfg-options k=v ...]
+                          [--launcher none|pytorch|slurm]
 """
 import argparse
 import os
 
 from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
-from fmkt_mm.apis import apply_distiller, clean_up_on_failure, prepare_work_dir
+from fmkt_mm.apis import (apply_distiller, build_runner, clean_up_on_failure, make_reproducible,
+                          prepare_work_dir)
 from fmkt_mm.checkpoint import trust_file
 from fmkt_mm.launch import setup_launcher, shutdown_process_group
 from fmkt_mm.optim import enable_amp
@@ -25,6 +25,11 @@ def parse_args():
                              'work dir when no path is given')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision: fp16 on GPU, bf16 on CPU')
+    parser.add_argument('--seed', type=int, help="the run's random seed (config: randomness.seed)")
+    parser.add_argument('--deterministic', action='store_true',
+                        help='deterministic algorithms where torch has them (operators without one '
+                             'warn): the same seed in the same environment trains to the same '
+                             'weights')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, key=value')
     parser.add_argument('--allow-unsafe-pickle', action='store_true',
@@ -45,6 +50,10 @@ def main():
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     apply_distiller(cfg)
+    if args.deterministic:
+        make_reproducible(cfg, args.seed)
+    elif args.seed is not None:
+        cfg.randomness = dict(cfg.get('randomness') or {}, seed=args.seed)
     setup_launcher(cfg, args.launcher)
     work_dir = prepare_work_dir(cfg, args.config, args.work_dir)
     if args.amp:
@@ -56,7 +65,7 @@ def main():
     if args.allow_unsafe_pickle and cfg.get('load_from'):
         trust_file(cfg.load_from)
     with clean_up_on_failure(work_dir):
-        runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+        runner = build_runner(cfg)
     runner.train()
     shutdown_process_group()
 
