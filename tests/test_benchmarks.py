@@ -79,7 +79,7 @@ def test_efficacy_benchmark_trains_teacher_baselines_and_fmkt(tmp_path):
 def test_recipe_study_pairs_rows_with_dist_for_two_teachers_and_resumes(tmp_path, capsys):
     efficacy = load_tool('benchmark_efficacy')
     out = str(tmp_path / 'study')
-    args = ['--quick', '--study', '--out-dir', out]
+    args = ['--quick', '--study', '--task', 'cls', '--out-dir', out]
     result = efficacy.main(args)
     runs = result['study']['runs']
     assert sorted((r['teacher'], r['row']) for r in runs) == sorted(
@@ -97,6 +97,32 @@ def test_recipe_study_pairs_rows_with_dist_for_two_teachers_and_resumes(tmp_path
     again = efficacy.main(args)  # resumes: every run is recorded, none reruns
     assert '[study] 4 runs recorded, 0 to run' in capsys.readouterr().out
     assert again['study']['table'] == result['study']['table']
+
+
+def test_detection_study_pairs_rows_with_pkd_for_two_teachers_and_resumes(tmp_path, capsys):
+    efficacy = load_tool('benchmark_efficacy')
+    args = ['--quick', '--study', '--task', 'det', '--det-rows', 'FM-KT deploy flow',
+            '--det-steps', '1', '2', '--out-dir', str(tmp_path)]
+    result = efficacy.main(args)['study_det']
+    runs = result['runs']
+    assert sorted((r['teacher'], r['row']) for r in runs) == sorted(
+        (t, row) for t in ('full', 'half') for row in ('PKD', 'FM-KT deploy flow'))
+    summary = result['summary']['rows']['FM-KT deploy flow']
+    for teacher in ('full', 'half'):
+        fmkt = next(r for r in runs if r['teacher'] == teacher and r['row'] != 'PKD')
+        pkd = next(r for r in runs if r['teacher'] == teacher and r['row'] == 'PKD')
+        assert summary[teacher]['diff'][0] == fmkt['bbox_map'] - pkd['bbox_map']  # paired on the seed
+        assert sorted(summary[teacher]['curve']) == [1, 2]  # the flows predict: scored per step count
+    assert result['summary']['rows']['PKD']['full']['curve'] == {}  # the plain student predicts
+    assert set(result['teachers']) == {'full', 'half'}
+    assert 'minus PKD (paired)' in result['table'] and 'bbox mAP at N=1/2' in result['table']
+    capsys.readouterr()
+    again = efficacy.main(args)['study_det']  # resumes: every run is recorded, none reruns
+    assert '[study det] 4 runs recorded, 0 to run' in capsys.readouterr().out
+    assert again['table'] == result['table']
+    with pytest.raises(SystemExit):
+        efficacy.parse_args(['--study', '--task', 'det', '--det-rows', 'student alone RetinaNet R18 w16'])
+    assert 'the rows of the study are' in capsys.readouterr().err
 
 
 def test_two_teacher_benchmark_pairs_both_teachers_with_the_best_single_one(tmp_path, capsys):

@@ -245,6 +245,37 @@ def test_heterogeneous_pair_needs_an_adapter(teachers):
     assert all(p.grad is not None for p in model.flows.parameters())
 
 
+@pytest.mark.parametrize('deploy_mode', ['flow', 'student'])
+def test_raw_loss_is_the_pkd_baselines_term_on_top_of_the_flows(teachers, deploy_mode):
+    """FM-KT plus PKD on the raw levels: ``loss_raw_l{l}`` equals the PKD
+    baseline's ``loss_feat_l{l}`` on the same student, teacher and batch
+    (times ``raw_loss_weight``), whatever the heads read."""
+    from fmkt_mm.distill import FeatureDistiller
+    model = distiller(retinanet(8, 32), teachers['retinanet'], deploy_mode=deploy_mode,
+                      level_weights=[10.0, 10.0, 6.0, 6.0], raw_loss_weight=0.5)
+    model.train()
+    data = batch(model)
+    losses = model(**data, mode='loss')
+    model, path = teachers['retinanet']
+    pkd = FeatureDistiller(student=retinanet(8, 32), teacher=dict(config=model, checkpoint=path),
+                           loss=dict(type='fmkt_mm.PKDLoss'), level_weights=[10.0, 10.0, 6.0, 6.0],
+                           dummy_input_shape=(3, SIZE, SIZE))
+    fmkt = distiller(retinanet(8, 32), teachers['retinanet'], deploy_mode=deploy_mode,
+                     level_weights=[10.0, 10.0, 6.0, 6.0], raw_loss_weight=0.5)
+    pkd.student.load_state_dict(fmkt.student.state_dict())
+    pkd.train()
+    reference = pkd(**data, mode='loss')
+    for level in range(4):
+        torch.testing.assert_close(losses[f'loss_raw_l{level}'], 0.5 * reference[f'loss_feat_l{level}'])
+    fmkt.train()
+    loss, _ = fmkt.parse_losses(fmkt(**data, mode='loss'))
+    loss.backward()  # the raw term reaches the student's neck
+    assert all(p.grad is not None for p in fmkt.student.neck.parameters())
+    assert 'loss_raw_l0' not in distiller(retinanet(8, 32), teachers['retinanet'])(**data, mode='loss')
+    with pytest.raises(ValueError, match='raw_loss_weight'):
+        distiller(retinanet(8, 32), teachers['retinanet'], raw_loss_weight=-1.0)
+
+
 def test_level_pairs_and_configuration_errors(teachers):
     # a 5-level student neck against the teacher's 4 levels, paired explicitly
     student = faster_rcnn(8, 32)

@@ -73,7 +73,8 @@ def parse_args(argv=None):
     parser.add_argument('--det-seeds', type=int, nargs='+', default=[0])
     parser.add_argument('--det-rows', nargs='+', metavar='NAME',
                         help='detection rows to run (the teacher always), by exact name: '
-                             + '; '.join(repr(r[0]) for r in DET_ROWS))
+                             + '; '.join(repr(r[0]) for r in DET_ROWS) + '; with --study: '
+                             + '; '.join(repr(r[0]) for r in DET_STUDY_ROWS))
     parser.add_argument('--det-steps', type=int, nargs='+', default=[1, 2, 4, 8],
                         help='inference step counts scored for the flow deploy mode (the last '
                              'is the table\'s mAP)')
@@ -82,17 +83,19 @@ def parse_args(argv=None):
     parser.add_argument('--quick', action='store_true', help='tiny sizes: checks the script runs')
     parser.add_argument('--study', action='store_true',
                         help='the recipe study: STUDY_ROWS x two teachers x --seeds, each row paired '
-                             'with the first (DIST); resumable')
+                             'with the first (DIST); with --task det, DET_STUDY_ROWS x two teachers x '
+                             '--det-seeds, paired with PKD; resumable')
     parser.add_argument('--teachers', action='store_true',
                         help='several teachers: two teachers vs each alone (cls: ResNet-18 w16 and '
                              'w8; det: RetinaNet and FCOS), and Mask R-CNN (mask); resumable')
     args = parser.parse_args(argv)
     if args.task == 'mask' and not args.teachers:
         parser.error('--task mask belongs to the several-teacher benchmark: add --teachers')
-    unknown = set(args.det_rows or ()) - {name for name, _ in DET_ROWS}
+    det_rows = [r[0] for r in (DET_STUDY_ROWS if args.study else DET_ROWS)]
+    unknown = set(args.det_rows or ()) - set(det_rows)
     if unknown:
-        parser.error(f'unknown detection rows {sorted(unknown)}; the rows are '
-                     f'{[name for name, _ in DET_ROWS]}')
+        parser.error(f'unknown detection rows {sorted(unknown)}; the rows{" of the study" * args.study} '
+                     f'are {det_rows}')
     if args.quick:
         args.seeds = args.seeds[:1]
         args.train_samples = args.teacher_samples = 256
@@ -103,6 +106,8 @@ def parse_args(argv=None):
         args.rows = args.rows or ([STUDY_ROWS[1][0]] if args.study else [
             'student alone', 'KD (tau 4)', 'FM-KT rectified / mlp / N=8',
             'FM-KT^Theta rectified / mlp / N=8'])
+        if args.study:
+            args.det_rows = args.det_rows or [DET_STUDY_ROWS[1][0]]
         args.out_dir = osp.join(args.out_dir, 'quick')
     return args
 
@@ -300,38 +305,42 @@ def study_teachers(args):
     return {'full': full, 'half': half}
 
 
-def paired(study, teacher: str, row: str, baseline: str):
-    """Per seed (shared by both rows): ``(row top-1, baseline top-1)``."""
+def paired(study, teacher: str, row: str, baseline: str, key: str = 'top1'):
+    """Per seed (shared by both rows): ``(row score, baseline score)``."""
     by_seed = {r['seed']: r for r in study if r['teacher'] == teacher and r['row'] == baseline}
-    return [(r['top1'], by_seed[r['seed']]['top1']) for r in study
+    return [(r[key], by_seed[r['seed']][key]) for r in study
             if r['teacher'] == teacher and r['row'] == row and r['seed'] in by_seed]
 
 
-def study_table(study, teachers, rows) -> Tuple[str, dict]:
-    """Per teacher and row: top-1, the paired difference to the baseline
-    (mean ± std over seeds), the seeds won, whether the mean difference
-    exceeds 2 standard deviations of the paired differences, and cost."""
+def study_table(study, teachers, rows, key='top1', label='top-1', curve_key='steps',
+                steps=INFERENCE_STEPS) -> Tuple[str, dict]:
+    """Per teacher (``{name: its own score}``) and row: the score ``key``
+    (mean ± std over seeds), the paired difference to the baseline (the
+    first row; mean ± std over seeds), the seeds won, whether the mean
+    difference exceeds 2 standard deviations of the paired differences, the
+    ensemble's score at each of ``steps`` inference steps (``curve_key``),
+    and cost."""
     baseline = rows[0][0]
     lines, summary = [], {}
-    for teacher, (_, teacher_top1, _) in teachers.items():
-        lines += [f'Teacher {teacher!r} ({teacher_top1:.2f} % top-1):', '',
-                  f'| row | top-1 | minus {baseline} (paired) | seeds won | > 2 sd | top-1 at N=1/2/4/8 '
-                  f'| s / iter |', '|---|---|---|---|---|---|---|']
+    for teacher, teacher_score in teachers.items():
+        lines += [f'Teacher {teacher!r} ({teacher_score:.2f} {label}):', '',
+                  f'| row | {label} | minus {baseline} (paired) | seeds won | > 2 sd | {label} at '
+                  f'N={"/".join(map(str, steps))} | s / iter |', '|---|---|---|---|---|---|---|']
         for name, *_ in rows:
             runs = [r for r in study if r['teacher'] == teacher and r['row'] == name]
             if not runs:
                 continue
-            top1 = mean_std([r['top1'] for r in runs])
-            pairs = paired(study, teacher, name, baseline) if name != baseline else []
+            score = mean_std([r[key] for r in runs])
+            pairs = paired(study, teacher, name, baseline, key) if name != baseline else []
             diffs = [a - b for a, b in pairs]
             diff = mean_std(diffs) if diffs else (float('nan'), float('nan'))
             beyond = len(diffs) > 1 and diff[0] > 2 * diff[1]
-            curve = {n: statistics.fmean(r['steps'][n] for r in runs) for n in INFERENCE_STEPS
-                     if all(n in r['steps'] for r in runs)}
+            curve = {n: statistics.fmean(r[curve_key][n] for r in runs) for n in steps
+                     if all(r.get(curve_key) and n in r[curve_key] for r in runs)}
             summary.setdefault(name, {})[teacher] = dict(
-                top1=top1, diff=diff, wins=sum(d > 0 for d in diffs), seeds=len(runs), beyond_2sd=beyond,
+                score=score, diff=diff, wins=sum(d > 0 for d in diffs), seeds=len(runs), beyond_2sd=beyond,
                 curve=curve, sec_per_iter=statistics.fmean(r['sec_per_iter'] for r in runs))
-            cells = [fmt(*top1), '-' if not diffs else f'{diff[0]:+.2f} ± {diff[1]:.2f}',
+            cells = [fmt(*score), '-' if not diffs else f'{diff[0]:+.2f} ± {diff[1]:.2f}',
                      '-' if not diffs else f'{sum(d > 0 for d in diffs)}/{len(diffs)}',
                      '-' if not diffs else ('yes' if beyond else 'no'),
                      ' / '.join(f'{v:.2f}' for v in curve.values()) or '-',
@@ -345,26 +354,40 @@ def study_table(study, teachers, rows) -> Tuple[str, dict]:
     return '\n'.join(lines), dict(rows=summary, winners=winners)
 
 
+def study_rows(table, names):
+    """The rows of ``table`` named in ``names`` (all when empty), its first
+    (the baseline) always; an unknown name is an error listing the real ones."""
+    unknown = set(names or ()) - {r[0] for r in table}
+    if unknown:
+        raise ValueError(f'unknown study rows {sorted(unknown)}; choose from {[r[0] for r in table]}')
+    return [r for r in table if not names or r[0] in names or r is table[0]]
+
+
+def study_jobs(rows, teachers, seeds, done, make_job):
+    """One job per seed, teacher and row not in ``done``, seed by seed (an
+    interrupted study holds whole seeds, paired on both teachers)."""
+    return [make_job(name, config, overrides, seed, teacher, checkpoint)
+            for seed in seeds for teacher, checkpoint in teachers.items()
+            for name, config, overrides in rows if (teacher, name, seed) not in done]
+
+
 def study_cls(args):
     """The recipe study (``--study``): every row x teacher x seed, resumable
     (each finished run is a line of ``study.jsonl``; a rerun skips those)."""
-    unknown = set(args.rows or ()) - {r[0] for r in STUDY_ROWS}
-    if unknown:
-        raise ValueError(f'unknown study rows {sorted(unknown)}; choose from {[r[0] for r in STUDY_ROWS]}')
-    rows = [r for r in STUDY_ROWS if not args.rows or r[0] in args.rows or r is STUDY_ROWS[0]]
+    rows = [(name, config, (overrides, *distiller))
+            for name, config, overrides, *distiller in study_rows(STUDY_ROWS, args.rows)]
     teachers = study_teachers(args)
     done = {(r['teacher'], r['row'], r['seed']) for r in read_record(args.out_dir, 'study.jsonl')}
-    jobs = []
-    for teacher, (checkpoint, _, _) in teachers.items():
-        for seed in args.seeds:
-            for name, config, overrides, *distiller in rows:
-                if (teacher, name, seed) in done:
-                    continue
-                jobs.append((name, config, overrides, seed, args, checkpoint,
-                             osp.join(args.out_dir, 'study', teacher, f'{slug(name)}_seed{seed}'),
-                             distiller[0] if distiller else None, teacher))
+
+    def job(name, config, overrides, seed, teacher, checkpoint):
+        flow, *distiller = overrides
+        return (name, config, flow, seed, args, checkpoint,
+                osp.join(args.out_dir, 'study', teacher, f'{slug(name)}_seed{seed}'),
+                distiller[0] if distiller else None, teacher)
+
+    jobs = study_jobs(rows, {k: v[0] for k, v in teachers.items()}, args.seeds, done, job)
     study = run_recorded(jobs, args, 'study.jsonl', run_study_job, 'study')
-    table, summary = study_table(study, teachers, rows)
+    table, summary = study_table(study, {k: v[1] for k, v in teachers.items()}, rows)
     return dict(teachers={k: dict(checkpoint=v[0], top1=v[1]) for k, v in teachers.items()},
                 runs=study, summary=summary, table=table)
 
@@ -438,6 +461,7 @@ def det_config(config: str, data_root: str, work_dir: str, epochs: int, teacher_
     step counts at which a flow-deployed distiller is also tested;
     ``distiller``: see :func:`override_distiller`."""
     from fmkt_mm import experiment
+    from fmkt_mm.apis import make_reproducible
     from fmkt_mm.export import deploy_mode_of
     path = osp.join('fashion_det', config)
     cfg = experiment.point_detection(experiment.load(path), data_root, epochs)
@@ -449,7 +473,7 @@ def det_config(config: str, data_root: str, work_dir: str, epochs: int, teacher_
         cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
             dict(type='fmkt_mm.FlowStepsHook', val_steps=flow_steps[-1], test_steps=tuple(flow_steps))]
     if seed is not None:
-        cfg.randomness = dict(seed=seed)
+        make_reproducible(cfg, seed)
     return experiment.finalize(cfg, path, work_dir)
 
 
@@ -512,16 +536,19 @@ def det_data(args) -> str:
     return data_root
 
 
-def train_det_teacher(args, data_root, config='retinanet_r18_teacher.py', name='det_teacher'):
+def train_det_teacher(args, data_root, config='retinanet_r18_teacher.py', name='det_teacher',
+                      epochs=None):
     """``(checkpoint, test metrics, seconds)`` of a detection teacher
-    trained by this script on ``data_root`` (reused when its checkpoint exists)."""
+    trained by this script on ``data_root`` for ``epochs`` (default
+    ``--det-teacher-epochs``; reused when its checkpoint exists)."""
     import torch
     from mmengine.runner import Runner
 
     from fmkt_mm import experiment
     torch.set_num_threads(1)
     path = osp.join(args.out_dir, f'{name}.pth')
-    cfg = det_config(config, data_root, osp.join(args.out_dir, 'det', name), args.det_teacher_epochs)
+    cfg = det_config(config, data_root, osp.join(args.out_dir, 'det', name),
+                     epochs or args.det_teacher_epochs)
     if osp.isfile(path):
         cfg.load_from = path
         return path, Runner.from_cfg(cfg).test(), None
@@ -555,6 +582,55 @@ def benchmark_det(args):
     return dict(teacher=dict(metrics={k: float(v) for k, v in teacher_metrics.items()},
                              seconds=teacher_seconds),
                 runs=results, summary=summary, table=table)
+
+
+# -- the detection recipe study (--study --task det) -----------------------------------
+
+DET_STUDENT = 'fmkt_retinanet_r18_to_r18w16_deploy-student.py'
+DET_FLOW = 'fmkt_retinanet_r18_to_r18w16_deploy-flow.py'
+#: (row, config, distiller overrides); the first row (PKD) is the baseline
+#: every other row is paired with, seed by seed and teacher by teacher
+DET_STUDY_ROWS = [
+    ('PKD', 'pkd_retinanet_r18_to_r18w16.py', None),
+    ('FM-KT deploy student (default)', DET_STUDENT, None),
+    ('FM-KT deploy student, VE path', DET_STUDENT, dict(flow=dict(path='ve'))),
+    ('FM-KT deploy student + PKD on the raw levels', DET_STUDENT, dict(raw_loss_weight=1.0)),
+    ('FM-KT deploy flow', DET_FLOW, None),
+    ('FM-KT deploy flow, EMA of the flows (0.01, warm-up 50)', DET_FLOW,
+     dict(ema_momentum=0.01, ema_warmup=50)),
+]
+
+
+def study_det(args):
+    """The detection recipe study (``--study --task det``): every row x
+    teacher (RetinaNet R18, ``--det-teacher-epochs`` and half of them) x
+    ``--det-seeds``, bbox mAP paired with PKD; resumable (``study_det.jsonl``)."""
+    rows = study_rows(DET_STUDY_ROWS, args.det_rows)
+    data_root = det_data(args)
+    teachers = {'full': train_det_teacher(args, data_root),
+                'half': train_det_teacher(args, data_root, name='det_teacher_half',
+                                          epochs=max(1, args.det_teacher_epochs // 2))}
+    done = {(r['teacher'], r['row'], r['seed']) for r in read_record(args.out_dir, 'study_det.jsonl')}
+
+    def job(name, config, overrides, seed, teacher, checkpoint):
+        return (name, config, seed, args, data_root, checkpoint,
+                osp.join(args.out_dir, 'study_det', teacher, f'{slug(name)}_seed{seed}'), overrides, teacher)
+
+    jobs = study_jobs(rows, {k: v[0] for k, v in teachers.items()}, args.det_seeds, done, job)
+    study = run_recorded(jobs, args, 'study_det.jsonl', run_det_study_job, 'study det')
+    for run in study:  # the step curve in % like the mAP
+        run['map_steps'] = {n: 100 * v for n, v in (run.get('map_by_steps') or {}).items()}
+    scores = {k: 100 * v[1].get('coco/bbox_mAP', 0.0) for k, v in teachers.items()}
+    table, summary = study_table(study, scores, rows, key='bbox_map', label='bbox mAP',
+                                 curve_key='map_steps', steps=tuple(args.det_steps))
+    return dict(teachers={k: dict(checkpoint=v[0], bbox_mAP=scores[k]) for k, v in teachers.items()},
+                runs=study, summary=summary, table=table)
+
+
+def run_det_study_job(job):
+    result = run_det_scored(job[:-1])
+    result['teacher'] = job[-1]
+    return result
 
 
 # -- several teachers, and instance segmentation (--teachers) -----------------------------
@@ -723,11 +799,19 @@ def main(argv=None):
                      f'{teacher["segm"]:.1f} mAP): {args.det_train} / {args.det_val} images, '
                      f'{args.det_epochs} epochs, seeds {args.det_seeds}', '', out['mask']['table'], '']
     elif args.study:
-        out['study'] = study_cls(args)
-        text += [f'Recipe study, Fashion-MNIST: {args.train_samples} training images, {args.epochs} '
-                 f'epochs, seeds {args.seeds}, two teachers ({args.teacher_epochs} and '
-                 f'{max(1, args.teacher_epochs // 2)} epochs), top-1 at N=8 on '
-                 f'{args.test_samples or 10000} test images', '', out['study']['table'], '']
+        if args.task in ('cls', 'all'):
+            out['study'] = study_cls(args)
+            text += [f'Recipe study, Fashion-MNIST: {args.train_samples} training images, {args.epochs} '
+                     f'epochs, seeds {args.seeds}, two teachers ({args.teacher_epochs} and '
+                     f'{max(1, args.teacher_epochs // 2)} epochs), top-1 at N=8 on '
+                     f'{args.test_samples or 10000} test images', '', out['study']['table'], '']
+        if args.task in ('det', 'all'):
+            out['study_det'] = study_det(args)
+            maps = ', '.join(f'{k} {v["bbox_mAP"]:.1f}' for k, v in out['study_det']['teachers'].items())
+            text += [f'Detection recipe study, composed set: {args.det_train} / {args.det_val} images, '
+                     f'{args.det_epochs} epochs, seeds {args.det_seeds}, two RetinaNet R18 teachers '
+                     f'({args.det_teacher_epochs} and {max(1, args.det_teacher_epochs // 2)} epochs; '
+                     f'bbox mAP {maps})', '', out['study_det']['table'], '']
     elif args.task in ('cls', 'all'):
         out['cls'] = benchmark_cls(args)
         text += [f'Fashion-MNIST classification: {args.train_samples} training images, '

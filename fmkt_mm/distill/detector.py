@@ -135,6 +135,12 @@ class DetectionDistiller(LevelDistiller):
             equal channels. Pair it with ``flow.condition=dict(type='level')``.
         roundtrip_loss_weight: weight of each level's cycle-consistency loss
             ``loss_roundtrip_l{l}`` (0: off).
+        raw_loss_weight / raw_loss: FM-KT plus direct feature distillation:
+            ``loss_raw_l{l}``, the metric loss ``raw_loss`` (default: the
+            flow's, e.g. PKD) between each raw student level (mapped by the
+            level's adapter where the shapes differ) and the teacher's level,
+            times the level weight and ``raw_loss_weight`` (0: off). With a
+            PKD loss this adds the PKD baseline's term to the flows'.
         teachers, teacher_flows, deploy_teacher: several teachers (see
             :class:`BaseDistiller`), each with its own tap, level shapes
             and adapters. ``'separate'``: a flow per teacher and level (teacher
@@ -168,6 +174,8 @@ class DetectionDistiller(LevelDistiller):
                  dummy_input_shape: Sequence[int] = (3, 128, 128),
                  shared_encoder: bool = False,
                  roundtrip_loss_weight: float = 0.0,
+                 raw_loss_weight: float = 0.0,
+                 raw_loss: Optional[dict] = None,
                  teachers: Optional[Sequence[dict]] = None,
                  teacher_flows: str = 'separate',
                  deploy_teacher: Union[str, int] = 'mean',
@@ -272,6 +280,12 @@ class DetectionDistiller(LevelDistiller):
         if roundtrip_loss_weight < 0:
             raise ValueError(f'roundtrip_loss_weight must be >= 0, got {roundtrip_loss_weight}')
         self.roundtrip_loss_weight = roundtrip_loss_weight
+        if raw_loss_weight < 0:
+            raise ValueError(f'raw_loss_weight must be >= 0, got {raw_loss_weight}')
+        self.raw_loss_weight = raw_loss_weight
+        self.raw_loss = None
+        if raw_loss_weight > 0:
+            self.raw_loss = build_from_registry(MODELS, raw_loss or flow['loss'], 'loss')
 
     def check_level_scales(self, scales: Sequence[float]) -> None:
         if not isinstance(scales, (list, tuple)) or len(scales) != len(self.level_pairs) or \
@@ -351,6 +365,17 @@ class DetectionDistiller(LevelDistiller):
                 out.ensemble = out.steps.mean(0)
         return outs
 
+    def to_teacher_space(self, j: int, k: int, x: Tensor, target: Tensor) -> Tensor:
+        """``x`` (student space, level pair ``k``) in teacher ``j``'s shape:
+        through the adapter that maps the flow's estimates, or as it is where
+        the shapes agree."""
+        adapter = self.flow_of(j, k).head if self.teacher_adapters is None else \
+            self.teacher_adapters[j * len(self.level_pairs) + k]
+        if not isinstance(adapter, TeacherShape):
+            return x
+        adapter.size = tuple(target.shape[-2:])
+        return adapter(x)
+
     def deployed_ensemble(self, k: int, level: Tensor, num_steps: int) -> Tensor:
         """What the heads read for level pair ``k`` at inference: the
         implicit ensemble (student space) of the deployed teacher's flow, or
@@ -390,6 +415,10 @@ class DetectionDistiller(LevelDistiller):
                 state.losses[f'loss_roundtrip_l{s}'] = self.roundtrip_loss_weight * weighted(
                     [self.flow_of(j, k).roundtrip_loss(levels[s], out) for j, out in enumerate(outs)],
                     weights)
+            if self.raw_loss is not None:
+                state.losses[f'loss_raw_l{s}'] = weight * self.raw_loss_weight * weighted(
+                    [self.raw_loss(self.to_teacher_space(j, k, levels[s], target), target)
+                     for j, target in enumerate(targets)], weights)
             # per step, undivided: logged only (flow_l{s}_step1, ...)
             state.losses[f'flow_l{s}_step'] = step_losses.detach() * outs[0].steps.shape[0]
             if self.multi_teacher:  # each teacher's flow loss on the level, logged only
@@ -457,7 +486,8 @@ class DetectionDistiller(LevelDistiller):
     def loss(self, inputs: Tensor, data_samples) -> Dict[str, Tensor]:
         """The student's task losses (mmdet names) plus, per distilled level
         ``l``: ``loss_flow_l{l}`` (sum over steps, times the level weight),
-        ``loss_theta_l{l}`` in deploy mode 'student', and the per-step values
+        ``loss_theta_l{l}`` in deploy mode 'student', ``loss_raw_l{l}`` with
+        ``raw_loss_weight``, and the per-step values
         ``flow_l{l}_step{k}`` (logged only)."""
         if self.training:
             self.update_ema()
