@@ -389,3 +389,21 @@ def test_load_from_logs_how_many_student_tensors_it_mapped(teacher_checkpoint, t
     log = open(runner.log_file).read() if hasattr(runner, 'log_file') else ''
     log += capsys.readouterr().out
     assert f'mapped {n}/{n} student tensors' in log
+
+
+def test_step_counts_are_checked_once_for_flows_distillers_and_hooks():
+    """One check of step counts (``check_step_counts``), with one message,
+    wherever a count enters: a flow, a hook, a distiller."""
+    from fmkt_mm.flow import FlowTransfer
+    from fmkt_mm.flow.transport import check_step_counts
+    from fmkt_mm.hooks import FlowStepsHook
+    assert check_step_counts(1, 8) == (1, 8)
+    for bad in (0, -2, 2.0, True, '4'):
+        with pytest.raises(ValueError, match=r'flow steps must be integers >= 1, got \['):
+            check_step_counts(4, bad)
+        with pytest.raises(ValueError, match='flow steps must be integers >= 1'):
+            FlowStepsHook(test_steps=(1, bad))
+    with pytest.raises(ValueError, match='flow steps must be integers >= 1, got \\[0\\]'):
+        FlowTransfer(8, num_steps=0)
+    with pytest.raises(ValueError, match='at least one number of flow steps'):
+        FlowStepsHook(test_steps=())

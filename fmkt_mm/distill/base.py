@@ -12,17 +12,13 @@ from mmengine.model import BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
 
+from ..flow.transport import check_step_counts
 from .taps import get_module, run_until_tapped
 from .teacher import TEACHER_FLOWS, TEACHER_KEYS, TeacherSet, build_teacher, build_teachers
 
 STUDENT_PREFIX = 'student.'
 #: losses-dict keys ending with this hold per-step values, logged only
 STEP_LOG_SUFFIX = '_step'
-
-
-def _check_counts(*counts) -> None:
-    if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in counts):
-        raise ValueError(f'flow steps must be integers >= 1, got {list(counts)}')
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -271,7 +267,7 @@ class BaseDistiller(BaseModel):
     def check_train_steps(self, steps: int) -> None:
         if not self.flow_modules():
             raise self._unsupported('flows', 'a number of flow steps needs an FM-KT distiller')
-        _check_counts(steps)
+        check_step_counts(steps)
 
     def set_train_steps(self, steps: int) -> None:
         """Train every flow with ``steps`` steps (see :meth:`FlowTransfer.set_train_steps`)."""
@@ -282,7 +278,7 @@ class BaseDistiller(BaseModel):
     def check_eval_steps(self, steps: int, extra: Sequence[int] = ()) -> None:
         if not hasattr(self, 'eval_steps') or not self.flow_modules():
             raise self._unsupported('flows to evaluate', 'flow step counts need an FM-KT distiller')
-        _check_counts(steps, *extra)
+        check_step_counts(steps, *extra)
 
     def set_eval_steps(self, steps: int, extra: Sequence[int] = ()) -> None:
         """Predict with the ensemble of ``steps`` flow steps, and also

@@ -109,6 +109,14 @@ class StepPlan:
     next_state: Tuple[float, float]
 
 
+def check_step_counts(*counts) -> Tuple[int, ...]:
+    """``counts`` if each is an integer >= 1 (a number of flow steps); the
+    one check of step counts, for the flows, the distillers and the hooks."""
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in counts):
+        raise ValueError(f'flow steps must be integers >= 1, got {list(counts)}')
+    return counts
+
+
 def _clean(c: float) -> float:
     """Snap round-off around the exact values 0 and 1 (so that ``1 * Z`` and
     ``0 * out`` are skipped, not computed)."""
@@ -329,9 +337,7 @@ class FlowTransport(nn.Module):
 
     @staticmethod
     def _check_steps(n) -> int:
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f'the number of flow steps must be an integer >= 1, got {n!r}')
-        return n
+        return check_step_counts(n)[0]
 
     # -- the loop --------------------------------------------------------------
     def _check_input(self, x: Tensor):

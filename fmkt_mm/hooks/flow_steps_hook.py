@@ -6,6 +6,7 @@ import torch
 from mmengine.dist import all_reduce
 from mmengine.hooks import Hook
 
+from ..flow.transport import check_step_counts
 from ..registry import HOOKS
 from .utils import unwrap
 
@@ -43,9 +44,9 @@ class FlowStepsHook(Hook):
         if steps is None:
             return None
         steps = (steps, ) if isinstance(steps, int) else tuple(steps)
-        if not steps or any(not isinstance(n, int) or n < 1 for n in steps):
-            raise ValueError(f'flow steps must be integers >= 1, got {steps}')
-        return steps
+        if not steps:
+            raise ValueError('give at least one number of flow steps, got none')
+        return check_step_counts(*steps)
 
     def _set_steps(self, runner, steps, loop):
         model = unwrap(runner.model)
