@@ -598,6 +598,7 @@ DET_STUDY_ROWS = [
     ('FM-KT deploy flow', DET_FLOW, None),
     ('FM-KT deploy flow, EMA of the flows (0.01, warm-up 50)', DET_FLOW,
      dict(ema_momentum=0.01, ema_warmup=50)),
+    ('student alone', 'retinanet_r18w16_student.py', None),  # what the teachers add at all
 ]
 
 
