@@ -592,9 +592,9 @@ DET_FLOW = 'fmkt_retinanet_r18_to_r18w16_deploy-flow.py'
 #: every other row is paired with, seed by seed and teacher by teacher
 DET_STUDY_ROWS = [
     ('PKD', 'pkd_retinanet_r18_to_r18w16.py', None),
-    ('FM-KT deploy student (default)', DET_STUDENT, None),
-    ('FM-KT deploy student, VE path', DET_STUDENT, dict(flow=dict(path='ve'))),
-    ('FM-KT deploy student + PKD on the raw levels', DET_STUDENT, dict(raw_loss_weight=1.0)),
+    ('FM-KT deploy student', DET_STUDENT, dict(raw_loss_weight=0.0)),
+    ('FM-KT deploy student, VE path', DET_STUDENT, dict(flow=dict(path='ve'), raw_loss_weight=0.0)),
+    ('FM-KT deploy student + PKD on the raw levels (default)', DET_STUDENT, dict(raw_loss_weight=1.0)),
     ('FM-KT deploy flow', DET_FLOW, None),
     ('FM-KT deploy flow, EMA of the flows (0.01, warm-up 50)', DET_FLOW,
      dict(ema_momentum=0.01, ema_warmup=50)),
