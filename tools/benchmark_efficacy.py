@@ -13,6 +13,11 @@ step)::
     python tools/benchmark_efficacy.py --task cls --jobs 2
     python tools/benchmark_efficacy.py --quick         # a smoke run (tiny sizes)
     python tools/benchmark_efficacy.py --teachers --jobs 2   # two teachers vs one; Mask R-CNN
+    python tools/benchmark_efficacy.py --study --task det --det-seeds 0 1 2 3 4 --jobs 2
+                                                       # recipe study: rows x 2 teachers, paired
+
+Every run is seeded and asks for deterministic algorithms, so a rerun of a
+row in the same environment repeats its numbers.
 
 The teacher of each task is trained once (or reused from the output
 directory) and shared by every row; every row trains from scratch with the
@@ -548,7 +553,7 @@ def train_det_teacher(args, data_root, config='retinanet_r18_teacher.py', name='
     torch.set_num_threads(1)
     path = osp.join(args.out_dir, f'{name}.pth')
     cfg = det_config(config, data_root, osp.join(args.out_dir, 'det', name),
-                     epochs or args.det_teacher_epochs)
+                     epochs or args.det_teacher_epochs, seed=0)
     if osp.isfile(path):
         cfg.load_from = path
         return path, Runner.from_cfg(cfg).test(), None
