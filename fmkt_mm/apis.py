@@ -45,20 +45,22 @@ def apply_distiller(cfg: Config) -> Config:
     return cfg
 
 
-def make_reproducible(cfg: Config, seed: Optional[int] = None) -> Config:
-    """Seed the run (``seed``, or the config's) and ask for deterministic
-    algorithms: MMEngine's ``randomness.deterministic`` (deterministic cuDNN
-    kernels without autotuning, ``torch.use_deterministic_algorithms``) and
-    the cuBLAS workspace setting torch needs for deterministic matrix
-    products on a GPU (``CUBLAS_WORKSPACE_CONFIG``, unless already set; it
-    must be set before CUDA starts). Build the runner with
-    :func:`build_runner`. The same seed in the same environment (versions,
-    device, thread count, process count) then trains to the same weights."""
-    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+def make_reproducible(cfg: Config, seed: Optional[int] = None, deterministic: bool = True) -> Config:
+    """Seed the run (``seed``, or the config's) and, with ``deterministic``,
+    ask for deterministic algorithms: MMEngine's ``randomness.deterministic``
+    (deterministic cuDNN kernels without autotuning,
+    ``torch.use_deterministic_algorithms``) and the cuBLAS workspace setting
+    torch needs for deterministic matrix products on a GPU
+    (``CUBLAS_WORKSPACE_CONFIG``, unless already set; it must be set before
+    CUDA starts). Build the runner with :func:`build_runner`. The same seed
+    in the same environment (versions, device, thread count, process count)
+    then trains to the same weights."""
     randomness = dict(cfg.get('randomness') or {})
     if seed is not None:
         randomness['seed'] = seed
-    randomness['deterministic'] = True
+    if deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+        randomness['deterministic'] = True
     cfg.randomness = randomness
     return cfg
 

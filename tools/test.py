@@ -12,11 +12,9 @@ import os
 import os.path as osp
 
 from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
-from fmkt_mm.apis import (apply_distiller, clean_up_on_failure, load_teacher_state, prepare_work_dir,
-                          teacher_from_checkpoint)
+from fmkt_mm.apis import (apply_distiller, build_runner, clean_up_on_failure, load_teacher_state,
+                          prepare_work_dir, teacher_from_checkpoint)
 from fmkt_mm.checkpoint import trust_file
 from fmkt_mm.launch import setup_launcher, shutdown_process_group
 
@@ -55,7 +53,7 @@ def main():
         trust_file(cfg.load_from)
     teacher_state = teacher_from_checkpoint(cfg, args.checkpoint)
     with clean_up_on_failure(work_dir):
-        runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+        runner = build_runner(cfg)
         if teacher_state is not None:
             load_teacher_state(runner.model, teacher_state, args.checkpoint)
             del teacher_state

@@ -50,10 +50,8 @@ def main():
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     apply_distiller(cfg)
-    if args.deterministic:
-        make_reproducible(cfg, args.seed)
-    elif args.seed is not None:
-        cfg.randomness = dict(cfg.get('randomness') or {}, seed=args.seed)
+    if args.deterministic or args.seed is not None:
+        make_reproducible(cfg, args.seed, deterministic=args.deterministic)
     setup_launcher(cfg, args.launcher)
     work_dir = prepare_work_dir(cfg, args.config, args.work_dir)
     if args.amp:

@@ -357,7 +357,7 @@ class DetectionDistiller(LevelDistiller):
         stacked, _, context = stack_for_teachers(flow, level, range(len(targets)))
         outs = flow.run(stacked, num_steps, context).split(len(targets))
         for j, (out, target) in enumerate(zip(outs, targets)):
-            adapter = self.teacher_adapters[j * len(self.level_pairs) + k]
+            adapter = self.teacher_adapter(j, k)
             if isinstance(adapter, TeacherShape):
                 adapter.size = tuple(target.shape[-2:])
                 n, b = out.estimates.shape[:2]
@@ -365,12 +365,20 @@ class DetectionDistiller(LevelDistiller):
                 out.ensemble = out.steps.mean(0)
         return outs
 
+    def teacher_adapter(self, j: int, k: int, flows: Optional[nn.ModuleList] = None) -> nn.Module:
+        """The module mapping student space to teacher ``j``'s at level pair
+        ``k``: the flow's head (in ``flows``, the training flows by default),
+        or with a shared flow the teacher's entry of ``teacher_adapters``. A
+        :class:`TeacherShape` where the shapes differ."""
+        if self.teacher_adapters is None:
+            return self.flow_of(j, k, flows).head
+        return self.teacher_adapters[j * len(self.level_pairs) + k]
+
     def to_teacher_space(self, j: int, k: int, x: Tensor, target: Tensor) -> Tensor:
-        """``x`` (student space, level pair ``k``) in teacher ``j``'s shape:
-        through the adapter that maps the flow's estimates, or as it is where
+        """``x`` (student space, level pair ``k``) in teacher ``j``'s shape
+        (``target``'s): through :meth:`teacher_adapter`, or as it is where
         the shapes agree."""
-        adapter = self.flow_of(j, k).head if self.teacher_adapters is None else \
-            self.teacher_adapters[j * len(self.level_pairs) + k]
+        adapter = self.teacher_adapter(j, k)
         if not isinstance(adapter, TeacherShape):
             return x
         adapter.size = tuple(target.shape[-2:])
@@ -527,18 +535,13 @@ class DetectionDistiller(LevelDistiller):
         out = run_until_tapped(self.student, [self.student_tap],
                                lambda: self.student(inputs, data_samples, mode='tensor'), 'student')
         levels = as_levels(out[self.student_tap], self.student_tap, 'student')
-        flows, num_pairs = self._inference_flows(), len(self.level_pairs)
-
-        def adapter(j, k):
-            shared = self.teacher_adapters
-            return self.flow_of(j, k, flows).head if shared is None else shared[j * num_pairs + k]
-
+        flows = self._inference_flows()
         teachers = {}  # teacher j's levels, read where its level is in the flow's space
         errors: Dict[str, RoundTrip] = {}
         for k, (s, t) in enumerate(self.level_pairs):
             for j in range(len(self.teacher_models())):
                 flow, x, context, x_teacher = self.flow_of(j, k, flows), levels[s], None, None
-                if not isinstance(adapter(j, k), TeacherShape):
+                if not isinstance(self.teacher_adapter(j, k, flows), TeacherShape):
                     if j not in teachers:
                         teachers[j] = self.teacher_levels(inputs, data_samples, j)
                     x_teacher = teachers[j][t]
