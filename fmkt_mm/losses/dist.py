@@ -1,5 +1,6 @@
 """DIST: knowledge distillation from a stronger teacher (Huang et al., 2022)."""
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from fmkt_mm.registry import MODELS
@@ -9,10 +10,22 @@ from .base import (Labels, MetricLoss, check_same_shape, check_same_shape_steps,
 
 def pearson(a: Tensor, b: Tensor, eps: float = 1e-8, dim: int = 1) -> Tensor:
     """Pearson correlation of ``a`` and ``b`` along ``dim`` (the other dims
-    broadcast): (N, D) -> (N,) for the rows with the default ``dim=1``."""
-    a = a - a.mean(dim=dim, keepdim=True)
-    b = b - b.mean(dim=dim, keepdim=True)
-    return (a * b).sum(dim=dim) / (a.norm(dim=dim) * b.norm(dim=dim) + eps)
+    broadcast): (N, D) -> (N,) for the rows with the default ``dim=1``.
+
+    The mean product of the two standardised vectors (:func:`standardize`),
+    ``eps**2`` added to each centred vector's squared norm."""
+    a, b = torch.broadcast_tensors(a, b)
+    a, b = a.movedim(dim, -1), b.movedim(dim, -1)
+    return (standardize(a, eps) * standardize(b, eps)).mean(-1)
+
+
+def standardize(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """``(x - mean) / sqrt(var + eps**2 / D)`` along the last dim (``D``
+    entries; biased variance): one layer-norm operator forward and one
+    backward. The mean product of two standardised vectors is their Pearson
+    correlation, ``sum(a_c b_c) / sqrt((|a_c|^2 + eps^2)(|b_c|^2 + eps^2))``
+    with ``a_c``, ``b_c`` the centred vectors."""
+    return F.layer_norm(x, x.shape[-1:], eps=eps * eps / x.shape[-1])
 
 
 @MODELS.register_module()
@@ -27,8 +40,8 @@ class DISTLoss(MetricLoss):
         L_{intra} &= 1 - \frac{1}{C} \sum_j \rho(Y^S_{:,j}, Y^T_{:,j}) \\
         L &= \tau^2 (\beta L_{inter} + \gamma L_{intra})
 
-    :math:`\rho` is the Pearson correlation, with ``eps = 1e-8`` added to the
-    product of the norms. Being invariant to shift and scale, it tolerates a
+    :math:`\rho` is the Pearson correlation, with ``eps^2 = 1e-16`` added to
+    each centred vector's squared norm (:func:`pearson`). Being invariant to shift and scale, it tolerates a
     teacher much more confident than the student, which KL does not.
 
     Shapes:
@@ -67,12 +80,21 @@ class DISTLoss(MetricLoss):
 
     def _relations(self, y_s: Tensor, y_t: Tensor) -> Tensor:
         """``tau^2 (beta (1 - mean inter) + gamma (1 - mean intra))`` for
-        probabilities ``(..., R, C)``; the leading dims (steps) stay apart."""
-        inter = pearson(y_s, y_t, dim=-1).mean(-1)  # over the classes of each sample
-        intra = pearson(y_s, y_t, dim=-2).mean(-1)  # over the samples, per class
+        probabilities ``(..., R, C)``; the leading dims (steps) stay apart.
+
+        Both means are means over all ``R * C`` entries of products of
+        standardised probabilities (rows for ``inter``, columns for
+        ``intra``), so each term is one product and one sum; the weights
+        go on the teacher's side, which needs no gradient."""
         scale = self.tau**2
-        loss = torch.rsub(inter, scale * (self.beta + self.gamma), alpha=scale * self.beta)
-        return torch.add(loss, intra, alpha=-scale * self.gamma)
+        entries = y_s.shape[-1] * y_s.shape[-2]
+        dims = (-2, -1)
+        with torch.no_grad():
+            t_inter = standardize(y_t).mul_(scale * self.beta / entries)
+            t_intra = standardize(y_t.transpose(-1, -2)).mul_(scale * self.gamma / entries)
+        inter = (standardize(y_s) * t_inter).sum(dims)
+        intra = (standardize(y_s.transpose(-1, -2)) * t_intra).sum(dims)
+        return torch.rsub(inter, scale * (self.beta + self.gamma)) - intra
 
     def extra_repr(self) -> str:
         return (f'beta={self.beta}, gamma={self.gamma}, tau={self.tau}, '
