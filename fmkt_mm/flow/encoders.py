@@ -28,6 +28,12 @@ def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
+def pointwise(linear: nn.Linear, x: Tensor) -> Tensor:
+    """``linear`` applied over the channels of a ``(B, in, H, W)`` map, as
+    a ``1 x 1`` convolution with the same weights."""
+    return F.conv2d(x, linear.weight.view(*linear.weight.shape, 1, 1), linear.bias)
+
+
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channel dimension of a ``(B, C, H, W)`` map."""
 
@@ -36,7 +42,18 @@ class ChannelLayerNorm(nn.Module):
         self.norm = nn.LayerNorm(channels, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.shape[2] == x.shape[3] == 1:
+            return self.single_position(x, *self.map_affine())
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def map_affine(self) -> Tuple[Tensor, Tensor]:
+        """The affine weight and bias as ``(C, 1, 1)`` views."""
+        return self.norm.weight.view(-1, 1, 1), self.norm.bias.view(-1, 1, 1)
+
+    def single_position(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """The norm of a ``(B, C, 1, 1)`` map (vectors), over its last three
+        dims at once, without permutes; ``weight, bias``: :meth:`map_affine`."""
+        return F.layer_norm(x, x.shape[1:], weight, bias, self.norm.eps)
 
 
 class MetaEncoder(nn.Module):
@@ -92,21 +109,36 @@ class MetaEncoder(nn.Module):
         1)`` (``B' = 1`` without a context): the time MLP runs once on the
         ``N`` step times (their sinusoidal features are cached per times and
         device), the context MLP once on ``context``. ``like`` gives device
-        and dtype (a state of the run)."""
+        and dtype (a state of the run).
+
+        The time MLP's linear layers run as ``1 x 1`` convolutions of the
+        ``(N, time_dim, 1, 1)`` table, on the same weights: one operator
+        forward and one backward per layer, where a linear layer dispatches
+        transposes, a matrix product and, backward, two more and a bias sum."""
         key = (tuple(float(t) for t in times), like.device)
         table = self._time_tables.get(key)
         if table is None:
             table = sinusoidal_embedding(torch.tensor(key[0], device=like.device), self.time_dim)
-            self._time_tables[key] = table
-        cond = self.time_mlp(table.to(like.dtype))[:, None]  # (N, 1, C)
+            table = self._time_tables[key] = table[:, :, None, None]
+        first, act, second = self.time_mlp
+        cond = pointwise(second, act(pointwise(first, table.to(like.dtype))))  # (N, C, 1, 1)
+        cond = cond.view(len(times), 1, self.channels, 1, 1)
         context = self._context_embedding(context, like.dtype)
         if context is not None:
-            cond = cond + context  # (N, B, C)
-        return cond[..., None, None]
+            cond = cond + context[:, :, None, None]  # (N, B, C, 1, 1)
+        return cond
+
+    def step_inputs(self, times: Sequence[float], context: Optional[Tensor], like: Tensor):
+        """What :meth:`step` takes at each step of a run, one entry per step
+        (by default each step's :meth:`conditioning`, expanded to ``like``'s
+        shape), computed once per run."""
+        # (N, B, C, H, W): each step adds without broadcasting, so the backward
+        # pass reduces over batch and space once for all steps, not once per step
+        return self.conditioning(times, context, like).expand(-1, *like.shape).unbind(0)
 
     def step(self, x: Tensor, conditioning: Tensor) -> Tensor:
         """One call of the loop: ``body(x + conditioning)`` on a ``(B, C, H,
-        W)`` state, with one entry of :meth:`conditioning`."""
+        W)`` state, with one entry of :meth:`step_inputs`."""
         return self.body(x + conditioning)
 
     @property
@@ -149,9 +181,27 @@ class MLPMetaEncoder(MetaEncoder):
         self.output = nn.Conv2d(channels, channels, 1)
         self.init_output()
 
-    def body(self, x):
-        for block in self.blocks:
-            x = x + block(x)
+    def step_inputs(self, times: Sequence[float], context: Optional[Tensor], like: Tensor):
+        """As :meth:`MetaEncoder.step_inputs`; on vectors (``1 x 1`` maps)
+        each entry also carries every block's norm affine as ``(C, 1, 1)``
+        views, made once per run, so that a step normalises without
+        permutes (:meth:`ChannelLayerNorm.single_position`)."""
+        conditioning = super().step_inputs(times, context, like)
+        if like.shape[2] != 1 or like.shape[3] != 1:
+            return conditioning
+        norms = [block[0].map_affine() for block in self.blocks]
+        return [(c, norms) for c in conditioning]
+
+    def step(self, x: Tensor, conditioning) -> Tensor:
+        if isinstance(conditioning, tuple):
+            conditioning, norms = conditioning
+            return self.body(x + conditioning, norms)
+        return self.body(x + conditioning)
+
+    def body(self, x, norms: Optional[Sequence[Tuple[Tensor, Tensor]]] = None):
+        for i, (norm, first, act, second) in enumerate(self.blocks):
+            h = norm(x) if norms is None else norm.single_position(x, *norms[i])
+            x = x + second(act(first(h)))
         return self.output(x)
 
 

@@ -40,6 +40,7 @@ sampler undoes. :meth:`FlowTransfer.roundtrip` measures how far a flow is
 from the ideal.
 """
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -56,15 +57,22 @@ class FlowOutput:
 
     ``estimates``: the endpoint estimates ``Xhat_i`` stacked, first step
     first, ``(N, B, ...)`` in the flow's own space; ``steps``: ``head(Xhat_i)``
-    stacked, ``(N, B, ...)``; ``ensemble``: the mean of ``steps``; ``state``:
-    the final state ``Z_0``; ``context``: the condition's context the run used
-    (None for an unconditional flow).
+    stacked, ``(N, B, ...)``; ``context``: the condition's context the run used
+    (None for an unconditional flow). Computed when first read (a training
+    step that reads neither dispatches neither): ``ensemble``, the mean of
+    ``steps``; ``state``, the final state ``Z_0`` (the last estimate).
     """
     estimates: Tensor
     steps: Tensor
-    ensemble: Tensor
-    state: Tensor
     context: Optional[Tensor] = None
+
+    @cached_property
+    def ensemble(self) -> Tensor:
+        return self.steps.mean(0)
+
+    @cached_property
+    def state(self) -> Tensor:
+        return self.estimates[-1]  # the last step lands on its estimate
 
     def mean_estimate(self) -> Tensor:
         """The implicit ensemble in the flow's own space (before the head)."""
@@ -73,18 +81,29 @@ class FlowOutput:
     def split(self, parts: int) -> List['FlowOutput']:
         """A run on ``parts`` stacked copies of a batch (``parts * B`` rows)
         as one output per copy, first copy first."""
-        rows = self.state.shape[0]
+        rows = self.estimates.shape[1]
         if rows % parts:
             raise ValueError(f'a run on {rows} rows does not split into {parts} equal parts')
         b = rows // parts
         out = []
         for j in range(parts):
             rows_j = slice(j * b, (j + 1) * b)
-            steps = self.steps[:, rows_j]
-            out.append(FlowOutput(estimates=self.estimates[:, rows_j], steps=steps,
-                                  ensemble=steps.mean(0), state=self.state[rows_j],
+            out.append(FlowOutput(estimates=self.estimates[:, rows_j], steps=self.steps[:, rows_j],
                                   context=None if self.context is None else self.context[rows_j]))
         return out
+
+
+class _Stack(torch.autograd.Function):
+    """``torch.stack(tensors)`` whose backward hands each input its gradient
+    with one ``unbind`` (autograd's own stack backward selects ``N`` times)."""
+
+    @staticmethod
+    def forward(ctx, *tensors):
+        return torch.stack(tensors)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.unbind(0)
 
 
 @dataclass(frozen=True)
@@ -361,11 +380,7 @@ class FlowTransport(nn.Module):
         one entry per step; computed once per run. ``like``: a ``(B, C, H,
         W)`` state of the run (``is_vector``: a ``(B, C)`` one seen as 1x1)."""
         if self._fast_encoder:
-            conditioning = self.encoder.conditioning([p.t for p in plans], context, like)
-            # (N, B, C, H, W): each step adds without broadcasting, so the backward
-            # pass reduces over batch and space once for all steps, not once per step
-            conditioning = conditioning.expand(-1, *like.shape)
-            return conditioning.unbind(0)
+            return self.encoder.step_inputs([p.t for p in plans], context, like)
         time_dtype = torch.promote_types(like.dtype, torch.float32)  # never embed time in half precision
         return [(torch.full((like.shape[0],), p.t, device=like.device, dtype=time_dtype), context,
                  is_vector) for p in plans]
@@ -414,20 +429,23 @@ class FlowTransport(nn.Module):
         holds BatchNorm in training mode, whose statistics must not mix
         steps). A conditional flow computes its context from ``x_student``
         (and ``labels`` in training) unless ``context`` is given."""
-        estimates, state, context = self.transport(x_student, num_steps, context, labels)
-        steps = self.apply_head(estimates)
-        return FlowOutput(estimates=estimates, steps=steps, ensemble=steps.mean(0), state=state,
-                          context=context)
+        estimates, context = self._transport(x_student, num_steps, context, labels)
+        return FlowOutput(estimates=estimates, steps=self.apply_head(estimates), context=context)
 
     def transport(self, x_student: Tensor, num_steps: Optional[int] = None,
                   context: Optional[Tensor] = None, labels: Optional[Tensor] = None):
         """The loop of :meth:`run` without the head: ``(estimates (N, B, ...),
         final state, context)``."""
+        estimates, context = self._transport(x_student, num_steps, context, labels)
+        return estimates, estimates[-1], context  # the last step lands on its estimate
+
+    def _transport(self, x_student: Tensor, num_steps: Optional[int], context: Optional[Tensor],
+                   labels: Optional[Tensor]):
         self._check_input(x_student)
         n = self._check_steps(num_steps if num_steps is not None else self.num_steps)
         context = self._resolve_context(x_student, context, labels)
         is_vector = x_student.dim() == 2
-        x = x_student[:, :, None, None] if is_vector else x_student
+        x = x_student.reshape(*x_student.shape, 1, 1) if is_vector else x_student
         plans = self.plan(n)
         conditioning = self.conditioning(plans, context, x, is_vector)
         state = x if self._start_scale == 1.0 else x * self._start_scale
@@ -440,10 +458,10 @@ class FlowTransport(nn.Module):
         if n == 1:  # the one estimate directly
             estimates = combine(state, plans[0].endpoint, outs[0])[None]
         else:
-            estimates = self._endpoints(x, torch.stack(outs), n)
+            estimates = self._endpoints(x, _Stack.apply(*outs), n)
         if is_vector:
             estimates = estimates.flatten(2)
-        return estimates, estimates[-1], context  # the last step lands on its estimate
+        return estimates, context
 
     def _endpoints(self, x: Tensor, outs: Tensor, n: int) -> Tensor:
         """Every step's endpoint estimate ``(N, B, ...)`` from the start ``x``
