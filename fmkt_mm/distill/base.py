@@ -3,12 +3,15 @@ switching distillation off, and the check for non-finite losses."""
 import functools
 import logging
 import math
+import operator
+from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.distributed as torch_dist
 from mmengine.logging import MessageHub, print_log
 from mmengine.model import BaseModel
+from mmengine.utils import is_list_of
 from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
 
@@ -197,10 +200,10 @@ class BaseDistiller(BaseModel):
         per_step = {key: losses.pop(key) for key in list(losses)
                     if key.endswith(STEP_LOG_SUFFIX) and isinstance(losses[key], torch.Tensor)
                     and losses[key].dim() == 1}
-        loss, log_vars = super().parse_losses(losses)
+        loss, log_vars = parse_loss_terms(losses)
         check_finite(log_vars)  # a NaN/inf stops the run before the update
         for key, values in per_step.items():
-            for k, value in enumerate(values.detach().float().tolist(), start=1):
+            for k, value in enumerate(values.float().tolist(), start=1):  # read, never differentiated
                 log_vars[f'{key}{k}'] = value
         return loss, log_vars
 
@@ -354,6 +357,24 @@ class BaseDistiller(BaseModel):
                       logger='current', level=logging.INFO if complete else logging.WARNING)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+
+def parse_loss_terms(losses: Dict[str, torch.Tensor]):
+    """MMEngine's ``BaseModel.parse_losses`` (each term's mean; the total is
+    the sum of the terms whose name contains ``'loss'``), without operators
+    that change nothing: a scalar term is its own mean, and the sum starts
+    from the first term, not from 0."""
+    log_vars = []
+    for name, value in losses.items():
+        if isinstance(value, torch.Tensor):
+            log_vars.append((name, value if value.dim() == 0 else value.mean()))
+        elif is_list_of(value, torch.Tensor):
+            log_vars.append((name, sum(item.mean() for item in value)))
+        else:
+            raise TypeError(f'{name} is not a tensor or list of tensors')
+    terms = [value for name, value in log_vars if 'loss' in name]
+    loss = functools.reduce(operator.add, terms) if terms else 0
+    return loss, OrderedDict([('loss', loss)] + log_vars)
 
 
 def check_finite(log_vars: Dict[str, torch.Tensor]) -> None:

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..flow import FlowOutput, FlowTransfer, RoundTrip, build_condition
+from ..losses.base import scaled
 from ..registry import MODELS
 from ..utils import build_from_registry
 from .base import BaseDistiller, hard_labels
@@ -297,7 +298,8 @@ class ClassificationDistiller(BaseDistiller):
                    for j in range(len(self.teacher_models()))]  # none for OFM-KT
         weights = self.teacher_weights() or [1.0]  # OFM-KT: its one flow
         outs = self.teacher_runs(feature, self.flow_of(0).draw_num_steps(), labels)
-        mask = self.curriculum_mask(weighted(targets, weights) if targets else outs[0].ensemble)
+        mask = None if self.curriculum_fraction >= 1.0 else \
+            self.curriculum_mask(weighted(targets, weights) if targets else outs[0].ensemble)
         n = outs[0].steps.shape[0]
         logits = theta = None
         if self.deploy_mode == 'student':
@@ -320,8 +322,8 @@ class ClassificationDistiller(BaseDistiller):
         steps = outs[0].steps if len(outs) == 1 else torch.cat([out.steps for out in outs])
         step_task = self.steps_task_loss(steps, data_samples)
         losses['loss_flow_cls' if self.deploy_mode == 'student' else 'loss_cls'] = step_task
-        losses['loss_flow'] = self.flow_loss_weight * flow_losses.sum()
-        losses['flow_step'] = flow_losses.detach() * n  # per step, logged only (flow_step1, ...)
+        losses['loss_flow'] = scaled(flow_losses.sum(), self.flow_loss_weight)
+        losses['flow_step'] = scaled(flow_losses, n)  # per step, logged only (flow_step1, ...)
         if self.multi_teacher:  # each teacher's flow loss, logged only
             for j, values in enumerate(per_teacher):
                 losses[f'flow_teacher{j}'] = values.detach().sum()
@@ -332,7 +334,7 @@ class ClassificationDistiller(BaseDistiller):
                 [self.flow_of(j).roundtrip_loss(feature, out) for j, out in enumerate(outs)], weights)
         if logits is not None:
             losses['loss_cls'] = self.task_loss(logits, data_samples)
-            losses['loss_theta'] = self.theta_loss_weight * theta
+            losses['loss_theta'] = scaled(theta, self.theta_loss_weight)
         return losses
 
     def _flow_and_theta_losses(self, out, target: Optional[Tensor], logits: Tensor, labels):

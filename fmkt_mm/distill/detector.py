@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 from ..flow import ENCODERS, FlowOutput, FlowTransfer, RoundTrip, build_condition
 from ..flow.conditions import ClassCondition
+from ..losses.base import scaled
 from ..registry import MODELS
 from ..utils import build_from_registry
 from .levels import LevelDistiller, LevelSpec, TeacherShape, as_levels
@@ -428,7 +429,7 @@ class DetectionDistiller(LevelDistiller):
                     [self.raw_loss(self.to_teacher_space(j, k, levels[s], target), target)
                      for j, target in enumerate(targets)], weights)
             # per step, undivided: logged only (flow_l{s}_step1, ...)
-            state.losses[f'flow_l{s}_step'] = step_losses.detach() * outs[0].steps.shape[0]
+            state.losses[f'flow_l{s}_step'] = scaled(step_losses, outs[0].steps.shape[0])
             if self.multi_teacher:  # each teacher's flow loss on the level, logged only
                 for j, values in enumerate(per_teacher):
                     state.losses[f'flow_l{s}_t{j}'] = values.detach().sum()

@@ -1,6 +1,8 @@
 """The FM-KT objective on top of the transport: the metric loss on every
 step of a training run, pair decoupling, the step-count draw, a curriculum
 mask and the cycle-consistency loss."""
+import functools
+import inspect
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -8,6 +10,11 @@ from torch import Tensor
 
 from .catalog import LOSSES
 from .transport import FlowOutput
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_scale(loss_type: type) -> bool:
+    return 'scale' in inspect.signature(loss_type.forward_steps).parameters
 
 
 class FMKTObjective:
@@ -84,9 +91,9 @@ class FMKTObjective:
 
     @staticmethod
     def check_target(target: Tensor, out: FlowOutput) -> None:
-        if target.shape != out.ensemble.shape:
+        if target.shape != out.steps.shape[1:]:
             raise ValueError(
-                f'flow output {tuple(out.ensemble.shape)} and teacher target {tuple(target.shape)} '
+                f'flow output {tuple(out.steps.shape[1:])} and teacher target {tuple(target.shape)} '
                 f'differ in shape; configure an adapter (channels / spatial size) or a head '
                 f'that maps the flow to the teacher\'s shape')
 
@@ -110,7 +117,7 @@ class FMKTObjective:
             target = out.ensemble.detach()
         else:
             self.check_target(target, out)
-            target = target.detach()
+            target = target.detach() if target.requires_grad else target
         if self.training and self.beta_d < 1.0:
             target, labels = self.decouple_pairs(target, labels)
         if sample_mask is not None:
@@ -122,7 +129,18 @@ class FMKTObjective:
                 return 0.0 * steps.flatten(1).sum(1)
             target, steps = target[sample_mask], steps[:, sample_mask]
             labels = labels[sample_mask] if labels is not None else None
-        return self.loss_fn.forward_steps(steps, target, labels) / n
+        return self.scaled_step_losses(steps, target, labels, 1.0 / n)
+
+    def scaled_step_losses(self, steps: Tensor, target: Tensor, labels: Optional[Tensor],
+                           scale: float) -> Tensor:
+        """``scale * loss_fn.forward_steps(steps, target, labels)``; folded
+        into the loss's own weight when its ``forward_steps`` takes ``scale``
+        (the package's losses do), so that no operator is spent on it."""
+        if scale == 1.0:
+            return self.loss_fn.forward_steps(steps, target, labels)
+        if _takes_scale(type(self.loss_fn)):
+            return self.loss_fn.forward_steps(steps, target, labels, scale=scale)
+        return self.loss_fn.forward_steps(steps, target, labels) * scale
 
     def roundtrip_loss(self, x_student: Tensor, out: FlowOutput) -> Tensor:
         """Cycle consistency of a training run: ``||reverse(Z_0) - X_S||^2 /

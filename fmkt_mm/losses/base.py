@@ -39,8 +39,8 @@ class MetricLoss(nn.Module):
                 indices (B,), for the losses that use them.
         """
         student = student.float()
-        teacher = teacher.detach().float()
-        return self.loss_weight * self.compute(student, teacher, labels)
+        teacher = as_target(teacher).float()
+        return scaled(self.compute(student, teacher, labels), self.loss_weight)
 
     def compute(self, student: Tensor, teacher: Tensor,
                 labels: Labels = None) -> Tensor:
@@ -48,7 +48,7 @@ class MetricLoss(nn.Module):
         raise NotImplementedError
 
     def forward_steps(self, steps: Tensor, teacher: Tensor,
-                      labels: Labels = None) -> Tensor:
+                      labels: Labels = None, scale: float = 1.0) -> Tensor:
         """The loss of every step of a flow, in one call.
 
         ``steps`` stacks ``N`` student outputs, ``(N, B, ...)``; ``teacher``
@@ -56,7 +56,8 @@ class MetricLoss(nn.Module):
         ...)``. The result is ``(N,)`` with entry ``k`` equal to
         ``self(steps[k], teacher or teacher[k], labels)``. Statistics taken
         over the batch (DIST's correlations, PKD's standardisation) are taken
-        per step: steps never mix.
+        per step: steps never mix. ``scale`` multiplies the result (with
+        ``loss_weight``, in one operator).
         """
         if teacher.dim() == steps.dim() and teacher.shape[0] != steps.shape[0]:
             raise ValueError(
@@ -67,8 +68,8 @@ class MetricLoss(nn.Module):
                 f'{type(self).__name__}.forward_steps: steps {tuple(steps.shape)} must stack '
                 f'N outputs shaped like the teacher {tuple(teacher.shape)}, (N, *teacher.shape)')
         steps = steps.float()
-        teacher = teacher.detach().float()
-        return self.loss_weight * self.compute_steps(steps, teacher, labels)
+        teacher = as_target(teacher).float()
+        return scaled(self.compute_steps(steps, teacher, labels), self.loss_weight * scale)
 
     def compute_steps(self, steps: Tensor, teacher: Tensor,
                       labels: Labels = None) -> Tensor:
@@ -83,12 +84,27 @@ class MetricLoss(nn.Module):
 
 def check_same_shape(student: Tensor, teacher: Tensor, loss_name: str) -> None:
     """Raise a ValueError naming both shapes when they differ."""
-    if student.shape != teacher.shape:
+    _check_shapes(student.shape, teacher.shape, loss_name)
+
+
+def _check_shapes(student: torch.Size, teacher: torch.Size, loss_name: str) -> None:
+    if student != teacher:
         raise ValueError(
-            f'{loss_name}: student {tuple(student.shape)} vs teacher '
-            f'{tuple(teacher.shape)}: the loss compares the two outputs '
+            f'{loss_name}: student {tuple(student)} vs teacher '
+            f'{tuple(teacher)}: the loss compares the two outputs '
             'element-wise; configure an adapter so both sides have the same '
             'shape.')
+
+
+def scaled(value: Tensor, factor: float) -> Tensor:
+    """``factor * value``, without an operator when ``factor`` is 1."""
+    return value if factor == 1.0 else value * factor
+
+
+def as_target(tensor: Tensor) -> Tensor:
+    """``tensor`` cut from the graph (a no-op, no operator, when it is not
+    in one): the teacher side of a loss."""
+    return tensor.detach() if tensor.requires_grad else tensor
 
 
 def per_step_targets(steps: Tensor, teacher: Tensor) -> bool:
@@ -100,7 +116,8 @@ def per_step_targets(steps: Tensor, teacher: Tensor) -> bool:
 def check_same_shape_steps(steps: Tensor, teacher: Tensor, loss_name: str) -> None:
     """:func:`check_same_shape` for stacked steps against a shared or a
     per-step target."""
-    check_same_shape(steps[0], teacher[0] if per_step_targets(steps, teacher) else teacher, loss_name)
+    _check_shapes(steps.shape[1:], teacher.shape[1:] if per_step_targets(steps, teacher) else teacher.shape,
+                  loss_name)
 
 
 def classes_last_steps(steps: Tensor) -> Tensor:
