@@ -200,9 +200,12 @@ def test_ema_of_the_flows_is_used_for_inference(teachers):
     model.train()
     with torch.no_grad():
         model.flows[0].encoder.output.weight.fill_(1.0)
+    before = [p.clone() for p in model.ema_flows.parameters()]
     model(**batch(model), mode='loss')  # absorbs the weights of the last update
     torch.testing.assert_close(model.ema_flows[0].encoder.output.weight,
                                torch.full_like(model.flows[0].encoder.output.weight, 0.5))
+    for old, ema, flow in zip(before, model.ema_flows.parameters(), model.flows.parameters()):
+        torch.testing.assert_close(ema, 0.5 * old + 0.5 * flow)  # every parameter, in one update
     model.eval()
     assert model._inference_flows() is model.ema_flows
     model.train()

@@ -288,6 +288,38 @@ def test_a_nan_loss_stops_before_the_update_and_names_term_and_iteration(teacher
     torch.load(tmp_path / 'iter_1.pth', weights_only=True)  # the last checkpoint is intact
 
 
+def test_loss_parsing_equals_mmengines_with_fewer_operators():
+    """Scalar terms, a per-sample term, a list of terms and a logged-only
+    value: the total and every logged value are MMEngine's, and no scalar
+    term is averaged again."""
+    from mmengine.model import BaseModel
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fmkt_mm.distill.base import parse_loss_terms
+
+    class Counter(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Counter.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    losses = dict(loss_cls=torch.tensor(0.7), loss_bbox=torch.tensor([0.1, 0.4]),
+                  loss_list=[torch.tensor(0.2), torch.tensor([0.3, 0.5])], acc=torch.tensor(0.9))
+    theirs_total, theirs = BaseModel.parse_losses(None, losses)
+    ours_total, ours = parse_loss_terms(losses)
+    assert list(ours) == list(theirs)
+    torch.testing.assert_close(ours_total, theirs_total)
+    for key in theirs:
+        torch.testing.assert_close(ours[key], theirs[key])
+    scalars = dict(loss_a=torch.tensor(1.0), loss_b=torch.tensor(2.0))
+    with Counter():
+        parse_loss_terms(scalars)
+    assert Counter.calls == 1  # the one addition
+    with pytest.raises(TypeError, match='loss_x is not a tensor'):
+        parse_loss_terms(dict(loss_x=1.0))
+
+
 # -- hooks -----------------------------------------------------------------------------------
 
 

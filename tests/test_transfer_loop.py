@@ -89,6 +89,46 @@ def test_conditional_loop_equals_the_step_by_step_formulas():
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize('shape', [(3, 6), (2, 6, 1, 1), (2, 6, 3, 3)])
+@pytest.mark.parametrize('n', [1, 4])
+def test_gradients_through_the_loop_equal_the_reference(shape, n):
+    """Every step's output enters the mixing product through one stack
+    (whose backward is one unbind), and vectors normalise without permutes:
+    the gradients of the encoder, the head and the input are still those
+    of the step-by-step loop."""
+    torch.manual_seed(2)
+    head = nn.Linear(6, 4) if len(shape) == 2 else None
+    flow = FlowTransfer(6, encoder='mlp', num_steps=n, head=head)
+    random_encoder(flow, seed=5)
+    x = torch.randn(shape, requires_grad=True)
+    out = flow.run(x)
+    estimates, steps, _ = reference_run(flow, x, n)
+    weights = torch.randn(steps.shape)
+    params = [x] + list(flow.parameters())
+    grads = torch.autograd.grad((out.steps * weights).sum(), params)
+    ref = torch.autograd.grad((steps * weights).sum(), params)
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+def test_a_single_position_is_normalised_as_layer_norm_over_channels():
+    from fmkt_mm.flow.encoders import ChannelLayerNorm
+    torch.manual_seed(3)
+    norm = ChannelLayerNorm(8)
+    with torch.no_grad():
+        norm.norm.weight.normal_()
+        norm.norm.bias.normal_()
+    x = torch.randn(4, 8, 1, 1, requires_grad=True)
+    ours = norm(x)
+    reference = norm.norm(x.flatten(1))[:, :, None, None]  # nn.LayerNorm over the channels
+    torch.testing.assert_close(ours, reference)
+    weights = torch.randn(ours.shape)
+    grads = torch.autograd.grad((ours * weights).sum(), [x, *norm.parameters()])
+    ref = torch.autograd.grad((reference * weights).sum(), [x, *norm.parameters()])
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r)
+
+
 class CountingHead(nn.Module):
     def __init__(self, channels, classes, batch_norm=False):
         super().__init__()

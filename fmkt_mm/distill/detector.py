@@ -486,10 +486,11 @@ class DetectionDistiller(LevelDistiller):
             return
         self.ema_updates += 1
         momentum = self.ema_momentum_at(int(self.ema_updates))
-        for ema, param in zip(self.ema_flows.parameters(), self.flows.parameters()):
-            ema.lerp_(param.detach(), momentum)
-        for ema, buf in zip(self.ema_flows.buffers(), self.flows.buffers()):
-            ema.copy_(buf)
+        # one operator for all parameters (and one for all buffers), not one per tensor
+        torch._foreach_lerp_(list(self.ema_flows.parameters()), list(self.flows.parameters()), momentum)
+        buffers = list(self.flows.buffers())
+        if buffers:
+            torch._foreach_copy_(list(self.ema_flows.buffers()), buffers)
 
     # -- training ------------------------------------------------------------------
     def loss(self, inputs: Tensor, data_samples) -> Dict[str, Tensor]:
