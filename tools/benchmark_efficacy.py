@@ -603,6 +603,9 @@ DET_STUDY_ROWS = [
     ('FM-KT deploy flow', DET_FLOW, None),
     ('FM-KT deploy flow, EMA of the flows (0.01, warm-up 50)', DET_FLOW,
      dict(ema_momentum=0.01, ema_warmup=50)),
+    # cheaper recipes: fewer serial steps (the per-level loop is launch-bound)
+    ('FM-KT deploy flow, N = 2', DET_FLOW, dict(flow=dict(num_steps=2))),
+    ('FM-KT deploy flow, N = 1', DET_FLOW, dict(flow=dict(num_steps=1))),
     ('student alone', 'retinanet_r18w16_student.py', None),  # what the teachers add at all
 ]
 
