@@ -112,6 +112,53 @@ def test_transformer_shifted_window_mask_blocks_wrapped_regions():
     assert not mask[-1].all()  # the bottom-right window mixes wrapped regions
 
 
+def reference_window_block(block, x):
+    """A window-attention block written out in full: always padded,
+    partitioned window by window, the shift mask rebuilt on every call."""
+    import torch.nn.functional as F
+    b, c, h, w = x.shape
+    tokens = x.permute(0, 2, 3, 1)
+    ws = block._window_size(h, w)
+    pad_h, pad_w = (-h) % ws, (-w) % ws
+    y = F.pad(block.norm1(tokens), (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    s = ws // 2 if block.shift and ws > 1 and min(hp, wp) > ws else 0
+    y = torch.roll(y, (-s, -s), dims=(1, 2))
+    windows = y.view(b, hp // ws, ws, wp // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, c)
+    qkv = block.qkv(windows).view(windows.shape[0], -1, 3, block.num_heads, c // block.num_heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    mask = block._shift_mask(hp, wp, ws, s, x.device).repeat(b, 1, 1)[:, None] if s else None
+    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    attn = block.proj(attn.transpose(1, 2).reshape(windows.shape[0], -1, c))
+    attn = attn.view(b, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
+    attn = torch.roll(attn, (s, s), dims=(1, 2))
+    tokens = tokens + attn[:, :h, :w]
+    tokens = tokens + block.ffn(block.norm2(tokens))
+    return tokens.permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize('shape,window', [((2, 8, 7, 7), None), ((2, 8, 8, 8), 4), ((3, 8, 5, 6), 4),
+                                          ((2, 8, 14, 14), None)])
+def test_window_attention_skips_only_work_that_changes_nothing(shape, window):
+    """One window needs no partition, no padding needs no pad or crop, and
+    the shift mask of a geometry is built once: outputs and gradients are
+    those of the block written out in full, on repeated calls too."""
+    torch.manual_seed(4)
+    enc = META_ENCODERS.build(dict(type='transformer', channels=8, num_heads=2, window=window,
+                                   num_blocks=2))
+    for block in enc.blocks:
+        x = torch.randn(shape, requires_grad=True)
+        for _ in range(2):  # the second call reads the cached mask
+            ours, ref = block(x), reference_window_block(block, x)
+            torch.testing.assert_close(ours, ref)
+            weights = torch.randn(ours.shape)
+            params = [x, *block.parameters()]
+            for g, r in zip(torch.autograd.grad((ours * weights).sum(), params),
+                            torch.autograd.grad((ref * weights).sum(), params)):
+                torch.testing.assert_close(g, r)
+    assert 'mask_cache' not in ''.join(enc.state_dict())
+
+
 def test_time_and_context_change_the_output():
     torch.manual_seed(0)
     enc = META_ENCODERS.build(dict(type='mlp', channels=6, context_dim=3))

@@ -253,8 +253,18 @@ class WindowAttentionBlock(nn.Module):
     @staticmethod
     def _partition(x, ws):  # (B, Hp, Wp, C) -> (B * nW, ws * ws, C)
         b, h, w, c = x.shape
+        if h == w == ws:  # one window: the map's tokens in order
+            return x.reshape(b, ws * ws, c)
         x = x.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
         return x.reshape(-1, ws * ws, c)
+
+    @staticmethod
+    def _merge(windows, b, hp, wp, ws):  # the inverse of _partition: (B * nW, L, C) -> (B, Hp, Wp, C)
+        c = windows.shape[-1]
+        if hp == wp == ws:
+            return windows.view(b, hp, wp, c)
+        windows = windows.view(b, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+        return windows.reshape(b, hp, wp, c)
 
     def _shift_mask(self, hp, wp, ws, s, device):
         region = torch.zeros(1, hp, wp, 1, device=device)
@@ -265,12 +275,26 @@ class WindowAttentionBlock(nn.Module):
         ids = self._partition(region, ws).squeeze(-1)  # (nW, ws*ws)
         return ids[:, :, None] == ids[:, None, :]  # True where attention is allowed
 
+    def _batch_mask(self, b, hp, wp, ws, s, device) -> Tensor:
+        """The shift mask of a batch, ``(B * nW, 1, L, L)``: a constant of the
+        geometry, built once and kept (a plain attribute, never saved)."""
+        masks = self.__dict__.setdefault('_mask_cache', {})
+        key = (b, hp, wp, ws, s, device)
+        mask = masks.get(key)
+        if mask is None:
+            if len(masks) >= 8:  # batch sizes and map sizes of one run are few
+                masks.clear()
+            mask = masks[key] = self._shift_mask(hp, wp, ws, s, device).repeat(b, 1, 1)[:, None]
+        return mask
+
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         tokens = x.permute(0, 2, 3, 1)  # (B, H, W, C)
         ws = self._window_size(h, w)
         pad_h, pad_w = (-h) % ws, (-w) % ws
-        y = F.pad(self.norm1(tokens), (0, 0, 0, pad_w, 0, pad_h))
+        y = self.norm1(tokens)
+        if pad_h or pad_w:
+            y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h))
         hp, wp = h + pad_h, w + pad_w
         s = ws // 2 if self.shift and ws > 1 and min(hp, wp) > ws else 0
         if s:
@@ -278,15 +302,15 @@ class WindowAttentionBlock(nn.Module):
         windows = self._partition(y, ws)  # (B*nW, L, C)
         qkv = self.qkv(windows).view(windows.shape[0], -1, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B*nW, heads, L, d)
-        mask = None
-        if s:
-            mask = self._shift_mask(hp, wp, ws, s, x.device).repeat(b, 1, 1)[:, None]
+        mask = self._batch_mask(b, hp, wp, ws, s, x.device) if s else None
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         attn = self.proj(attn.transpose(1, 2).reshape(windows.shape[0], -1, c))
-        attn = attn.view(b, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
+        attn = self._merge(attn, b, hp, wp, ws)
         if s:
             attn = torch.roll(attn, (s, s), dims=(1, 2))
-        tokens = tokens + attn[:, :h, :w]
+        if pad_h or pad_w:
+            attn = attn[:, :h, :w]
+        tokens = tokens + attn
         tokens = tokens + self.ffn(self.norm2(tokens))
         return tokens.permute(0, 3, 1, 2)
 
