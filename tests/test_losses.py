@@ -230,6 +230,30 @@ def test_pkd_vectors_standardised_over_batch():
                                                                rel=1e-5)
 
 
+def test_pkd_gradient_matches_reference_and_single_values_give_zero():
+    """The batch-norm standardisation gives the reference's gradient; a
+    channel with one value (batch 1 of vectors) standardises to 0: zero
+    loss, still on the graph."""
+    student, teacher, _ = make_inputs('PKDLoss', seed=12)
+    student = student.clone().requires_grad_()  # the loss computes in float32
+    ours = torch.autograd.grad(PKDLoss()(student, teacher), student)[0]
+
+    def reference(s, t):
+        def std(x):
+            flat = x.transpose(0, 1).reshape(x.shape[1], -1)
+            z = (flat - flat.mean(1, keepdim=True)) / (flat.std(1, keepdim=True) + 1e-6)
+            return z.reshape(x.shape[1], x.shape[0], *x.shape[2:]).transpose(0, 1)
+        return ((std(s) - std(t))**2).mean() / 2
+
+    theirs = torch.autograd.grad(reference(student, teacher), student)[0]
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-7)
+    one = torch.randn(1, 5, requires_grad=True)
+    value = PKDLoss()(one, torch.randn(1, 5))
+    assert value.item() == 0.0
+    value.backward()
+    assert one.grad is not None
+
+
 def test_pkd_resizes_student_to_teacher():
     gen = torch.Generator().manual_seed(12)
     student = torch.randn(2, 4, 8, 8, generator=gen)

@@ -1,5 +1,4 @@
 """PKD: feature distillation with Pearson correlation (Cao et al., 2022)."""
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -8,28 +7,23 @@ from .base import Labels, MetricLoss, check_same_shape_steps, per_step_targets
 
 
 def standardize(feat: Tensor, eps: float = 1e-6) -> Tensor:
-    """Standardise each channel (dim 1) over all other dims.
-
-    ``(x - mean) / (std + eps)``, with the unbiased std of MMRazor's
-    implementation; a channel with a single value maps to 0.
-    """
-    channels_first = feat.transpose(0, 1).reshape(feat.shape[1], -1)
-    mean = channels_first.mean(dim=1, keepdim=True)
-    # Unbiased std is NaN on one value; the population std (0) is not.
-    correction = 1 if channels_first.shape[1] > 1 else 0
-    std = channels_first.std(dim=1, keepdim=True, correction=correction)
-    normed = (channels_first - mean) / (std + eps)
-    moved_shape = (feat.shape[1], feat.shape[0]) + tuple(feat.shape[2:])
-    return normed.reshape(moved_shape).transpose(0, 1)
+    """Standardise each channel (dim 1) over all other dims:
+    ``(x - mean) / sqrt(var + eps**2)`` with the unbiased variance of
+    MMRazor's implementation; a channel with a single value maps to 0."""
+    count = feat.numel() // feat.shape[1]
+    if count == 1:
+        return feat - feat  # zero, still on the graph
+    c2 = (count - 1) / count
+    return biased_standardize(feat, c2 * eps * eps) * c2**0.5
 
 
-def standardize_steps(steps: Tensor, eps: float = 1e-6) -> Tensor:
-    """:func:`standardize` of every step of ``(N, B, C, ...)``: each (step,
-    channel) over the batch and positions of that step."""
-    dims = (1, ) + tuple(range(3, steps.dim()))
-    count = steps[0].numel() // steps.shape[2]
-    std, mean = torch.std_mean(steps, dim=dims, correction=1 if count > 1 else 0, keepdim=True)
-    return (steps - mean) / (std + eps)
+def biased_standardize(feat: Tensor, eps: float) -> Tensor:
+    """``(x - mean) / sqrt(var + eps)`` per channel (dim 1) with the biased
+    variance: batch norm in training mode without running statistics, one
+    operator forward and one backward. Times ``sqrt((n - 1) / n)`` (``n``
+    values per channel) it is :func:`standardize` with ``eps**2 = eps * n /
+    (n - 1)``."""
+    return F.batch_norm(feat, None, None, training=True, eps=eps)
 
 
 @MODELS.register_module()
@@ -37,7 +31,7 @@ class PKDLoss(MetricLoss):
     r"""MSE between per-channel standardised feature maps.
 
     Each map is standardised per channel over (N, H, W) (mean 0, unbiased
-    std 1, ``eps = 1e-6`` added to the std), then
+    variance 1, ``eps**2 = 1e-12`` added to the variance), then
 
     .. math::
 
@@ -66,6 +60,7 @@ class PKDLoss(MetricLoss):
                  resize_student: bool = True) -> None:
         super().__init__(loss_weight)
         self.resize_student = resize_student
+        self.eps = 1e-6
 
     def compute(self, student: Tensor, teacher: Tensor,
                 labels: Labels = None) -> Tensor:
@@ -91,8 +86,17 @@ class PKDLoss(MetricLoss):
         if teacher.dim() < 2:
             raise ValueError('PKDLoss expects (B, C, H, W) or (B, C) inputs, '
                              f'got {tuple(teacher.shape)}')
-        diff = standardize_steps(steps) - standardize(teacher)
-        return diff.pow(2).flatten(1).mean(1) / 2
+        count = teacher.numel() // teacher.shape[1]  # values per channel
+        if count == 1:  # every channel standardises to 0
+            return (steps - steps).flatten(1).sum(1)
+        # standardised with the biased variance, the unbiased factor (n-1)/n
+        # applied once to the mean square; per step: (B, N * C, ...) channels
+        c2, eps = (count - 1) / count, (count - 1) / count * self.eps**2
+        n, b, c = steps.shape[:3]
+        rest = steps.shape[3:]
+        student = biased_standardize(steps.transpose(0, 1).reshape(b, n * c, *rest), eps)
+        diff = student.view(b, n, c, *rest) - biased_standardize(teacher, eps)[:, None]
+        return diff.pow(2).mean((0, *range(2, diff.dim()))) * (c2 / 2)
 
     def extra_repr(self) -> str:
         return (f'resize_student={self.resize_student}, '
