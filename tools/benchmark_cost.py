@@ -450,7 +450,8 @@ def main(argv=None):
     if args.count:
         return main_counts(args, argv)
     results = []
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != '--in-process']
+    given = list(argv if argv is not None else sys.argv[1:])
+    passthrough = [a for a in given if a != '--in-process']  # each worker measures in its process
     for spec in specs(args):
         if args.in_process:
             result = measure(spec, args)
@@ -468,7 +469,7 @@ def main(argv=None):
     header = (f'{time.strftime("%Y-%m-%d")}, {args.device} ({platform.processor() or platform.machine()}, '
               f'{os.cpu_count()} cores, torch threads {args.threads or torch.get_num_threads()}), '
               f'torch {torch.__version__}, medians of {args.iters} iterations after {args.warmup} '
-              f'warm-up: `python tools/benchmark_cost.py {" ".join(passthrough)}`')
+              f'warm-up: `python tools/benchmark_cost.py {" ".join(given)}`')
     write_report(args.out, 'results', header, tables(results, args), results)
     return results
 
