@@ -47,6 +47,7 @@ import os.path as osp
 import platform
 import resource
 import statistics
+import shlex
 import subprocess
 import sys
 import time
@@ -469,7 +470,7 @@ def main(argv=None):
     header = (f'{time.strftime("%Y-%m-%d")}, {args.device} ({platform.processor() or platform.machine()}, '
               f'{os.cpu_count()} cores, torch threads {args.threads or torch.get_num_threads()}), '
               f'torch {torch.__version__}, medians of {args.iters} iterations after {args.warmup} '
-              f'warm-up: `python tools/benchmark_cost.py {" ".join(given)}`')
+              f'warm-up: `python tools/benchmark_cost.py {shlex.join(given)}`')
     write_report(args.out, 'results', header, tables(results, args), results)
     return results
 
@@ -483,7 +484,7 @@ def main_counts(args, argv):
         results.append(count(spec, args))
         print(f'{spec[0]} {label(results[-1])}: {results[-1]["train_ops"]} operators, '
               f'{results[-1]["train_gflop"]:.2f} GFLOP', flush=True)
-    command = ' '.join(argv if argv is not None else sys.argv[1:])
+    command = shlex.join(argv if argv is not None else sys.argv[1:])
     header = (f'{time.strftime("%Y-%m-%d")}, torch {torch.__version__}, TorchDispatchMode and '
               f'torch.utils.flop_counter: `python tools/benchmark_cost.py {command}`')
     write_report(args.out, 'counts', header, counts_table(results, args), results)

@@ -31,6 +31,7 @@ import os
 import os.path as osp
 import platform
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -785,7 +786,7 @@ def main(argv=None):
     start = time.time()
     out = dict(date=time.strftime('%Y-%m-%d'), machine=f'{platform.processor() or platform.machine()}, '
                f'{os.cpu_count()} cores', torch=torch.__version__, mmengine=mmengine.__version__,
-               command=' '.join(['python', 'tools/benchmark_efficacy.py'] + (argv or sys.argv[1:])))
+               command=shlex.join(['python', 'tools/benchmark_efficacy.py'] + (argv or sys.argv[1:])))
     text = []
     if args.teachers:
         tasks = ('cls', 'det', 'mask') if args.task == 'all' else (args.task,)

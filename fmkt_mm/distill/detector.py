@@ -362,8 +362,8 @@ class DetectionDistiller(LevelDistiller):
             if isinstance(adapter, TeacherShape):
                 adapter.size = tuple(target.shape[-2:])
                 n, b = out.estimates.shape[:2]
-                out.steps = adapter(out.estimates.flatten(0, 1)).unflatten(0, (n, b))
-                out.ensemble = out.steps.mean(0)
+                steps = adapter(out.estimates.flatten(0, 1)).unflatten(0, (n, b))
+                outs[j] = FlowOutput(estimates=out.estimates, steps=steps, context=out.context)
         return outs
 
     def teacher_adapter(self, j: int, k: int, flows: Optional[nn.ModuleList] = None) -> nn.Module:

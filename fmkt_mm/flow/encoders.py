@@ -88,7 +88,7 @@ class MetaEncoder(nn.Module):
 
         The transfer loop calls ``encoder(x, conditioning=c)`` instead, with
         ``x`` a ``(B, C, H, W)`` state and ``c`` one entry of
-        :meth:`conditioning` (see :meth:`step`)."""
+        :meth:`step_inputs` (see :meth:`step`)."""
         if conditioning is not None:
             return self.step(x, conditioning)
         is_vector = x.dim() == 2
@@ -182,21 +182,19 @@ class MLPMetaEncoder(MetaEncoder):
         self.init_output()
 
     def step_inputs(self, times: Sequence[float], context: Optional[Tensor], like: Tensor):
-        """As :meth:`MetaEncoder.step_inputs`; on vectors (``1 x 1`` maps)
-        each entry also carries every block's norm affine as ``(C, 1, 1)``
-        views, made once per run, so that a step normalises without
-        permutes (:meth:`ChannelLayerNorm.single_position`)."""
-        conditioning = super().step_inputs(times, context, like)
-        if like.shape[2] != 1 or like.shape[3] != 1:
-            return conditioning
-        norms = [block[0].map_affine() for block in self.blocks]
-        return [(c, norms) for c in conditioning]
+        """As :meth:`MetaEncoder.step_inputs`, each entry paired with every
+        block's norm affine as ``(C, 1, 1)`` views on vectors (``1 x 1``
+        maps; None otherwise), made once per run, so that a step normalises
+        without permutes (:meth:`ChannelLayerNorm.single_position`)."""
+        single = like.shape[2] == like.shape[3] == 1
+        norms = [block[0].map_affine() for block in self.blocks] if single else None
+        return [(c, norms) for c in super().step_inputs(times, context, like)]
 
     def step(self, x: Tensor, conditioning) -> Tensor:
-        if isinstance(conditioning, tuple):
-            conditioning, norms = conditioning
-            return self.body(x + conditioning, norms)
-        return self.body(x + conditioning)
+        """One call of the loop with one entry of :meth:`step_inputs`:
+        ``(conditioning, norm affines or None)``."""
+        conditioning, norms = conditioning
+        return self.body(x + conditioning, norms)
 
     def body(self, x, norms: Optional[Sequence[Tuple[Tensor, Tensor]]] = None):
         for i, (norm, first, act, second) in enumerate(self.blocks):

@@ -376,8 +376,9 @@ class FlowTransport(nn.Module):
 
     def conditioning(self, plans: Sequence[StepPlan], context: Optional[Tensor], like: Tensor,
                      is_vector: bool = False):
-        """What the meta-encoder adds to its input at each step of a run,
-        one entry per step; computed once per run. ``like``: a ``(B, C, H,
+        """What the meta-encoder takes at each step of a run besides the
+        state (its conditioning; :meth:`MetaEncoder.step_inputs`), one
+        entry per step, computed once per run. ``like``: a ``(B, C, H,
         W)`` state of the run (``is_vector``: a ``(B, C)`` one seen as 1x1)."""
         if self._fast_encoder:
             return self.encoder.step_inputs([p.t for p in plans], context, like)

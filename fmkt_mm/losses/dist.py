@@ -8,17 +8,6 @@ from .base import (Labels, MetricLoss, check_same_shape, check_same_shape_steps,
                    classes_last_steps, per_step_targets)
 
 
-def pearson(a: Tensor, b: Tensor, eps: float = 1e-8, dim: int = 1) -> Tensor:
-    """Pearson correlation of ``a`` and ``b`` along ``dim`` (the other dims
-    broadcast): (N, D) -> (N,) for the rows with the default ``dim=1``.
-
-    The mean product of the two standardised vectors (:func:`standardize`),
-    ``eps**2`` added to each centred vector's squared norm."""
-    a, b = torch.broadcast_tensors(a, b)
-    a, b = a.movedim(dim, -1), b.movedim(dim, -1)
-    return (standardize(a, eps) * standardize(b, eps)).mean(-1)
-
-
 def standardize(x: Tensor, eps: float = 1e-8) -> Tensor:
     """``(x - mean) / sqrt(var + eps**2 / D)`` along the last dim (``D``
     entries; biased variance): one layer-norm operator forward and one
@@ -40,9 +29,11 @@ class DISTLoss(MetricLoss):
         L_{intra} &= 1 - \frac{1}{C} \sum_j \rho(Y^S_{:,j}, Y^T_{:,j}) \\
         L &= \tau^2 (\beta L_{inter} + \gamma L_{intra})
 
-    :math:`\rho` is the Pearson correlation, with ``eps^2 = 1e-16`` added to
-    each centred vector's squared norm (:func:`pearson`). Being invariant to shift and scale, it tolerates a
-    teacher much more confident than the student, which KL does not.
+    :math:`\rho` is the Pearson correlation, the mean product of the two
+    standardised vectors (:func:`standardize`), with ``eps^2 = 1e-16`` added
+    to each centred vector's squared norm. Being invariant to shift and
+    scale, it tolerates a teacher much more confident than the student,
+    which KL does not.
 
     Shapes:
         student, teacher: logits (B, C), or (B, C, ...) with classes in dim 1

@@ -6,24 +6,17 @@ from fmkt_mm.registry import MODELS
 from .base import Labels, MetricLoss, check_same_shape_steps, per_step_targets
 
 
-def standardize(feat: Tensor, eps: float = 1e-6) -> Tensor:
-    """Standardise each channel (dim 1) over all other dims:
-    ``(x - mean) / sqrt(var + eps**2)`` with the unbiased variance of
-    MMRazor's implementation; a channel with a single value maps to 0."""
-    count = feat.numel() // feat.shape[1]
-    if count == 1:
-        return feat - feat  # zero, still on the graph
-    c2 = (count - 1) / count
-    return biased_standardize(feat, c2 * eps * eps) * c2**0.5
-
-
 def biased_standardize(feat: Tensor, eps: float) -> Tensor:
     """``(x - mean) / sqrt(var + eps)`` per channel (dim 1) with the biased
     variance: batch norm in training mode without running statistics, one
     operator forward and one backward. Times ``sqrt((n - 1) / n)`` (``n``
-    values per channel) it is :func:`standardize` with ``eps**2 = eps * n /
-    (n - 1)``."""
+    values per channel) it is the standardisation with the unbiased
+    variance and ``eps * n / (n - 1)``."""
     return F.batch_norm(feat, None, None, training=True, eps=eps)
+
+
+#: the standardisation's eps: ``EPS**2`` is added to each channel's unbiased variance
+EPS = 1e-6
 
 
 @MODELS.register_module()
@@ -60,7 +53,6 @@ class PKDLoss(MetricLoss):
                  resize_student: bool = True) -> None:
         super().__init__(loss_weight)
         self.resize_student = resize_student
-        self.eps = 1e-6
 
     def compute(self, student: Tensor, teacher: Tensor,
                 labels: Labels = None) -> Tensor:
@@ -91,7 +83,8 @@ class PKDLoss(MetricLoss):
             return (steps - steps).flatten(1).sum(1)
         # standardised with the biased variance, the unbiased factor (n-1)/n
         # applied once to the mean square; per step: (B, N * C, ...) channels
-        c2, eps = (count - 1) / count, (count - 1) / count * self.eps**2
+        c2 = (count - 1) / count
+        eps = c2 * EPS**2
         n, b, c = steps.shape[:3]
         rest = steps.shape[3:]
         student = biased_standardize(steps.transpose(0, 1).reshape(b, n * c, *rest), eps)
