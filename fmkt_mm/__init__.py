@@ -17,10 +17,22 @@ def _has_mmengine() -> bool:
         return False
 
 
+def _check_torch() -> None:
+    """Safe checkpoint loading needs torch's weights_only allow-list API."""
+    import torch
+    if not hasattr(torch.serialization, 'safe_globals') or \
+            not hasattr(torch.serialization, 'get_unsafe_globals_in_checkpoint'):
+        raise ImportError(f'fmkt_mm needs torch >= 2.5 (torch.serialization.safe_globals, '
+                          f'get_unsafe_globals_in_checkpoint: loading checkpoints without running '
+                          f'their pickled code); found torch {torch.__version__}. Upgrade torch.')
+
+
 if _has_mmengine():
+    _check_torch()
     from . import (checkpoint, datasets, distill, export, flow, hooks, log_processor,  # noqa: F401
-                   losses, optim)  # (registration)
+                   losses, optim, runner)  # (registration)
+    from .runner import DistillRunner  # noqa: F401
     from .registry import FLOW_PATHS, HOOKS, META_ENCODERS, MODELS  # noqa: F401
-    __all__ = ['MODELS', 'HOOKS', 'FLOW_PATHS', 'META_ENCODERS', '__version__']
+    __all__ = ['DistillRunner', 'MODELS', 'HOOKS', 'FLOW_PATHS', 'META_ENCODERS', '__version__']
 else:
     __all__ = ['__version__']

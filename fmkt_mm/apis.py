@@ -1,20 +1,21 @@
 """Glue between configs with a ``distiller`` block and MMEngine's Runner."""
 import os
 import os.path as osp
-import shutil
-from contextlib import contextmanager
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 from mmengine.config import Config
-from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
-from torch import Tensor
 
-from .checkpoint import extract_state_dict, load_state, safe_torch_load, trust_directory
+from .checkpoint import extract_state_dict, safe_torch_load
+from .launch import setup_launcher
+from .optim import enable_amp
+from .work_dir import WorkDirSnapshot
 
 TEACHER_PREFIX = 'teacher.'
+#: the runner of fmkt_mm configs (:class:`fmkt_mm.runner.DistillRunner`)
+RUNNER_TYPE = 'fmkt_mm.DistillRunner'
 
 
 def apply_distiller(cfg: Config) -> Config:
@@ -66,19 +67,9 @@ def make_reproducible(cfg: Config, seed: Optional[int] = None, deterministic: bo
 
 
 def build_runner(cfg: Config) -> Runner:
-    """The config's runner (its ``runner_type`` if it names one).
-
-    With ``randomness.deterministic``, MMEngine makes torch raise on every
-    operator that has no deterministic implementation (on a GPU, some
-    interpolation, pooling and indexing backward passes), which can stop a
-    GPU training. Here such an operator warns instead, naming itself, and
-    the run goes on: deterministic wherever torch can be, and it says where
-    it cannot. (mmcv's CUDA ops, e.g. RoIAlign, accumulate with atomic adds
-    without consulting the flag.)"""
-    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-    if (cfg.get('randomness') or {}).get('deterministic'):
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    return runner
+    """The config's runner: its ``runner_type`` if it names one (fmkt_mm's
+    configs name :data:`RUNNER_TYPE`), else MMEngine's ``Runner``."""
+    return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
 
 
 def use_distill_log_processor(cfg: Config) -> Config:
@@ -93,60 +84,102 @@ def use_distill_log_processor(cfg: Config) -> Config:
     return cfg
 
 
-@contextmanager
 def clean_up_on_failure(work_dir: str):
     """Remove what a run that failed during set-up wrote into ``work_dir``:
     the whole directory if the run created it, otherwise the files and
-    folders that appeared in it."""
-    existed = osp.isdir(work_dir)
-    before = set(os.listdir(work_dir)) if existed else set()
-    try:
-        yield
-    except BaseException:
-        if not existed:
-            shutil.rmtree(work_dir, ignore_errors=True)
-        elif osp.isdir(work_dir):
-            for name in set(os.listdir(work_dir)) - before:
-                path = osp.join(work_dir, name)
-                shutil.rmtree(path, ignore_errors=True) if osp.isdir(path) else os.remove(path)
-        raise
+    folders that appeared in it (a context manager)."""
+    return WorkDirSnapshot(work_dir).restore_on_failure()
+
+
+def check_config_form(cfg: Config, config_path: str = 'the config') -> Config:
+    """Make sure the config distils under every launcher, or fail naming the fix.
+
+    mmdet's and mmpretrain's own ``tools/train.py`` build ``runner_type``
+    when the config names one and a plain ``Runner`` otherwise, which knows
+    nothing of a ``distiller`` block and would train the plain student. So a
+    config with a distiller block must name :data:`RUNNER_TYPE` (or a
+    subclass); a config without one gets it here, so that the project's tools
+    give every run the same guarantees."""
+    runner_type = cfg.get('runner_type')
+    if 'distiller' in cfg and runner_type is None:
+        raise ValueError(
+            f'{config_path} has a distiller block but no runner_type: mmdet\'s and mmpretrain\'s own '
+            f'tools/train.py (and mim train) would ignore the distiller and train the plain student. '
+            f"Add runner_type = '{RUNNER_TYPE}' (and custom_imports = dict(imports=['fmkt_mm'])) to "
+            f'the config.')
+    if runner_type is None:
+        cfg.runner_type = RUNNER_TYPE
+    elif 'distiller' in cfg and not _is_distill_runner(runner_type):
+        raise ValueError(f'{config_path} has a distiller block and runner_type={runner_type!r}, '
+                         f'which does not apply it; use {RUNNER_TYPE!r} or a subclass of it')
+    return cfg
+
+
+def _is_distill_runner(runner_type) -> bool:
+    from .runner import DistillRunner
+    if isinstance(runner_type, type):
+        return issubclass(runner_type, DistillRunner)
+    cls = RUNNERS.get(runner_type)
+    return isinstance(cls, type) and issubclass(cls, DistillRunner)
+
+
+def prepare_config(cfg: Config) -> Config:
+    """Everything :class:`~fmkt_mm.runner.DistillRunner` does to a config
+    before MMEngine builds the run (each step leaves a prepared config as it
+    is): the distiller applied, the launcher set up (gloo on a CPU), the
+    work dir's hooks and durable checkpoints, AMP on a CPU, dataloaders
+    without workers made valid."""
+    apply_distiller(cfg)
+    setup_launcher(cfg, cfg.get('launcher') or 'none')
+    prepare_work_dir(cfg, getattr(cfg, 'filename', None) or 'run.py')
+    wrapper = cfg.get('optim_wrapper') or {}
+    if wrapper.get('type') == 'AmpOptimWrapper' and not torch.cuda.is_available():
+        enable_amp(cfg)  # the stock tools' --amp, on a CPU: bf16 autocast
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        # mmpretrain's train.py asks for persistent workers, which torch refuses without workers
+        if cfg.get(loader) and not cfg[loader].get('num_workers') and cfg[loader].get('persistent_workers'):
+            cfg[loader].persistent_workers = False
+    return cfg
 
 
 def prepare_work_dir(cfg: Config, config_path: str, work_dir=None) -> str:
-    """Set ``cfg.work_dir`` and what every run of the tools gets:
+    """Set ``cfg.work_dir`` and what every run gets:
 
-    * the work directory is trusted: this run's own checkpoints may be
-      resumed (they load with ``weights_only=True`` anyway);
     * :class:`~fmkt_mm.hooks.SafeCheckpointHook`: checkpoints hold only
-      tensors and plain data;
+      tensors and plain data (they load with ``weights_only=True``);
     * :class:`~fmkt_mm.hooks.RandomStateHook`: a resumed run repeats the
       uninterrupted one;
-    * checkpoints are written atomically (the ``atomic_local`` file backend)
-      when they go to a local directory and no other backend is configured.
+    * durable checkpoints (:func:`use_durable_checkpoints`).
     """
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
-    trust_directory(cfg.work_dir)  # this run's own checkpoints may be resumed
     hooks = list(cfg.get('custom_hooks', []))
     for name in ('SafeCheckpointHook', 'RandomStateHook'):
         if not any(h.get('type') in (name, 'fmkt_mm.' + name) for h in hooks):
             hooks.append(dict(type='fmkt_mm.' + name))
     cfg.custom_hooks = hooks
-    use_atomic_checkpoints(cfg)
+    use_durable_checkpoints(cfg)
     return cfg.work_dir
 
 
-def use_atomic_checkpoints(cfg: Config) -> Config:
-    """Route the CheckpointHook's writes through the ``atomic_local`` file
-    backend (temporary file + rename), unless the config disables the hook,
-    saves elsewhere than a local path, or chose a backend itself."""
+#: the stock checkpoint hook's names, and the durable one's
+_STOCK_CHECKPOINT_HOOKS = ('CheckpointHook', 'mmengine.CheckpointHook')
+DURABLE_CHECKPOINT_HOOK = 'fmkt_mm.DurableCheckpointHook'
+
+
+def use_durable_checkpoints(cfg: Config) -> Config:
+    """Checkpoints written atomically with a sha256 sidecar (the
+    ``atomic_local`` file backend) and rotated only after the new one is
+    verified (:class:`~fmkt_mm.hooks.DurableCheckpointHook` in place of the
+    stock hook), unless the config disables the hook, saves elsewhere than a
+    local path, chose a backend itself, or uses a checkpoint hook of its own."""
     default_hooks = cfg.get('default_hooks')
     if default_hooks is None:
         cfg.default_hooks = default_hooks = dict()
     checkpoint = default_hooks.get('checkpoint', dict(type='CheckpointHook', interval=1))
-    if checkpoint is None or checkpoint.get('type') not in ('CheckpointHook', 'mmengine.CheckpointHook'):
+    if checkpoint is None or checkpoint.get('type') not in _STOCK_CHECKPOINT_HOOKS + (DURABLE_CHECKPOINT_HOOK, ):
         return cfg
     if checkpoint.get('backend_args') is not None or checkpoint.get('file_client_args') is not None:
         return cfg
@@ -154,41 +187,36 @@ def use_atomic_checkpoints(cfg: Config) -> Config:
     if out_dir is not None and '://' in str(out_dir):
         return cfg
     checkpoint = dict(checkpoint)
+    checkpoint['type'] = DURABLE_CHECKPOINT_HOOK
     checkpoint['backend_args'] = dict(backend='atomic_local')
     default_hooks['checkpoint'] = checkpoint
     return cfg
 
 
-def teacher_from_checkpoint(cfg: Config, checkpoint: str) -> Optional[Dict[str, Tensor]]:
-    """Let a distiller be tested without its teacher's file.
+def teacher_from_checkpoint(cfg: Config, checkpoint: str) -> bool:
+    """Let a distiller be tested (or resumed) without its teacher's file.
 
     A distillation checkpoint holds the frozen teacher's tensors
     (``teacher.*``) beside the student's; inference never runs the teacher
     (the flow reads the student's features; deploy mode 'student' and
     FM-KT^Theta predict with the plain student). When ``checkpoint`` holds
-    them, the teacher is built from its config alone, and the checkpoint's
-    weights are returned for :func:`load_teacher_state`, which loads them
-    strictly once the model exists. Returns None otherwise.
+    them, the teacher is built from its config alone, and
+    :meth:`DistillRunner.load_checkpoint <fmkt_mm.runner.DistillRunner.load_checkpoint>`
+    loads them strictly with the rest of the model: a teacher that does not
+    fit its config fails with the missing/unexpected/wrong-shape keys.
+    Returns whether the teacher is taken from ``checkpoint``.
     """
     model = cfg.get('model') or {}
     teacher, teachers = model.get('teacher'), model.get('teachers')
     if not isinstance(teacher, dict) and not isinstance(teachers, (list, tuple)):
-        return None
-    state = extract_state_dict(safe_torch_load(checkpoint, what='checkpoint'))
+        return False
+    state = extract_state_dict(safe_torch_load(checkpoint, what='checkpoint',
+                                               allow_unsafe_pickle=bool(cfg.get('allow_unsafe_pickle')),
+                                               role='train' if cfg.get('resume') else None))
     if not any(key.startswith(TEACHER_PREFIX) for key in state):
-        return None
+        return False
     if isinstance(teacher, dict):
         cfg.model.teacher = dict(teacher, checkpoint=None, allow_random_init=True)
     else:
         cfg.model.teachers = [dict(entry, checkpoint=None, allow_random_init=True) for entry in teachers]
-    return state
-
-
-def load_teacher_state(model, state: Dict[str, Tensor], checkpoint: str) -> None:
-    """Load the ``teacher.*`` tensors of a checkpoint's ``state`` into
-    ``model.teacher`` (one teacher, or every teacher of several as
-    ``teacher.0.*``, ``teacher.1.*``) strictly: a teacher that does not fit
-    the config's fails with the missing/unexpected/wrong-shape keys."""
-    model = model.module if is_model_wrapper(model) else model
-    load_state(model.teacher, state, strict=True, prefix=TEACHER_PREFIX,
-               what=f'the teacher in checkpoint {checkpoint!r}')
+    return True

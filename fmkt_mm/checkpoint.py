@@ -11,31 +11,33 @@ Policy:
   checkpoint written by any MMEngine ``Runner`` (mmpretrain's or mmdet's
   ``tools/train.py``) loads with no opt-in, and its weights come out exactly;
 * a file that needs full unpickling is loaded that way only if the user opted
-  in for it (``allow_unsafe_pickle=True``) or if it lies in a directory this
-  process trusts: the work directory of the current run, whose checkpoints
-  the run wrote itself (MMEngine stores its message hub in them, which
-  ``weights_only`` cannot read);
-* anything else is refused with an :class:`UnsafeCheckpointError` that says
-  why and how to opt in.
+  in for that file's role (:data:`OPT_INS`: the teacher's
+  ``allow_unsafe_pickle=True``, ``--allow-unsafe-pickle`` of the tools for
+  ``load_from`` / ``--resume`` and for the checkpoint tested). Where a file
+  lies gives it no trust: the runs' own checkpoints load with
+  ``weights_only=True`` (:class:`~fmkt_mm.hooks.SafeCheckpointHook`);
+* anything else is refused with an :class:`UnsafeCheckpointError` that names
+  the globals it would load or call and the opt-in of its role.
 
-Writing: :func:`atomic_write` and the ``'atomic_local'`` file backend write
-into a temporary file beside the target and rename it over the target, so a
-process killed while saving leaves either the old file or the new one, never
-a truncated one.
+Files are verified before they are trusted for anything: a checkpoint with a
+sha256 sidecar (every checkpoint the runs write, :mod:`fmkt_mm.storage`) must
+match it, and a truncated or unreadable file raises
+:class:`~fmkt_mm.storage.CorruptCheckpointError` naming the file. A
+checkpoint given by URL is downloaded once into torch's hub cache and then
+loaded exactly as a local file.
 """
-import os
 import os.path as osp
 import pickle
-import tempfile
+import pickletools
 import warnings
-from typing import BinaryIO, Callable, Dict, Iterable, List, Optional, Set, Union
+import zipfile
+from typing import Callable, Dict, Iterable, List, Optional, Set
 
 import torch
-from mmengine.fileio import LocalBackend, register_backend
 from torch import nn
 
-_TRUSTED_DIRS: Set[str] = set()
-_TRUSTED_FILES: Set[str] = set()
+from .storage import (AtomicLocalBackend, CorruptCheckpointError, atomic_torch_save,  # noqa: F401
+                      atomic_write, fetch_url, is_url, verify_checksum)
 
 
 class UnsafeCheckpointError(RuntimeError):
@@ -46,21 +48,16 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint does not fit the model it is loaded into."""
 
 
-def trust_directory(path: str) -> None:
-    """Allow full unpickling of checkpoints under ``path`` (a run's work dir)."""
-    _TRUSTED_DIRS.add(osp.realpath(path))
-
-
-def trust_file(path: str) -> None:
-    """Allow full unpickling of the single file ``path``: the explicit opt-in
-    for a checkpoint given by the user (``tools/train.py --resume PATH
-    --allow-unsafe-pickle``)."""
-    _TRUSTED_FILES.add(osp.realpath(path))
-
-
-def is_trusted(path: str) -> bool:
-    real = osp.realpath(path)
-    return real in _TRUSTED_FILES or any(real == d or real.startswith(d + os.sep) for d in _TRUSTED_DIRS)
+#: how a user opts in to full unpickling, by the role of the file
+OPT_INS = {
+    'teacher': "allow_unsafe_pickle=True in the teacher's dict (teacher=dict(config=..., "
+               "checkpoint=..., allow_unsafe_pickle=True))",
+    'train': 'tools/train.py --allow-unsafe-pickle (or the config key allow_unsafe_pickle=True), '
+             'which covers load_from and --resume',
+    'test': 'tools/test.py --allow-unsafe-pickle (or the config key allow_unsafe_pickle=True)',
+    None: '--allow-unsafe-pickle of tools/train.py or tools/test.py (or the config key '
+          'allow_unsafe_pickle=True)',
+}
 
 
 def _getattr_owners() -> Dict[object, Callable[[str], bool]]:
@@ -122,41 +119,94 @@ def _data_only_names() -> Set[str]:
 
 def unsafe_globals(path: str) -> List[str]:
     """The globals in ``path`` that neither torch nor the data-only allow-list
-    accepts: what would run if the file were unpickled in full."""
-    try:
-        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # not a zip checkpoint (legacy format): nothing to list
-        return []
-    return sorted(set(found) - _data_only_names())
+    accepts: what would be loaded or called if the file were unpickled in
+    full. Zip checkpoints are read by torch; legacy torch files and raw
+    pickles by scanning their pickle opcodes (nothing is executed)."""
+    if zipfile.is_zipfile(path):
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # an unreadable archive: the load itself says so
+            return []
+    else:
+        found = _pickled_globals(path)
+    return sorted(set(found) - _data_only_names() - _torch_safe_names())
+
+
+def _torch_safe_names() -> Set[str]:
+    """Globals torch's weights_only unpickler rebuilds by itself (tensors,
+    storages, ordered dicts), which a legacy file names too."""
+    names = {'collections.OrderedDict', 'torch._utils._rebuild_tensor_v2', 'torch._utils._rebuild_parameter',
+             'torch._utils._rebuild_parameter_with_state', 'torch.Size', 'torch._tensor._rebuild_from_type_v2'}
+    names.update(f'torch.{name}' for name in dir(torch) if name.endswith('Storage'))
+    names.update(f'torch.{dtype}' for dtype in ('float32', 'float16', 'bfloat16', 'float64', 'int64',
+                                                'int32', 'int8', 'uint8', 'bool'))
+    return names
+
+
+def _pickled_globals(path: str) -> List[str]:
+    """``module.name`` of every GLOBAL / STACK_GLOBAL / INST opcode in the
+    pickles at the start of ``path`` (a legacy torch file is several pickles
+    in a row, then raw tensor bytes, where the scan stops)."""
+    found = []
+    with open(path, 'rb') as f:
+        while True:
+            strings, memo = [], {}
+            try:
+                for opcode, arg, _ in pickletools.genops(f):
+                    if opcode.name in ('GLOBAL', 'INST'):
+                        found.append(arg.replace(' ', '.'))
+                    elif isinstance(arg, str) and ('UNICODE' in opcode.name or 'STRING' in opcode.name):
+                        strings.append(arg)
+                    elif opcode.name == 'MEMOIZE' and strings:
+                        memo[len(memo)] = strings[-1]
+                    elif opcode.name in ('BINGET', 'LONG_BINGET', 'GET') and arg in memo:
+                        strings.append(memo[arg])
+                    elif opcode.name == 'STACK_GLOBAL' and len(strings) >= 2:
+                        found.append(f'{strings[-2]}.{strings[-1]}')
+            except Exception:  # the end of the pickles (or not a pickle at all)
+                break
+    return found
 
 
 def safe_torch_load(path: str, map_location='cpu', allow_unsafe_pickle: bool = False,
-                    what: str = 'checkpoint'):
-    """``torch.load`` with ``weights_only=True`` and the data-only allow-list,
-    falling back to full unpickling only for opted-in or trusted files (see
-    the module docstring)."""
+                    what: str = 'checkpoint', role: Optional[str] = None):
+    """``torch.load`` with ``weights_only=True`` and the data-only allow-list;
+    full unpickling only with ``allow_unsafe_pickle`` (see the module
+    docstring). ``role`` (``'teacher'``, ``'train'``, ``'test'``) picks the
+    opt-in a refusal names. An ``http(s)://`` path is fetched first
+    (:func:`~fmkt_mm.storage.fetch_url`); a file with a checksum sidecar is
+    verified against it."""
+    if is_url(path):
+        path = fetch_url(path, what=what)
     if not osp.isfile(path):
         raise FileNotFoundError(f'{what} not found: {path!r} (resolved to {osp.abspath(path)!r}); '
                                 f'check the path in the config')
+    verify_checksum(path)
     try:
         with torch.serialization.safe_globals(data_only_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if allow_unsafe_pickle or is_trusted(path):
-            if allow_unsafe_pickle:
-                warnings.warn(f'{what} {path!r} is being unpickled without weights_only protection '
-                              f'because allow_unsafe_pickle=True: it can run arbitrary code')
-            return torch.load(path, map_location=map_location, weights_only=False)
-        offending = unsafe_globals(path)
-        why = (f'unpickling it would call {", ".join(offending)}' if offending else
-               f'it holds records beyond tensors and data '
-               f'({_first_line(err)})')
-        raise UnsafeCheckpointError(
-            f'refusing to load {what} {path!r}: {why}, which can execute arbitrary code. '
-            f'Checkpoints of the stock OpenMMLab tools (weights, meta, message hub, optimizer) '
-            f'load without this; if you trust this file, opt in with allow_unsafe_pickle=True '
-            f'(tools: --allow-unsafe-pickle), or re-save it as a plain state_dict '
-            f'(torch.save(model.state_dict(), path)).') from None
+        if not allow_unsafe_pickle:
+            raise _refusal(path, err, what, role) from None
+        warnings.warn(f'{what} {path!r} is being unpickled without weights_only protection '
+                      f'because allow_unsafe_pickle=True: it can run arbitrary code')
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
+        raise CorruptCheckpointError(
+            f'{what} {path!r} is truncated or not a checkpoint ({_first_line(err)}): a save that was '
+            f'interrupted, or a partial copy or download. Use an earlier checkpoint (resume falls back '
+            f'to the newest complete one by itself)') from None
+
+
+def _refusal(path: str, err: Exception, what: str, role: Optional[str]) -> UnsafeCheckpointError:
+    offending = unsafe_globals(path)
+    why = (f'unpickling it would load or call {", ".join(offending)}' if offending else
+           f'it holds records beyond tensors and data ({_first_line(err)})')
+    return UnsafeCheckpointError(
+        f'refusing to load {what} {path!r}: {why}, which can execute arbitrary code. '
+        f'Checkpoints of the stock OpenMMLab tools (weights, meta, message hub, optimizer) '
+        f'load without this; if you trust this file, opt in with {OPT_INS.get(role, OPT_INS[None])}, '
+        f'or re-save it as a plain state_dict (torch.save(model.state_dict(), path)).')
 
 
 def _first_line(err: Exception) -> str:
@@ -188,28 +238,31 @@ def _fmt(keys: Iterable[str], limit: int = 20) -> str:
 
 
 def load_weights(model: nn.Module, path: str, strict: bool = True, allow_unsafe_pickle: bool = False,
-                 what: str = 'checkpoint', prefix: Optional[str] = None) -> List[str]:
-    """Load the weights in ``path`` into ``model``.
+                 what: str = 'checkpoint', prefix: Optional[str] = None,
+                 role: Optional[str] = None) -> List[str]:
+    """Load the weights in ``path`` (a file or URL) into ``model``.
 
     ``strict=True`` fails with the lists of missing, unexpected and
     wrong-shape keys; ``strict=False`` loads the keys that fit and returns
     the list of problems (also warned). ``prefix`` keeps only keys under it
     (and strips it), e.g. ``'student.'`` of a distillation checkpoint.
     """
-    state = extract_state_dict(safe_torch_load(path, allow_unsafe_pickle=allow_unsafe_pickle, what=what))
+    state = extract_state_dict(safe_torch_load(path, allow_unsafe_pickle=allow_unsafe_pickle, what=what,
+                                               role=role))
     return load_state(model, state, strict=strict, what=f'{what} {path!r}', prefix=prefix)
 
 
-def load_state(model: nn.Module, state: Dict[str, torch.Tensor], strict: bool = True,
-               what: str = 'checkpoint', prefix: Optional[str] = None) -> List[str]:
-    """:func:`load_weights` for a state dict already read."""
-    if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+def fit_problems(model: nn.Module, state: Dict[str, torch.Tensor],
+                 optional_prefixes: Iterable[str] = ()) -> List[str]:
+    """What keeps ``state`` from loading exactly into ``model``: missing,
+    unexpected and wrong-shape keys (missing keys under
+    ``optional_prefixes`` excepted), each list shortened for messages."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    optional = tuple(optional_prefixes)
+    missing = [k for k in own if k not in state and not (optional and k.startswith(optional))]
     unexpected = [k for k in state if k not in own]
     wrong_shape = [f'{k} (checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)})'
-                   for k in own if k in state and state[k].shape != own[k].shape]
+                   for k in own if k in state and hasattr(state[k], 'shape') and state[k].shape != own[k].shape]
     problems = []
     if missing:
         problems.append(f'missing keys ({len(missing)}): {_fmt(missing)}')
@@ -217,11 +270,21 @@ def load_state(model: nn.Module, state: Dict[str, torch.Tensor], strict: bool = 
         problems.append(f'unexpected keys ({len(unexpected)}): {_fmt(unexpected)}')
     if wrong_shape:
         problems.append(f'keys with another shape ({len(wrong_shape)}): {_fmt(wrong_shape)}')
+    return problems
+
+
+def load_state(model: nn.Module, state: Dict[str, torch.Tensor], strict: bool = True,
+               what: str = 'checkpoint', prefix: Optional[str] = None) -> List[str]:
+    """:func:`load_weights` for a state dict already read."""
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    problems = fit_problems(model, state)
     if problems and strict:
         raise CheckpointMismatchError(
             f'{what} does not fit its model config:\n  ' + '\n  '.join(problems) +
             '\nCheck that the config describes the model the checkpoint was trained as (backbone '
             'depth, num_classes, ...). To load only the keys that fit, set strict=False.')
+    own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(fitting, strict=False)
     if problems:
@@ -230,73 +293,69 @@ def load_state(model: nn.Module, state: Dict[str, torch.Tensor], strict: bool = 
     return problems
 
 
-def atomic_write(path: str, data: Union[bytes, Callable[[BinaryIO], None]]) -> None:
-    """Write ``data`` (bytes, or a function that writes into a binary file)
-    to ``path`` atomically: into a temporary file in the same directory,
-    flushed to disk, then renamed over ``path``. If anything fails on the way
-    (or the process dies), ``path`` keeps its previous content, or stays
-    absent; the temporary file is removed on errors (a killed process leaves
-    a hidden ``.NAME.*.tmp`` that nothing reads)."""
-    path = osp.abspath(osp.expanduser(str(path)))
-    directory = osp.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp', dir=directory)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+#: a distiller's state-dict prefixes (``BaseDistiller``'s student and teacher)
+_STUDENT, _TEACHER = 'student.', 'teacher.'
 
 
-def atomic_torch_save(obj, path: str) -> None:
-    """``torch.save`` through :func:`atomic_write`."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+def check_fit(model: nn.Module, state: Dict[str, torch.Tensor], what: str = 'checkpoint',
+              lenient: bool = False, plain_student_ok: bool = False) -> List[str]:
+    """Refuse a checkpoint for ``load_from``, resume or testing that would
+    leave tensors of ``model`` unloaded (or hold tensors it has no place
+    for), with the keys and the likely cause; returns the problems instead
+    when ``lenient`` (MMEngine's partial loading, asked for by the user).
 
+    What a checkpoint may lack:
 
-@register_backend('atomic_local', force=True)
-class AtomicLocalBackend(LocalBackend):
-    """MMEngine's local file backend with atomic ``put`` / ``put_text``.
-
-    Checkpoints are written with it when the checkpoint hook says
-    ``backend_args=dict(backend='atomic_local')``, which the tools set for
-    local work directories (:func:`fmkt_mm.apis.prepare_work_dir`).
+    * a distiller's teacher, when it holds no ``teacher.*`` tensor at all:
+      the teacher was then loaded from its own file when the model was built;
+    * with ``plain_student_ok`` (``load_from`` of a training run), everything
+      but the student, when it is a plain model checkpoint that fits the
+      student entirely: the student starts from it, the flows are new.
     """
-
-    def put(self, obj: bytes, filepath) -> None:
-        atomic_write(str(filepath), obj)
-
-    def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
-        atomic_write(str(filepath), obj.encode(encoding))
+    own = model.state_dict()
+    distiller = any(k.startswith(_STUDENT) for k in own)
+    holds_distiller = any(k.startswith(_STUDENT) for k in state)
+    plain_for_distiller = distiller and not any(k.startswith((_STUDENT, _TEACHER)) for k in state) and \
+        any(_STUDENT + k in own for k in state)
+    if plain_for_distiller and plain_student_ok:
+        problems = fit_problems(model.student, state)
+        cause = ('this plain model checkpoint was trained as another student (backbone depth, widths, '
+                 'num_classes, ...) than the config\'s')
+    else:
+        optional = (_TEACHER, ) if any(k.startswith(_TEACHER) for k in own) and \
+            not any(k.startswith(_TEACHER) for k in state) else ()
+        problems = fit_problems(model, state, optional)
+        if plain_for_distiller:
+            cause = ('it is a plain model checkpoint, and this is a distillation config. Test it with '
+                     'the student\'s own config (or start a training from it with load_from)')
+        elif holds_distiller and not distiller:
+            cause = ('it is a distillation checkpoint, and this is a plain model config. Use the '
+                     'distillation config, or export the student first: tools/export_student.py CONFIG '
+                     'CHECKPOINT --out student.pth')
+        else:
+            cause = ('it was trained with another config (backbone depth, widths, num_classes, flow '
+                     'settings, ...) than this one')
+    if not problems or lenient:
+        return problems
+    raise CheckpointMismatchError(
+        f'{what} does not fit the model. Likely cause: {cause}.\n  ' + '\n  '.join(problems) +
+        '\nTo load only what fits (MMEngine\'s lenient loading), set allow_partial_load=True '
+        '(tools: --allow-partial-load).')
 
 
 def _load_local(filename, map_location=None):
-    """MMEngine's loader for local files, through :func:`safe_torch_load`."""
-    return safe_torch_load(osp.expanduser(filename), map_location=map_location)
+    """MMEngine's loader for local files and URLs, through :func:`safe_torch_load`."""
+    return safe_torch_load(filename if is_url(filename) else osp.expanduser(filename),
+                           map_location=map_location)
 
 
 def register_safe_local_loader():
-    """Route MMEngine's local checkpoint loading (``load_from``, ``resume``)
+    """Route MMEngine's checkpoint loading of local files and ``http(s)://``
+    URLs (``load_from``, ``resume``, ``init_cfg=dict(type='Pretrained')``)
     through the policy above, with clear errors instead of a raw pickle one."""
     from mmengine.runner.checkpoint import CheckpointLoader
     CheckpointLoader.register_scheme(prefixes='', loader=_load_local, force=True)
+    CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), loader=_load_local, force=True)
 
 
 register_safe_local_loader()

@@ -1,5 +1,6 @@
 """Writing the student of a distillation checkpoint as a plain model checkpoint."""
 import copy
+import gzip
 import os.path as osp
 import warnings
 from typing import Dict, List, Optional, Tuple
@@ -7,7 +8,7 @@ from typing import Dict, List, Optional, Tuple
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
-from .apis import apply_distiller
+from .apis import DURABLE_CHECKPOINT_HOOK, apply_distiller
 from .checkpoint import atomic_torch_save, atomic_write, extract_state_dict, safe_torch_load
 from .distill.base import STUDENT_PREFIX
 from .distill.teacher import build_model
@@ -35,7 +36,8 @@ def deploy_mode_of(model_cfg: dict) -> str:
     return cls.deploy_mode_of(model_cfg)
 
 
-def export_student(config: str, checkpoint: str, out: str) -> Dict[str, object]:
+def export_student(config: str, checkpoint: str, out: str,
+                   data_dir: Optional[str] = 'data/fashion_mnist') -> Dict[str, object]:
     """Write the student's weights from a distillation ``checkpoint`` to
     ``out`` as ``{'state_dict': ..., 'meta': ...}``, checked by loading them
     strictly into the plain student built from the config, and the plain
@@ -45,18 +47,23 @@ def export_student(config: str, checkpoint: str, out: str) -> Dict[str, object]:
     as the training run saved it, so that mmdet's ``init_detector`` and
     mmpretrain's ``init_model`` label predictions with the right classes.
 
+    A dataset of fmkt_mm's in the config (``FashionMNISTGz``) becomes its
+    stock counterpart reading files unpacked into ``data_dir``
+    (:func:`stock_fashion_mnist`), so the exported config needs no fmkt_mm;
+    ``data_dir=None`` keeps it (the config then imports fmkt_mm).
+
     Returns a summary (number of tensors, deploy mode, the config written,
-    and what could not be exported).
+    what still needs fmkt_mm, and what could not be exported).
     """
     cfg = apply_distiller(Config.fromfile(config))
-    summary = export_student_from_cfg(cfg, checkpoint, out, config_path=config)
+    summary = export_student_from_cfg(cfg, checkpoint, out, config_path=config, data_dir=data_dir)
     if summary['not_exported']:
         warnings.warn(summary['not_exported'])
     return summary
 
 
-def export_student_from_cfg(cfg: Config, checkpoint: str, out: str,
-                            config_path: Optional[str] = None) -> Dict[str, object]:
+def export_student_from_cfg(cfg: Config, checkpoint: str, out: str, config_path: Optional[str] = None,
+                            data_dir: Optional[str] = None) -> Dict[str, object]:
     """:func:`export_student` for a loaded config whose ``model`` is the
     distiller (as a Runner holds it); does not warn, the summary's
     ``not_exported`` says what a plain student cannot reproduce."""
@@ -86,7 +93,7 @@ def export_student_from_cfg(cfg: Config, checkpoint: str, out: str,
     dataset_meta = source_meta.get('dataset_meta') or _config_metainfo(cfg)
     if dataset_meta:
         meta['dataset_meta'] = dataset_meta
-    plain_cfg, needs_fmkt_mm = plain_student_config(cfg)
+    plain_cfg, needs_fmkt_mm = plain_student_config(cfg, data_dir)
     config_out = osp.splitext(out)[0] + '_config.py'
     meta['student_config'] = osp.abspath(config_out)
     # the config first: a checkpoint on disk always has its config beside it
@@ -108,11 +115,17 @@ def _config_metainfo(cfg: Config) -> Optional[dict]:
     return None
 
 
+#: what fmkt_mm registers in other packages' registries, by bare name
+_FOREIGN_TYPES = ('FashionMNISTGz', )
+
+
 def _fmkt_mm_types(node, where: str = '') -> List[str]:
-    """Where a config still names an fmkt_mm component (``type='fmkt_mm.X'``)."""
+    """Where a config still names an fmkt_mm component (``type='fmkt_mm.X'``,
+    or a bare name fmkt_mm registered in another package's registry)."""
     found = []
     if isinstance(node, dict):
-        if isinstance(node.get('type'), str) and node['type'].startswith('fmkt_mm.'):
+        kind = node.get('type')
+        if isinstance(kind, str) and (kind.startswith('fmkt_mm.') or kind.split('.')[-1] in _FOREIGN_TYPES):
             found.append(f"{where or 'the config'}: {node['type']}")
         for key, value in node.items():
             found += _fmkt_mm_types(value, f'{where}.{key}' if where else str(key))
@@ -122,7 +135,34 @@ def _fmkt_mm_types(node, where: str = '') -> List[str]:
     return found
 
 
-def plain_student_config(cfg: Config) -> Tuple[Config, List[str]]:
+def stock_fashion_mnist(cfg: Config, data_dir: str) -> List[str]:
+    """Replace fmkt_mm's ``FashionMNISTGz`` datasets of ``cfg`` by mmpretrain's
+    own ``FashionMNIST`` reading unpacked copies of the same IDX files, which
+    are written into ``data_dir`` once (a config that loads in plain
+    mmpretrain). Returns the places replaced. A subset (``num_samples``) has
+    no stock counterpart: the stock dataset reads the whole split."""
+    from .datasets.idx import fashion_mnist_paths
+    replaced = []
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        dataset = (cfg.get(loader) or {}).get('dataset')
+        if not dataset or str(dataset.get('type', '')).split('.')[-1] != 'FashionMNISTGz':
+            continue
+        split = dataset.get('split') or ('test' if dataset.get('test_mode') else 'train')
+        for packed in fashion_mnist_paths(split, dataset.get('data_root')):
+            unpacked = osp.join(data_dir, osp.basename(packed)[:-len('.gz')])
+            if not osp.isfile(unpacked):
+                with gzip.open(packed, 'rb') as f:
+                    atomic_write(unpacked, f.read())
+        stock = dict(type='FashionMNIST', data_root=osp.abspath(data_dir), split=split,
+                     test_mode=bool(dataset.get('test_mode', False)), download=False,
+                     pipeline=dataset.get('pipeline', []))
+        cfg[loader].dataset = stock
+        replaced.append(f'{loader}.dataset: FashionMNISTGz -> FashionMNIST '
+                        f'(data_root={stock["data_root"]}, the whole {split} split)')
+    return replaced
+
+
+def plain_student_config(cfg: Config, data_dir: Optional[str] = None) -> Tuple[Config, List[str]]:
     """The config of the plain student from a distillation config (as a
     Runner holds it, ``model`` = the distiller): ``model`` is the student,
     and the distillation-only parts are gone (the distiller, fmkt_mm's hooks
@@ -141,9 +181,15 @@ def plain_student_config(cfg: Config) -> Tuple[Config, List[str]]:
     checkpoint = (plain.get('default_hooks') or {}).get('checkpoint') or {}
     if (checkpoint.get('backend_args') or {}).get('backend') == 'atomic_local':
         checkpoint.pop('backend_args')  # fmkt_mm's atomic writes
+    if checkpoint.get('type') == DURABLE_CHECKPOINT_HOOK:
+        checkpoint['type'] = 'CheckpointHook'
+    if str(plain.get('runner_type', '')).startswith('fmkt_mm.'):
+        plain.pop('runner_type')
     plain.load_from, plain.resume = None, False
-    for key in ('work_dir', 'launcher'):
+    for key in ('work_dir', 'launcher', 'allow_unsafe_pickle', 'allow_partial_load'):
         plain.pop(key, None)
+    if data_dir is not None:
+        stock_fashion_mnist(plain, data_dir)
     remaining = _fmkt_mm_types(plain.to_dict())
     imports = [m for m in (plain.get('custom_imports') or {}).get('imports', []) if m != 'fmkt_mm']
     if remaining:

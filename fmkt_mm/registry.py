@@ -26,6 +26,11 @@ OPTIM_WRAPPERS = Registry('optim wrapper', parent=MMENGINE_OPTIM_WRAPPERS, scope
                           locations=['fmkt_mm.optim'])
 
 from mmengine.registry import LOG_PROCESSORS as MMENGINE_LOG_PROCESSORS  # noqa: E402
+from mmengine.registry import RUNNERS as MMENGINE_RUNNERS  # noqa: E402
+
+#: Runners: ``runner_type = 'fmkt_mm.DistillRunner'`` makes the stock
+#: launchers (mmdet's and mmpretrain's ``tools/train.py``, ``mim train``) distil.
+RUNNERS = Registry('runner', parent=MMENGINE_RUNNERS, scope='fmkt_mm', locations=['fmkt_mm.runner'])
 
 #: Log processors (one readable console line for distillation runs).
 LOG_PROCESSORS = Registry('log processor', parent=MMENGINE_LOG_PROCESSORS, scope='fmkt_mm',

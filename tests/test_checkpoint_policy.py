@@ -18,7 +18,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 import fmkt_mm  # noqa: F401  (routes MMEngine's local loader through the policy)
-from fmkt_mm.checkpoint import UnsafeCheckpointError, is_trusted, safe_torch_load, unsafe_globals
+from fmkt_mm.checkpoint import UnsafeCheckpointError, safe_torch_load, unsafe_globals
 
 from tiny_runs import CLS_CONFIGS, plain_model, tiny_cfg
 
@@ -61,7 +61,6 @@ def stock_checkpoint(request, tmp_path_factory):
 
 def test_a_stock_runner_checkpoint_loads_with_no_opt_in(stock_checkpoint):
     path, expected = stock_checkpoint
-    assert not is_trusted(path)
     with pytest.raises(pickle.UnpicklingError):  # what plain weights_only loading says
         torch.load(path, weights_only=True)
     checkpoint = safe_torch_load(path)
@@ -163,3 +162,59 @@ def test_an_unsafe_file_is_refused_everywhere_it_can_be_given(evil, use, tmp_pat
     runner = Runner.from_cfg(cfg)
     with pytest.raises(UnsafeCheckpointError, match='system'):
         runner.load_or_resume()
+
+
+# -- checkpoints by URL ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def http_server(tmp_path, monkeypatch):
+    """``(serve(name, path) -> url, requests)``: files served on 127.0.0.1, the
+    torch hub cache in a temporary directory, and the count of requests."""
+    import functools
+    import http.server
+    import shutil
+    import threading
+    root = tmp_path / 'served'
+    root.mkdir()
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0),
+                                             functools.partial(Handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path / 'hub'))
+
+    def serve(name, path):
+        shutil.copy(path, root / name)
+        return f'http://127.0.0.1:{server.server_address[1]}/{name}'
+    yield serve, requests
+    server.shutdown()
+
+
+def test_a_teacher_by_url_downloads_once_and_loads_as_a_local_file(http_server, stock_checkpoint,
+                                                                   tmp_path):
+    from fmkt_mm.storage import CorruptCheckpointError, sha256_of
+    serve, requests = http_server
+    path, expected = stock_checkpoint
+    digest = sha256_of(path)
+    url = serve(f'teacher_20260101-{digest[:8]}.pth', path)
+    for run in ('first', 'cached'):
+        runner = Runner.from_cfg(tiny_cfg('fmkt', tmp_path / run, url))
+        teacher = runner.model.teacher.state_dict()
+        assert all(torch.equal(teacher[k], v) for k, v in expected.items())
+    assert len(requests) == 1  # the second run read the hub cache
+    assert osp.isfile(osp.join(torch.hub.get_dir(), 'checkpoints', f'teacher_20260101-{digest[:8]}.pth'))
+    wrong = serve('teacher_20260101-deadbeef.pth', path)
+    with pytest.raises(CorruptCheckpointError, match='hash prefix'):
+        Runner.from_cfg(tiny_cfg('fmkt', tmp_path / 'wrong', wrong))
+
+
+def test_a_payload_teacher_by_url_is_refused_and_never_runs(http_server, evil, tmp_path):
+    serve, _ = http_server
+    url = serve('evil.pth', evil)
+    with pytest.raises(UnsafeCheckpointError, match="system.*allow_unsafe_pickle=True in the teacher's dict"):
+        Runner.from_cfg(tiny_cfg('fmkt', tmp_path / 'run', url))

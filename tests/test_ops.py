@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from mmengine.hooks import Hook
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.runner import Runner
 
 import fmkt_mm  # noqa: F401
@@ -264,7 +264,8 @@ def test_a_failure_while_saving_leaves_the_previous_checkpoint(tmp_path):
 def test_the_runner_saves_through_the_atomic_backend(teacher_checkpoint, tmp_path):
     runner = Runner.from_cfg(tiny_cfg('fmkt_theta', tmp_path, teacher_checkpoint, max_iters=1))
     runner.train()
-    hook = next(h for h in runner.hooks if type(h).__name__ == 'CheckpointHook')
+    hook = next(h for h in runner.hooks if isinstance(h, CheckpointHook))
+    assert type(hook).__name__ == 'DurableCheckpointHook'
     assert isinstance(hook.file_backend, AtomicLocalBackend)
     torch.load(tmp_path / 'iter_1.pth', weights_only=True)
     assert not [f for f in os.listdir(tmp_path) if f.endswith('.tmp')]

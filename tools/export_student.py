@@ -1,6 +1,6 @@
 """Export the student of a distillation checkpoint as a plain mmdet/mmpretrain checkpoint.
 
-    python tools/export_student.py CONFIG CHECKPOINT OUT
+    python tools/export_student.py CONFIG CHECKPOINT OUT [--data-dir DIR]
 
 The result loads with ``strict=True`` into the stock model built from the
 student config, without fmkt_mm installed. The plain student's config is
@@ -10,7 +10,9 @@ checkpoint's ``meta['dataset_meta']`` carries the class names, so that
     from mmdet.apis import init_detector
     model = init_detector('student_config.py', 'student.pth')
 
-labels boxes with the dataset's classes.
+labels boxes with the dataset's classes. A Fashion-MNIST config's dataset
+(fmkt_mm's FashionMNISTGz) becomes mmpretrain's own FashionMNIST, reading
+unpacked copies of the same files written once into --data-dir.
 """
 import argparse
 
@@ -22,14 +24,19 @@ def main():
     parser.add_argument('config', help='the distillation config')
     parser.add_argument('checkpoint', help='a checkpoint written while distilling')
     parser.add_argument('out', help='where to write the plain student checkpoint')
+    parser.add_argument('--data-dir', default='data/fashion_mnist',
+                        help='where the unpacked Fashion-MNIST files for the stock dataset go '
+                             '(Fashion-MNIST configs only; default: %(default)s)')
     args = parser.parse_args()
-    summary = export_student(args.config, args.checkpoint, args.out)
+    summary = export_student(args.config, args.checkpoint, args.out, data_dir=args.data_dir)
     print(f"wrote {summary['num_tensors']} student tensors to {summary['out']} "
           f"(deploy mode: {summary['deploy_mode']})")
     print(f"wrote the plain student's config to {summary['config']}")
     if summary['config_needs_fmkt_mm']:
-        print('the config still names fmkt_mm components, so it imports fmkt_mm: '
+        print('NOT PLAIN: the config still names fmkt_mm components, so it imports fmkt_mm: '
               + '; '.join(summary['config_needs_fmkt_mm']))
+    else:
+        print('the config is plain: it loads without fmkt_mm')
     classes = (summary['dataset_meta'] or {}).get('classes')
     print(f'classes: {list(classes)}' if classes else
           'no dataset_meta (class names) in the checkpoint or the config')

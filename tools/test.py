@@ -1,36 +1,45 @@
-"""Evaluate a checkpoint with MMEngine's Runner (top-1, COCO mAP, ...).
+"""Evaluate a checkpoint with fmkt_mm's runner (top-1, COCO mAP, ...).
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...]
-                         [--launcher none|pytorch|slurm] [--allow-unsafe-pickle]
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl] [--show-dir DIR]
+                         [--cfg-options k=v ...] [--allow-unsafe-pickle] [--allow-partial-load]
+                         [--launcher none|pytorch|slurm|mpi]
 
 A distillation checkpoint holds the teacher's tensors: testing it needs no
 teacher file (the teacher is built from its config and loaded, strictly,
-from CHECKPOINT; inference never runs it).
+from CHECKPOINT; inference never runs it). A checkpoint that does not fit the
+config (e.g. a plain student checkpoint given with a distillation config) is
+refused with the missing and unexpected keys, never scored.
 """
 import argparse
 import os
 import os.path as osp
 
 from mmengine.config import Config, DictAction
+from mmengine.evaluator import DumpResults
 
-from fmkt_mm.apis import (apply_distiller, build_runner, clean_up_on_failure, load_teacher_state,
-                          prepare_work_dir, teacher_from_checkpoint)
-from fmkt_mm.checkpoint import trust_file
-from fmkt_mm.launch import setup_launcher, shutdown_process_group
+from fmkt_mm.apis import build_runner, check_config_form
+from fmkt_mm.launch import shutdown_process_group
+from fmkt_mm.storage import is_url
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Test a (distilled) model')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file (or http(s) URL)')
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
+    parser.add_argument('--out', help='dump the predictions to this pickle file (.pkl), as mmdet\'s '
+                                      'and mmpretrain\'s test.py --out')
+    parser.add_argument('--show-dir', help='draw the predictions into this folder (under the run\'s '
+                                           'log folder when relative), as mmdet\'s test.py --show-dir')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, key=value')
     parser.add_argument('--allow-unsafe-pickle', action='store_true',
-                        help='let the checkpoint given here (or as load_from) be read with full '
-                             'unpickling, which can execute code: only for files you trust. '
-                             'Without it such files are refused; checkpoints written by these '
-                             'tools never need it')
+                        help='let CHECKPOINT be read with full unpickling, which can execute code: only '
+                             'for files you trust. Without it such files are refused; checkpoints '
+                             'written by these tools never need it')
+    parser.add_argument('--allow-partial-load', action='store_true',
+                        help='score a checkpoint that does not fit the model (what fits is loaded, '
+                             'the rest keeps its initialisation); without it that is refused')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
@@ -38,27 +47,45 @@ def parse_args():
     return args
 
 
+def show_predictions(cfg: Config, out_dir: str) -> Config:
+    """Turn on the config's visualization hook (mmdet's ``draw`` /
+    ``test_out_dir``, mmpretrain's ``enable`` / ``out_dir``)."""
+    hook = (cfg.get('default_hooks') or {}).get('visualization')
+    if not hook:
+        raise ValueError('--show-dir needs default_hooks.visualization in the config (mmdet: '
+                         "dict(type='DetVisualizationHook'); mmpretrain: dict(type='VisualizationHook'))")
+    if 'DetVisualizationHook' in str(hook.get('type')):
+        hook.update(draw=True, test_out_dir=out_dir)
+    else:
+        hook.update(enable=True, out_dir=out_dir)
+    return cfg
+
+
 def main():
     args = parse_args()
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
-    apply_distiller(cfg)
-    setup_launcher(cfg, args.launcher)
-    work_dir = prepare_work_dir(cfg, args.config, args.work_dir)
-    if not osp.isfile(args.checkpoint):
+    check_config_form(cfg, args.config)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if not is_url(args.checkpoint) and not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint!r}')
-    cfg.load_from = args.checkpoint
-    if args.allow_unsafe_pickle and cfg.get('load_from'):
-        trust_file(cfg.load_from)
-    teacher_state = teacher_from_checkpoint(cfg, args.checkpoint)
-    with clean_up_on_failure(work_dir):
-        runner = build_runner(cfg)
-        if teacher_state is not None:
-            load_teacher_state(runner.model, teacher_state, args.checkpoint)
-            del teacher_state
-            runner.logger.info(f'the teacher\'s weights come from {args.checkpoint} (its own '
-                               f'file is not needed to test)')
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        raise ValueError(f'--out must name a .pkl file, got {args.out!r}')
+    cfg.load_from, cfg.resume = args.checkpoint, False
+    if args.allow_unsafe_pickle:
+        cfg.allow_unsafe_pickle = True
+    if args.allow_partial_load:
+        cfg.allow_partial_load = True
+    if args.show_dir:
+        show_predictions(cfg, args.show_dir)
+    runner = build_runner(cfg)
+    if args.out is not None:
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
     runner.test()
     shutdown_process_group()
 

@@ -3,6 +3,10 @@
 # from-scratch schedule: the CPU demo's data and training settings.
 # Compose the set first:  python tools/demo_detection.py (or tools/data/make_detection_set.py)
 default_scope = 'mmdet'
+# fmkt_mm's runner: the distiller block is applied (and checkpoints kept
+# durable) under every launcher, mmdet's own tools/train.py and mim included
+runner_type = 'fmkt_mm.DistillRunner'
+custom_imports = dict(imports=['fmkt_mm'], allow_failed_imports=False)
 
 data_root = 'data/fashion_det/'
 # = fmkt_mm.datasets.FASHION_DET_METAINFO (category id k is label k - 1)

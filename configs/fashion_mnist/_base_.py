@@ -1,6 +1,9 @@
 # Fashion-MNIST (Debian's dataset-fashion-mnist, read in place), 10k training
 # images, a short cosine schedule: the CPU demo's data and training settings.
 default_scope = 'mmpretrain'
+# fmkt_mm's runner: the distiller block is applied (and checkpoints kept
+# durable) under every launcher, mmpretrain's own tools/train.py and mim included
+runner_type = 'fmkt_mm.DistillRunner'
 custom_imports = dict(imports=['fmkt_mm'], allow_failed_imports=False)
 
 data_preprocessor = dict(num_classes=10, mean=[72.94], std=[90.02], to_rgb=False)

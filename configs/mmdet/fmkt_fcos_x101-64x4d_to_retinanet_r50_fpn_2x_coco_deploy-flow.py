@@ -2,18 +2,19 @@
 # teacher) -> RetinaNet R50 (anchor-based student), 2x schedule.
 #
 # Teacher checkpoint: mmdet's model-zoo FCOS X101-64x4d FPN GN-head
-# multi-scale 2x, saved as
-#   checkpoints/fcos_x101_64x4d_fpn_gn-head_mstrain_640-800_2x_coco.pth
-# (a placeholder path: point `checkpoint` at your file).
+# multi-scale 2x, by its URL (downloaded once into the torch hub cache;
+# offline, point `checkpoint` at a local copy).
 #
 # Both FPNs give 5 levels of 256 channels at strides 8-128, so the levels
 # compare without an adapter; both models normalise with the ImageNet
 # mean/std in RGB (the teacher sees the student's preprocessed batch).
 _base_ = ['mmdet::retinanet/retinanet_r50_fpn_2x_coco.py']
+runner_type = 'fmkt_mm.DistillRunner'  # the distiller is applied under every launcher (mim too)
+custom_imports = dict(imports=['fmkt_mm'], allow_failed_imports=False)
 distiller = dict(
     type='fmkt_mm.DetectionDistiller',
     teacher=dict(config='mmdet::fcos/fcos_x101-64x4d_fpn_gn-head_ms-640-800-2x_coco.py',
-                 checkpoint='checkpoints/fcos_x101_64x4d_fpn_gn-head_mstrain_640-800_2x_coco.pth'),
+                 checkpoint='https://download.openmmlab.com/mmdetection/v2.0/fcos/fcos_x101_64x4d_fpn_gn-head_mstrain_640-800_2x_coco/fcos_x101_64x4d_fpn_gn-head_mstrain_640-800_2x_coco-ede514a8.pth'),
     # a token-wise (1x1) MLP meta-encoder: 1.1x the PKD step's arithmetic at N = 4, where the
     # authors' 3x3 'conv' encoder costs 1.5x (that recipe: the *_conv.py config beside this one)
     flow=dict(path='rectified', encoder=dict(type='mlp', hidden_ratio=1.0, num_blocks=1),

@@ -8,6 +8,8 @@
 #       work_dirs/fmkt_retinanet_r50_to_r18_trees/epoch_24.pth student.pth
 # -> student.pth + student_config.py: a plain RetinaNet R18 that labels boxes 'tree'.
 _base_ = ['./retinanet_r18_trees.py']
+runner_type = 'fmkt_mm.DistillRunner'  # the distiller is applied under every launcher (mim too)
+custom_imports = dict(imports=['fmkt_mm'], allow_failed_imports=False)
 distiller = dict(
     type='fmkt_mm.DetectionDistiller',
     teacher=dict(config='configs/trees/retinanet_r50_trees.py',

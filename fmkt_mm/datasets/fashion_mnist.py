@@ -5,41 +5,9 @@ import numpy as np
 from mmpretrain.datasets import BaseDataset
 from mmpretrain.registry import DATASETS
 
-from .idx import FASHION_MNIST_CLASSES, fashion_mnist_root, load_fashion_mnist
+from .idx import FASHION_MNIST_CLASSES, balanced_subset, fashion_mnist_root, load_fashion_mnist
 
 __all__ = ['FashionMNISTGz', 'balanced_subset']
-
-
-def balanced_subset(labels: np.ndarray, num_samples: int,
-                    seed: int = 0) -> np.ndarray:
-    """Indices of a class-balanced random subset, the same for the same seed.
-
-    Classes take turns, each giving its next not yet chosen sample in a
-    seeded random order, so per-class counts differ by at most one (as long
-    as no class runs out; lower labels get the remainder).
-
-    Args:
-        labels: ``(N,)`` integer labels.
-        num_samples: Size of the subset; ``>= N`` selects everything.
-        seed: Seed of the random order within each class.
-
-    Returns:
-        ``(min(num_samples, N),)`` int64 indices into ``labels``, ascending.
-    """
-    labels = np.asarray(labels).astype(np.int64)
-    n = len(labels)
-    if num_samples >= n:
-        return np.arange(n, dtype=np.int64)
-    perm = np.random.default_rng(seed).permutation(n)
-    # Group the shuffled indices by class, keeping the shuffled order inside
-    # each class, then rank every sample within its class.
-    order = np.argsort(labels[perm], kind='stable')
-    grouped, grouped_labels = perm[order], labels[perm][order]
-    rank = np.arange(n) - np.searchsorted(grouped_labels, grouped_labels)
-    # Round robin over classes: all rank-0 samples first, then rank 1, ...
-    turn = rank * (int(labels.max()) + 1) + grouped_labels
-    chosen = grouped[np.argsort(turn, kind='stable')[:num_samples]]
-    return np.sort(chosen)
 
 
 @DATASETS.register_module()

@@ -19,7 +19,7 @@ import numpy as np
 __all__ = [
     'FASHION_MNIST_ROOT', 'FASHION_MNIST_ROOT_ENV', 'FASHION_MNIST_CLASSES',
     'FASHION_MNIST_FILES', 'fashion_mnist_root', 'fashion_mnist_paths',
-    'read_idx', 'load_fashion_mnist'
+    'read_idx', 'load_fashion_mnist', 'balanced_subset'
 ]
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the four files.
@@ -157,3 +157,35 @@ def load_fashion_mnist(split: str,
                                  f'got {images.dtype} and {labels.dtype}')
             _CACHE[key] = (images, labels)
         return _CACHE[key]
+
+
+def balanced_subset(labels: np.ndarray, num_samples: int,
+                    seed: int = 0) -> np.ndarray:
+    """Indices of a class-balanced random subset, the same for the same seed.
+
+    Classes take turns, each giving its next not yet chosen sample in a
+    seeded random order, so per-class counts differ by at most one (as long
+    as no class runs out; lower labels get the remainder).
+
+    Args:
+        labels: ``(N,)`` integer labels.
+        num_samples: Size of the subset; ``>= N`` selects everything.
+        seed: Seed of the random order within each class.
+
+    Returns:
+        ``(min(num_samples, N),)`` int64 indices into ``labels``, ascending.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    n = len(labels)
+    if num_samples >= n:
+        return np.arange(n, dtype=np.int64)
+    perm = np.random.default_rng(seed).permutation(n)
+    # Group the shuffled indices by class, keeping the shuffled order inside
+    # each class, then rank every sample within its class.
+    order = np.argsort(labels[perm], kind='stable')
+    grouped, grouped_labels = perm[order], labels[perm][order]
+    rank = np.arange(n) - np.searchsorted(grouped_labels, grouped_labels)
+    # Round robin over classes: all rank-0 samples first, then rank 1, ...
+    turn = rank * (int(labels.max()) + 1) + grouped_labels
+    chosen = grouped[np.argsort(turn, kind='stable')[:num_samples]]
+    return np.sort(chosen)

@@ -58,7 +58,7 @@ def build_teacher(config: Union[str, dict], checkpoint: Optional[str], strict: b
                              'checkpoint=PATH) (a randomly initialised teacher teaches nothing)')
     else:
         load_weights(teacher, checkpoint, strict=strict, allow_unsafe_pickle=allow_unsafe_pickle,
-                     what='teacher checkpoint')
+                     what='teacher checkpoint', role='teacher')
     return freeze(teacher)
 
 

@@ -1,0 +1,307 @@
+"""Trust and durability of a run's files under fmkt_mm's runner: no file is
+trusted for where it lies, a checkpoint that does not fit is never scored or
+trained from, a crash or a full disk during a save never costs the last good
+checkpoint, one training per work dir, and a run that fails at start leaves
+the work dir as it was."""
+import errno
+import os
+import os.path as osp
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fmkt_mm  # noqa: F401
+from fmkt_mm import storage
+from fmkt_mm.apis import build_runner
+from fmkt_mm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError, safe_torch_load
+from fmkt_mm.storage import CorruptCheckpointError
+from fmkt_mm.work_dir import LOCK_NAME, WorkDirLockedError
+
+from tiny_runs import ROOT, plain_model, tiny_cfg
+
+PYTHON = sys.executable
+TESTS = osp.dirname(osp.abspath(__file__))
+ENV = dict(os.environ, OMP_NUM_THREADS='1',
+           PYTHONPATH=os.pathsep.join([TESTS, ROOT, os.environ.get('PYTHONPATH', '')]))
+
+
+class Payload:
+    marker = None
+
+    def __reduce__(self):
+        return (os.system, (f'touch {Payload.marker}', ))
+
+
+@pytest.fixture
+def marker(tmp_path):
+    Payload.marker = str(tmp_path / 'payload-ran')
+    yield Payload.marker
+    assert not osp.exists(Payload.marker), 'the payload ran'
+
+
+def plant(path, state=None):
+    """A checkpoint at ``path`` whose unpickling would run the payload."""
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    torch.save({'state_dict': state or {}, 'meta': {'x': Payload()}}, path)
+    return str(path)
+
+
+def trained(tmp_path, teacher_checkpoint, name='run', iters=2, variant='fmkt', **keep):
+    cfg = tiny_cfg(variant, tmp_path / name, teacher_checkpoint, max_iters=iters)
+    cfg.default_hooks.checkpoint.update(keep)
+    runner = build_runner(cfg)
+    runner.train()
+    return runner, cfg
+
+
+def entries(path):
+    return sorted(os.listdir(path))
+
+
+# -- no trust by location ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('route', ['test', 'resume', 'auto-resume', 'load_from'])
+def test_a_payload_in_the_work_dir_never_runs(route, marker, teacher_checkpoint, tmp_path):
+    work_dir = tmp_path / 'run'
+    cfg = tiny_cfg('fmkt', work_dir, teacher_checkpoint, max_iters=2)
+    planted = plant(work_dir / ('downloads/model.pth' if route == 'load_from' else 'iter_1.pth'))
+    if route == 'auto-resume':
+        (work_dir / 'last_checkpoint').write_text(planted)
+        cfg.resume = True
+    else:
+        cfg.load_from, cfg.resume = planted, route == 'resume'
+    with pytest.raises(UnsafeCheckpointError, match='posix.system|os.system') as info:
+        runner = build_runner(cfg)
+        runner.test() if route == 'test' else runner.train()
+    assert '--allow-unsafe-pickle' in str(info.value)
+
+
+def test_a_payload_teacher_in_the_work_dir_never_runs_and_the_refusal_names_the_teachers_opt_in(
+        marker, teacher_checkpoint, tmp_path):
+    work_dir = tmp_path / 'run'
+    cfg = tiny_cfg('fmkt', work_dir, plant(work_dir / 'teacher.pth'))
+    with pytest.raises(UnsafeCheckpointError) as info:
+        build_runner(cfg)
+    message = str(info.value)
+    assert 'system' in message and "allow_unsafe_pickle=True in the teacher's dict" in message
+    assert '--allow-unsafe-pickle' not in message  # that flag does not cover a teacher
+
+
+def test_a_raw_pickle_refusal_names_the_global_it_would_call(marker, tmp_path):
+    path = tmp_path / 'raw.pkl'
+    with open(path, 'wb') as f:
+        pickle.dump({'state_dict': {}, 'x': Payload()}, f, protocol=4)
+    with pytest.raises(UnsafeCheckpointError, match=r'(posix|os)\.system'):
+        safe_torch_load(str(path))
+    legacy = tmp_path / 'legacy.pth'
+    torch.save({'x': Payload()}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeCheckpointError, match=r'(posix|os)\.system'):
+        safe_torch_load(str(legacy))
+
+
+def test_the_runs_own_checkpoints_resume_with_weights_only(teacher_checkpoint, tmp_path):
+    runner, cfg = trained(tmp_path, teacher_checkpoint, iters=2)
+    cfg.train_cfg.max_iters, cfg.resume = 3, True
+    resumed = build_runner(cfg)
+    resumed.train()
+    assert resumed.iter == 3
+
+
+# -- fit or fail -----------------------------------------------------------------------------
+
+
+def test_a_plain_student_checkpoint_is_not_scored_by_a_distillation_config(teacher_checkpoint, tmp_path):
+    runner, cfg = trained(tmp_path, teacher_checkpoint, iters=1)
+    student = runner.model.student_state_dict()
+    torch.save({'state_dict': student}, tmp_path / 'student.pth')
+    torch.save({'state_dict': {'stray': torch.zeros(1)}}, tmp_path / 'stray.pth')
+    for name, cause in (('student.pth', 'plain model checkpoint'), ('stray.pth', 'another config')):
+        cfg = tiny_cfg('fmkt', tmp_path / f'test-{name}', teacher_checkpoint)
+        cfg.load_from = str(tmp_path / name)
+        runner = build_runner(cfg)
+        with pytest.raises(CheckpointMismatchError, match=cause) as info:
+            runner.test()
+        assert 'missing keys' in str(info.value) and '--allow-partial-load' in str(info.value)
+        assert not osp.exists(tmp_path / f'test-{name}')  # nothing left behind
+    cfg = tiny_cfg('fmkt', tmp_path / 'lenient', teacher_checkpoint)
+    cfg.load_from, cfg.allow_partial_load = str(tmp_path / 'student.pth'), True
+    build_runner(cfg).test()  # MMEngine's lenient loading, when asked for
+
+
+def test_load_from_that_maps_nothing_is_refused(teacher_checkpoint, tmp_path):
+    other = plain_model('teacher_resnet18_w8.py')  # another model: no key fits the student
+    torch.save({'state_dict': other.state_dict()}, tmp_path / 'other.pth')
+    cfg = tiny_cfg('fmkt', tmp_path / 'run', teacher_checkpoint, max_iters=1)
+    cfg.load_from = str(tmp_path / 'other.pth')
+    with pytest.raises(CheckpointMismatchError, match='another student'):
+        build_runner(cfg).train()
+    assert not osp.exists(tmp_path / 'run')
+
+
+def test_a_distillation_checkpoint_names_the_export_for_a_plain_config(teacher_checkpoint, tmp_path):
+    from fmkt_mm import experiment
+    trained(tmp_path, teacher_checkpoint, iters=1)
+    cfg = experiment.load('fashion_mnist/student_resnet18_w4.py')
+    cfg.test_dataloader.dataset.num_samples = 8
+    experiment.finalize(cfg, 'student', str(tmp_path / 'plain'))
+    cfg.load_from = str(tmp_path / 'run' / 'iter_1.pth')
+    with pytest.raises(CheckpointMismatchError, match='export_student.py'):
+        build_runner(cfg).test()
+
+
+# -- the last good checkpoint ----------------------------------------------------------------
+
+
+def _fault_script(tmp_path, fault):
+    """A script that trains CONFIG with tools/train.py, dying (SIGKILL) or
+    failing (ENOSPC) half way through writing iter_2.pth."""
+    script = tmp_path / 'fault.py'
+    script.write_text(f'''
+import errno, os, runpy, signal, sys
+from fmkt_mm import storage
+real = storage.atomic_write
+def faulty(path, data):
+    if not str(path).endswith('iter_2.pth'):
+        return real(path, data)
+    def half(f):
+        f.write(data[:len(data) // 2]); f.flush()
+        if {fault!r} == 'kill':
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    return real(path, half)
+storage.atomic_write = faulty
+sys.argv = ['train.py'] + sys.argv[1:]
+runpy.run_path({osp.join(ROOT, 'tools', 'train.py')!r}, run_name='__main__')
+''')
+    return str(script)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('fault', ['kill', 'disk-full'])
+def test_a_crash_during_save_keeps_the_last_good_checkpoint(fault, teacher_checkpoint, tmp_path):
+    cfg = tiny_cfg('fmkt', tmp_path / 'run', teacher_checkpoint, max_iters=3)
+    cfg.default_hooks.checkpoint.max_keep_ckpts = 1
+    config = str(tmp_path / 'config.py')
+    cfg.dump(config)
+    work_dir = str(tmp_path / 'run')
+    result = subprocess.run([PYTHON, _fault_script(tmp_path, fault), config, '--work-dir', work_dir],
+                            capture_output=True, text=True, env=ENV, timeout=300)
+    if fault == 'kill':
+        assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    else:
+        assert result.returncode != 0 and 'No space left' in result.stderr, result.stderr[-2000:]
+    assert osp.isfile(osp.join(work_dir, 'iter_1.pth'))  # not deleted before iter_2 was complete
+    assert not osp.exists(osp.join(work_dir, 'iter_2.pth'))
+    assert open(osp.join(work_dir, 'last_checkpoint')).read().endswith('iter_1.pth')
+    resumed = subprocess.run([PYTHON, osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir', work_dir,
+                              '--resume'], capture_output=True, text=True, env=ENV, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    assert 'resumed' in log and 'iter_1.pth' in log
+    if fault == 'kill':
+        assert 'taking over the lock' in log  # the killed run's lock
+    assert sorted(f for f in os.listdir(work_dir) if f.endswith('.pth')) == ['iter_3.pth']
+
+
+def test_rotation_writes_and_verifies_before_it_deletes(teacher_checkpoint, tmp_path):
+    runner, cfg = trained(tmp_path, teacher_checkpoint, iters=3, max_keep_ckpts=1)
+    work_dir = tmp_path / 'run'
+    assert [f for f in entries(work_dir) if '.pth' in f] == ['iter_3.pth', 'iter_3.pth.sha256']
+    assert (work_dir / 'last_checkpoint').read_text() == str(work_dir / 'iter_3.pth')
+    assert not [f for f in entries(work_dir) if f.endswith('.tmp')]
+
+
+def test_resume_falls_back_from_a_truncated_or_missing_latest_checkpoint(teacher_checkpoint, tmp_path):
+    runner, cfg = trained(tmp_path, teacher_checkpoint, iters=3)
+    work_dir = tmp_path / 'run'
+    latest = work_dir / 'iter_3.pth'
+    latest.write_bytes(latest.read_bytes()[:1000])
+    (work_dir / 'iter_3.pth.sha256').unlink()  # as a copy without its sidecar
+    with pytest.raises(CorruptCheckpointError, match='truncated'):
+        safe_torch_load(str(latest))
+    cfg.train_cfg.max_iters, cfg.resume = 4, True
+    resumed = build_runner(cfg)
+    resumed.train()
+    assert resumed.iter == 4
+    log = open(resumed.log_file).read() if hasattr(resumed, 'log_file') else ''
+    log += open(osp.join(resumed.log_dir, f'{resumed.timestamp}.log')).read()
+    assert 'newest complete checkpoint' in log and 'iter_2.pth' in log
+
+    (work_dir / 'iter_4.pth').unlink()  # last_checkpoint names a file that is gone
+    (work_dir / 'iter_4.pth.sha256').unlink()
+    cfg.train_cfg.max_iters = 5
+    again = build_runner(cfg)
+    again.train()
+    assert again.iter == 5
+
+
+def test_flipped_bytes_are_detected_by_the_checksum(teacher_checkpoint, tmp_path):
+    trained(tmp_path, teacher_checkpoint, iters=1)
+    path = tmp_path / 'run' / 'iter_1.pth'
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match='does not match its checksum'):
+        safe_torch_load(str(path))
+
+
+# -- one run per work dir, clean failures -----------------------------------------------------
+
+
+def test_a_second_training_in_a_held_work_dir_is_refused_and_leaves_nothing(teacher_checkpoint, tmp_path):
+    trained(tmp_path, teacher_checkpoint, iters=1)
+    work_dir = tmp_path / 'run'
+    holder = subprocess.Popen(['sleep', '60'])
+    try:
+        (work_dir / LOCK_NAME).write_text(
+            f'{{"pid": {holder.pid}, "host": "{socket.gethostname()}", "started": "now", '
+            f'"command": "tools/train.py other"}}')
+        before = {name: (work_dir / name).read_bytes() if (work_dir / name).is_file() else None
+                  for name in entries(work_dir)}
+        cfg = tiny_cfg('fmkt', work_dir, teacher_checkpoint, max_iters=2)
+        cfg.randomness.seed = 1  # another run, another config copy
+        with pytest.raises(WorkDirLockedError, match=f'pid {holder.pid}'):
+            build_runner(cfg).train()
+        after = {name: (work_dir / name).read_bytes() if (work_dir / name).is_file() else None
+                 for name in entries(work_dir)}
+        assert after == before
+    finally:
+        holder.kill()
+        holder.wait()
+    cfg = tiny_cfg('fmkt', work_dir, teacher_checkpoint, max_iters=2)
+    with pytest.warns(UserWarning, match='taking over the lock'):
+        build_runner(cfg).train()  # the holder is gone: its lock is stale
+    assert not (work_dir / LOCK_NAME).exists()
+
+
+def test_a_failure_at_resume_leaves_the_work_dir_as_it_was(marker, teacher_checkpoint, tmp_path):
+    trained(tmp_path, teacher_checkpoint, iters=1)
+    work_dir = tmp_path / 'run'
+    before = {name: (work_dir / name).read_bytes() if (work_dir / name).is_file() else None
+              for name in entries(work_dir)}
+    cfg = tiny_cfg('fmkt', work_dir, teacher_checkpoint, max_iters=2)
+    cfg.randomness.seed = 7  # the config copy would change
+    cfg.resume, cfg.load_from = True, plant(tmp_path / 'elsewhere' / 'bad.pth')
+    with pytest.raises(UnsafeCheckpointError):
+        build_runner(cfg).train()
+    after = {name: (work_dir / name).read_bytes() if (work_dir / name).is_file() else None
+             for name in entries(work_dir)}
+    assert after == before
+
+
+def test_atomic_backend_writes_the_checksum_of_what_it_wrote(tmp_path):
+    backend = storage.AtomicLocalBackend()
+    backend.put(b'checkpoint bytes', tmp_path / 'iter_1.pth')
+    assert storage.verify_checksum(str(tmp_path / 'iter_1.pth'))
+    with pytest.raises(OSError):
+        def full(f):
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        storage.atomic_write(str(tmp_path / 'iter_1.pth'), full)
+    assert (tmp_path / 'iter_1.pth').read_bytes() == b'checkpoint bytes'
