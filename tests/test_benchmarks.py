@@ -1,5 +1,5 @@
 """Smoke runs of the benchmark scripts at tiny sizes: they must not rot.
-(The numbers they print at these sizes mean nothing; see README's Benchmarks.)"""
+(The numbers they print at these sizes mean nothing; see docs/benchmarks.md.)"""
 import importlib.util
 import json
 import os.path as osp

@@ -515,7 +515,7 @@ print('MASK-ROUND-TRIP-OK', len(got), int(got.masks.sum()))
 
 @needs_data
 def test_detection_demo_quick_trains_teacher_student_and_both_modes(tmp_path):
-    """tools/demo_detection.py --quick (the README's detection demo at tiny
+    """tools/demo_detection.py --quick (the detection guide's demo at tiny
     sizes): composes the set, trains the teacher and saves it, then the
     student alone and FM-KT in both deploy modes, each scored with COCO mAP."""
     work_dir = tmp_path / 'work'

@@ -74,7 +74,7 @@ def shrink(config: str, root: str, work_dir: str, size: int = 96):
 
 
 def test_worked_example_distils_exports_and_labels_trees(tmp_path):
-    """The README's own-data example on a tiny slice of the real tiles: the
+    """The detection guide's own-data example on a tiny slice of the real tiles: the
     stock RetinaNet R50 teacher trains, FM-KT distils the R18 student
     (deploy mode 'student'), tests without the teacher file, and the export
     loads in plain mmdet with the class name 'tree'."""

@@ -1,12 +1,16 @@
 """The CPU demo: distil a Fashion-MNIST classifier with FM-KT, on real data.
 
 1. trains the teacher (or reuses ``work_dirs/fashion_mnist/teacher.pth``),
-2. trains the student alone (the baseline),
+2. trains the student alone and distilled with DIST (the strongest logit
+   baseline of the recipe studies; ``--baselines kd dkd dist``),
 3. distils the student with FM-KT (and, with ``--variants``, FM-KT^Theta / OFM-KT),
 4. prints top-1 of each, and of the FM-KT ensemble at N = 1, 2, 4, 8 steps.
 
     python tools/demo_fashion_mnist.py [--epochs 6] [--train-samples 10000]
-                                       [--variants fmkt fmkt_theta ofmkt] [--quick]
+                                       [--baselines dist] [--variants fmkt fmkt_theta ofmkt] [--quick]
+
+One run of each is one seed: the verdict on FM-KT against DIST
+comes from paired runs over several seeds and teachers (docs/benchmarks.md).
 """
 import argparse
 import json
@@ -21,7 +25,11 @@ CONFIGS = dict(
     fmkt='fmkt_resnet18_w16_to_resnet18_w4.py',
     fmkt_theta='fmkt_theta_resnet18_w16_to_resnet18_w4.py',
     ofmkt='ofmkt_resnet18_w4.py',
+    kd='kd_resnet18_w16_to_resnet18_w4.py',
+    dkd='dkd_resnet18_w16_to_resnet18_w4.py',
+    dist='dist_resnet18_w16_to_resnet18_w4.py',
 )
+BASELINES = ('kd', 'dkd', 'dist')
 
 
 def run(name, args, teacher_checkpoint=None) -> experiment.Run:
@@ -42,6 +50,8 @@ def main():
                         help='evaluate on a subset of the 10k test images')
     parser.add_argument('--variants', nargs='+', default=['fmkt'],
                         choices=['fmkt', 'fmkt_theta', 'ofmkt'])
+    parser.add_argument('--baselines', nargs='*', default=['dist'], choices=BASELINES,
+                        help='distillation baselines trained beside FM-KT (default: dist)')
     parser.add_argument('--work-dir', default='work_dirs/fashion_mnist')
     parser.add_argument('--quick', action='store_true',
                         help='a smoke run: 1 epoch on 1,000 images, 1,000 test images')
@@ -64,6 +74,8 @@ def main():
         experiment.save_weights(teacher, teacher_checkpoint)
         rows.append(row('teacher ResNet-18 w16', teacher))
     rows.append(row('student alone ResNet-18 w4', run('student', args)))
+    for baseline in args.baselines:
+        rows.append(row(f'student + {baseline.upper()}', run(baseline, args, teacher_checkpoint)))
     for variant in args.variants:
         rows.append(row(f'student + {variant}', run(variant, args, teacher_checkpoint), flow=True))
 

@@ -152,7 +152,7 @@ class ClassCondition(FlowCondition):
     (``'predicted'``, ``drop_prob=0.1``) fell to 27.7% top-1 and the soft guess
     to 40.7%, while the defaults (``'none'``, ``drop_prob=0.5``: the label
     only shapes training) reached 71.8% against 75.0% without a condition
-    (README, FlowDistill benchmark).
+    (docs/benchmarks.md, FlowDistill capabilities).
 
     Args:
         num_classes: number of classes (filled in by the classification distiller).
