@@ -45,6 +45,7 @@ def test_cost_benchmark_measures_every_configuration(tmp_path):
     assert '| FM-KT (mlp, N=1) |' in text and 'x KD floor' in text
 
 
+@pytest.mark.slow
 def test_cost_benchmark_counts_operators_and_arithmetic(tmp_path):
     cost = load_tool('benchmark_cost')
     results = cost.main(['--count', '--quick', '--task', 'cls', '--cls-steps', '1', '2',
@@ -61,6 +62,7 @@ def test_cost_benchmark_counts_operators_and_arithmetic(tmp_path):
     assert '| FM-KT (mlp, N=2) |' in text and '| operators / step |' in text
 
 
+@pytest.mark.slow
 def test_efficacy_benchmark_trains_teacher_baselines_and_fmkt(tmp_path):
     efficacy = load_tool('benchmark_efficacy')
     out = str(tmp_path / 'eff')
@@ -76,6 +78,7 @@ def test_efficacy_benchmark_trains_teacher_baselines_and_fmkt(tmp_path):
     assert osp.isfile(osp.join(out, 'quick', 'fmkt_steps.png'))
 
 
+@pytest.mark.slow
 def test_recipe_study_pairs_rows_with_dist_for_two_teachers_and_resumes(tmp_path, capsys):
     efficacy = load_tool('benchmark_efficacy')
     out = str(tmp_path / 'study')
@@ -99,6 +102,7 @@ def test_recipe_study_pairs_rows_with_dist_for_two_teachers_and_resumes(tmp_path
     assert again['study']['table'] == result['study']['table']
 
 
+@pytest.mark.slow
 def test_detection_study_pairs_rows_with_pkd_for_two_teachers_and_resumes(tmp_path, capsys):
     efficacy = load_tool('benchmark_efficacy')
     args = ['--quick', '--study', '--task', 'det', '--det-rows', 'FM-KT deploy flow',
@@ -125,6 +129,7 @@ def test_detection_study_pairs_rows_with_pkd_for_two_teachers_and_resumes(tmp_pa
     assert 'the rows of the study are' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_teacher_benchmark_pairs_both_teachers_with_the_best_single_one(tmp_path, capsys):
     efficacy = load_tool('benchmark_efficacy')
     args = ['--quick', '--teachers', '--task', 'cls', '--out-dir', str(tmp_path)]
@@ -146,6 +151,7 @@ def test_two_teacher_benchmark_pairs_both_teachers_with_the_best_single_one(tmp_
     assert '[teachers cls] 4 runs recorded, 0 to run' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_efficacy_benchmark_scores_the_detection_flow_at_each_step_count(tmp_path, capsys):
     efficacy = load_tool('benchmark_efficacy')
     result = efficacy.main(['--quick', '--task', 'det', '--det-rows', 'FM-KT deploy flow (paper)',

@@ -59,6 +59,7 @@ def test_train_checkpoint_resume_and_test(variant, teacher_checkpoint, tmp_path)
     assert 0.0 <= metrics['accuracy/top1'] <= 100.0
 
 
+@pytest.mark.slow
 def test_test_tool_prints_top1_and_steps(teacher_checkpoint, tmp_path):
     cfg = tiny_cfg('fmkt', tmp_path / 'train', teacher_checkpoint)
     Runner.from_cfg(cfg).train()
@@ -106,6 +107,7 @@ def test_log_lines_average_per_step_terms_and_plot_run_draws_them(teacher_checkp
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
+@pytest.mark.slow
 def test_test_tool_needs_no_teacher_file(teacher_checkpoint, tmp_path):
     """A FM-KT^Theta checkpoint holds its teacher: tools/test.py scores it
     after the teacher's own file is gone, loading the teacher strictly from
@@ -137,6 +139,7 @@ def test_test_tool_needs_no_teacher_file(teacher_checkpoint, tmp_path):
     assert 'CheckpointMismatchError' in out.stderr and 'head.fc.bias' in out.stderr
 
 
+@pytest.mark.slow
 def test_export_round_trip_in_a_process_without_fmkt_mm(teacher_checkpoint, tmp_path):
     cfg = tiny_cfg('fmkt_theta', tmp_path / 'train', teacher_checkpoint)
     runner = Runner.from_cfg(cfg)
@@ -203,6 +206,7 @@ def test_wrong_teacher_head_fails_with_the_keys_and_leaves_no_work_dir(tmp_path)
     assert not work_dir.exists()
 
 
+@pytest.mark.slow
 def test_missing_teacher_file_fails_in_train_tool_without_work_dir(tmp_path):
     work_dir = tmp_path / 'run'
     out = subprocess.run(
@@ -214,6 +218,7 @@ def test_missing_teacher_file_fails_in_train_tool_without_work_dir(tmp_path):
     assert not work_dir.exists()
 
 
+@pytest.mark.slow
 def test_deterministic_runs_repeat_bit_for_bit_across_processes(teacher_checkpoint, tmp_path):
     """``tools/train.py --seed N --deterministic``: two processes with the
     same seed train to identical weights (every encoder, including the conv

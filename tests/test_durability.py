@@ -105,6 +105,7 @@ def test_a_raw_pickle_refusal_names_the_global_it_would_call(marker, tmp_path):
         safe_torch_load(str(legacy))
 
 
+@pytest.mark.slow
 def test_the_runs_own_checkpoints_resume_with_weights_only(teacher_checkpoint, tmp_path):
     runner, cfg = trained(tmp_path, teacher_checkpoint, iters=2)
     cfg.train_cfg.max_iters, cfg.resume = 3, True
@@ -217,6 +218,7 @@ def test_rotation_writes_and_verifies_before_it_deletes(teacher_checkpoint, tmp_
     assert not [f for f in entries(work_dir) if f.endswith('.tmp')]
 
 
+@pytest.mark.slow
 def test_resume_falls_back_from_a_truncated_or_missing_latest_checkpoint(teacher_checkpoint, tmp_path):
     runner, cfg = trained(tmp_path, teacher_checkpoint, iters=3)
     work_dir = tmp_path / 'run'

@@ -689,6 +689,7 @@ def test_runner_detection(capability, coco_set, det_teacher, tmp_path):
 # -- the benchmark -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_data
 def test_benchmark_quick_smoke(tmp_path):
     """Two rows a task (each row's config trains in the Runner tests above)."""

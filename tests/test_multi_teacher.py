@@ -55,6 +55,7 @@ def perturb_flows(model, seed=0):
                     p.add_(0.1 * torch.randn(p.shape, generator=gen))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config,mode', [(TWO, 'separate'), (THETA_TWO, 'shared')])
 def test_two_teachers_train_resume_test_and_export(config, mode, checkpoints, tmp_path):
     runner = Runner.from_cfg(two_teacher_cfg(config, tmp_path, checkpoints, teacher_flows=mode))
@@ -92,6 +93,7 @@ def test_two_teachers_train_resume_test_and_export(config, mode, checkpoints, tm
         assert summary['not_exported']
 
 
+@pytest.mark.slow
 def test_test_tool_needs_no_teacher_files_and_the_hook_scores_each_teacher(checkpoints, tmp_path):
     """tools/test.py scores a two-teacher checkpoint after both teachers'
     files are gone (both load strictly from it); TeacherEvalHook evaluates
@@ -331,6 +333,7 @@ def test_detection_teacher_errors_name_the_teacher(det_teachers):
         det_distiller(det_teachers, teachers=teachers, levels=[(0, 5)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode', ['separate', 'shared'])
 def test_detection_two_teachers_train_resume_test_and_export(mode, det_teachers, coco_set, tmp_path):
     from mmengine.registry import DefaultScope

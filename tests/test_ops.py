@@ -93,6 +93,7 @@ def rank_states(work_dir, procs=2):
     return states
 
 
+@pytest.mark.slow
 def test_two_processes_classification_with_stop_then_test(teacher_checkpoint, tmp_path):
     """2 gloo processes through tools/dist_train.sh: FM-KT^Theta distils one
     iteration, then trains on its task loss alone (the flow and the Theta
@@ -117,6 +118,7 @@ def test_two_processes_classification_with_stop_then_test(teacher_checkpoint, tm
     assert top1(single) == pytest.approx(top1(multi), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one_process_with_the_whole_batch(teacher_checkpoint, tmp_path):
     """Data parallelism changes nothing but the speed: 2 gloo processes of
     batch 2 end with the weights of 1 process of batch 4 over the same
@@ -147,6 +149,7 @@ def test_two_processes_train_as_one_process_with_the_whole_batch(teacher_checkpo
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_two_processes_detection_deploy_flow(coco_set, det_teacher, tmp_path):
     """2 gloo processes, a RetinaNet with the flows feeding its head; then
     tools/dist_test.sh scores two step counts in one pass (each count's copy
@@ -214,6 +217,7 @@ class KillAt(Hook):
             raise KeyboardInterrupt('killed')
 
 
+@pytest.mark.slow
 def test_kill_and_resume_repeats_the_uninterrupted_run(teacher_checkpoint, tmp_path):
     """FM-KT with random step counts and pair decoupling (torch draws
     each iteration) and a shuffled sampler: killed after 3 of 5 iterations
@@ -352,6 +356,7 @@ def test_fmkt_after_the_stop_keeps_training_its_flow_on_the_task(teacher_checkpo
     assert moved
 
 
+@pytest.mark.slow
 def test_loss_weight_schedule_follows_the_iteration(teacher_checkpoint, tmp_path):
     cfg = tiny_cfg('fmkt_theta', tmp_path, teacher_checkpoint, max_iters=4)
     runner = Runner.from_cfg(cfg)

@@ -3,6 +3,7 @@ import importlib.util
 import json
 import os.path as osp
 
+import pytest
 
 from tiny_runs import ROOT
 
@@ -73,6 +74,7 @@ def shrink(config: str, root: str, work_dir: str, size: int = 96):
     return cfg
 
 
+@pytest.mark.slow
 def test_worked_example_distils_exports_and_labels_trees(tmp_path):
     """The detection guide's own-data example on a tiny slice of the real tiles: the
     stock RetinaNet R50 teacher trains, FM-KT distils the R18 student

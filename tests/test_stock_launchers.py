@@ -97,6 +97,7 @@ model = dict(test_cfg=dict(score_thr=0.0, max_per_img=20))  # an untrained detec
     assert 'coco/bbox_mAP' in log
 
 
+@pytest.mark.slow
 def test_every_shipped_distillation_config_names_the_runner():
     """What keeps a stock launcher from training the plain student: every
     config with a distiller block builds fmkt_mm's runner."""
@@ -126,6 +127,7 @@ def test_a_distiller_block_without_the_runner_fails_naming_the_fix():
     assert plain.runner_type == 'fmkt_mm.DistillRunner'  # the same guarantees for plain runs
 
 
+@pytest.mark.slow
 def test_the_exported_student_config_builds_a_stock_runner_without_fmkt_mm(teacher_checkpoint, tmp_path):
     """tools/export_student.py on a Fashion-MNIST run writes a config that a
     stock mmpretrain Runner builds and tests in a process that never imports
@@ -151,3 +153,76 @@ print(Runner.from_cfg(cfg).test())
 '''
     log = run(['-c', script], tmp_path)
     assert 'accuracy/top1' in log
+
+
+@pytest.mark.slow
+def test_test_tool_out_and_show_dir_as_mmdets(teacher_checkpoint, tmp_path):
+    """tools/test.py --out dumps the predictions, --show-dir draws them."""
+    import pickle
+    from fmkt_mm.apis import build_runner
+    cfg = tiny_cfg('fmkt_theta', tmp_path / 'run', teacher_checkpoint, max_iters=1)
+    build_runner(cfg).train()
+    config = str(tmp_path / 'config.py')
+    cfg.default_hooks.visualization = dict(type='VisualizationHook', enable=False)
+    cfg.visualizer = dict(type='UniversalVisualizer', vis_backends=[dict(type='LocalVisBackend')])
+    cfg.dump(config)
+    run([osp.join(ROOT, 'tools', 'test.py'), config, str(tmp_path / 'run' / 'iter_1.pth'),
+         '--work-dir', str(tmp_path / 'test'), '--out', str(tmp_path / 'results.pkl'),
+         '--show-dir', str(tmp_path / 'shown')], ROOT)
+    with open(tmp_path / 'results.pkl', 'rb') as f:
+        results = pickle.load(f)
+    assert len(results) == 16 and 'pred_score' in results[0]
+    shown = [f for _, _, files in os.walk(tmp_path / 'shown') for f in files if f.endswith('.png')]
+    assert len(shown) == 16
+
+
+def test_auto_scale_lr_scales_by_the_batch(teacher_checkpoint, tmp_path):
+    """tools/train.py --auto-scale-lr: lr x (batch x processes) / base_batch_size,
+    as mmdet's; without auto_scale_lr in the config it says what to add."""
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    try:
+        from train import enable_auto_scale_lr
+    finally:
+        sys.path.pop(0)
+    from fmkt_mm.apis import build_runner
+    cfg = tiny_cfg('fmkt', tmp_path / 'run', teacher_checkpoint, max_iters=1)
+    with pytest.raises(ValueError, match='base_batch_size'):
+        enable_auto_scale_lr(cfg)
+    lr = cfg.optim_wrapper.optimizer.lr
+    cfg.auto_scale_lr = dict(enable=False, base_batch_size=16)  # the batch is 4
+    enable_auto_scale_lr(cfg)
+    runner = build_runner(cfg)
+    runner.train()
+    assert runner.optim_wrapper.optimizer.param_groups[0]['lr'] == pytest.approx(lr * 4 / 16)
+
+
+@pytest.mark.slow
+def test_mmpretrains_own_dist_train_distils_in_two_processes(teacher_checkpoint, tmp_path):
+    """mmpretrain's dist_train.sh (torch.distributed.launch, --launcher
+    pytorch): on a CPU the runner starts gloo itself; both ranks end with the
+    same distilled weights."""
+    work_dir = str(tmp_path / 'run')
+    cfg = tiny_cfg('fmkt', work_dir, teacher_checkpoint, max_iters=2)
+    cfg.custom_imports = dict(imports=['fmkt_mm', 'tiny_runs'], allow_failed_imports=False)
+    cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='SaveRankStateHook', out_dir=work_dir)]
+    config = str(tmp_path / 'config.py')
+    cfg.dump(config)
+    env = dict(ENV, PATH=osp.dirname(PYTHON) + os.pathsep + os.environ['PATH'],
+               PYTHONPATH=os.pathsep.join([osp.dirname(osp.abspath(__file__)), ROOT]),
+               PORT=str(_free_port()))
+    result = subprocess.run(['bash', stock_tool('mmpretrain', 'dist_train.sh'), config, '2', '--work-dir',
+                             work_dir], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    states = [torch.load(osp.join(work_dir, f'rank{r}.pth'), weights_only=True) for r in (0, 1)]
+    assert [s['world_size'] for s in states] == [2, 2]
+    assert any(n.startswith('flow.') for n in states[0]['params'])
+    for name, value in states[0]['params'].items():
+        assert torch.equal(value, states[1]['params'][name]), name
+    assert_distilled(osp.join(work_dir, 'iter_2.pth'))
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]

@@ -107,7 +107,7 @@ def build(task, method, steps, encoder, args):
     if task == 'det':
         student['backbone']['init_cfg'] = None  # no download: random weights cost the same
     student.setdefault('data_preprocessor', distiller.get('data_preprocessor'))
-    teacher = dict(config=distiller['teacher']['config'] if task == 'cls' else DET_TEACHER,
+    teacher = dict(config=distiller['teacher']['config'] if task == 'cls' else args.det_teacher,
                    checkpoint=None, allow_random_init=True)
     size, _ = input_size(task, args)
     with DefaultScope.overwrite_default_scope(scope):
@@ -121,10 +121,10 @@ def build(task, method, steps, encoder, args):
             model = MODELS.build(dict(type='fmkt_mm.LogitDistiller', loss=loss, **common))
         elif method == 'pkd':
             model = MODELS.build(dict(type='fmkt_mm.FeatureDistiller', loss=dict(type='fmkt_mm.PKDLoss'),
-                                      level_weights=10.0, dummy_input_shape=(3, size, size), **common))
+                                      level_weights=10.0, dummy_input_shape=input_shape(size), **common))
         else:
             distiller.update(common)
-            distiller['dummy_input_shape'] = (3, size, size)
+            distiller['dummy_input_shape'] = input_shape(size)
             flow = dict(distiller['flow'])
             configured = dict(flow.get('encoder') or {})
             # the configured encoder (with its width) when its type is asked for, else the type's defaults
@@ -146,9 +146,12 @@ def build(task, method, steps, encoder, args):
 
 
 def make_batch(task, batch, size, seed=0):
+    """A random batch of ``size`` (a side, or ``(height, width)``) images."""
     import torch
     gen = torch.Generator().manual_seed(seed)
-    images = [(torch.rand(3, size, size, generator=gen) * 255).to(torch.uint8) for _ in range(batch)]
+    height, width = (size, size) if isinstance(size, int) else size
+    size = min(height, width)
+    images = [(torch.rand(3, height, width, generator=gen) * 255).to(torch.uint8) for _ in range(batch)]
     if task == 'cls':
         from mmpretrain.structures import DataSample
         samples = [DataSample().set_gt_label(i % 1000) for i in range(batch)]
@@ -157,7 +160,7 @@ def make_batch(task, batch, size, seed=0):
         from mmengine.structures import InstanceData
         samples = []
         for i in range(batch):
-            sample = DetDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size),
+            sample = DetDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width),
                                                  scale_factor=(1.0, 1.0)))
             boxes = torch.rand(8, 2, generator=gen) * size * 0.6
             sample.gt_instances = InstanceData(
@@ -167,8 +170,15 @@ def make_batch(task, batch, size, seed=0):
 
 
 def input_size(task, args):
-    """``(image side, batch size)`` of ``task``."""
-    return (args.cls_size, args.cls_batch) if task == 'cls' else (args.det_size, args.det_batch)
+    """``(image side or (height, width), batch size)`` of ``task``."""
+    if task == 'cls':
+        return args.cls_size, args.cls_batch
+    return (args.det_size, args.det_width or args.det_size), args.det_batch
+
+
+def input_shape(size):
+    """``(3, height, width)`` of an :func:`input_size` size."""
+    return (3, size, size) if isinstance(size, int) else (3, *size)
 
 
 def prepare(spec, args, device):
@@ -320,10 +330,19 @@ def count(spec, args):
     return result
 
 
+def det_shape(args) -> str:
+    return f'{args.det_size}x{args.det_width}' if args.det_width else str(args.det_size)
+
+
+def det_teacher_name(args) -> str:
+    name = args.det_teacher.split('/')[-1]
+    return 'RetinaNet R101' if args.det_teacher == DET_TEACHER else name.rsplit('.', 1)[0]
+
+
 def counts_table(results, args) -> str:
     lines = []
     for task, title in (('cls', f'Classification, {args.cls_size} px, batch {args.cls_batch}'),
-                        ('det', f'Detection, {args.det_size} px, batch {args.det_batch}')):
+                        ('det', f'Detection, {det_shape(args)} px, batch {args.det_batch}')):
         rows = [r for r in results if r['task'] == task]
         if not rows:
             continue
@@ -362,7 +381,7 @@ def tables(results, args):
     lines = []
     for task, title in (('cls', f'Classification: ResNet-34 -> ResNet-18, {args.cls_size} px, '
                                 f'batch {args.cls_batch}'),
-                        ('det', f'Detection: RetinaNet R101 -> RetinaNet R50, {args.det_size} px, '
+                        ('det', f'Detection: {det_teacher_name(args)} -> RetinaNet R50, {det_shape(args)} px, '
                                 f'batch {args.det_batch}')):
         rows = [r for r in results if r['task'] == task]
         if not rows:
@@ -407,6 +426,12 @@ def parse_args(argv=None):
     parser.add_argument('--cls-batch', type=int, default=8)
     parser.add_argument('--cls-size', type=int, default=224)
     parser.add_argument('--det-batch', type=int, default=1)
+    parser.add_argument('--det-width', type=int, default=None,
+                        help='detection image width (default: --det-size, square); COCO: '
+                             '--det-size 800 --det-width 1333')
+    parser.add_argument('--det-teacher', default=DET_TEACHER,
+                        help='the detection teacher\'s config (random weights), e.g. '
+                             'mmdet::retinanet/retinanet_x101-64x4d_fpn_2x_coco.py')
     parser.add_argument('--det-size', type=int, default=512,
                         help='square input side (COCO trains at 1333x800; 512 keeps a CPU run short)')
     parser.add_argument('--cls-steps', type=int, nargs='+', help='default: 1 2 4 8')

@@ -1,6 +1,6 @@
 """Evaluate a checkpoint with fmkt_mm's runner (top-1, COCO mAP, ...).
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl] [--show-dir DIR]
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl] [--show-dir DIR [--interval N]]
                          [--cfg-options k=v ...] [--allow-unsafe-pickle] [--allow-partial-load]
                          [--launcher none|pytorch|slurm|mpi]
 
@@ -31,6 +31,8 @@ def parse_args():
                                       'and mmpretrain\'s test.py --out')
     parser.add_argument('--show-dir', help='draw the predictions into this folder (under the run\'s '
                                            'log folder when relative), as mmdet\'s test.py --show-dir')
+    parser.add_argument('--interval', type=int, default=1,
+                        help='with --show-dir: draw every N-th sample (default: every one)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, key=value')
     parser.add_argument('--allow-unsafe-pickle', action='store_true',
@@ -47,7 +49,7 @@ def parse_args():
     return args
 
 
-def show_predictions(cfg: Config, out_dir: str) -> Config:
+def show_predictions(cfg: Config, out_dir: str, interval: int = 1) -> Config:
     """Turn on the config's visualization hook (mmdet's ``draw`` /
     ``test_out_dir``, mmpretrain's ``enable`` / ``out_dir``)."""
     hook = (cfg.get('default_hooks') or {}).get('visualization')
@@ -55,9 +57,9 @@ def show_predictions(cfg: Config, out_dir: str) -> Config:
         raise ValueError('--show-dir needs default_hooks.visualization in the config (mmdet: '
                          "dict(type='DetVisualizationHook'); mmpretrain: dict(type='VisualizationHook'))")
     if 'DetVisualizationHook' in str(hook.get('type')):
-        hook.update(draw=True, test_out_dir=out_dir)
+        hook.update(draw=True, test_out_dir=out_dir, interval=interval)
     else:
-        hook.update(enable=True, out_dir=out_dir)
+        hook.update(enable=True, out_dir=out_dir, interval=interval)
     return cfg
 
 
@@ -82,7 +84,7 @@ def main():
     if args.allow_partial_load:
         cfg.allow_partial_load = True
     if args.show_dir:
-        show_predictions(cfg, args.show_dir)
+        show_predictions(cfg, args.show_dir, args.interval)
     runner = build_runner(cfg)
     if args.out is not None:
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))

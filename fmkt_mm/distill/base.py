@@ -37,9 +37,9 @@ class BaseDistiller(BaseModel):
     ``init_weights``, and runs only until its tapped modules have fired.
 
     Switching distillation off (:class:`~fmkt_mm.hooks.StopDistillationHook`
-    sets :attr:`distillation_enabled` to False): every subclass's ``loss`` is
-    wrapped so that it then returns :meth:`task_losses` instead, the student's
-    task loss alone, without running the teacher. Trainable parameters that
+    sets :attr:`distillation_enabled` to False): :meth:`forward` in mode
+    ``'loss'`` then returns :meth:`task_losses` instead of :meth:`loss`, the
+    student's task loss alone, without running the teacher. Trainable parameters that
     the task loss does not reach (flows, adapters) are kept in the graph with
     a zero-weighted term, so DDP with ``find_unused_parameters=False`` keeps
     working and their gradients are exactly zero.
@@ -140,21 +140,6 @@ class BaseDistiller(BaseModel):
         raise ValueError(f"deploy_teacher must be 'mean', a teacher's index (0..{max(count, 1) - 1}) "
                          f'or name {names}, got {which!r}')
 
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        distill_loss = cls.__dict__.get('loss')
-        if distill_loss is None or getattr(distill_loss, '_switchable', False):
-            return
-
-        @functools.wraps(distill_loss)
-        def loss(self, inputs, data_samples, *args, **kwargs):
-            if getattr(self, 'distillation_enabled', True):
-                return distill_loss(self, inputs, data_samples, *args, **kwargs)
-            return self.keep_in_graph(self.task_losses(inputs, data_samples))
-
-        loss._switchable = True
-        cls.loss = loss
-
     # -- distillation switched off -------------------------------------------------
     def task_losses(self, inputs, data_samples) -> Dict[str, torch.Tensor]:
         """The losses once distillation is switched off: the student's own
@@ -234,7 +219,12 @@ class BaseDistiller(BaseModel):
 
     # -- MMEngine's three modes ------------------------------------------------------
     def forward(self, inputs, data_samples=None, mode: str = 'tensor'):
+        """MMEngine's dispatch: ``'loss'`` (the distillation losses, or the
+        task losses alone once distillation is switched off), ``'predict'``
+        (the deployed model's predictions), ``'tensor'`` (its raw outputs)."""
         if mode == 'loss':
+            if not self.distillation_enabled:
+                return self.keep_in_graph(self.task_losses(inputs, data_samples))
             return self.loss(inputs, data_samples)
         if mode == 'predict':
             return self.predict(inputs, data_samples)

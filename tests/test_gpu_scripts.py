@@ -1,0 +1,34 @@
+"""The GPU machine's one prepared command (tools/gpu/device_check.sh), run
+here as its dry run: every step at tiny sizes on the CPU, each passing."""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+from tiny_runs import ROOT
+
+
+@pytest.mark.slow
+def test_the_device_check_dry_run_passes_every_step(tmp_path):
+    out = tmp_path / 'out'
+    env = dict(os.environ, PYTHON=sys.executable, WORK=str(tmp_path / 'work'), OMP_NUM_THREADS='2')
+    result = subprocess.run(['bash', osp.join(ROOT, 'tools', 'gpu', 'device_check.sh'), str(out),
+                             '--device', 'cpu', '--tiny'], capture_output=True, text=True, env=env,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = (out / 'summary.md').read_text()
+    steps = {line.split('|')[1].strip(): line.split('|')[2].strip()
+             for line in summary.splitlines() if line.startswith('| ') and line.count('|') == 5}
+    expected = ['check_env', 'make_set', 'det_teacher', 'det_pkd_retinanet_r18_to_r18w16',
+                'det_fmkt_retinanet_r18_to_r18w16_deploy-student', 'cost_cls_b32', 'cost_det_coco',
+                'det_amp', 'det_ddp']
+    failed = {name: steps.get(name) for name in expected if steps.get(name) != '0'}
+    assert not failed, (failed, summary, {n: (out / f'{n}.log').read_text()[-1500:]
+                                           for n in failed if (out / f'{n}.log').exists()})
+    assert steps['compile'] == 'skipped'
+    assert 'FM-KT' in summary and 'PKD' in summary  # the cost tables
+    for run in ('pkd_retinanet_r18_to_r18w16', 'fmkt_retinanet_r18_to_r18w16_deploy-student', 'amp', 'ddp'):
+        line = next(l for l in summary.splitlines() if l.startswith(f'| {run} |'))
+        assert '(no log)' not in line and line.rstrip().endswith('yes |'), line
