@@ -19,7 +19,7 @@ CORE = [
 ]
 DET = ['mmdet>=3.3.0,<3.4', 'pycocotools>=2.0.6']
 CLS = ['mmpretrain>=1.2.0,<1.3', 'torchvision']  # mmpretrain imports torchvision without declaring it
-TESTS = ['pytest>=8,<10', 'matplotlib>=3.8,<3.12']
+TESTS = ['pytest>=8,<10', 'matplotlib>=3.8,<3.12', 'ruff']
 
 with open('README.md') as f:
     long_description = f.read()

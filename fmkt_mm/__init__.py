@@ -29,10 +29,20 @@ def _check_torch() -> None:
 
 if _has_mmengine():
     _check_torch()
-    from . import (checkpoint, datasets, distill, export, flow, hooks, log_processor,  # noqa: F401
-                   losses, optim, runner)  # (registration)
-    from .runner import DistillRunner  # noqa: F401
+    from . import (  # noqa: F401  (imported to register their components)
+        checkpoint,
+        datasets,
+        distill,
+        export,
+        flow,
+        hooks,
+        log_processor,
+        losses,
+        optim,
+        runner,
+    )
     from .registry import FLOW_PATHS, HOOKS, META_ENCODERS, MODELS  # noqa: F401
+    from .runner import DistillRunner  # noqa: F401
     __all__ = ['DistillRunner', 'MODELS', 'HOOKS', 'FLOW_PATHS', 'META_ENCODERS', '__version__']
 else:
     __all__ = ['__version__']

@@ -36,8 +36,15 @@ from typing import Callable, Dict, Iterable, List, Optional, Set
 import torch
 from torch import nn
 
-from .storage import (AtomicLocalBackend, CorruptCheckpointError, atomic_torch_save,  # noqa: F401
-                      atomic_write, fetch_url, is_url, verify_checksum)
+from .storage import (  # noqa: F401
+    AtomicLocalBackend,
+    CorruptCheckpointError,
+    atomic_torch_save,
+    atomic_write,
+    fetch_url,
+    is_url,
+    verify_checksum,
+)
 
 
 class UnsafeCheckpointError(RuntimeError):

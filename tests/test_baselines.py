@@ -135,7 +135,7 @@ def test_feature_distiller_pkd_on_every_level(det_teacher):
                                  level_weights=10.0, dummy_input_shape=(3, 64, 64))
         data = det_batch(model)
         losses = model.loss(data['inputs'], data['data_samples'])
-    assert {f'loss_feat_l{l}' for l in range(4)} <= set(losses)
+    assert {f'loss_feat_l{level}' for level in range(4)} <= set(losses)
     assert {'loss_cls', 'loss_bbox'} <= set(losses)
     total, _ = model.parse_losses(losses)
     total.backward()

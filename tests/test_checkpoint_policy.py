@@ -19,7 +19,6 @@ from mmengine.runner import Runner
 
 import fmkt_mm  # noqa: F401  (routes MMEngine's local loader through the policy)
 from fmkt_mm.checkpoint import UnsafeCheckpointError, safe_torch_load, unsafe_globals
-
 from tiny_runs import CLS_CONFIGS, plain_model, tiny_cfg
 
 TEACHER_CONFIG = osp.join(CLS_CONFIGS, 'teacher_resnet18_w16.py')

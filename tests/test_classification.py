@@ -18,7 +18,6 @@ import fmkt_mm  # noqa: F401
 from fmkt_mm.apis import clean_up_on_failure
 from fmkt_mm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
 from fmkt_mm.export import export_student
-
 from tiny_runs import CLS_CONFIGS as CONFIGS
 from tiny_runs import ROOT, VARIANT_CONFIGS, plain_model, tiny_cfg
 
@@ -201,7 +200,8 @@ def test_wrong_teacher_head_fails_with_the_keys_and_leaves_no_work_dir(tmp_path)
     torch.save(plain_model('teacher_resnet18_w16.py', num_classes=5).state_dict(), wrong)
     work_dir = tmp_path / 'run'
     cfg = tiny_cfg('fmkt', work_dir, str(wrong))
-    with pytest.raises(CheckpointMismatchError, match=r'head\.fc\.weight \(checkpoint \(5, 128\) vs model \(10, 128\)\)'):
+    with pytest.raises(CheckpointMismatchError,
+                       match=r'head\.fc\.weight \(checkpoint \(5, 128\) vs model \(10, 128\)\)'):
         build_in_work_dir(cfg, work_dir)
     assert not work_dir.exists()
 

@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 
 from fmkt_mm.datasets import detection_set as det
-from fmkt_mm.datasets.idx import (FASHION_MNIST_CLASSES, FASHION_MNIST_ROOT_ENV,
-                                  fashion_mnist_paths, fashion_mnist_root,
-                                  load_fashion_mnist, read_idx)
+from fmkt_mm.datasets.idx import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_ROOT_ENV,
+    fashion_mnist_paths,
+    fashion_mnist_root,
+    load_fashion_mnist,
+    read_idx,
+)
 
 
 def _have_fashion_mnist() -> bool:

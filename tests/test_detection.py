@@ -373,7 +373,8 @@ def test_runner_train_resume_test_deploy_flow(coco_set, teachers, tmp_path, capf
     log = capfd.readouterr().out
     labels = [log.index(f'the evaluation below scores the flow ensemble of N={n} steps')
               for n in (4, 1)]
-    summaries = [i for i in range(len(log)) if log.startswith('Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all', i)]
+    header = 'Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all'
+    summaries = [i for i in range(len(log)) if log.startswith(header, i)]
     summaries = summaries[-2:]  # (the first: validation at the end of training)
     assert labels[0] < summaries[0] < labels[1] < summaries[1]
 

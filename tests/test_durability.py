@@ -21,7 +21,6 @@ from fmkt_mm.apis import build_runner
 from fmkt_mm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError, safe_torch_load
 from fmkt_mm.storage import CorruptCheckpointError
 from fmkt_mm.work_dir import LOCK_NAME, WorkDirLockedError
-
 from tiny_runs import ROOT, plain_model, tiny_cfg
 
 PYTHON = sys.executable

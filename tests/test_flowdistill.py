@@ -24,11 +24,19 @@ from fmkt_mm.apis import apply_distiller, prepare_work_dir
 from fmkt_mm.datasets.idx import fashion_mnist_paths, fashion_mnist_root
 from fmkt_mm.distill import ClassificationDistiller, DetectionDistiller
 from fmkt_mm.distill.base import BaseDistiller
-from fmkt_mm.flow import (ClassCondition, CompositeCondition, FlowTransfer, LevelCondition,
-                          PooledCondition, RectifiedPath, RoundTrip, VPPath, build_condition)
+from fmkt_mm.flow import (
+    ClassCondition,
+    CompositeCondition,
+    FlowTransfer,
+    LevelCondition,
+    PooledCondition,
+    RectifiedPath,
+    RoundTrip,
+    VPPath,
+    build_condition,
+)
 from fmkt_mm.hooks import ProgressiveDistillationHook
 from fmkt_mm.registry import HOOKS
-
 from tiny_runs import retinanet
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -30,5 +30,5 @@ def test_the_device_check_dry_run_passes_every_step(tmp_path):
     assert steps['compile'] == 'skipped'
     assert 'FM-KT' in summary and 'PKD' in summary  # the cost tables
     for run in ('pkd_retinanet_r18_to_r18w16', 'fmkt_retinanet_r18_to_r18w16_deploy-student', 'amp', 'ddp'):
-        line = next(l for l in summary.splitlines() if l.startswith(f'| {run} |'))
+        line = next(x for x in summary.splitlines() if x.startswith(f'| {run} |'))
         assert '(no log)' not in line and line.rstrip().endswith('yes |'), line

@@ -53,6 +53,7 @@ def test_the_declared_ranges_hold_the_tested_environment():
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'Would install fmkt_mm' in result.stdout
     from importlib.metadata import version
+
     from packaging.requirements import Requirement
     for line in ('torch>=2.5', 'mmengine>=0.10.4,<1.0', 'mmcv>=2.0.0,<2.2.0', 'mmdet>=3.3.0,<3.4',
                  'mmpretrain>=1.2.0,<1.3'):

@@ -9,8 +9,7 @@ from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import DefaultScope, Registry
 
 import fmkt_mm.losses  # noqa: F401  (registers the losses)
-from fmkt_mm.losses import (DISTLoss, DKDLoss, KDLoss, MetricLoss, MSELoss,
-                            PKDLoss)
+from fmkt_mm.losses import DISTLoss, DKDLoss, KDLoss, MetricLoss, MSELoss, PKDLoss
 from fmkt_mm.registry import MODELS
 
 ALL_LOSSES = ['KDLoss', 'DKDLoss', 'DISTLoss', 'PKDLoss', 'MSELoss']

@@ -11,7 +11,6 @@ import fmkt_mm  # noqa: F401
 from fmkt_mm import experiment
 from fmkt_mm.export import export_student
 from fmkt_mm.flow import TeacherCondition
-
 from tiny_runs import CLS_CONFIGS, plain_model
 
 TWO = 'fmkt_2teachers_resnet18_w16-w8_to_resnet18_w4.py'
@@ -101,6 +100,7 @@ def test_test_tool_needs_no_teacher_files_and_the_hook_scores_each_teacher(check
     import shutil
     import subprocess
     import sys
+
     from tiny_runs import ROOT
     copies = []
     for k, path in enumerate(checkpoints):
@@ -229,6 +229,7 @@ def det_teachers(tmp_path_factory):
     pytest.importorskip('mmdet')
     from mmdet.utils import register_all_modules
     from mmengine.registry import MODELS, DefaultScope
+
     from tiny_runs import fcos, retinanet
     register_all_modules(init_default_scope=False)
     out = tmp_path_factory.mktemp('det_teachers')
@@ -244,6 +245,7 @@ def det_teachers(tmp_path_factory):
 
 def det_distiller(det_teachers, **kwargs):
     from mmengine.registry import DefaultScope
+
     from fmkt_mm.distill import DetectionDistiller
     from tiny_runs import SIZE, retinanet
     kwargs.setdefault('dummy_input_shape', (3, SIZE, SIZE))
@@ -337,6 +339,7 @@ def test_detection_teacher_errors_name_the_teacher(det_teachers):
 @pytest.mark.parametrize('mode', ['separate', 'shared'])
 def test_detection_two_teachers_train_resume_test_and_export(mode, det_teachers, coco_set, tmp_path):
     from mmengine.registry import DefaultScope
+
     from tiny_runs import retinanet, runner_config
     cfg_name = 'fmkt_retinanet-fcos_r18_to_r18w16_deploy-student.py'
 

@@ -14,11 +14,14 @@ from mmengine.runner import Runner
 import fmkt_mm  # noqa: F401
 from fmkt_mm.checkpoint import AtomicLocalBackend, atomic_write
 from fmkt_mm.distill.base import NonFiniteLossError
-from fmkt_mm.hooks import (ExportStudentHook, LossWeightScheduleHook, StopDistillationHook,
-                           TeacherEvalHook)
-from fmkt_mm.hooks import schedule_factor
+from fmkt_mm.hooks import (
+    ExportStudentHook,
+    LossWeightScheduleHook,
+    StopDistillationHook,
+    TeacherEvalHook,
+    schedule_factor,
+)
 from fmkt_mm.optim import enable_amp
-
 from tiny_runs import ROOT, plain_model, retinanet, runner_config, tiny_cfg
 
 PYTHON = sys.executable

@@ -52,6 +52,7 @@ def shrink(config: str, root: str, work_dir: str, size: int = 96):
     """A configs/trees config on the tiny slice in ``root``: ``size`` px,
     one epoch, checkpoint at its end."""
     from mmengine.config import Config
+
     from fmkt_mm.apis import apply_distiller, prepare_work_dir
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'trees', config))
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):

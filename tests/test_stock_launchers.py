@@ -12,7 +12,6 @@ from mmengine.config import Config
 
 import fmkt_mm  # noqa: F401
 from fmkt_mm.apis import check_config_form
-
 from tiny_runs import CLS_CONFIGS, DET_CONFIGS, ROOT, tiny_cfg
 
 PYTHON = sys.executable
@@ -68,7 +67,7 @@ train_cfg = dict(max_epochs=1, val_interval=1)
 @pytest.mark.slow
 def test_mmdets_own_train_and_test_distil(coco_set, tmp_path):
     from mmdet.utils import register_all_modules
-    from mmengine.registry import DefaultScope, MODELS
+    from mmengine.registry import MODELS, DefaultScope
     register_all_modules(init_default_scope=False)
     teacher_cfg = Config.fromfile(osp.join(DET_CONFIGS, 'retinanet_r18_teacher.py'))
     with DefaultScope.overwrite_default_scope('mmdet'):
@@ -159,6 +158,7 @@ print(Runner.from_cfg(cfg).test())
 def test_test_tool_out_and_show_dir_as_mmdets(teacher_checkpoint, tmp_path):
     """tools/test.py --out dumps the predictions, --show-dir draws them."""
     import pickle
+
     from fmkt_mm.apis import build_runner
     cfg = tiny_cfg('fmkt_theta', tmp_path / 'run', teacher_checkpoint, max_iters=1)
     build_runner(cfg).train()

@@ -68,6 +68,7 @@ def run(variant: str, amp: bool, args) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     import torch
+
     import fmkt_mm  # noqa: F401  (registers the components)
     rows = []
     for variant in args.variants:

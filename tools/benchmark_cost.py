@@ -46,8 +46,8 @@ import os
 import os.path as osp
 import platform
 import resource
-import statistics
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -484,7 +484,7 @@ def main(argv=None):
         else:
             done = subprocess.run([sys.executable, osp.abspath(__file__), *passthrough,
                                    '--worker', json.dumps(spec)], capture_output=True, text=True)
-            lines = [l for l in done.stdout.splitlines() if l.startswith('RESULT ')]
+            lines = [line for line in done.stdout.splitlines() if line.startswith('RESULT ')]
             if done.returncode != 0 or not lines:
                 raise RuntimeError(f'measuring {spec} failed:\n{done.stderr[-3000:]}')
             result = json.loads(lines[-1][len('RESULT '):])

@@ -36,8 +36,8 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Tuple
 from multiprocessing import get_context
+from typing import Tuple
 
 FMKT = 'fmkt_resnet18_w16_to_resnet18_w4.py'
 #: (row name, config, overrides of ``distiller.flow``)

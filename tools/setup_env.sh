@@ -53,7 +53,7 @@ fi
 
 # 5. The rest of the stack, the test tools, and the project itself.
 if ! has_module mmdet || ! has_module mmpretrain || ! has_module pytest || ! has_module fmkt_mm \
-        || ! has_module pycocotools || ! has_module matplotlib; then
+        || ! has_module pycocotools || ! has_module matplotlib || ! has_module ruff; then
     log "installing mmdet, mmpretrain, torchvision, test tools and fmkt_mm"
     pip_install -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt" matplotlib
     pip_install --no-build-isolation --no-deps -e "$ROOT"

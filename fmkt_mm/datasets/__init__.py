@@ -4,14 +4,20 @@ Importing this package registers ``FashionMNISTGz`` in mmpretrain's
 ``DATASETS`` registry (e.g. via ``custom_imports=dict(imports=['fmkt_mm.datasets'])``)
 when mmpretrain is installed; detection-only environments get the rest.
 """
-from .detection_set import (BACKGROUND_MAX, FASHION_DET_METAINFO,
-                            make_detection_set, render_canvas)
-from .idx import (FASHION_MNIST_CLASSES, FASHION_MNIST_ROOT,
-                  FASHION_MNIST_ROOT_ENV, balanced_subset, fashion_mnist_paths,
-                  fashion_mnist_root, load_fashion_mnist, read_idx)
+from .detection_set import BACKGROUND_MAX, FASHION_DET_METAINFO, make_detection_set, render_canvas
+from .idx import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_ROOT,
+    FASHION_MNIST_ROOT_ENV,
+    balanced_subset,
+    fashion_mnist_paths,
+    fashion_mnist_root,
+    load_fashion_mnist,
+    read_idx,
+)
 
 try:
-    from .fashion_mnist import FashionMNISTGz
+    from .fashion_mnist import FashionMNISTGz  # noqa: F401 (registers it in mmpretrain)
 except ImportError as err:  # mmpretrain is not installed (a detection-only environment)
     if 'mmpretrain' not in str(err):
         raise

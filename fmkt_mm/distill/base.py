@@ -11,8 +11,8 @@ import torch
 import torch.distributed as torch_dist
 from mmengine.logging import MessageHub, print_log
 from mmengine.model import BaseModel
-from mmengine.utils import is_list_of
 from mmengine.registry import MODELS as ROOT_MODELS
+from mmengine.utils import is_list_of
 from torch import nn
 
 from ..flow.transport import check_step_counts

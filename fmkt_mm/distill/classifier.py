@@ -42,8 +42,8 @@ from ..losses.base import scaled
 from ..registry import MODELS
 from ..utils import build_from_registry
 from .base import BaseDistiller, hard_labels
-from .teacher import stack_for_teachers, weighted, with_teacher_condition
 from .taps import run_until_tapped, select
+from .teacher import stack_for_teachers, weighted, with_teacher_condition
 
 VARIANTS = ('fmkt', 'fmkt_theta', 'ofmkt')
 

@@ -23,8 +23,8 @@ from .encoders import (
                          TransformerMetaEncoder,
                          sinusoidal_embedding,
 )
-from .paths import FlowPath, RectifiedPath, VEPath, VPPath
 from .objective import FMKTObjective
+from .paths import FlowPath, RectifiedPath, VEPath, VPPath
 from .transfer import FlowOutput, FlowTransfer, FlowTransport, RoundTrip
 
 __all__ = [

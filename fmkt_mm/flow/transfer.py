@@ -6,8 +6,16 @@ from typing import Optional, Sequence, Union
 from torch import nn
 
 from .objective import FMKTObjective
-from .transport import (FlowOutput, FlowTransport, RoundTrip, StepPlan, combine, endpoint_mixing,
-                        plan_steps, step_coefficients)
+from .transport import (
+    FlowOutput,
+    FlowTransport,
+    RoundTrip,
+    StepPlan,
+    combine,
+    endpoint_mixing,
+    plan_steps,
+    step_coefficients,
+)
 
 __all__ = ['FlowTransfer', 'FlowTransport', 'FlowOutput', 'RoundTrip', 'StepPlan', 'combine',
            'endpoint_mixing', 'plan_steps', 'step_coefficients']

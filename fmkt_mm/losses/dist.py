@@ -4,8 +4,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fmkt_mm.registry import MODELS
-from .base import (Labels, MetricLoss, check_same_shape, check_same_shape_steps, classes_last,
-                   classes_last_steps, per_step_targets)
+
+from .base import (
+    Labels,
+    MetricLoss,
+    check_same_shape,
+    check_same_shape_steps,
+    classes_last,
+    classes_last_steps,
+    per_step_targets,
+)
 
 
 def standardize(x: Tensor, eps: float = 1e-8) -> Tensor:

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fmkt_mm.registry import MODELS
+
 from .base import Labels, MetricLoss, check_same_shape_steps, per_step_targets
 
 

@@ -3,8 +3,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fmkt_mm.registry import MODELS
-from .base import (Labels, MetricLoss, check_same_shape, check_same_shape_steps, classes_last,
-                   classes_last_steps, per_step_targets)
+
+from .base import (
+    Labels,
+    MetricLoss,
+    check_same_shape,
+    check_same_shape_steps,
+    classes_last,
+    classes_last_steps,
+    per_step_targets,
+)
 
 
 @MODELS.register_module()
