@@ -2,6 +2,7 @@
 
     pip install -e ".[det]"      # with mmdet (detection)
     pip install -e ".[cls]"      # with mmpretrain (classification)
+    pip install -e ".[seg]"      # with mmseg (semantic segmentation)
     pip install -e ".[all]"      # both, and the test tools
 
 The ranges are what the project is tested with (requirements/constraints.txt
@@ -19,6 +20,7 @@ CORE = [
 ]
 DET = ['mmdet>=3.3.0,<3.4', 'pycocotools>=2.0.6']
 CLS = ['mmpretrain>=1.2.0,<1.3', 'torchvision']  # mmpretrain imports torchvision without declaring it
+SEG = ['mmsegmentation>=1.2.2,<1.3', 'ftfy', 'regex', 'prettytable']  # mmseg imports the last three undeclared
 TESTS = ['pytest>=8,<10', 'matplotlib>=3.8,<3.12', 'ruff']
 
 with open('README.md') as f:
@@ -34,6 +36,6 @@ setup(
     packages=find_packages(include=['fmkt_mm', 'fmkt_mm.*']),
     python_requires='>=3.9',
     install_requires=CORE,
-    extras_require=dict(det=DET, cls=CLS, tests=TESTS, all=DET + CLS + TESTS),
+    extras_require=dict(det=DET, cls=CLS, seg=SEG, tests=TESTS, all=DET + CLS + SEG + TESTS),
     license='Apache-2.0',
 )

@@ -52,9 +52,9 @@ if ! "$PY" -c "import mmcv._ext" >/dev/null 2>&1; then
 fi
 
 # 5. The rest of the stack, the test tools, and the project itself.
-if ! has_module mmdet || ! has_module mmpretrain || ! has_module pytest || ! has_module fmkt_mm \
+if ! has_module mmdet || ! has_module mmpretrain || ! has_module mmseg || ! has_module ftfy || ! has_module pytest || ! has_module fmkt_mm \
         || ! has_module pycocotools || ! has_module matplotlib || ! has_module ruff; then
-    log "installing mmdet, mmpretrain, torchvision, test tools and fmkt_mm"
+    log "installing mmdet, mmpretrain, mmseg, torchvision, test tools and fmkt_mm"
     pip_install -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt" matplotlib
     pip_install --no-build-isolation --no-deps -e "$ROOT"
 fi
@@ -79,6 +79,6 @@ if [ ! -f "$DEEPFOREST_WHEEL" ]; then
         || log "WARNING: could not download deepforest 2.1.0; the real-image example needs it"
 fi
 
-"$PY" -c "import torchvision, mmcv._ext, mmdet.models, mmpretrain.models, fmkt_mm" \
+"$PY" -c "import torchvision, mmcv._ext, mmdet.models, mmpretrain.models, mmseg.models, fmkt_mm" \
     || { log "ERROR: the environment in $VENV does not import; remove it and run again"; exit 1; }
 log "environment ready: $VENV"

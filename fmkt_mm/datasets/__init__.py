@@ -15,6 +15,7 @@ from .idx import (
     load_fashion_mnist,
     read_idx,
 )
+from .segmentation_set import FASHION_SEG_METAINFO, make_segmentation_set
 
 try:
     from .fashion_mnist import FashionMNISTGz  # noqa: F401 (registers it in mmpretrain)
@@ -26,7 +27,8 @@ __all__ = [
     'BACKGROUND_MAX', 'FASHION_DET_METAINFO', 'FASHION_MNIST_CLASSES',
     'FASHION_MNIST_ROOT', 'FASHION_MNIST_ROOT_ENV',
     'balanced_subset', 'fashion_mnist_paths', 'fashion_mnist_root',
-    'load_fashion_mnist', 'make_detection_set', 'read_idx', 'render_canvas'
+    'load_fashion_mnist', 'make_detection_set', 'read_idx', 'render_canvas', 'FASHION_SEG_METAINFO',
+    'make_segmentation_set'
 ]
 if 'FashionMNISTGz' in globals():
     __all__.append('FashionMNISTGz')

@@ -296,12 +296,15 @@ class DetectionDistiller(LevelDistiller):
                              f'entries for {len(self.level_pairs)} distilled levels; give one '
                              f'multiplier >= 0 per level')
 
+    #: the data-sample field the student's ``predict`` fills (mmdet's)
+    prediction_field = 'pred_instances'
+
     @property
     def steps_prediction_field(self) -> Optional[str]:
         """The data-sample field that ``extra_eval_steps`` fill, one per count
         (``pred_instances_steps{N}``), for the evaluator's metrics to score;
         ``None`` when prediction does not run the flows."""
-        return 'pred_instances' if self.deploy_mode == 'flow' else None
+        return self.prediction_field if self.deploy_mode == 'flow' else None
 
     @property
     def deploy_mode(self) -> str:
@@ -575,7 +578,8 @@ class DetectionDistiller(LevelDistiller):
         counts = [n for n in dict.fromkeys(self.extra_eval_steps) if n != self.eval_steps]
         if not counts:
             return samples
-        main = [sample.pred_instances for sample in samples]  # the samples are reused below
+        field = self.prediction_field
+        main = [sample.get(field) for sample in samples]  # the samples are reused below
         extra = {}
         for steps in counts:
             if self.student_tap == 'neck' and hasattr(self.student, 'extract_feat'):
@@ -588,11 +592,11 @@ class DetectionDistiller(LevelDistiller):
             else:
                 with self._flows_on_neck(num_steps=steps):
                     again = self.student.predict(inputs, data_samples)
-            extra[steps] = [sample.pred_instances for sample in again]
+            extra[steps] = [sample.get(field) for sample in again]
         for k, sample in enumerate(samples):
-            sample.pred_instances = main[k]
-            for steps, instances in extra.items():
-                sample.set_field(instances[k], f'pred_instances_steps{steps}')
+            setattr(sample, field, main[k])  # through the sample type's own property
+            for steps, predictions in extra.items():
+                sample.set_field(predictions[k], f'{field}_steps{steps}')
         return samples
 
     def _forward(self, inputs: Tensor, data_samples=None):

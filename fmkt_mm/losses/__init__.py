@@ -5,10 +5,11 @@ from ``dict(type='KDLoss', ...)`` inside the ``fmkt_mm`` scope and from
 ``dict(type='fmkt_mm.KDLoss', ...)`` in any other OpenMMLab scope.
 """
 from .base import MetricLoss
+from .cwd import CWDLoss
 from .dist import DISTLoss
 from .dkd import DKDLoss
-from .kd import KDLoss
+from .kd import KDLoss, PixelKDLoss
 from .mse import MSELoss
 from .pkd import PKDLoss
 
-__all__ = ['MetricLoss', 'KDLoss', 'DKDLoss', 'DISTLoss', 'PKDLoss', 'MSELoss']
+__all__ = ['MetricLoss', 'KDLoss', 'PixelKDLoss', 'DKDLoss', 'DISTLoss', 'PKDLoss', 'MSELoss', 'CWDLoss']

@@ -61,3 +61,12 @@ class KDLoss(MetricLoss):
 
     def extra_repr(self) -> str:
         return f'tau={self.tau}, ' + super().extra_repr()
+
+
+@MODELS.register_module()
+class PixelKDLoss(KDLoss):
+    r"""Pixel-wise KD for dense prediction: :class:`KDLoss` on logit maps
+    (B, C, H, W), every pixel a sample (the class distributions of each
+    pixel matched, averaged over the batch and the pixels). The same
+    computation as ``KDLoss``; the name says how a segmentation config uses it.
+    """
