@@ -195,3 +195,21 @@ def test_efficacy_rows_configure_the_same_run_for_every_seed(tmp_path):
         assert encoders[0] == encoders[1], name
         if 'conv' in name:
             assert encoders[1] == dict(type='conv')
+
+
+@pytest.mark.slow
+def test_segmentation_study_pairs_rows_with_cwd_and_resumes(tmp_path):
+    """tools/benchmark_seg.py at tiny sizes: two teachers, every row paired
+    with CWD per teacher and seed, intervals and operator counts in the table;
+    a rerun trains nothing new."""
+    seg = load_tool('benchmark_seg')
+    argv = ['--quick', '--rows', 'FM-KT deploy student', '--out-dir', str(tmp_path)]
+    runs = seg.main(argv)
+    assert {(r['teacher'], r['row']) for r in runs} == {
+        (t, row) for t in ('full', 'half') for row in ('CWD', 'FM-KT deploy student')}
+    text = (tmp_path / 'quick' / 'study_seg.md').read_text()
+    assert 'minus CWD (paired)' in text and 'operators / step x CWD' in text and '95 % t intervals' in text
+    records = (tmp_path / 'quick' / 'study_seg.jsonl').read_text().splitlines()
+    again = seg.main(argv)
+    assert len((tmp_path / 'quick' / 'study_seg.jsonl').read_text().splitlines()) == len(records)
+    assert len(again) == len(runs)

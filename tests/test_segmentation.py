@@ -203,3 +203,59 @@ def test_baselines_train_through_the_runner(config, seg_set, tmp_path):
     runner.train()
     losses = runner.message_hub.log_scalars
     assert 'train/loss_feat_l0' in losses and np.isfinite(losses['train/loss_feat_l0'].current())
+
+
+# -- Cityscapes configs ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def cityscapes_like(tmp_path_factory):
+    """Random images and label maps in Cityscapes' layout (leftImg8bit / gtFine
+    labelTrainIds, 19 classes and 255), 128x256."""
+    import cv2
+    root = tmp_path_factory.mktemp('cityscapes')
+    rng = np.random.default_rng(0)
+    for split, count in (('train', 4), ('val', 2)):
+        for i in range(count):
+            name = f'aachen_{i:06d}_000019'
+            for sub, suffix, array in (
+                    ('leftImg8bit', 'leftImg8bit', rng.integers(0, 256, (128, 256, 3), dtype=np.uint8)),
+                    ('gtFine', 'gtFine_labelTrainIds', rng.choice([*range(19), 255], (128, 256)).astype(np.uint8))):
+                folder = root / sub / split / 'aachen'
+                folder.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(folder / f'{name}_{suffix}.png'), array)
+    return str(root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('config', ['fmkt_pspnet_r101-d8_to_r18-d8_4xb2-80k_cityscapes-512x1024.py',
+                                    'fmkt_deeplabv3_r101-d8_to_r18-d8_4xb2-80k_cityscapes-512x1024.py'])
+def test_cityscapes_configs_train_two_iterations(config, cityscapes_like, tmp_path):
+    """mmseg's own Cityscapes configs with a distiller block: the model-zoo
+    teacher's config at random weights (no download here), the student's
+    SyncBN as BN (one CPU process), 128x256 crops, 2 iterations."""
+    from fmkt_mm import experiment
+    from fmkt_mm.apis import build_runner
+    cfg = experiment.load(osp.join(ROOT, 'configs', 'mmseg', config))
+    assert cfg.distiller.teacher.checkpoint.startswith('https://download.openmmlab.com/mmsegmentation/')
+    cfg.distiller.teacher.update(checkpoint=None, allow_random_init=True)
+    cfg.distiller.dummy_input_shape = (3, 128, 256)
+    cfg.model.pretrained = None  # no ImageNet download
+    bn = dict(type='BN', requires_grad=True)
+    for part in ('backbone', 'decode_head', 'auxiliary_head'):
+        cfg.model[part].norm_cfg = bn
+    cfg.data_preprocessor.size = cfg.model.data_preprocessor.size = (128, 256)
+    pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].update(batch_size=2, num_workers=0, persistent_workers=False)
+        cfg[loader].dataset.update(data_root=cityscapes_like, pipeline=pipeline)
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=2, val_interval=100)
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=2, by_epoch=False)
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
+    cfg.work_dir = str(tmp_path / 'work')
+    runner = build_runner(cfg)
+    runner.train()
+    assert runner.iter == 2
+    scalars = runner.message_hub.log_scalars
+    assert np.isfinite(scalars['train/loss_flow_l3'].current())
+    assert 'train/decode.loss_ce' in scalars and 'train/aux.loss_ce' in scalars

@@ -1,5 +1,6 @@
 """Choosing and comparing the number of flow steps at validation and test."""
 import copy
+from numbers import Real
 from typing import Dict, Optional, Sequence, Union
 
 import torch
@@ -110,7 +111,9 @@ class FlowStepsHook(Hook):
             scored[unwrap(runner.model).eval_steps] = dict(metrics or {})
             parts = []
             for n in sorted(scored):
-                numbers = {k: v for k, v in scored[n].items() if isinstance(v, (int, float))}
+                # (numpy scalars too: mmseg's IoUMetric reports np.float32)
+                numbers = {k: float(v) for k, v in scored[n].items()
+                           if isinstance(v, Real) and not isinstance(v, bool)}
                 for key, value in numbers.items():
                     runner.message_hub.update_scalar(f'{mode}/flow/{key}_steps{n}', value)
                 parts.append(f'N={n}: ' + ', '.join(f'{k} {v:.4g}' for k, v in numbers.items()))
