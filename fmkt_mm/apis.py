@@ -115,6 +115,24 @@ def check_config_form(cfg: Config, config_path: str = 'the config') -> Config:
     return cfg
 
 
+def tool_config(config_path: str, cfg_options: Optional[dict] = None, launcher: str = 'none',
+                work_dir: Optional[str] = None) -> Config:
+    """The config as the project's tools start from it: read, overridden by
+    ``--cfg-options``, checked (:func:`check_config_form`), with the launcher
+    and the work dir (``--work-dir``, else the config's, else
+    ``work_dirs/<config name>``, as mmdet's tools choose it)."""
+    cfg = Config.fromfile(config_path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    check_config_form(cfg, config_path)
+    cfg.launcher = launcher
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+    return cfg
+
+
 def _is_distill_runner(runner_type) -> bool:
     from .runner import DistillRunner
     if isinstance(runner_type, type):

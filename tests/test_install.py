@@ -3,14 +3,13 @@ imports with one OpenMMLab framework only, the environment check, and
 multi-node launches as mmdet's."""
 import os
 import os.path as osp
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from tiny_runs import ROOT, tiny_cfg
+from tiny_runs import ROOT, free_port, tiny_cfg
 
 PYTHON = sys.executable
 TESTS = osp.dirname(osp.abspath(__file__))
@@ -73,11 +72,6 @@ def test_check_env_reports_the_stack_and_what_would_fail():
     assert problems == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_two_nodes_of_one_process_train_to_equal_weights(teacher_checkpoint, tmp_path):
@@ -89,7 +83,7 @@ def test_two_nodes_of_one_process_train_to_equal_weights(teacher_checkpoint, tmp
     cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='SaveRankStateHook', out_dir=work_dir)]
     config = str(tmp_path / 'config.py')
     cfg.dump(config)
-    port = str(_free_port())
+    port = str(free_port())
     nodes = [subprocess.Popen(['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), config, '1',
                                '--work-dir', work_dir],
                               env=dict(ENV, PYTHON=PYTHON, NNODES='2', NODE_RANK=str(rank),

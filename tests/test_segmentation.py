@@ -199,10 +199,12 @@ def test_baselines_train_through_the_runner(config, seg_set, tmp_path):
     from fmkt_mm.apis import build_runner
     cfg = experiment.load(user_config(tmp_path, config, seg_set, seg_teacher(tmp_path)))
     cfg.work_dir = str(tmp_path / 'work')
+    cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='fmkt_mm.TeacherEvalHook', max_batches=1)]
     runner = build_runner(cfg)
     runner.train()
     losses = runner.message_hub.log_scalars
     assert 'train/loss_feat_l0' in losses and np.isfinite(losses['train/loss_feat_l0'].current())
+    assert isinstance(runner.message_hub.get_info('teacher/mIoU'), float)  # the teacher, scored first
 
 
 # -- Cityscapes configs ----------------------------------------------------------------------

@@ -12,7 +12,7 @@ from mmengine.config import Config
 
 import fmkt_mm  # noqa: F401
 from fmkt_mm.apis import check_config_form
-from tiny_runs import CLS_CONFIGS, DET_CONFIGS, ROOT, tiny_cfg
+from tiny_runs import CLS_CONFIGS, DET_CONFIGS, ROOT, free_port, tiny_cfg
 
 PYTHON = sys.executable
 ENV = dict(os.environ, OMP_NUM_THREADS='1')
@@ -209,7 +209,7 @@ def test_mmpretrains_own_dist_train_distils_in_two_processes(teacher_checkpoint,
     cfg.dump(config)
     env = dict(ENV, PATH=osp.dirname(PYTHON) + os.pathsep + os.environ['PATH'],
                PYTHONPATH=os.pathsep.join([osp.dirname(osp.abspath(__file__)), ROOT]),
-               PORT=str(_free_port()))
+               PORT=str(free_port()))
     result = subprocess.run(['bash', stock_tool('mmpretrain', 'dist_train.sh'), config, '2', '--work-dir',
                              work_dir], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -220,9 +220,3 @@ def test_mmpretrains_own_dist_train_distils_in_two_processes(teacher_checkpoint,
         assert torch.equal(value, states[1]['params'][name]), name
     assert_distilled(osp.join(work_dir, 'iter_2.pth'))
 
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]

@@ -140,6 +140,14 @@ def det_batch(model, n: int = 2, seed: int = 0, train: bool = True):
 # -- multi-process runs ---------------------------------------------------------------
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a rendezvous)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
 def _register_rank_state_hook():
     import torch
     from mmengine.dist import get_rank, get_world_size

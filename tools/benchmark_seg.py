@@ -50,6 +50,7 @@ class Job:
     epochs: int
     work_dir: str
     data_root: str
+    threads: int = 1  # torch threads of the run (cores / parallel runs: no oversubscription)
 
 
 def seg_config(job: Job):
@@ -188,20 +189,23 @@ def main(argv=None):
     start = time.time()
     data_root = osp.join(args.out_dir, 'data')
     make_segmentation_set(data_root, args.num_train, args.num_val)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
     record = osp.join(args.out_dir, RECORD)
     done = []
     if osp.isfile(record):
         with open(record) as f:
             done = [json.loads(line) for line in f if line.strip()]
     teachers = {r['row']: r for r in done if r['teacher'] is None}
-    need = [Job(name, TEACHER, 0, None, None, epochs, osp.join(args.out_dir, f'teacher_{name}'), data_root)
+    need = [Job(name, TEACHER, 0, None, None, epochs, osp.join(args.out_dir, f'teacher_{name}'), data_root,
+                max(1, (os.cpu_count() or 1) // min(args.jobs, 2)))
             for name, epochs in (('full', args.teacher_epochs), ('half', max(1, args.teacher_epochs // 2)))
             if name not in teachers]
     for result in run_all(need, min(args.jobs, len(need)) or 1, record):
         teachers[result['row']] = result
     keys = {(r['teacher'], r['row'], r['seed']) for r in done if r['teacher'] is not None}
     jobs = [Job(name, config, seed, teacher, teachers[teacher]['checkpoint'], args.epochs,
-                osp.join(args.out_dir, f'{teacher}_{name.replace(" ", "-").replace("+", "")}_s{seed}'), data_root)
+                osp.join(args.out_dir, f'{teacher}_{name.replace(" ", "-").replace("+", "")}_s{seed}'), data_root,
+                threads)
             for seed in args.seeds for teacher in ('full', 'half') for name, config in rows
             if (teacher, name, seed) not in keys]
     print(f'[seg] {len(done)} runs recorded, {len(jobs)} to run', flush=True)

@@ -17,7 +17,7 @@ import os.path as osp
 from mmengine.config import Config, DictAction
 from mmengine.evaluator import DumpResults
 
-from fmkt_mm.apis import build_runner, check_config_form
+from fmkt_mm.apis import build_runner, tool_config
 from fmkt_mm.launch import shutdown_process_group
 from fmkt_mm.storage import is_url
 
@@ -65,15 +65,7 @@ def show_predictions(cfg: Config, out_dir: str, interval: int = 1) -> Config:
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    check_config_form(cfg, args.config)
-    cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     if not is_url(args.checkpoint) and not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint!r}')
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):

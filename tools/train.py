@@ -12,11 +12,10 @@ the checkpoint opt-ins as flags.
 """
 import argparse
 import os
-import os.path as osp
 
 from mmengine.config import Config, DictAction
 
-from fmkt_mm.apis import build_runner, check_config_form, make_reproducible
+from fmkt_mm.apis import build_runner, make_reproducible, tool_config
 from fmkt_mm.launch import shutdown_process_group
 
 UNSAFE_HELP = ('let the checkpoint given here (or as load_from) be read with full unpickling, which '
@@ -66,15 +65,7 @@ def enable_auto_scale_lr(cfg: Config) -> Config:
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    check_config_form(cfg, args.config)
-    cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     if args.deterministic or args.seed is not None:
         make_reproducible(cfg, args.seed, deterministic=args.deterministic)
     if args.amp:

@@ -1,4 +1,5 @@
 """The teacher, evaluated once before training."""
+from numbers import Real
 from typing import Dict, Optional
 
 import torch
@@ -67,7 +68,9 @@ class TeacherEvalHook(Hook):
         shown = ', '.join(f'{k}: {v:.4f}' if isinstance(v, float) else f'{k}: {v}'
                           for k, v in metrics.items())
         runner.logger.info(f'{who} on the validation set before training: {shown}')
-        scalars = {f'{prefix}/{k}': v for k, v in metrics.items() if isinstance(v, (int, float))}
+        # numbers, numpy scalars included (mmseg's IoUMetric reports np.float32)
+        scalars = {f'{prefix}/{k}': float(v) for k, v in metrics.items()
+                   if isinstance(v, Real) and not isinstance(v, bool)}
         if scalars:
             runner.visualizer.add_scalars(scalars, step=runner.iter)
         for key, value in scalars.items():
