@@ -38,7 +38,7 @@ from mmengine.runner.checkpoint import _load_checkpoint_to_model
 from .checkpoint import CheckpointMismatchError, check_fit, extract_state_dict, safe_torch_load
 from .registry import RUNNERS
 from .storage import CorruptCheckpointError
-from .work_dir import WorkDirLock, WorkDirSnapshot
+from .work_dir import WorkDirLock, WorkDirLockedError, WorkDirSnapshot
 
 #: the checkpoints a CheckpointHook names by step
 _STEP_FILE = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
@@ -85,8 +85,14 @@ class DistillRunner(Runner):
         self._role = 'train'
         lock = None
         if is_main_process():
-            with self._restore_on_failure():
+            try:
                 lock = WorkDirLock.acquire(self.work_dir)
+            except WorkDirLockedError:
+                # another run owns the work dir and may be writing to it: remove only
+                # what this run wrote (its log folder) and put back the config copy
+                if self._snapshot is not None:
+                    self._snapshot.restore(only=[self.log_dir])
+                raise
         try:
             return super().train()
         finally:

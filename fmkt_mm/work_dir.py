@@ -18,7 +18,7 @@ import sys
 import time
 import warnings
 from contextlib import contextmanager
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 #: the lock file's name inside the work dir
 LOCK_NAME = '.run.lock'
@@ -124,15 +124,20 @@ class WorkDirSnapshot:
             path = osp.join(self.work_dir, name)
             self.contents[name] = _bytes(path)
 
-    def restore(self) -> None:
+    def restore(self, only: Optional[Sequence[str]] = None) -> None:
         """Remove what appeared since the snapshot (the whole directory if it
-        did not exist), and put back the kept files' earlier content."""
+        did not exist), and put back the kept files' earlier content. With
+        ``only`` (paths in the work dir), remove just those of the new
+        entries: what this run wrote, when another run may be writing too."""
         if not osp.isdir(self.work_dir):
             return
-        if not self.existed:
+        if not self.existed and only is None:
             shutil.rmtree(self.work_dir, ignore_errors=True)
             return
-        for name in set(os.listdir(self.work_dir)) - self.entries:
+        new = set(os.listdir(self.work_dir)) - self.entries
+        if only is not None:
+            new &= {osp.relpath(osp.abspath(path), self.work_dir).split(os.sep)[0] for path in only}
+        for name in new:
             path = osp.join(self.work_dir, name)
             shutil.rmtree(path, ignore_errors=True) if osp.isdir(path) else os.remove(path)
         for name, content in self.contents.items():
