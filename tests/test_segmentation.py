@@ -261,3 +261,33 @@ def test_cityscapes_configs_train_two_iterations(config, cityscapes_like, tmp_pa
     scalars = runner.message_hub.log_scalars
     assert np.isfinite(scalars['train/loss_flow_l3'].current())
     assert 'train/decode.loss_ce' in scalars and 'train/aux.loss_ce' in scalars
+
+
+@pytest.mark.slow
+def test_fmkt_segmentation_under_bf16_autocast_and_two_processes(seg_set, tmp_path):
+    """The segmentation distiller under --amp (bf16 autocast on a CPU) and
+    under DDP with 2 gloo processes (tools/dist_train.sh): equal weights on
+    both ranks; then resumed from its own checkpoint."""
+    from tiny_runs import free_port
+    teacher = seg_teacher(tmp_path)
+    config = user_config(tmp_path, 'fmkt_pspnet_r18w32_to_r18w8_deploy-student.py', seg_set, teacher,
+                         "custom_imports = dict(imports=['fmkt_mm', 'tiny_runs'], allow_failed_imports=False)\n"
+                         f"custom_hooks = [dict(type='SaveRankStateHook', out_dir={str(tmp_path / 'ddp')!r})]\n")
+    run([osp.join(ROOT, 'tools', 'train.py'), config, '--amp', '--work-dir', str(tmp_path / 'amp')])
+    assert 'fmkt_mm.CPUAmpOptimWrapper' in (tmp_path / 'amp' / osp.basename(config)).read_text()
+    import json
+    scalars = [json.loads(line) for line in open(next((tmp_path / 'amp').glob('*/vis_data/scalars.json')))]
+    flow_losses = [r['loss_flow_l3'] for r in scalars if 'loss_flow_l3' in r]
+    assert flow_losses and all(np.isfinite(flow_losses))
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=PYTHON, PORT=str(free_port()),
+               PYTHONPATH=os.pathsep.join([osp.dirname(osp.abspath(__file__)), ROOT]))
+    result = subprocess.run(['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), config, '2', '--work-dir',
+                             str(tmp_path / 'ddp')], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    states = [torch.load(tmp_path / 'ddp' / f'rank{r}.pth', weights_only=True) for r in (0, 1)]
+    assert any(n.startswith('flows.') for n in states[0]['params'])
+    for name, value in states[0]['params'].items():
+        assert torch.equal(value, states[1]['params'][name]), name
+    log = run([osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir', str(tmp_path / 'amp'),
+               '--resume', '--cfg-options', 'train_cfg.max_epochs=2'])
+    assert 'resumed' in log.lower()
