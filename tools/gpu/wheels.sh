@@ -16,7 +16,7 @@ WHEELS=(
     mmengine==0.10.7 mmdet==3.3.0 mmpretrain==1.2.0 pycocotools==2.0.11
     # their needs that the device image lacks
     addict==2.4.0 yapf==0.43.0 termcolor==3.3.0 terminaltables==3.1.10 shapely==2.2.0
-    model-index==0.1.11 ordered-set==4.1.0 mat4py==0.6.0 platformdirs==4.14.5
+    model-index==0.1.11 ordered-set==4.1.0 mat4py==0.6.0 platformdirs==4.14.5 importlib-metadata==8.7.0
 )
 python3 -m pip download --disable-pip-version-check -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp "${PLATFORMS[@]}" -d "$OUT" "${WHEELS[@]}"
