@@ -148,7 +148,8 @@ distiller = dict(teacher=dict(checkpoint={teacher!r}))
 
 
 def run(args, cwd=ROOT):
-    env = dict(os.environ, OMP_NUM_THREADS='1')
+    env = dict(os.environ, OMP_NUM_THREADS='1',
+               PYTHONPATH=os.pathsep.join([osp.dirname(osp.abspath(__file__)), ROOT]))
     result = subprocess.run([PYTHON] + args, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
@@ -199,7 +200,7 @@ def test_baselines_train_through_the_runner(config, seg_set, tmp_path):
     from fmkt_mm.apis import build_runner
     cfg = experiment.load(user_config(tmp_path, config, seg_set, seg_teacher(tmp_path)))
     cfg.work_dir = str(tmp_path / 'work')
-    cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='fmkt_mm.TeacherEvalHook', max_batches=1)]
+    cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='fmkt_mm.TeacherEvalHook', max_batches=1)]
     runner = build_runner(cfg)
     runner.train()
     losses = runner.message_hub.log_scalars
@@ -270,6 +271,7 @@ def test_fmkt_segmentation_under_bf16_autocast_and_two_processes(seg_set, tmp_pa
     both ranks; then resumed from its own checkpoint."""
     from tiny_runs import free_port
     teacher = seg_teacher(tmp_path)
+    (tmp_path / 'ddp').mkdir()  # where SaveRankStateHook writes each rank's weights
     config = user_config(tmp_path, 'fmkt_pspnet_r18w32_to_r18w8_deploy-student.py', seg_set, teacher,
                          "custom_imports = dict(imports=['fmkt_mm', 'tiny_runs'], allow_failed_imports=False)\n"
                          f"custom_hooks = [dict(type='SaveRankStateHook', out_dir={str(tmp_path / 'ddp')!r})]\n")

@@ -1,16 +1,12 @@
-"""Paired 95 % t intervals of the recipe studies (tools/study_stats.py)."""
-import importlib.util
+"""Paired 95 % t intervals of the recipe studies (fmkt_mm.studies)."""
 import math
 import os.path as osp
 import statistics
 
 import pytest
 
+from fmkt_mm import studies as study_stats
 from tiny_runs import ROOT
-
-spec = importlib.util.spec_from_file_location('study_stats', osp.join(ROOT, 'tools', 'study_stats.py'))
-study_stats = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(study_stats)
 
 
 def test_the_interval_is_the_t_interval_written_out():

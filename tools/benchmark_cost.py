@@ -52,6 +52,8 @@ import subprocess
 import sys
 import time
 
+from fmkt_mm.studies import count_operators
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 CLS_CONFIG = osp.join(ROOT, 'configs', 'mmpretrain', 'fmkt_resnet34_resnet18_8xb32_in1k.py')
@@ -264,23 +266,6 @@ def measure(spec, args):
                 memory_mib=memory, inference_ms=inference, train_ops=train_ops,
                 inference_ops=inference_ops, train_gflop=train_gflop,
                 trainable_params=sum(p.numel() for p in params))
-
-
-def count_operators(fn) -> int:
-    """aten operators dispatched by one call of ``fn`` (views and in-place
-    updates included: each is one trip through the dispatcher)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Counter(TorchDispatchMode):
-        count = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Counter.count += 1
-            return func(*args, **(kwargs or {}))
-
-    with Counter():
-        fn()
-    return Counter.count
 
 
 def step_gflop(model, data) -> float:

@@ -353,24 +353,14 @@ def study_table(study, teachers, rows, key='top1', label='top-1', curve_key='ste
                      f'{summary[name][teacher]["sec_per_iter"]:.3f}']
             lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
         lines.append('')
-    stats = _study_stats()
+    from fmkt_mm import studies as stats
     lines += [f'Paired differences to {baseline} with their 95 % t intervals, per teacher and pooled '
-              f'(tools/study_stats.py):', '', stats.table(study, baseline, key), '']
+              f'(fmkt_mm.studies):', '', stats.table(study, baseline, key), '']
     verdicts = stats.summary(study, baseline, key)
     winners = [name for name, verdict in verdicts.items() if verdict == 'beats']
     lines.append(f'Rows whose pooled 95 % interval lies above {baseline}: '
                  f'{", ".join(winners) if winners else "none"}.')
     return '\n'.join(lines), dict(rows=summary, winners=winners, verdicts=verdicts)
-
-
-def _study_stats():
-    """tools/study_stats.py, however this file was loaded."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'study_stats', osp.join(osp.dirname(osp.abspath(__file__)), 'study_stats.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def study_rows(table, names):

@@ -6,7 +6,7 @@ R18 w8 student; every run is paired with CWD's run of the same teacher and
 seed. Prints (and writes as ``study_seg.md``) per teacher: mIoU mean ± std,
 the paired difference to CWD and the seeds won, s/iter and the operators of
 one training step beside CWD's; then the paired 95 % t intervals per teacher
-and pooled (``tools/study_stats.py``), and the verdict. Each finished run is
+and pooled (:mod:`fmkt_mm.studies`), and the verdict. Each finished run is
 a line of ``OUT_DIR/study_seg.jsonl``; a rerun of the same command resumes.
 
     python tools/benchmark_seg.py --seeds 0 1 2 --jobs 2            # the study (about 30 min on 2 cores)
@@ -74,8 +74,7 @@ def seg_config(job: Job):
 
 def train_step_operators(runner) -> int:
     """aten operators of one training forward, losses and backward (no optimizer step)."""
-    sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-    from benchmark_cost import count_operators
+    from fmkt_mm.studies import count_operators
     model = runner.model
     batch = next(iter(runner.train_dataloader))
     data = model.data_preprocessor(batch, True)
@@ -132,7 +131,7 @@ def fmt(values) -> str:
 
 
 def tables(runs: List[dict], teachers: Dict[str, float], rows) -> str:
-    import study_stats
+    from fmkt_mm import studies as study_stats
     baseline = rows[0][0]
     lines = []
     for teacher, score in teachers.items():
@@ -156,7 +155,7 @@ def tables(runs: List[dict], teachers: Dict[str, float], rows) -> str:
                          f'{curve} | {statistics.fmean(r["sec_per_iter"] for r in mine):.3f} | '
                          f'{ops:.0f} ({ops / base_ops:.2f}x) |')
         lines.append('')
-    lines += [f'Paired differences to {baseline}, 95 % t intervals (tools/study_stats.py):', '',
+    lines += [f'Paired differences to {baseline}, 95 % t intervals (fmkt_mm.studies):', '',
               study_stats.table(runs, baseline, 'miou', [n for n, _ in rows]), '']
     verdicts = study_stats.summary(runs, baseline, 'miou')
     winners = [n for n, v in verdicts.items() if v == 'beats']
@@ -183,7 +182,6 @@ def main(argv=None):
     unknown = set(args.rows or []) - {n for n, _ in ROWS}
     if unknown:
         raise SystemExit(f'unknown rows {sorted(unknown)}; the rows are {[n for n, _ in ROWS]}')
-    sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
     from fmkt_mm.datasets import make_segmentation_set
     os.makedirs(args.out_dir, exist_ok=True)
     start = time.time()
