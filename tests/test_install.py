@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from tiny_runs import ROOT, free_port, tiny_cfg
+from tiny_runs import ROOT, free_port, rank_state_config
 
 PYTHON = sys.executable
 TESTS = osp.dirname(osp.abspath(__file__))
@@ -78,11 +78,7 @@ def test_two_nodes_of_one_process_train_to_equal_weights(teacher_checkpoint, tmp
     """tools/dist_train.sh as mmdet's: NNODES, NODE_RANK, MASTER_ADDR and PORT;
     two "nodes" on 127.0.0.1, one process each (gloo)."""
     work_dir = str(tmp_path / 'run')
-    cfg = tiny_cfg('fmkt', work_dir, teacher_checkpoint, max_iters=2)
-    cfg.custom_imports = dict(imports=['fmkt_mm', 'tiny_runs'], allow_failed_imports=False)
-    cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='SaveRankStateHook', out_dir=work_dir)]
-    config = str(tmp_path / 'config.py')
-    cfg.dump(config)
+    config = rank_state_config(teacher_checkpoint, work_dir, str(tmp_path / 'config.py'))
     port = str(free_port())
     nodes = [subprocess.Popen(['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), config, '1',
                                '--work-dir', work_dir],

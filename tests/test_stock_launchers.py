@@ -12,7 +12,7 @@ from mmengine.config import Config
 
 import fmkt_mm  # noqa: F401
 from fmkt_mm.apis import check_config_form
-from tiny_runs import CLS_CONFIGS, DET_CONFIGS, ROOT, free_port, tiny_cfg
+from tiny_runs import CLS_CONFIGS, DET_CONFIGS, ROOT, free_port, rank_state_config, tiny_cfg
 
 PYTHON = sys.executable
 ENV = dict(os.environ, OMP_NUM_THREADS='1')
@@ -202,11 +202,7 @@ def test_mmpretrains_own_dist_train_distils_in_two_processes(teacher_checkpoint,
     pytorch): on a CPU the runner starts gloo itself; both ranks end with the
     same distilled weights."""
     work_dir = str(tmp_path / 'run')
-    cfg = tiny_cfg('fmkt', work_dir, teacher_checkpoint, max_iters=2)
-    cfg.custom_imports = dict(imports=['fmkt_mm', 'tiny_runs'], allow_failed_imports=False)
-    cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='SaveRankStateHook', out_dir=work_dir)]
-    config = str(tmp_path / 'config.py')
-    cfg.dump(config)
+    config = rank_state_config(teacher_checkpoint, work_dir, str(tmp_path / 'config.py'))
     env = dict(ENV, PATH=osp.dirname(PYTHON) + os.pathsep + os.environ['PATH'],
                PYTHONPATH=os.pathsep.join([osp.dirname(osp.abspath(__file__)), ROOT]),
                PORT=str(free_port()))

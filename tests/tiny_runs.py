@@ -140,6 +140,16 @@ def det_batch(model, n: int = 2, seed: int = 0, train: bool = True):
 # -- multi-process runs ---------------------------------------------------------------
 
 
+def rank_state_config(teacher_checkpoint: str, work_dir: str, config: str) -> str:
+    """A 2-iteration Fashion-MNIST FM-KT config whose every rank writes its
+    weights into ``work_dir`` (:class:`SaveRankStateHook`), dumped to ``config``."""
+    cfg = tiny_cfg('fmkt', work_dir, teacher_checkpoint, max_iters=2)
+    cfg.custom_imports = dict(imports=['fmkt_mm', 'tiny_runs'], allow_failed_imports=False)
+    cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='SaveRankStateHook', out_dir=work_dir)]
+    cfg.dump(config)
+    return config
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now (for a rendezvous)."""
     import socket
