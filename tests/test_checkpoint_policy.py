@@ -7,7 +7,6 @@ states. ``torch.load(weights_only=True)`` refuses those; the project's loader
 rebuilds them from a data-only allow-list, and still refuses anything else
 without running it.
 """
-import os
 import os.path as osp
 import pickle
 import uuid
@@ -19,7 +18,7 @@ from mmengine.runner import Runner
 
 import fmkt_mm  # noqa: F401  (routes MMEngine's local loader through the policy)
 from fmkt_mm.checkpoint import UnsafeCheckpointError, safe_torch_load, unsafe_globals
-from tiny_runs import CLS_CONFIGS, plain_model, tiny_cfg
+from tiny_runs import CLS_CONFIGS, Payload, plain_model, tiny_cfg
 
 TEACHER_CONFIG = osp.join(CLS_CONFIGS, 'teacher_resnet18_w16.py')
 
@@ -120,13 +119,6 @@ def test_a_model_zoo_shaped_file_loads(tmp_path):
                     state_dict=model.state_dict()), path)
     checkpoint = safe_torch_load(path)
     assert checkpoint['meta']['dataset_meta']['classes'] == ('a', 'b')
-
-
-class Payload:
-    marker = None
-
-    def __reduce__(self):
-        return (os.system, (f'touch {Payload.marker}', ))
 
 
 @pytest.fixture

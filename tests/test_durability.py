@@ -21,19 +21,12 @@ from fmkt_mm.apis import build_runner
 from fmkt_mm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError, safe_torch_load
 from fmkt_mm.storage import CorruptCheckpointError
 from fmkt_mm.work_dir import LOCK_NAME, WorkDirLockedError
-from tiny_runs import ROOT, plain_model, tiny_cfg
+from tiny_runs import ROOT, Payload, plain_model, tiny_cfg
 
 PYTHON = sys.executable
 TESTS = osp.dirname(osp.abspath(__file__))
 ENV = dict(os.environ, OMP_NUM_THREADS='1',
            PYTHONPATH=os.pathsep.join([TESTS, ROOT, os.environ.get('PYTHONPATH', '')]))
-
-
-class Payload:
-    marker = None
-
-    def __reduce__(self):
-        return (os.system, (f'touch {Payload.marker}', ))
 
 
 @pytest.fixture

@@ -137,6 +137,19 @@ def det_batch(model, n: int = 2, seed: int = 0, train: bool = True):
     return model.data_preprocessor(dict(inputs=images, data_samples=samples), train)
 
 
+# -- unsafe files -------------------------------------------------------------------
+
+
+class Payload:
+    """Pickled, it would run ``touch marker``: the payload of the unsafe
+    checkpoints the tests plant (set ``Payload.marker`` first)."""
+    marker = None
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f'touch {Payload.marker}', ))
+
+
 # -- multi-process runs ---------------------------------------------------------------
 
 
