@@ -1,7 +1,7 @@
 """Glue between configs with a ``distiller`` block and MMEngine's Runner."""
 import os
 import os.path as osp
-from typing import Optional
+from typing import ContextManager, Optional
 
 import torch
 from mmengine.config import Config
@@ -84,7 +84,7 @@ def use_distill_log_processor(cfg: Config) -> Config:
     return cfg
 
 
-def clean_up_on_failure(work_dir: str):
+def clean_up_on_failure(work_dir: str) -> ContextManager[WorkDirSnapshot]:
     """Remove what a run that failed during set-up wrote into ``work_dir``:
     the whole directory if the run created it, otherwise the files and
     folders that appeared in it (a context manager)."""
@@ -160,26 +160,38 @@ def prepare_config(cfg: Config) -> Config:
     return cfg
 
 
-def prepare_work_dir(cfg: Config, config_path: str, work_dir=None) -> str:
+def prepare_work_dir(cfg: Config, config_path: str, work_dir: Optional[str] = None) -> str:
     """Set ``cfg.work_dir`` and what every run gets:
 
     * :class:`~fmkt_mm.hooks.SafeCheckpointHook`: checkpoints hold only
       tensors and plain data (they load with ``weights_only=True``);
     * :class:`~fmkt_mm.hooks.RandomStateHook`: a resumed run repeats the
       uninterrupted one;
-    * durable checkpoints (:func:`use_durable_checkpoints`).
+    * durable checkpoints (:func:`use_durable_checkpoints`);
+    * :class:`~fmkt_mm.hooks.FlowEMAHook` where the distiller keeps an EMA
+      of its flows.
     """
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
     hooks = list(cfg.get('custom_hooks', []))
-    for name in ('SafeCheckpointHook', 'RandomStateHook'):
+    needed = ['SafeCheckpointHook', 'RandomStateHook'] + (['FlowEMAHook'] if keeps_flow_ema(cfg) else [])
+    for name in needed:
         if not any(h.get('type') in (name, 'fmkt_mm.' + name) for h in hooks):
             hooks.append(dict(type='fmkt_mm.' + name))
     cfg.custom_hooks = hooks
     use_durable_checkpoints(cfg)
     return cfg.work_dir
+
+
+def keeps_flow_ema(cfg: Config) -> bool:
+    """Whether the config's distiller keeps an EMA of its flows (grouped
+    ``deploy.ema_momentum`` or flat ``ema_momentum``)."""
+    model = cfg.get('model') if isinstance(cfg.get('model'), dict) else {}
+    distiller = cfg.get('distiller') if isinstance(cfg.get('distiller'), dict) else model
+    deploy = distiller.get('deploy') if isinstance(distiller.get('deploy'), dict) else {}
+    return deploy.get('ema_momentum', distiller.get('ema_momentum')) is not None
 
 
 #: the stock checkpoint hook's names, and the durable one's

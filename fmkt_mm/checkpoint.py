@@ -31,7 +31,7 @@ import pickle
 import pickletools
 import warnings
 import zipfile
-from typing import Callable, Dict, Iterable, List, Optional, Set
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Union
 
 import torch
 from torch import nn
@@ -82,7 +82,7 @@ def _getattr_owners() -> Dict[object, Callable[[str], bool]]:
     return owners
 
 
-def restricted_getattr(owner, name, *default):
+def restricted_getattr(owner: Any, name: str, *default: Any) -> Any:
     """``getattr`` as a data-only checkpoint may call it: only the statistics
     methods of MMEngine's ``HistoryBuffer`` (which its pickled state names)
     and numpy's dtype classes; anything else is refused before it is looked
@@ -175,8 +175,9 @@ def _pickled_globals(path: str) -> List[str]:
     return found
 
 
-def safe_torch_load(path: str, map_location='cpu', allow_unsafe_pickle: bool = False,
-                    what: str = 'checkpoint', role: Optional[str] = None):
+def safe_torch_load(path: str, map_location: Union[str, torch.device, Callable, Dict[str, str], None] = 'cpu',
+                    allow_unsafe_pickle: bool = False, what: str = 'checkpoint',
+                    role: Optional[str] = None) -> Any:
     """``torch.load`` with ``weights_only=True`` and the data-only allow-list;
     full unpickling only with ``allow_unsafe_pickle`` (see the module
     docstring). ``role`` (``'teacher'``, ``'train'``, ``'test'``) picks the
@@ -222,7 +223,7 @@ def _first_line(err: Exception) -> str:
     return (specific or lines or [type(err).__name__])[0]
 
 
-def extract_state_dict(checkpoint) -> Dict[str, torch.Tensor]:
+def extract_state_dict(checkpoint: Any) -> Dict[str, torch.Tensor]:
     """The model weights of a checkpoint: ``state_dict`` / ``model`` entries
     or the dict itself, without a DataParallel ``module.`` prefix."""
     state = checkpoint
@@ -356,7 +357,7 @@ def _load_local(filename, map_location=None):
                            map_location=map_location)
 
 
-def register_safe_local_loader():
+def register_safe_local_loader() -> None:
     """Route MMEngine's checkpoint loading of local files and ``http(s)://``
     URLs (``load_from``, ``resume``, ``init_cfg=dict(type='Pretrained')``)
     through the policy above, with clear errors instead of a raw pickle one."""

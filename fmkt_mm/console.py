@@ -13,8 +13,13 @@ import os.path as osp
 import sys
 import time
 from contextlib import contextmanager, redirect_stdout
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, TextIO
 
 from mmengine.hooks import Hook
+from mmengine.hooks.hook import DATA_BATCH
+
+if TYPE_CHECKING:
+    from mmengine.runner import Runner
 
 __all__ = ['ConsoleProgressHook', 'quiet_run']
 
@@ -26,14 +31,14 @@ class ConsoleProgressHook(Hook):
 
     priority = 'LOWEST'
 
-    def __init__(self, name: str, stream=None, log: str = ''):
+    def __init__(self, name: str, stream: Optional[TextIO] = None, log: str = '') -> None:
         self.name, self.log, self.finished = name, log, False
         self.stream = stream or sys.__stdout__
         self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
         self._start = None
         self._line = ''
 
-    def before_train(self, runner):
+    def before_train(self, runner: 'Runner') -> None:
         self._start, self._first_iter = time.time(), runner.iter
 
     def _show(self, runner, final=False):
@@ -50,15 +55,16 @@ class ConsoleProgressHook(Hook):
             self.stream.write('\r' + self._line.ljust(79))
             self.stream.flush()
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+    def after_train_iter(self, runner: 'Runner', batch_idx: int, data_batch: DATA_BATCH = None,
+                         outputs: Optional[dict] = None) -> None:
         if self.tty:
             self._show(runner)
 
-    def after_train_epoch(self, runner):
+    def after_train_epoch(self, runner: 'Runner') -> None:
         if not self.tty:
             self._show(runner)
 
-    def after_train(self, runner):
+    def after_train(self, runner: 'Runner') -> None:
         self._show(runner, final=True)
         seconds = time.time() - self._start
         logs = f'  logs: {self.log}' if self.log else ''
@@ -69,7 +75,7 @@ class ConsoleProgressHook(Hook):
 
 
 @contextmanager
-def quiet_run(name: str, work_dir: str):
+def quiet_run(name: str, work_dir: str) -> Iterator[Callable[['Runner'], None]]:
     """``with quiet_run('teacher', work_dir) as attach: runner = Runner.from_cfg(cfg);
     attach(runner); runner.train()``: the run's stdout goes to
     ``work_dir/console.log``, and ``attach`` adds the one-line progress."""

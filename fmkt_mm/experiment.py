@@ -18,7 +18,7 @@ import time
 import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Union
 
 from mmengine.config import Config
 from mmengine.runner import Runner
@@ -26,6 +26,9 @@ from mmengine.runner import Runner
 from .apis import apply_distiller, build_runner, make_reproducible, prepare_work_dir
 from .console import quiet_run
 from .export import atomic_torch_save
+
+if TYPE_CHECKING:
+    from torch import nn
 
 #: the shipped configs (the repository's ``configs/``)
 CONFIG_ROOT = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
@@ -122,7 +125,7 @@ class Run:
     seconds: float
 
     @property
-    def model(self):
+    def model(self) -> 'nn.Module':
         return self.runner.model
 
     @property

@@ -2,6 +2,7 @@
 import os
 import shutil
 import subprocess
+from typing import Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -22,7 +23,7 @@ def _first_slurm_host(node_list) -> str:
                        f'MASTER_ADDR to the first node')
 
 
-def launcher_environment(launcher: str, environ=None) -> dict:
+def launcher_environment(launcher: str, environ: Optional[Mapping[str, str]] = None) -> dict:
     """``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
     ``MASTER_PORT`` for ``init_process_group(init_method='env://')``, read
     from what the launcher sets: torchrun sets them itself; Slurm's ``srun``

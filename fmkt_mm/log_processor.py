@@ -20,10 +20,14 @@ arguments.
 """
 import re
 from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Tuple
 
 from mmengine.runner import LogProcessor
 
 from .registry import LOG_PROCESSORS
+
+if TYPE_CHECKING:
+    from mmengine.runner import Runner
 
 #: a value per flow step: ``flow_step3``, ``flow_l0_step3``, ``val/flow_step1``
 PER_STEP = re.compile(r'_step\d+$')
@@ -39,11 +43,11 @@ class DistillLogProcessor(LogProcessor):
     with per-step terms averaged, per-level terms summed, and both kept off
     the console line (they are in the scalar logs)."""
 
-    def __init__(self, *args, mean_pattern: str = MEAN_PATTERN, **kwargs):
+    def __init__(self, *args: Any, mean_pattern: str = MEAN_PATTERN, **kwargs: Any) -> None:
         super().__init__(*args, mean_pattern=mean_pattern, **kwargs)
         self._console = False
 
-    def get_log_after_iter(self, runner, batch_idx: int, mode: str):
+    def get_log_after_iter(self, runner: 'Runner', batch_idx: int, mode: str) -> Tuple[dict, str]:
         tag, _ = super().get_log_after_iter(runner, batch_idx, mode)
         self._console = True  # the same line again, without per-step/per-level terms
         try:

@@ -1,9 +1,11 @@
 """Mixed precision that also works on a CPU."""
 from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 from mmengine.config import Config
 from mmengine.optim import OptimWrapper
+from torch import nn
 
 from .registry import OPTIM_WRAPPERS
 
@@ -16,12 +18,12 @@ class CPUAmpOptimWrapper(OptimWrapper):
     and the metric losses compute in fp32 where it matters.
     """
 
-    def __init__(self, *args, dtype: str = 'bfloat16', **kwargs):
+    def __init__(self, *args: Any, dtype: str = 'bfloat16', **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cast_dtype = getattr(torch, dtype)
 
     @contextmanager
-    def optim_context(self, model):
+    def optim_context(self, model: nn.Module) -> Iterator[None]:
         with super().optim_context(model), torch.autocast('cpu', dtype=self.cast_dtype):
             yield
 

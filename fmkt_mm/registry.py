@@ -63,14 +63,14 @@ def _register_flow() -> None:
     its short name, and a meta-encoder registered in :data:`META_ENCODERS`
     (or a metric loss in :data:`MODELS`) is found by the flow."""
     from . import flow
-    for catalog, registry in ((flow.PATHS, FLOW_PATHS), (flow.ENCODERS, META_ENCODERS)):
+    for catalog, registry in ((flow.FLOW_PATHS, FLOW_PATHS), (flow.META_ENCODERS, META_ENCODERS)):
         for name, cls in catalog.items():
             registry.register_module(name=name, module=cls)
-    for cls in {cls for _, cls in flow.ENCODERS.items()} | {cls for _, cls in flow.CONDITIONS.items()} | {
+    for cls in {cls for _, cls in flow.META_ENCODERS.items()} | {cls for _, cls in flow.CONDITIONS.items()} | {
             flow.FlowTransfer, flow.CompositeCondition}:
         MODELS.register_module(module=cls)
-    flow.PATHS.add_source(*_registry_source(FLOW_PATHS))
-    flow.ENCODERS.add_source(*_registry_source(META_ENCODERS))
+    flow.FLOW_PATHS.add_source(*_registry_source(FLOW_PATHS))
+    flow.META_ENCODERS.add_source(*_registry_source(META_ENCODERS))
     flow.CONDITIONS.add_source(*_registry_source(MODELS, lambda cls: issubclass(cls, flow.FlowCondition)))
     # a metric loss is what applies to stacked steps
     flow.LOSSES.add_source(*_registry_source(MODELS, lambda cls: hasattr(cls, 'forward_steps')))

@@ -26,7 +26,7 @@ import os
 import os.path as osp
 import re
 from contextlib import nullcontext
-from typing import List, Optional
+from typing import Any, Callable, List, Optional, Union
 
 import torch
 from mmengine.config import Config
@@ -81,7 +81,7 @@ class DistillRunner(Runner):
         return runner
 
     # -- training and testing ----------------------------------------------------------------
-    def train(self):
+    def train(self) -> torch.nn.Module:
         self._role = 'train'
         lock = None
         if is_main_process():
@@ -99,11 +99,11 @@ class DistillRunner(Runner):
             if lock is not None:
                 lock.release()
 
-    def test(self):
+    def test(self) -> dict:
         self._role = 'test'
         return super().test()
 
-    def resume(self, filename: str, *args, **kwargs) -> None:
+    def resume(self, filename: str, *args: Any, **kwargs: Any) -> None:
         self._resuming = True
         try:
             super().resume(filename, *args, **kwargs)
@@ -146,8 +146,8 @@ class DistillRunner(Runner):
                                      '\n  '.join(skipped))
 
     # -- loading -----------------------------------------------------------------------------
-    def load_checkpoint(self, filename: str, map_location='cpu', strict: bool = False,
-                        revise_keys: list = [(r'^module.', '')]):  # noqa: B006 (MMEngine's signature)
+    def load_checkpoint(self, filename: str, map_location: Union[str, Callable] = 'cpu', strict: bool = False,
+                        revise_keys: list = [(r'^module.', '')]) -> dict:  # noqa: B006 (MMEngine's signature)
         """MMEngine's ``load_checkpoint`` through the safe loader, refusing a
         checkpoint that leaves model tensors unloaded (unless the config says
         ``allow_partial_load=True``)."""

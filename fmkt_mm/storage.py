@@ -16,7 +16,8 @@ import os
 import os.path as osp
 import re
 import tempfile
-from typing import BinaryIO, Callable, Optional, Union
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Optional, Union
 
 import torch
 from mmengine.fileio import LocalBackend, register_backend
@@ -78,7 +79,7 @@ def _fsync_directory(directory: str) -> None:
         os.close(dir_fd)
 
 
-def atomic_torch_save(obj, path: str) -> None:
+def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save`` through :func:`atomic_write`."""
     atomic_write(path, lambda f: torch.save(obj, f))
 
@@ -138,11 +139,11 @@ class AtomicLocalBackend(LocalBackend):
     :class:`fmkt_mm.DistillRunner` sets for local work directories.
     """
 
-    def put(self, obj: bytes, filepath) -> None:
+    def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
         atomic_write(str(filepath), obj)
         write_checksum(str(filepath), hashlib.sha256(obj).hexdigest())
 
-    def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
+    def put_text(self, obj: str, filepath: Union[str, Path], encoding: str = 'utf-8') -> None:
         atomic_write(str(filepath), obj.encode(encoding))
 
 
@@ -153,7 +154,7 @@ class AtomicLocalBackend(LocalBackend):
 _HASH_PREFIX = re.compile(r'-([a-f0-9]{6,})\.[^./]+$')
 
 
-def is_url(path) -> bool:
+def is_url(path: Any) -> bool:
     return isinstance(path, str) and path.startswith(('http://', 'https://'))
 
 

@@ -12,7 +12,7 @@ helps across teachers, not for one.)
 """
 import math
 import statistics
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 #: t_{0.975, df} for df = 1..30 (beyond: the normal 1.96 within 0.1 %)
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
@@ -81,7 +81,7 @@ def summary(records: List[dict], baseline: str, key: str) -> Dict[str, str]:
     return {n: verdict(paired_diffs(records, n, baseline, key)) for n in names}
 
 
-def count_operators(fn) -> int:
+def count_operators(fn: Callable[[], Any]) -> int:
     """aten operators dispatched by one call of ``fn`` (views and in-place
     updates included: each is one trip through the dispatcher)."""
     from torch.utils._python_dispatch import TorchDispatchMode

@@ -1,12 +1,12 @@
 """Small helpers shared by the package."""
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from mmengine.registry import Registry
 
 from .flow.catalog import build_object
 
 
-def scoped_get(registry: Registry, name: str):
+def scoped_get(registry: Registry, name: str) -> Optional[type]:
     """The class registered in ``registry`` under ``name``, bare or prefixed
     with the registry's scope (``'PKDLoss'``, ``'fmkt_mm.PKDLoss'``); None
     for an unknown or other-scope name. Looked up in ``registry`` directly:
@@ -17,7 +17,7 @@ def scoped_get(registry: Registry, name: str):
     return registry.get(bare) if '.' not in bare else None
 
 
-def build_from_registry(registry: Registry, cfg: Union[str, dict, Any], what: str, **defaults):
+def build_from_registry(registry: Registry, cfg: Union[str, dict, Any], what: str, **defaults: Any) -> Any:
     """Build ``cfg`` (a name, a config dict or an already built object) from
     ``registry``; an unknown name raises a ValueError that lists the names
     that exist (MMEngine's own KeyError does not)."""

@@ -18,7 +18,7 @@ import sys
 import time
 import warnings
 from contextlib import contextmanager
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterable, Iterator, Optional, Sequence
 
 #: the lock file's name inside the work dir
 LOCK_NAME = '.run.lock'
@@ -41,7 +41,7 @@ def _alive(pid: int) -> bool:
 class WorkDirLock:
     """The lock of a training run on ``work_dir`` (take it with :meth:`acquire`)."""
 
-    def __init__(self, path: str, holder: Dict[str, object]):
+    def __init__(self, path: str, holder: Dict[str, object]) -> None:
         self.path, self.holder = path, holder
 
     @classmethod
@@ -115,7 +115,7 @@ class WorkDirSnapshot:
     e.g. the config copy a Runner writes) at construction, to
     :meth:`restore` after a failed start."""
 
-    def __init__(self, work_dir: str, keep=()):
+    def __init__(self, work_dir: str, keep: Iterable[str] = ()) -> None:
         self.work_dir = osp.abspath(work_dir)
         self.existed = osp.isdir(self.work_dir)
         self.entries = set(os.listdir(self.work_dir)) if self.existed else set()
@@ -147,7 +147,7 @@ class WorkDirSnapshot:
                     f.write(content)
 
     @contextmanager
-    def restore_on_failure(self):
+    def restore_on_failure(self) -> Iterator['WorkDirSnapshot']:
         try:
             yield self
         except BaseException:

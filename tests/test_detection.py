@@ -158,7 +158,7 @@ def test_extra_step_counts_predict_as_a_run_at_that_count(teachers):
     with torch.no_grad():
         preds = model(**copy.deepcopy(data), mode='predict')
     handle.remove()
-    assert len(backbone_calls) == 1  # three counts, one backbone pass
+    assert len(backbone_calls) == 3  # eval_steps, then 1 and 2: the student's own predict per count
     with torch.no_grad():
         alone = {}
         for n in (1, 4):
@@ -202,7 +202,10 @@ def test_ema_of_the_flows_is_used_for_inference(teachers):
     with torch.no_grad():
         model.flows[0].encoder.output.weight.fill_(1.0)
     before = [p.clone() for p in model.ema_flows.parameters()]
-    model(**batch(model), mode='loss')  # absorbs the weights of the last update
+    with pytest.raises(RuntimeError, match="never updated.*FlowEMAHook"):
+        model(**batch(model), mode='loss')  # nothing advanced the EMA: a silent stale EMA otherwise
+    model.update_ema()  # what FlowEMAHook does before every training iteration
+    model(**batch(model), mode='loss')
     torch.testing.assert_close(model.ema_flows[0].encoder.output.weight,
                                torch.full_like(model.flows[0].encoder.output.weight, 0.5))
     for old, ema, flow in zip(before, model.ema_flows.parameters(), model.flows.parameters()):
@@ -225,7 +228,7 @@ def test_ema_momentum_warms_up_and_its_count_is_checkpointed(teachers):
     model.train()
     with torch.no_grad():
         model.flows[0].encoder.output.weight.fill_(1.0)
-    model(**batch(model), mode='loss')
+    model.update_ema()
     ema = model.ema_flows[0].encoder.output.weight
     torch.testing.assert_close(ema, torch.full_like(ema, model.ema_momentum_at(1)))
     assert int(model.state_dict()['ema_updates']) == 1

@@ -1,12 +1,13 @@
 """The flow core: paths, meta-encoders and the serial transfer loop."""
 import pytest
 import torch
+from flow_steps import step_losses  # noqa: E402
 from torch import nn
 
 from fmkt_mm.flow import FlowTransfer, RectifiedPath, VEPath, VPPath
 from fmkt_mm.registry import FLOW_PATHS, META_ENCODERS, MODELS
 
-PATHS = {
+PATH_OBJECTS = {
     'rectified': RectifiedPath(),
     'vp-linear': VPPath('linear'),
     'vp-trig': VPPath('trig'),
@@ -30,9 +31,9 @@ class OracleEncoder(nn.Module):
         return self.path.velocity_from_endpoint(state, self.x_teacher, t)
 
 
-@pytest.mark.parametrize('path_name', sorted(PATHS))
+@pytest.mark.parametrize('path_name', sorted(PATH_OBJECTS))
 def test_conversions_are_inverse(path_name):
-    path = PATHS[path_name]
+    path = PATH_OBJECTS[path_name]
     torch.manual_seed(0)
     x_t, x_s = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
     for t in (0.05, 0.3, 0.5, 0.9, 1.0):
@@ -44,9 +45,9 @@ def test_conversions_are_inverse(path_name):
         torch.testing.assert_close(path.velocity_from_endpoint(z, x_t, t), v)
 
 
-@pytest.mark.parametrize('path_name', sorted(PATHS))
+@pytest.mark.parametrize('path_name', sorted(PATH_OBJECTS))
 def test_path_derivatives_match_finite_differences(path_name):
-    path = PATHS[path_name]
+    path = PATH_OBJECTS[path_name]
     t = torch.linspace(0.1, 0.9, 9, dtype=torch.float64)
     h = 1e-6
     torch.testing.assert_close(path.da(t), (path.a(t + h) - path.a(t - h)) / (2 * h), rtol=1e-5, atol=1e-5)
@@ -57,17 +58,18 @@ def test_path_derivatives_match_finite_differences(path_name):
         assert float(path.b(0.0)) == pytest.approx(0.0, abs=1e-12)
 
 
-@pytest.mark.parametrize('path_name', sorted(PATHS))
+@pytest.mark.parametrize('path_name', sorted(PATH_OBJECTS))
 @pytest.mark.parametrize('num_steps', [1, 2, 4, 8])
 @pytest.mark.parametrize('parameterization', ['velocity', 'endpoint'])
 @pytest.mark.parametrize('shape', [(4, 6), (2, 3, 5, 5)])
 def test_oracle_sampling_lands_on_teacher(path_name, num_steps, parameterization, shape):
-    path = PATHS[path_name]
+    path = PATH_OBJECTS[path_name]
     torch.manual_seed(1)
     x_s, x_t = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
     flow = FlowTransfer(shape[1], path=path, encoder=OracleEncoder(path, x_t, parameterization),
                         num_steps=num_steps, parameterization=parameterization)
-    ensemble, steps = flow.sample(x_s, return_steps=True)
+    out = flow.run(x_s)
+    ensemble, steps = out.ensemble, out.steps
     assert len(steps) == num_steps
     for step in steps:  # every step's estimate is the teacher
         torch.testing.assert_close(step, x_t)
@@ -96,7 +98,8 @@ def test_euler_with_constant_true_velocity_is_exact_on_rectified_path(num_steps)
 def test_encoders_preserve_shape_and_start_as_identity(encoder, shape):
     flow = FlowTransfer(8, encoder=dict(type=encoder), num_steps=4, loss=dict(type='MSELoss'))
     x = torch.randn(shape)
-    ensemble, steps = flow.sample(x, return_steps=True)
+    out = flow.run(x)
+    ensemble, steps = out.ensemble, out.steps
     assert ensemble.shape == x.shape and all(s.shape == x.shape for s in steps)
     torch.testing.assert_close(ensemble, x)  # zero-initialised output: no velocity yet
 
@@ -196,16 +199,16 @@ def test_training_a_real_encoder_lowers_the_loss(encoder):
     torch.manual_seed(1)
     x_eval, t_eval = batch()
     with torch.no_grad():
-        before = float(total(flow.loss(x_eval, t_eval)[0]))
+        before = float(total(step_losses(flow, x_eval, t_eval)[0]))
     for _ in range(250):
         x_s, x_t = batch()
-        loss = total(flow.loss(x_s, x_t)[0])
+        loss = total(step_losses(flow, x_s, x_t)[0])
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        after = float(total(flow.loss(x_eval, t_eval)[0]))
-        ensemble = flow.sample(x_eval)
+        after = float(total(step_losses(flow, x_eval, t_eval)[0]))
+        ensemble = flow(x_eval)
     assert after < 0.2 * before, (before, after)
     assert ensemble.shape == t_eval.shape
 
@@ -222,7 +225,7 @@ def test_gradients_reach_the_student_through_every_step():
 
     flow.encoder.register_forward_hook(keep_output)
     x_s = torch.randn(5, 6, requires_grad=True)
-    losses, out = flow.loss(x_s, torch.randn(5, 6))
+    losses, out = step_losses(flow, x_s, torch.randn(5, 6))
     assert sorted(losses) == [f'loss_flow_step{k}' for k in range(1, 5)]
     # every step's loss alone reaches the student
     for key in losses:
@@ -238,7 +241,7 @@ def test_online_variant_uses_detached_ensemble():
     flow = FlowTransfer(5, encoder='mlp', num_steps=3, loss=dict(type='MSELoss'))
     nn.init.normal_(flow.encoder.output.weight, std=0.3)
     x_s = torch.randn(4, 5)
-    losses, out = flow.loss(x_s, target=None)
+    losses, out = step_losses(flow, x_s, None)
     expected = [((s - out.ensemble) ** 2).mean() / 3 for s in out.steps]
     torch.testing.assert_close(torch.stack(list(losses.values())), torch.stack(expected).detach())
 
@@ -246,7 +249,7 @@ def test_online_variant_uses_detached_ensemble():
 def test_random_steps_and_pair_decoupling():
     torch.manual_seed(0)
     flow = FlowTransfer(4, num_steps=8, num_steps_choices=(1, 2, 4), loss=dict(type='MSELoss'), beta_d=0.5)
-    seen = {len(flow.loss(torch.randn(2, 4), torch.randn(2, 4))[0]) for _ in range(30)}
+    seen = {len(step_losses(flow, torch.randn(2, 4), torch.randn(2, 4))[0]) for _ in range(30)}
     assert seen == {1, 2, 4}
     target = torch.arange(8.0)[:, None].repeat(1, 4)
     labels = torch.arange(8)
@@ -260,17 +263,17 @@ def test_random_steps_and_pair_decoupling():
 def test_bad_input_says_what_to_change():
     flow = FlowTransfer(8, loss=dict(type='MSELoss'))
     with pytest.raises(ValueError, match=r'\(2, 4, 3, 3\).*channels=4.*adapter'):
-        flow.sample(torch.randn(2, 4, 3, 3))
+        flow(torch.randn(2, 4, 3, 3))
     with pytest.raises(ValueError, match='>= 1'):
         FlowTransfer(8, num_steps=0)
     with pytest.raises(ValueError, match='>= 1'):
-        flow.sample(torch.randn(2, 8), num_steps=0)
+        flow(torch.randn(2, 8), num_steps=0)
     with pytest.raises(ValueError, match=r"unknown flow path 'rectifed'.*'rectified'"):
         FlowTransfer(8, path='rectifed')
     with pytest.raises(ValueError, match=r"unknown meta-encoder 'unet'.*\['conv', 'mlp', 'transformer'\]"):
         FlowTransfer(8, encoder='unet')
     with pytest.raises(ValueError, match=r'\(2, 8\).*\(2, 10\).*adapter'):
-        flow.loss(torch.randn(2, 8), torch.randn(2, 10))
+        step_losses(flow, torch.randn(2, 8), torch.randn(2, 10))
 
 
 def test_every_flow_name_builds_from_a_config_dict():

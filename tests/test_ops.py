@@ -436,7 +436,7 @@ def test_step_counts_are_checked_once_for_flows_distillers_and_hooks():
     """One check of step counts (``check_step_counts``), with one message,
     wherever a count enters: a flow, a hook, a distiller."""
     from fmkt_mm.flow import FlowTransfer
-    from fmkt_mm.flow.transport import check_step_counts
+    from fmkt_mm.flow.plan import check_step_counts
     from fmkt_mm.hooks import FlowStepsHook
     assert check_step_counts(1, 8) == (1, 8)
     for bad in (0, -2, 2.0, True, '4'):

@@ -7,12 +7,13 @@ pin it to the loop written out step by step from the path's own formulas.
 """
 import pytest
 import torch
+from flow_steps import step_losses  # noqa: E402
 from torch import nn
 
-from fmkt_mm.flow import FlowTransfer, RectifiedPath, VEPath, VPPath
+from fmkt_mm.flow import FieldEncoder, FlowTransfer, RectifiedPath, VEPath, VPPath
 from fmkt_mm.flow.encoders import sinusoidal_embedding
 
-PATHS = dict(rectified=RectifiedPath(), vp=VPPath('linear'), trig=VPPath('trig'), ve=VEPath())
+FLOW_PATHS = dict(rectified=RectifiedPath(), vp=VPPath('linear'), trig=VPPath('trig'), ve=VEPath())
 
 
 def reference_run(flow: FlowTransfer, x: torch.Tensor, n: int, context=None, velocities=None):
@@ -52,14 +53,14 @@ def random_encoder(flow, seed=0):
             p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
 
 
-@pytest.mark.parametrize('path', sorted(PATHS))
+@pytest.mark.parametrize('path', sorted(FLOW_PATHS))
 @pytest.mark.parametrize('parameterization,update', [('velocity', 'ddim'), ('velocity', 'euler'),
                                                       ('endpoint', 'ddim'), ('endpoint', 'euler')])
 @pytest.mark.parametrize('shape', [(3, 6), (2, 6, 3, 3)])
 def test_loop_equals_the_step_by_step_formulas(path, parameterization, update, shape):
     torch.manual_seed(0)
     head = nn.Linear(6, 4) if len(shape) == 2 else None
-    flow = FlowTransfer(6, path=PATHS[path], encoder='mlp', num_steps=4, head=head,
+    flow = FlowTransfer(6, path=FLOW_PATHS[path], encoder='mlp', num_steps=4, head=head,
                         parameterization=parameterization, update=update)
     random_encoder(flow)
     x = torch.randn(shape)
@@ -154,7 +155,7 @@ def test_head_and_loss_run_once_per_run_on_the_stacked_steps():
     head = CountingHead(6, 3)
     flow = FlowTransfer(6, encoder='mlp', num_steps=8, head=head, loss=Counted())
     x, target = torch.randn(5, 6), torch.randn(5, 3)
-    losses, out = flow.loss(x, target)
+    losses, out = step_losses(flow, x, target)
     assert head.calls == [8 * 5]  # one call on the N * B rows
     assert calls == [(8, 5, 3)]  # one call of the metric loss on all steps
     per_step = [KDLoss()(out.steps[k], target) / 8 for k in range(8)]
@@ -164,10 +165,12 @@ def test_head_and_loss_run_once_per_run_on_the_stacked_steps():
 def test_a_batch_norm_head_in_training_sees_one_step_at_a_time():
     head = CountingHead(6, 3, batch_norm=True)
     flow = FlowTransfer(6, encoder='mlp', num_steps=4, head=head).train()
-    flow.run(torch.randn(5, 6))
+    out = flow.run(torch.randn(5, 6))
+    assert head.calls == []  # the head runs when the steps are first read
+    out.steps
     assert head.calls == [5, 5, 5, 5]  # batch statistics never mix steps
     head.calls.clear()
-    flow.eval().run(torch.randn(5, 6))
+    flow.eval().run(torch.randn(5, 6)).steps
     assert head.calls == [20]
 
 
@@ -188,7 +191,7 @@ def test_compiled_step_equals_the_eager_step():
                             compile=dict(backend='aot_eager'))
     compiled.load_state_dict(eager.state_dict())
     x, target = torch.randn(3, 6, 2, 2), torch.randn(3, 6, 2, 2)
-    a, b = eager.loss(x, target), compiled.loss(x, target)
+    a, b = step_losses(eager, x, target), step_losses(compiled, x, target)
     for (key, value) in a[0].items():
         torch.testing.assert_close(b[0][key], value, rtol=1e-5, atol=1e-6)
     ga = torch.autograd.grad(sum(a[0].values()), list(eager.encoder.parameters()))
@@ -199,17 +202,26 @@ def test_compiled_step_equals_the_eager_step():
     import copy
     import pickle
     clone = copy.deepcopy(compiled)
-    torch.testing.assert_close(clone.sample(x), compiled.sample(x))
+    torch.testing.assert_close(clone(x), compiled(x))
     pickle.loads(pickle.dumps(compiled))
 
 
-def test_compile_needs_a_meta_encoder():
-    class Plain(nn.Module):
-        def forward(self, x, t, context=None):
-            return x
+def test_a_plain_field_runs_through_the_encoder_interface():
+    """A module ``field(state, t, context)`` is wrapped into the loop's one
+    encoder interface: it sees vectors as vectors and ``(B,)`` times, and
+    the loop calls it once per step."""
+    seen = []
 
-    with pytest.raises(ValueError, match='compile=True compiles a MetaEncoder'):
-        FlowTransfer(4, encoder=Plain(), compile=True)
+    class Field(nn.Module):
+        def forward(self, x, t, context=None):
+            seen.append((tuple(x.shape), tuple(t.shape)))
+            return 0.5 * x
+
+    flow = FlowTransfer(4, encoder=Field(), num_steps=2, update='euler')
+    assert isinstance(flow.encoder, FieldEncoder) and isinstance(flow.encoder.field, Field)
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(flow.run(x).state, x * 0.75 * 0.75)  # Z <- Z - 0.5 Z / 2, twice
+    assert seen == [((3, 4), (3, )), ((3, 4), (3, ))]
 
 
 @pytest.mark.parametrize('path', ['rectified', 'vp', 've'])
@@ -228,7 +240,7 @@ def test_student_estimate_is_the_authors_logit_mode(path, shape):
     start = flow.path.b(1.0).to(x.dtype) * x
     expected = torch.stack([flow.path.endpoint_from_velocity(start, v, torch.tensor(1.0, dtype=torch.float64))
                             for v in velocities])
-    estimates, _, _ = flow.transport(x, 4)
+    estimates = flow.run(x, 4).estimates
     torch.testing.assert_close(estimates, expected, rtol=1e-5, atol=1e-5)
     if path == 'rectified':
         torch.testing.assert_close(estimates, x[None] - torch.stack(velocities), rtol=1e-5, atol=1e-5)

@@ -1,5 +1,5 @@
 """Fashion-MNIST for mmpretrain, read in place from the gzipped IDX files."""
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 from mmpretrain.datasets import BaseDataset
@@ -50,7 +50,7 @@ class FashionMNISTGz(BaseDataset):
                  seed: int = 0,
                  pipeline: Sequence = (),
                  test_mode: bool = False,
-                 **kwargs):
+                 **kwargs: Any) -> None:
         if split is None:
             split = 'test' if test_mode else 'train'
         if split not in ('train', 'test'):

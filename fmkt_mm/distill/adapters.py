@@ -19,7 +19,7 @@ class FeatureAdapter(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, project: Optional[bool] = None,
-                 resize_mode: str = 'bilinear'):
+                 resize_mode: str = 'bilinear') -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.resize_mode = in_channels, out_channels, resize_mode
         project = in_channels != out_channels if project is None else project

@@ -15,7 +15,7 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.utils import is_list_of
 from torch import nn
 
-from ..flow.transport import check_step_counts
+from ..flow.plan import check_step_counts
 from .taps import get_module, run_until_tapped
 from .teacher import TEACHER_FLOWS, TEACHER_KEYS, TeacherSet, build_teacher, build_teachers
 

@@ -6,19 +6,21 @@
   floor of every logit-based teacher-student method.
 * :class:`FeatureDistiller`: a detector's neck levels are matched to the
   teacher's (PKD by default), through an optional adapter where the shapes
-  differ. The head reads the raw levels, so the deployed model is the plain
-  student.
+  differ. A learnable loss whose modules depend on the level's widths (MGD)
+  is built once per level. The head reads the raw levels, so the deployed
+  model is the plain student.
 
 Both deploy the unchanged student (``deploy_mode == 'student'``).
 """
-from typing import Dict, List, Optional, Sequence, Union
+import inspect
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from torch import Tensor, nn
 
 from ..registry import MODELS
-from ..utils import build_from_registry
+from ..utils import build_from_registry, scoped_get
 from .base import BaseDistiller, hard_labels
-from .levels import LevelDistiller, TeacherShape, as_levels
+from .levels import LevelDistiller, Shape, TeacherShape, as_levels
 from .taps import record_outputs, select
 
 
@@ -67,7 +69,18 @@ class FeatureDistiller(LevelDistiller):
     ``levels``, ``level_weights``, ``student_tap``, ``teacher_tap``,
     ``adapter`` and ``dummy_input_shape`` mean what they mean for
     :class:`DetectionDistiller`; ``loss`` is the metric loss (``PKDLoss`` by
-    default, as in MMRazor's PKD recipes).
+    default, as in MMRazor's PKD recipes), one module shared by the levels
+    (``feat_loss``).
+
+    A loss config whose class takes ``student_channels`` and
+    ``teacher_channels`` (``MGDLoss``) is built once per level instead, in
+    ``level_losses`` (``feat_loss`` is then None), with both filled from the
+    level's widths where the config leaves them out (the student's is the
+    adapter's output width where there is an adapter). Such a loss maps the
+    student's channels to the teacher's itself, so without an adapter only
+    the spatial sizes of a level pair must agree. Its modules are the
+    distiller's submodules: the optimizer trains them and checkpoints hold
+    them; the deployed student does not contain them.
     """
 
     deploy_mode = 'student'
@@ -84,10 +97,49 @@ class FeatureDistiller(LevelDistiller):
         super().__init__(student, teacher, data_preprocessor, init_cfg)
         student_shapes, teacher_shapes = self.setup_levels(levels, level_weights, student_tap,
                                                            teacher_tap, dummy_input_shape)
-        adapters = [self.level_adapter(adapter, s, t, student_shapes[s], teacher_shapes[0][t]) or nn.Identity()
+        loss = loss or dict(type='PKDLoss')
+        per_level = takes_level_channels(loss)
+        adapters = [self._pair_adapter(adapter, s, t, student_shapes[s], teacher_shapes[0][t], per_level)
                     for s, t in self.level_pairs]
         self.adapters = nn.ModuleList(adapters)
-        self.feat_loss = build_from_registry(MODELS, loss or dict(type='PKDLoss'), 'loss')
+        self.feat_loss = None if per_level else build_from_registry(MODELS, loss, 'loss')
+        self.level_losses: Optional[nn.ModuleList] = None
+        if per_level:  # the loss sees the adapter's output: the teacher's width
+            self.level_losses = nn.ModuleList([
+                self._level_loss(loss, s, t, (teacher_shapes[0][t] if isinstance(a, TeacherShape)
+                                              else student_shapes[s])[1], teacher_shapes[0][t][1])
+                for (s, t), a in zip(self.level_pairs, adapters)])
+
+    def _pair_adapter(self, adapter: Optional[Union[str, dict]], s: int, t: int, s_shape: Shape, t_shape: Shape,
+                      per_level: bool) -> nn.Module:
+        """The pair's adapter (an identity where none is needed). A per-level
+        loss aligns the channels itself: without an adapter, only the
+        spatial sizes must agree."""
+        if adapter is None and per_level:
+            if s_shape[2:] != t_shape[2:]:
+                raise ValueError(
+                    f'student level {s} has shape {s_shape} but teacher level {t} has shape {t_shape} '
+                    f'(B, C, H, W at a {self._dummy_input_shape} input): the loss maps the channels '
+                    f"but not the spatial size. Configure an adapter to the teacher's shape, e.g. "
+                    f"adapter=dict(type='FeatureAdapter') (1x1 conv {s_shape[1]} -> {t_shape[1]} "
+                    f'channels, bilinear resize), or pair other levels.')
+            return nn.Identity()
+        return self.level_adapter(adapter, s, t, s_shape, t_shape) or nn.Identity()
+
+    @staticmethod
+    def _level_loss(loss: Union[str, dict], s: int, t: int, student_channels: int, teacher_channels: int) -> nn.Module:
+        """Level pair ``(s, t)``'s own loss, its widths filled in."""
+        built = build_from_registry(MODELS, loss, 'loss', student_channels=student_channels,
+                                    teacher_channels=teacher_channels)
+        found = (getattr(built, 'student_channels', student_channels),
+                 getattr(built, 'teacher_channels', teacher_channels))
+        if found != (student_channels, teacher_channels):
+            raise ValueError(
+                f'the loss of student level {s} / teacher level {t} is configured with '
+                f'student_channels={found[0]}, teacher_channels={found[1]}, but the level pair has '
+                f'{student_channels} -> {teacher_channels} channels; leave both out of the loss config '
+                f'(FeatureDistiller fills them per level)')
+        return built
 
     def loss(self, inputs: Tensor, data_samples) -> Dict[str, Tensor]:
         teacher_levels = self.teacher_levels(inputs, data_samples)
@@ -95,9 +147,31 @@ class FeatureDistiller(LevelDistiller):
             losses = dict(self.student.loss(inputs, data_samples))
         student_levels: List[Tensor] = as_levels(seen[self.student_tap], self.student_tap,
                                                        'student')
-        for (s, t), adapter, weight in zip(self.level_pairs, self.adapters, self.level_weights):
+        level_losses = self.level_losses if self.level_losses is not None else \
+            [self.feat_loss] * len(self.level_pairs)
+        for (s, t), adapter, loss_fn, weight in zip(self.level_pairs, self.adapters, level_losses,
+                                                    self.level_weights):
             target = teacher_levels[t]
+            level = student_levels[s]
             if isinstance(adapter, TeacherShape):
-                adapter.size = tuple(target.shape[-2:])
-            losses[f'loss_feat_l{s}'] = weight * self.feat_loss(adapter(student_levels[s]), target)
+                level = adapter(level, tuple(target.shape[-2:]))
+            losses[f'loss_feat_l{s}'] = weight * loss_fn(level, target)
         return losses
+
+
+def takes_level_channels(loss: Any) -> bool:
+    """Whether the ``loss`` config (a name or a dict with ``type``) names a
+    class whose constructor takes ``student_channels`` and
+    ``teacher_channels``: a loss with modules of the level's widths, built
+    once per level. A built module is shared as it is."""
+    if isinstance(loss, str):
+        loss = dict(type=loss)
+    if not isinstance(loss, dict):
+        return False
+    cls = loss.get('type')
+    if isinstance(cls, str):
+        cls = scoped_get(MODELS, cls)
+    if not isinstance(cls, type):
+        return False  # unknown names fail when built, with the list of known ones
+    params = inspect.signature(cls).parameters
+    return 'student_channels' in params and 'teacher_channels' in params

@@ -262,12 +262,12 @@ class ClassificationDistiller(BaseDistiller):
         """:meth:`teacher_runs` at inference, without the head: each
         teacher's endpoint estimates ``(N, B, C...)``."""
         if not self.multi_teacher:
-            return [self.flow.transport(feature, num_steps)[0]]
+            return [self.flow.run(feature, num_steps).estimates]
         if self.teacher_flows == 'separate':
-            return [self.flows[j].transport(feature, num_steps)[0] for j in teachers]
+            return [self.flows[j].run(feature, num_steps).estimates for j in teachers]
         flow = self.flows[0]
         stacked, _, context = stack_for_teachers(flow, feature, teachers)
-        return list(flow.transport(stacked, num_steps, context)[0].chunk(len(teachers), dim=1))
+        return list(flow.run(stacked, num_steps, context).estimates.chunk(len(teachers), dim=1))
 
     # -- training --------------------------------------------------------------
     def task_loss(self, logits: Tensor, data_samples) -> Tensor:
@@ -306,11 +306,12 @@ class ClassificationDistiller(BaseDistiller):
             logits = self.student_logits_from_feature(feature)
         if logits is not None and len(outs) == 1 and self._theta_shares_flow_loss and mask is None \
                 and not (self.flow_of(0).training and self.flow_of(0).beta_d < 1.0):
-            flow_losses, theta = self._flow_and_theta_losses(outs[0], targets[0] if targets else None,
-                                                             logits, labels)
+            # the flow's steps and the plain head in one call of the shared metric loss
+            flow_losses, theta = self.flow_of(0).step_losses(outs[0], targets[0] if targets else None,
+                                                             labels, extra=(logits, None))
             per_teacher = [flow_losses]
         else:
-            per_teacher = [self.flow_of(j).step_loss_vector(out, target, labels, sample_mask=mask)
+            per_teacher = [self.flow_of(j).step_losses(out, target, labels, sample_mask=mask)
                            for j, (out, target) in enumerate(zip(outs, targets or [None]))]  # (N,) each
             flow_losses = weighted(per_teacher, weights)
             if logits is not None:
@@ -336,21 +337,6 @@ class ClassificationDistiller(BaseDistiller):
             losses['loss_cls'] = self.task_loss(logits, data_samples)
             losses['loss_theta'] = scaled(theta, self.theta_loss_weight)
         return losses
-
-    def _flow_and_theta_losses(self, out, target: Optional[Tensor], logits: Tensor, labels):
-        """The flow's per-step losses ``(N,)`` (divided by N) and the theta
-        loss of the plain head against the detached ensemble, in one call
-        of the shared metric loss on ``N + 1`` stacked outputs."""
-        n = out.steps.shape[0]
-        ensemble = out.ensemble.detach()
-        outputs = torch.cat([out.steps, logits[None]])
-        if target is None:  # OFM-KT: the ensemble is every row's target
-            targets = ensemble
-        else:
-            self.flow_of(0).check_target(target, out)
-            targets = torch.cat([target.detach().expand_as(out.steps), ensemble[None]])
-        values = self.flow_of(0).loss_fn.forward_steps(outputs, targets, labels)
-        return values[:n] / n, values[n]
 
     def steps_task_loss(self, steps: Tensor, data_samples) -> Tensor:
         """The head's task loss averaged over the steps ``(N, B, K)``, in one
@@ -406,7 +392,7 @@ class ClassificationDistiller(BaseDistiller):
     def flow_logits(self, feature: Tensor, steps: int) -> Tensor:
         """The deployed flows' implicit ensemble (logits) at ``steps`` steps."""
         if not self.multi_teacher:
-            return self.flow.sample(feature, num_steps=steps)
+            return self.flow(feature, steps)
         return self.flow_ensembles(feature, [steps])[steps]
 
     def predict(self, inputs: Tensor, data_samples=None):

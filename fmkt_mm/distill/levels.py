@@ -24,15 +24,14 @@ class TeacherShape(nn.Module):
     """Student level -> the teacher's shape, through an adapter such as
     :class:`~fmkt_mm.distill.FeatureAdapter` (``(B, C_s, H_s, W_s) -> (B,
     C_t, H_t, W_t)``). The teacher's spatial size changes with every padded
-    batch, so the distiller sets :attr:`size` right before each use."""
+    batch, so the caller passes the size it needs with each call."""
 
-    def __init__(self, adapter: nn.Module):
+    def __init__(self, adapter: nn.Module) -> None:
         super().__init__()
         self.adapter = adapter
-        self.size: Optional[Tuple[int, int]] = None
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.adapter(x, self.size)
+    def forward(self, x: Tensor, size: Optional[Tuple[int, int]] = None) -> Tensor:
+        return self.adapter(x, size)
 
 
 def parse_levels(levels: Sequence[LevelSpec]) -> List[Tuple[int, int]]:

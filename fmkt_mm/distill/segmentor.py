@@ -25,11 +25,10 @@ The teacher runs only until its tap; several teachers, adapters for other
 widths or sizes, the EMA of the flows, raw-loss and round-trip options are
 the detection distiller's.
 """
-from typing import Optional, Sequence, Union
 
 from ..registry import MODELS
+from .detection_options import DeployOptions, LevelDistillerOptions, LevelOptions
 from .detector import DetectionDistiller
-from .levels import LevelSpec
 
 
 @MODELS.register_module()
@@ -40,16 +39,7 @@ class SegmentationDistiller(DetectionDistiller):
     """
 
     prediction_field = 'pred_sem_seg'
-
-    def __init__(self, student: dict, teacher: Optional[dict] = None, flow: Optional[dict] = None,
-                 levels: Sequence[LevelSpec] = (3, ), level_weights: Union[float, Sequence[float]] = 1.0,
-                 student_tap: str = 'backbone', teacher_tap: str = 'backbone',
-                 deploy_mode: str = 'student', dummy_input_shape: Sequence[int] = (3, 64, 64),
-                 **kwargs) -> None:
-        super().__init__(student, teacher, flow, levels=levels, level_weights=level_weights,
-                         student_tap=student_tap, teacher_tap=teacher_tap, deploy_mode=deploy_mode,
-                         dummy_input_shape=dummy_input_shape, **kwargs)
-
-    @classmethod
-    def deploy_mode_of(cls, cfg: dict) -> str:
-        return cfg.get('deploy_mode', 'student')
+    defaults = LevelDistillerOptions(
+        levels=LevelOptions(pairs=(3, ), student_tap='backbone', teacher_tap='backbone',
+                            dummy_input_shape=(3, 64, 64)),
+        deploy=DeployOptions(mode='student'))

@@ -6,7 +6,7 @@ knows any model's internals beyond the paths a config gives.
 """
 import difflib
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, Sequence
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 from torch import nn
 
@@ -77,7 +77,7 @@ def run_until_tapped(model: nn.Module, paths: Sequence[str], forward: Callable[[
     return outputs
 
 
-def select(output, index=None):
+def select(output: Any, index: Optional[int] = None) -> Any:
     """A tapped output, or one element of a tuple/list output.
 
     ``index=None`` takes the only (or the last) element of a sequence, which is

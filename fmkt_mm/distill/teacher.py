@@ -1,6 +1,6 @@
 """Building and loading the frozen teachers, and weighing several."""
 import copy
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.config import Config, ConfigDict
@@ -10,8 +10,14 @@ from torch import Tensor, nn
 
 from ..checkpoint import load_weights
 
+if TYPE_CHECKING:
+    from ..flow import FlowTransport
 
-def model_config(config: Union[str, dict, Config], what: str):
+#: a flow condition config: a name, a dict, a built module, or a list of them
+ConditionConfig = Union[None, str, dict, nn.Module, Sequence[Union[str, dict, nn.Module]]]
+
+
+def model_config(config: Union[str, dict, Config], what: str) -> Tuple[dict, Optional[str], Optional[dict]]:
     """``(model_cfg, default_scope, data_preprocessor)`` of a full config (a
     path, ``package::path`` or loaded Config) or of a bare model dict."""
     if isinstance(config, str):
@@ -38,7 +44,7 @@ def build_model(model_cfg: dict, scope: Optional[str]) -> nn.Module:
 
 
 def build_teacher(config: Union[str, dict], checkpoint: Optional[str], strict: bool = True,
-                  allow_unsafe_pickle: bool = False, data_preprocessor=None,
+                  allow_unsafe_pickle: bool = False, data_preprocessor: Optional[dict] = None,
                   allow_random_init: bool = False) -> nn.Module:
     """Build the teacher from its config and load its checkpoint, then freeze it.
 
@@ -83,12 +89,13 @@ class TeacherSet(nn.ModuleList):
     one's :attr:`names`, :attr:`weights` (summing to 1) and :attr:`taps`
     (None: the distiller's ``teacher_tap``)."""
 
-    def __init__(self, models, names, weights, taps):
+    def __init__(self, models: Iterable[nn.Module], names: Iterable[str], weights: Iterable[float],
+                 taps: Iterable[Optional[str]]) -> None:
         super().__init__(models)
         self.names, self.weights, self.taps = list(names), list(weights), list(taps)
 
 
-def build_teachers(entries, data_preprocessor=None) -> TeacherSet:
+def build_teachers(entries: Sequence[dict], data_preprocessor: Optional[dict] = None) -> TeacherSet:
     """The :class:`TeacherSet` of a distiller's ``teachers=[dict(config=...,
     checkpoint=..., weight=1.0, tap=None, name=None), ...]``: each loaded
     strictly and safely as :func:`build_teacher` loads one. The weights are
@@ -132,7 +139,7 @@ def weighted(values: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
     return sum(w * v for w, v in zip(weights, values))
 
 
-def with_teacher_condition(condition):
+def with_teacher_condition(condition: ConditionConfig) -> ConditionConfig:
     """A flow condition config plus the ``'teacher'`` condition (unless it
     already has one)."""
     items = [] if condition is None else list(condition) if isinstance(condition, (list, tuple)) \
@@ -143,7 +150,8 @@ def with_teacher_condition(condition):
     return items + [dict(type='teacher')]
 
 
-def stack_for_teachers(flow, x: Tensor, teachers: Sequence[int], labels: Optional[Tensor] = None):
+def stack_for_teachers(flow: 'FlowTransport', x: Tensor, teachers: Sequence[int],
+                       labels: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """The input of one flow shared by several teachers (a ``'teacher'``
     condition): ``x`` stacked once per teacher in ``teachers``
     (``len(teachers) * B`` rows, first teacher first), the labels likewise,

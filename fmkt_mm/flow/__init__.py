@@ -6,7 +6,7 @@ MMEngine). Parts are named through the plain catalogs of
 :mod:`fmkt_mm.flow.catalog`; fmkt_mm registers them with MMEngine in one
 place, :mod:`fmkt_mm.registry`.
 """
-from .catalog import CONDITIONS, ENCODERS, LOSSES, PATHS, Catalog
+from .catalog import CONDITIONS, FLOW_PATHS, LOSSES, META_ENCODERS, Catalog
 from .conditions import (
                          ClassCondition,
                          CompositeCondition,
@@ -25,13 +25,15 @@ from .encoders import (
 )
 from .objective import FMKTObjective
 from .paths import FlowPath, RectifiedPath, VEPath, VPPath
-from .transfer import FlowOutput, FlowTransfer, FlowTransport, RoundTrip
+from .plan import StepPlan, plan_steps
+from .reverse import ReverseSampler, RoundTrip
+from .transfer import FlowTransfer
+from .transport import FieldEncoder, FlowOutput, FlowTransport
 
 __all__ = [
-    'FlowPath', 'RectifiedPath', 'VPPath', 'VEPath', 'MetaEncoder', 'MLPMetaEncoder',
-    'ConvMetaEncoder', 'TransformerMetaEncoder', 'sinusoidal_embedding', 'FlowTransfer',
-    'FlowTransport', 'FMKTObjective',
-    'FlowOutput', 'RoundTrip', 'FlowCondition', 'PooledCondition', 'LevelCondition',
-    'ClassCondition', 'TeacherCondition', 'CompositeCondition', 'build_condition', 'Catalog', 'PATHS', 'ENCODERS',
-    'CONDITIONS', 'LOSSES'
+    'FlowPath', 'RectifiedPath', 'VPPath', 'VEPath', 'MetaEncoder', 'MLPMetaEncoder', 'ConvMetaEncoder',
+    'TransformerMetaEncoder', 'FieldEncoder', 'sinusoidal_embedding', 'FlowTransfer', 'FlowTransport',
+    'FMKTObjective', 'ReverseSampler', 'FlowOutput', 'RoundTrip', 'StepPlan', 'plan_steps', 'FlowCondition',
+    'PooledCondition', 'LevelCondition', 'ClassCondition', 'TeacherCondition', 'CompositeCondition',
+    'build_condition', 'Catalog', 'FLOW_PATHS', 'META_ENCODERS', 'CONDITIONS', 'LOSSES'
 ]

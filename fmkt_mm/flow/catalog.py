@@ -1,6 +1,6 @@
 """Name -> class catalogs of the flow's parts, in plain Python.
 
-``PATHS``, ``ENCODERS`` and ``CONDITIONS`` hold the built-in parts under
+``FLOW_PATHS``, ``META_ENCODERS`` and ``CONDITIONS`` hold the built-in parts under
 their short names (``'rectified'``, ``'mlp'``, ``'pooled'``, ...); ``LOSSES``
 starts empty. A framework adds further *sources* of names to a catalog:
 fmkt_mm, in :mod:`fmkt_mm.registry`, adds its MMEngine registries, so that a
@@ -8,7 +8,7 @@ meta-encoder registered there, or any of fmkt_mm's metric losses, is found
 by name here while this package imports nothing but torch.
 """
 import difflib
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, ItemsView, Iterable, List, Optional, Tuple
 
 
 class Catalog:
@@ -18,12 +18,12 @@ class Catalog:
         what: what the catalog holds, for error messages (``'flow path'``).
     """
 
-    def __init__(self, what: str):
+    def __init__(self, what: str) -> None:
         self.what = what
         self._classes: Dict[str, type] = {}
         self._sources: List[Tuple[Callable[[str], Optional[type]], Callable[[], Iterable[str]]]] = []
 
-    def register(self, *names: str):
+    def register(self, *names: str) -> Callable[[type], type]:
         """Class decorator: catalogue the class under ``names`` (its class
         name when none is given)."""
         def add(cls: type) -> type:
@@ -34,12 +34,12 @@ class Catalog:
             return cls
         return add
 
-    def add_source(self, get: Callable[[str], Optional[type]], names: Callable[[], Iterable[str]]):
+    def add_source(self, get: Callable[[str], Optional[type]], names: Callable[[], Iterable[str]]) -> None:
         """Look names up in ``get`` too (after this catalog's own classes);
         ``names()`` lists them for error messages."""
         self._sources.append((get, names))
 
-    def items(self):
+    def items(self) -> ItemsView[str, type]:
         """The catalogue's own ``(name, class)`` pairs (not the sources')."""
         return self._classes.items()
 
@@ -57,7 +57,7 @@ class Catalog:
             known.update(names())
         return sorted(known)
 
-    def build(self, spec: Any, **defaults):
+    def build(self, spec: Any, **defaults: Any) -> Any:
         """Build ``spec``: a name, a dict with ``type`` (a name or a class)
         and the arguments, or an object already built (returned as is).
         ``defaults`` fill in the arguments the spec leaves out. An unknown
@@ -66,7 +66,7 @@ class Catalog:
 
 
 def build_object(spec: Any, get: Callable[[str], Optional[type]], names: Callable[[], Iterable[str]],
-                 what: str, **defaults):
+                 what: str, **defaults: Any) -> Any:
     """:meth:`Catalog.build` over any lookup: ``get(name)`` finds a class
     (None when unknown) and ``names()`` lists the known names."""
     if spec is None or not isinstance(spec, (str, dict)):
@@ -90,9 +90,9 @@ def build_object(spec: Any, get: Callable[[str], Optional[type]], names: Callabl
 
 
 #: Interpolation paths of the flow (``rectified``, ``vp``, ``ve``).
-PATHS = Catalog('flow path')
+FLOW_PATHS = Catalog('flow path')
 #: Meta-encoders (``mlp``, ``conv``, ``transformer``).
-ENCODERS = Catalog('meta-encoder')
+META_ENCODERS = Catalog('meta-encoder')
 #: Conditions of a conditional flow (``pooled``, ``level`` / ``task``, ``class``).
 CONDITIONS = Catalog('flow condition')
 #: Metric losses applied to every step (none built in: a framework adds its own).

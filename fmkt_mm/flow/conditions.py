@@ -73,14 +73,16 @@ class PooledCondition(FlowCondition):
     """
 
     def __init__(self, channels: int, dim: Optional[int] = None, normalize: bool = True,
-                 detach: bool = False):
+                 detach: bool = False) -> None:
         super().__init__()
         self.channels, self.detach = channels, detach
         self.norm = nn.LayerNorm(channels, elementwise_affine=False) if normalize else nn.Identity()
         self.proj = nn.Linear(channels, dim) if dim is not None else nn.Identity()
         self.dim = dim if dim is not None else channels
 
-    def forward(self, source, level=0, labels=None, head=None, teacher=None):
+    def forward(self, source: Tensor, level: int = 0, labels: Optional[Tensor] = None,
+                head: Optional[Callable[[Tensor], Tensor]] = None,
+                teacher: Optional[Tensor] = None) -> Tensor:
         if source.shape[1] != self.channels:
             raise ValueError(f'PooledCondition(channels={self.channels}) got {tuple(source.shape)}')
         pooled = source.flatten(2).mean(2) if source.dim() > 2 else source
@@ -97,14 +99,16 @@ class LevelCondition(FlowCondition):
         dim: embedding length.
     """
 
-    def __init__(self, num_levels: int = 1, dim: int = 16):
+    def __init__(self, num_levels: int = 1, dim: int = 16) -> None:
         super().__init__()
         if num_levels < 1:
             raise ValueError(f'LevelCondition needs num_levels >= 1, got {num_levels}')
         self.num_levels, self.dim = num_levels, dim
         self.embedding = nn.Embedding(num_levels, dim)
 
-    def forward(self, source, level=0, labels=None, head=None, teacher=None):
+    def forward(self, source: Tensor, level: int = 0, labels: Optional[Tensor] = None,
+                head: Optional[Callable[[Tensor], Tensor]] = None,
+                teacher: Optional[Tensor] = None) -> Tensor:
         if not 0 <= level < self.num_levels:
             raise ValueError(f'LevelCondition(num_levels={self.num_levels}) got level {level}')
         return self.embedding.weight[level].to(source.dtype).expand(source.shape[0], -1)
@@ -120,14 +124,16 @@ class TeacherCondition(FlowCondition):
         dim: embedding length.
     """
 
-    def __init__(self, num_teachers: int = 1, dim: int = 16):
+    def __init__(self, num_teachers: int = 1, dim: int = 16) -> None:
         super().__init__()
         if num_teachers < 1:
             raise ValueError(f'TeacherCondition needs num_teachers >= 1, got {num_teachers}')
         self.num_teachers, self.dim = num_teachers, dim
         self.embedding = nn.Embedding(num_teachers, dim)
 
-    def forward(self, source, level=0, labels=None, head=None, teacher=None):
+    def forward(self, source: Tensor, level: int = 0, labels: Optional[Tensor] = None,
+                head: Optional[Callable[[Tensor], Tensor]] = None,
+                teacher: Optional[Tensor] = None) -> Tensor:
         if teacher is None:
             raise ValueError('TeacherCondition needs the (B,) teacher index of every sample: '
                              'make_context(x, teacher=index); a multi-teacher distiller passes it')
@@ -164,7 +170,7 @@ class ClassCondition(FlowCondition):
     INFERENCE = ('predicted', 'soft', 'none')
 
     def __init__(self, num_classes: int, dim: int = 16, inference: str = 'none',
-                 drop_prob: float = 0.5):
+                 drop_prob: float = 0.5) -> None:
         super().__init__()
         if inference not in self.INFERENCE:
             raise ValueError(f'ClassCondition inference must be one of {list(self.INFERENCE)}, '
@@ -175,7 +181,9 @@ class ClassCondition(FlowCondition):
         self.inference, self.drop_prob = inference, drop_prob
         self.embedding = nn.Embedding(num_classes + 1, dim)
 
-    def forward(self, source, level=0, labels=None, head=None, teacher=None):
+    def forward(self, source: Tensor, level: int = 0, labels: Optional[Tensor] = None,
+                head: Optional[Callable[[Tensor], Tensor]] = None,
+                teacher: Optional[Tensor] = None) -> Tensor:
         b = source.shape[0]
         if self.training and labels is not None:
             index = labels.reshape(-1).long().to(source.device)
@@ -203,14 +211,16 @@ class ClassCondition(FlowCondition):
 class CompositeCondition(FlowCondition):
     """Several conditions; their contexts are concatenated."""
 
-    def __init__(self, conditions: Sequence[FlowCondition]):
+    def __init__(self, conditions: Sequence[FlowCondition]) -> None:
         super().__init__()
         if not conditions:
             raise ValueError('CompositeCondition needs at least one condition')
         self.conditions = nn.ModuleList(conditions)
         self.dim = sum(c.dim for c in conditions)
 
-    def forward(self, source, level=0, labels=None, head=None, teacher=None):
+    def forward(self, source: Tensor, level: int = 0, labels: Optional[Tensor] = None,
+                head: Optional[Callable[[Tensor], Tensor]] = None,
+                teacher: Optional[Tensor] = None) -> Tensor:
         extra = {} if teacher is None else dict(teacher=teacher)  # older conditions lack it
         return torch.cat([c(source, level, labels, head, **extra) for c in self.conditions], dim=1)
 

@@ -11,13 +11,13 @@ The output layer starts at zero: an untrained flow predicts zero velocity,
 i.e. it starts as the identity on the student representation.
 """
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .catalog import ENCODERS
+from .catalog import META_ENCODERS
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
@@ -37,7 +37,7 @@ def pointwise(linear: nn.Linear, x: Tensor) -> Tensor:
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channel dimension of a ``(B, C, H, W)`` map."""
 
-    def __init__(self, channels: int, eps: float = 1e-6):
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(channels, eps=eps)
 
@@ -63,7 +63,7 @@ class MetaEncoder(nn.Module):
     last layer ``self.output`` (zero-initialised here).
     """
 
-    def __init__(self, channels: int, time_dim: int = 128, context_dim: Optional[int] = None):
+    def __init__(self, channels: int, time_dim: int = 128, context_dim: Optional[int] = None) -> None:
         super().__init__()
         if channels < 1:
             raise ValueError(f'meta-encoder channels must be >= 1, got {channels}')
@@ -73,7 +73,7 @@ class MetaEncoder(nn.Module):
         self.context_mlp = None if context_dim is None else nn.Sequential(
             nn.Linear(context_dim, channels), nn.SiLU(), nn.Linear(channels, channels))
 
-    def init_output(self):
+    def init_output(self) -> None:
         nn.init.zeros_(self.output.weight)
         if self.output.bias is not None:
             nn.init.zeros_(self.output.bias)
@@ -128,7 +128,7 @@ class MetaEncoder(nn.Module):
             cond = cond + context[:, :, None, None]  # (N, B, C, 1, 1)
         return cond
 
-    def step_inputs(self, times: Sequence[float], context: Optional[Tensor], like: Tensor):
+    def step_inputs(self, times: Sequence[float], context: Optional[Tensor], like: Tensor) -> Sequence[Any]:
         """What :meth:`step` takes at each step of a run, one entry per step
         (by default each step's :meth:`conditioning`, expanded to ``like``'s
         shape), computed once per run."""
@@ -167,12 +167,12 @@ class MetaEncoder(nn.Module):
         return None
 
 
-@ENCODERS.register('mlp')
+@META_ENCODERS.register('mlp')
 class MLPMetaEncoder(MetaEncoder):
     """Token-wise MLP: ``num_blocks`` x [x + W2 GELU(W1 LN(x))] (1x1 convs), then
     a 1x1 output layer."""
 
-    def __init__(self, channels: int, hidden_ratio: float = 2.0, num_blocks: int = 1, **kwargs):
+    def __init__(self, channels: int, hidden_ratio: float = 2.0, num_blocks: int = 1, **kwargs: Any) -> None:
         super().__init__(channels, **kwargs)
         hidden = max(1, int(round(channels * hidden_ratio)))
         self.blocks = nn.ModuleList(nn.Sequential(
@@ -181,7 +181,8 @@ class MLPMetaEncoder(MetaEncoder):
         self.output = nn.Conv2d(channels, channels, 1)
         self.init_output()
 
-    def step_inputs(self, times: Sequence[float], context: Optional[Tensor], like: Tensor):
+    def step_inputs(self, times: Sequence[float], context: Optional[Tensor],
+                    like: Tensor) -> List[Tuple[Tensor, Optional[List[Tuple[Tensor, Tensor]]]]]:
         """As :meth:`MetaEncoder.step_inputs`, each entry paired with every
         block's norm affine as ``(C, 1, 1)`` views on vectors (``1 x 1``
         maps; None otherwise), made once per run, so that a step normalises
@@ -190,25 +191,25 @@ class MLPMetaEncoder(MetaEncoder):
         norms = [block[0].map_affine() for block in self.blocks] if single else None
         return [(c, norms) for c in super().step_inputs(times, context, like)]
 
-    def step(self, x: Tensor, conditioning) -> Tensor:
+    def step(self, x: Tensor, conditioning: Tuple[Tensor, Optional[Sequence[Tuple[Tensor, Tensor]]]]) -> Tensor:
         """One call of the loop with one entry of :meth:`step_inputs`:
         ``(conditioning, norm affines or None)``."""
         conditioning, norms = conditioning
         return self.body(x + conditioning, norms)
 
-    def body(self, x, norms: Optional[Sequence[Tuple[Tensor, Tensor]]] = None):
+    def body(self, x: Tensor, norms: Optional[Sequence[Tuple[Tensor, Tensor]]] = None) -> Tensor:
         for i, (norm, first, act, second) in enumerate(self.blocks):
             h = norm(x) if norms is None else norm.single_position(x, *norms[i])
             x = x + second(act(first(h)))
         return self.output(x)
 
 
-@ENCODERS.register('conv')
+@META_ENCODERS.register('conv')
 class ConvMetaEncoder(MetaEncoder):
     """``num_blocks`` x [SiLU, 3x3 conv, GroupNorm(1, C), SiLU, 3x3 conv] with
     residuals, then a 3x3 output conv."""
 
-    def __init__(self, channels: int, num_blocks: int = 1, **kwargs):
+    def __init__(self, channels: int, num_blocks: int = 1, **kwargs: Any) -> None:
         super().__init__(channels, **kwargs)
         self.blocks = nn.ModuleList(nn.Sequential(
             nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(1, channels),
@@ -216,7 +217,7 @@ class ConvMetaEncoder(MetaEncoder):
         self.output = nn.Conv2d(channels, channels, 3, padding=1)
         self.init_output()
 
-    def body(self, x):
+    def body(self, x: Tensor) -> Tensor:
         for block in self.blocks:
             x = x + block(x)
         return self.output(x)
@@ -230,7 +231,8 @@ class WindowAttentionBlock(nn.Module):
     before the roll (as in Swin).
     """
 
-    def __init__(self, channels: int, num_heads: int, window: int, shift: bool, ffn_ratio: float):
+    def __init__(self, channels: int, num_heads: int, window: Optional[int], shift: bool,
+                 ffn_ratio: float) -> None:
         super().__init__()
         if channels % num_heads:
             raise ValueError(f'transformer meta-encoder: channels ({channels}) must be divisible '
@@ -313,7 +315,7 @@ class WindowAttentionBlock(nn.Module):
         return tokens.permute(0, 3, 1, 2)
 
 
-@ENCODERS.register('transformer')
+@META_ENCODERS.register('transformer')
 class TransformerMetaEncoder(MetaEncoder):
     """``num_blocks`` pre-norm window-attention blocks (every second one
     shifted), then a 1x1 output layer. ``window=None`` uses 7 when both sides
@@ -321,7 +323,7 @@ class TransformerMetaEncoder(MetaEncoder):
 
     def __init__(self, channels: int, num_blocks: int = 1, num_heads: int = 4,
                  window: Optional[int] = None, ffn_ratio: float = 2.0, shift_first: bool = True,
-                 **kwargs):
+                 **kwargs: Any) -> None:
         super().__init__(channels, **kwargs)
         self.blocks = nn.ModuleList(
             WindowAttentionBlock(channels, num_heads, window, shift=(i % 2 == 0) == shift_first,
@@ -329,7 +331,7 @@ class TransformerMetaEncoder(MetaEncoder):
         self.output = nn.Conv2d(channels, channels, 1)
         self.init_output()
 
-    def body(self, x):
+    def body(self, x: Tensor) -> Tensor:
         for block in self.blocks:
             x = block(x)
         return self.output(x)

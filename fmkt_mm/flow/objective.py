@@ -3,7 +3,7 @@ step of a training run, pair decoupling, the step-count draw, a curriculum
 mask and the cycle-consistency loss."""
 import functools
 import inspect
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -57,37 +57,10 @@ class FMKTObjective:
         index[chosen] = permuted
         return target[index], (labels[index] if labels is not None else None)
 
-    def loss(self, x_student: Tensor, target: Optional[Tensor] = None,
-             labels: Optional[Tensor] = None, num_steps: Optional[int] = None,
-             context: Optional[Tensor] = None, prefix: str = 'loss_flow',
-             sample_mask: Optional[Tensor] = None):
-        """Run the serial loop and apply the metric loss to every step.
-
-        ``target=None`` is the online variant (OFM-KT): the flow's own detached
-        ensemble is the target of every step. ``labels`` also feed a class
-        condition in training.
-
-        Returns ``(losses, output)``: ``losses`` maps ``f'{prefix}_step{k}'``
-        (k = 1 for the first step) to ``D(step_k, target) / N``; their sum is
-        the flow's loss. ``sample_mask``: see :meth:`step_losses`.
-        """
-        n = self._check_steps(num_steps) if num_steps is not None else self.draw_num_steps()
-        self._require_loss()
-        out = self.run(x_student, n, context, labels)
-        return self.step_losses(out, target, labels, prefix, sample_mask), out
-
-    def _require_loss(self):
+    def _require_loss(self) -> None:
         if self.loss_fn is None:
-            raise ValueError('FlowTransfer.loss needs a metric loss: build the flow with '
+            raise ValueError('the flow\'s step losses need a metric loss: build the flow with '
                              "loss=dict(type='KDLoss') (or DKDLoss, DISTLoss, PKDLoss, MSELoss)")
-
-    def step_losses(self, out: Optional[FlowOutput], target: Optional[Tensor] = None,
-                    labels: Optional[Tensor] = None, prefix: str = 'loss_flow',
-                    sample_mask: Optional[Tensor] = None) -> Dict[str, Tensor]:
-        """The metric loss of every step of a run, by name (see :meth:`loss`
-        and :meth:`step_loss_vector`)."""
-        values = self.step_loss_vector(out, target, labels, sample_mask)
-        return {f'{prefix}_step{k}': v for k, v in enumerate(values.unbind(0), start=1)}
 
     @staticmethod
     def check_target(target: Tensor, out: FlowOutput) -> None:
@@ -97,13 +70,20 @@ class FMKTObjective:
                 f'differ in shape; configure an adapter (channels / spatial size) or a head '
                 f'that maps the flow to the teacher\'s shape')
 
-    def step_loss_vector(self, out: FlowOutput, target: Optional[Tensor] = None,
-                         labels: Optional[Tensor] = None,
-                         sample_mask: Optional[Tensor] = None) -> Tensor:
-        """``(N,)``: ``D(step_k, target) / N`` for every step ``k`` of a run,
-        in one call of the metric loss on the stacked steps; its sum is the
-        flow's loss. ``target=None``: the run's own detached ensemble
-        (OFM-KT).
+    def step_losses(self, out: FlowOutput, target: Optional[Tensor] = None,
+                    labels: Optional[Tensor] = None, sample_mask: Optional[Tensor] = None,
+                    extra: Optional[Tuple[Tensor, Optional[Tensor]]] = None) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """``(N,)``: ``D(step_k, target) / N`` for every step ``k`` of a run
+        (:meth:`~fmkt_mm.flow.FlowTransport.run`), in one call of the metric
+        loss on the stacked steps; its sum is the flow's loss. The one entry
+        to the metric loss for every distiller. ``target=None``: the run's
+        own detached ensemble (OFM-KT).
+
+        ``extra``: one more ``(output, target)`` pair for the same metric
+        (e.g. FM-KT^Theta's plain head against the detached ensemble),
+        appended to the same call (a target of None: the run's detached
+        ensemble); returns ``(step losses (N,), its loss)``, the latter
+        undivided. Not with a sample mask or pair decoupling.
 
         ``sample_mask``: ``(B,)`` booleans, per-sample weights in ``{0, 1}``
         (a curriculum): each step's loss is the metric's mean over the kept
@@ -111,6 +91,8 @@ class FMKTObjective:
         connected to the graph, so every parameter receives a gradient).
         """
         self._require_loss()
+        if extra is not None:
+            return self._with_extra(out, target, labels, sample_mask, extra)
         steps = out.steps
         n = steps.shape[0]
         if target is None:
@@ -130,6 +112,27 @@ class FMKTObjective:
             target, steps = target[sample_mask], steps[:, sample_mask]
             labels = labels[sample_mask] if labels is not None else None
         return self.scaled_step_losses(steps, target, labels, 1.0 / n)
+
+    def _with_extra(self, out: FlowOutput, target: Optional[Tensor], labels: Optional[Tensor],
+                    sample_mask: Optional[Tensor], extra: Tuple[Tensor, Optional[Tensor]]) -> Tuple[Tensor, Tensor]:
+        if sample_mask is not None or (self.training and self.beta_d < 1.0):
+            raise ValueError('step_losses(extra=...) shares one metric call between the steps and '
+                             'another output; it cannot mask samples or decouple pairs')
+        n = out.steps.shape[0]
+        output, extra_target = extra
+        ensemble = out.ensemble.detach()
+        outputs = torch.cat([out.steps, output[None]])
+        if target is None and extra_target is None:  # OFM-KT: the ensemble is every row's target
+            targets = ensemble
+        else:
+            if target is None:
+                target = ensemble
+            else:
+                self.check_target(target, out)
+            extra_target = ensemble if extra_target is None else extra_target
+            targets = torch.cat([target.detach().expand_as(out.steps), extra_target[None]])
+        values = self.loss_fn.forward_steps(outputs, targets, labels)
+        return values[:n] / n, values[n]
 
     def scaled_step_losses(self, steps: Tensor, target: Tensor, labels: Optional[Tensor],
                            scale: float) -> Tensor:

@@ -19,7 +19,7 @@ from typing import Union
 import torch
 from torch import Tensor
 
-from .catalog import PATHS
+from .catalog import FLOW_PATHS
 
 TimeLike = Union[float, Tensor]
 
@@ -102,7 +102,7 @@ def _as_tensor(t: TimeLike) -> Tensor:
     return t if isinstance(t, Tensor) else torch.tensor(float(t), dtype=torch.float64)
 
 
-@PATHS.register('rectified')
+@FLOW_PATHS.register('rectified')
 class RectifiedPath(FlowPath):
     """Rectified flow: ``a = 1 - t``, ``b = t``; the exact velocity is the
     constant ``X_S - X_T``."""
@@ -120,7 +120,7 @@ class RectifiedPath(FlowPath):
         return torch.ones_like(_as_tensor(t))
 
 
-@PATHS.register('vp')
+@FLOW_PATHS.register('vp')
 class VPPath(FlowPath):
     """Variance-preserving ODE path: ``a(t)^2 + b(t)^2 = 1``.
 
@@ -163,7 +163,7 @@ class VPPath(FlowPath):
         return -self.a(t) * self.da(t) / self.b(t)  # from a^2 + b^2 = 1
 
 
-@PATHS.register('ve')
+@FLOW_PATHS.register('ve')
 class VEPath(FlowPath):
     """Variance-exploding ODE path: ``a = 1``, ``b = sigma(t)`` growing
     geometrically, ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``.

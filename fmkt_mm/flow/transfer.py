@@ -1,24 +1,14 @@
-"""FM-KT's flow: the transport (:mod:`.transport`) with the FM-KT objective
-(:mod:`.objective`). See :mod:`fmkt_mm.flow.transport` for the loop and its
-reverse sampler."""
+"""FM-KT's flow: the transport (:mod:`.transport`, with the step plan of
+:mod:`.plan` and the reverse sampler of :mod:`.reverse`) and the FM-KT
+objective (:mod:`.objective`)."""
 from typing import Optional, Sequence, Union
 
 from torch import nn
 
 from .objective import FMKTObjective
-from .transport import (
-    FlowOutput,
-    FlowTransport,
-    RoundTrip,
-    StepPlan,
-    combine,
-    endpoint_mixing,
-    plan_steps,
-    step_coefficients,
-)
+from .transport import FlowTransport
 
-__all__ = ['FlowTransfer', 'FlowTransport', 'FlowOutput', 'RoundTrip', 'StepPlan', 'combine',
-           'endpoint_mixing', 'plan_steps', 'step_coefficients']
+__all__ = ['FlowTransfer']
 
 
 class FlowTransfer(FMKTObjective, FlowTransport):

@@ -1,6 +1,7 @@
 """MMEngine hooks of fmkt_mm, one per file."""
 from .durable_checkpoint_hook import DurableCheckpointHook
 from .export_student_hook import ExportStudentHook
+from .flow_ema_hook import FlowEMAHook
 from .flow_roundtrip_hook import FlowRoundTripHook
 from .flow_steps_hook import FlowStepsHook
 from .loss_schedule_hook import LossScheduleHook
@@ -12,7 +13,6 @@ from .schedules import Schedule, schedule_factor
 from .stop_distillation_hook import StopDistillationHook
 from .teacher_eval_hook import TeacherEvalHook
 
-__all__ = ['DurableCheckpointHook', 'ExportStudentHook', 'FlowRoundTripHook', 'FlowStepsHook', 'LossScheduleHook',
-           'LossWeightScheduleHook', 'ProgressiveDistillationHook', 'RandomStateHook',
-           'SafeCheckpointHook', 'StopDistillationHook', 'TeacherEvalHook', 'Schedule',
-           'schedule_factor']
+__all__ = ['DurableCheckpointHook', 'ExportStudentHook', 'FlowEMAHook', 'FlowRoundTripHook', 'FlowStepsHook',
+           'LossScheduleHook', 'LossWeightScheduleHook', 'ProgressiveDistillationHook', 'RandomStateHook',
+           'SafeCheckpointHook', 'StopDistillationHook', 'TeacherEvalHook', 'Schedule', 'schedule_factor']

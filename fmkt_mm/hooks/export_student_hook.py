@@ -1,13 +1,17 @@
 """The plain student exported beside each checkpoint."""
 import os
 import os.path as osp
-from typing import Dict
+from typing import TYPE_CHECKING, Dict, Optional
 
 from mmengine.dist import master_only
 from mmengine.hooks import Hook
+from mmengine.hooks.hook import DATA_BATCH
 
 from ..registry import HOOKS
 from .utils import require_distiller
+
+if TYPE_CHECKING:
+    from mmengine.runner import Runner
 
 
 @HOOKS.register_module()
@@ -29,7 +33,7 @@ class ExportStudentHook(Hook):
 
     priority = 'LOWEST'  # after the CheckpointHook (VERY_LOW) has saved
 
-    def __init__(self, suffix: str = '_student'):
+    def __init__(self, suffix: str = '_student') -> None:
         if not suffix:
             raise ValueError('suffix must be non-empty: the export must not overwrite the checkpoint')
         self.suffix = suffix
@@ -40,7 +44,7 @@ class ExportStudentHook(Hook):
         root, ext = osp.splitext(checkpoint)
         return root + self.suffix + (ext or '.pth')
 
-    def before_train(self, runner) -> None:
+    def before_train(self, runner: 'Runner') -> None:
         require_distiller(runner, type(self).__name__)
         # checkpoints that exist already (a resumed run) are not re-exported
         for key in ('last_ckpt', 'best_ckpt'):
@@ -69,11 +73,12 @@ class ExportStudentHook(Hook):
                     os.remove(out)
                 del self._done[path]
 
-    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+    def after_train_iter(self, runner: 'Runner', batch_idx: int, data_batch: DATA_BATCH = None,
+                         outputs: Optional[dict] = None) -> None:
         self._export_new(runner)
 
-    def after_train_epoch(self, runner) -> None:
+    def after_train_epoch(self, runner: 'Runner') -> None:
         self._export_new(runner)
 
-    def after_val_epoch(self, runner, metrics=None) -> None:
+    def after_val_epoch(self, runner: 'Runner', metrics: Optional[Dict[str, float]] = None) -> None:
         self._export_new(runner)

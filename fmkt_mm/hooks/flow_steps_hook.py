@@ -1,15 +1,19 @@
 """Choosing and comparing the number of flow steps at validation and test."""
 import copy
 from numbers import Real
-from typing import Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Union
 
 import torch
 from mmengine.dist import all_reduce
 from mmengine.hooks import Hook
+from mmengine.hooks.hook import DATA_BATCH
 
-from ..flow.transport import check_step_counts
+from ..flow.plan import check_step_counts
 from ..registry import HOOKS
 from .utils import unwrap
+
+if TYPE_CHECKING:
+    from mmengine.runner import Runner
 
 Steps = Union[int, Sequence[int]]
 
@@ -33,7 +37,7 @@ class FlowStepsHook(Hook):
 
     priority = 'NORMAL'
 
-    def __init__(self, val_steps: Optional[Steps] = None, test_steps: Optional[Steps] = None):
+    def __init__(self, val_steps: Optional[Steps] = None, test_steps: Optional[Steps] = None) -> None:
         self.val_steps = self._as_tuple(val_steps)
         self.test_steps = self._as_tuple(test_steps)
         self._counts: Dict[int, torch.Tensor] = {}
@@ -123,10 +127,10 @@ class FlowStepsHook(Hook):
         if hasattr(model, 'flow_modules') and model.flow_modules():
             model.set_eval_steps(model.eval_steps)
 
-    def before_val_epoch(self, runner):
+    def before_val_epoch(self, runner: 'Runner') -> None:
         self._set_steps(runner, self.val_steps, runner.val_loop)
 
-    def before_test_epoch(self, runner):
+    def before_test_epoch(self, runner: 'Runner') -> None:
         self._set_steps(runner, self.test_steps, runner.test_loop)
 
     def _label_evaluation(self, runner, mode, loop, batch_idx):
@@ -136,18 +140,20 @@ class FlowStepsHook(Hook):
             runner.logger.info(f'{mode}: the evaluation below scores the flow ensemble of '
                                f'N={unwrap(runner.model).eval_steps} steps')
 
-    def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+    def after_val_iter(self, runner: 'Runner', batch_idx: int, data_batch: DATA_BATCH = None,
+                       outputs: Optional[Sequence] = None) -> None:
         self._count(outputs)
         self._process(data_batch, outputs)
         self._label_evaluation(runner, 'val', runner.val_loop, batch_idx)
 
-    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+    def after_test_iter(self, runner: 'Runner', batch_idx: int, data_batch: DATA_BATCH = None,
+                        outputs: Optional[Sequence] = None) -> None:
         self._count(outputs)
         self._process(data_batch, outputs)
         self._label_evaluation(runner, 'test', runner.test_loop, batch_idx)
 
-    def after_val_epoch(self, runner, metrics=None):
+    def after_val_epoch(self, runner: 'Runner', metrics: Optional[Dict[str, float]] = None) -> None:
         self._report(runner, 'val', runner.val_loop, metrics)
 
-    def after_test_epoch(self, runner, metrics=None):
+    def after_test_epoch(self, runner: 'Runner', metrics: Optional[Dict[str, float]] = None) -> None:
         self._report(runner, 'test', runner.test_loop, metrics)

@@ -1,10 +1,16 @@
 """Progressive loss weights: schedules of the distiller's loss weights."""
-from typing import Dict, List, Union
+from typing import TYPE_CHECKING, Dict, List, Union
+
+from mmengine.hooks.hook import DATA_BATCH
 
 from ..registry import HOOKS
 from .loss_schedule_hook import LossScheduleHook
 from .schedules import check_schedule, schedule_factor
 from .utils import unwrap
+
+if TYPE_CHECKING:
+    from mmengine.runner import Runner
+    from torch import nn
 
 
 def _resolve(model, path: str):
@@ -26,7 +32,7 @@ def _resolve(model, path: str):
     return owner, parts[-1]
 
 
-def weight_attributes(model) -> List[str]:
+def weight_attributes(model: 'nn.Module') -> List[str]:
     """Dotted paths of the loss weights a schedule can drive: float
     attributes (or lists of them) whose name ends in ``weight`` or
     ``weights``, on the distiller and its loss modules."""
@@ -68,7 +74,7 @@ class LossWeightScheduleHook(LossScheduleHook):
 
     priority = 'NORMAL'
 
-    def __init__(self, schedules: Dict[str, dict]):
+    def __init__(self, schedules: Dict[str, dict]) -> None:
         if not schedules:
             raise ValueError('LossWeightScheduleHook needs schedules={attribute path: schedule}')
         for name, spec in schedules.items():
@@ -76,14 +82,14 @@ class LossWeightScheduleHook(LossScheduleHook):
         self.schedules = {name: dict(spec) for name, spec in schedules.items()}
         self._base: Dict[str, Union[float, List[float]]] = {}
 
-    def before_train(self, runner) -> None:
+    def before_train(self, runner: 'Runner') -> None:
         model = unwrap(runner.model)
         for name in self.schedules:
             owner, attr = _resolve(model, name)
             value = getattr(owner, attr)
             self._base[name] = list(value) if isinstance(value, (list, tuple)) else float(value)
 
-    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+    def before_train_iter(self, runner: 'Runner', batch_idx: int, data_batch: DATA_BATCH = None) -> None:
         super().before_train_iter(runner, batch_idx, data_batch)
         model = unwrap(runner.model)
         for name, spec in self.schedules.items():

@@ -25,14 +25,18 @@ function of the current iteration (or epoch) only, so resuming a run
 restores them. Every change is logged, and the current values are logged as
 ``train/progressive/*`` scalars with the training losses.
 """
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 from mmengine.hooks import Hook
+from mmengine.hooks.hook import DATA_BATCH
 
 from ..distill.base import BaseDistiller
 from ..registry import HOOKS
 from .schedules import Schedule
 from .utils import unwrap
+
+if TYPE_CHECKING:
+    from mmengine.runner import Runner
 
 
 @HOOKS.register_module()
@@ -55,7 +59,7 @@ class ProgressiveDistillationHook(Hook):
 
     def __init__(self, num_steps: Optional[dict] = None, level_weights: Optional[dict] = None,
                  curriculum: Optional[dict] = None, by_epoch: bool = False,
-                 follow_eval_steps: bool = True):
+                 follow_eval_steps: bool = True) -> None:
         self.schedules: Dict[str, Schedule] = {}
         for name, cfg in (('num_steps', num_steps), ('level_weights', level_weights),
                           ('curriculum', curriculum)):
@@ -130,10 +134,10 @@ class ProgressiveDistillationHook(Hook):
             else:
                 runner.message_hub.update_scalar(f'train/progressive/{name}', float(value))
 
-    def before_train(self, runner):
+    def before_train(self, runner: 'Runner') -> None:
         self._check_model(unwrap(runner.model))
         self._current = {}
         self._update(runner)
 
-    def before_train_iter(self, runner, batch_idx: int, data_batch=None):
+    def before_train_iter(self, runner: 'Runner', batch_idx: int, data_batch: DATA_BATCH = None) -> None:
         self._update(runner)

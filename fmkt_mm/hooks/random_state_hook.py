@@ -1,13 +1,17 @@
 """Random states in checkpoints, so that a resumed run repeats an uninterrupted one."""
 import random
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
 from mmengine.hooks import Hook
+from mmengine.hooks.hook import DATA_BATCH
 from mmengine.runner import IterBasedTrainLoop
 
 from ..registry import HOOKS
+
+if TYPE_CHECKING:
+    from mmengine.runner import Runner
 
 
 def _rng_state() -> dict:
@@ -49,17 +53,17 @@ class RandomStateHook(Hook):
 
     priority = 'HIGHEST'
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._pending: Optional[dict] = None
 
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+    def before_save_checkpoint(self, runner: 'Runner', checkpoint: dict) -> None:
         checkpoint['random_state'] = _rng_state()
 
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+    def after_load_checkpoint(self, runner: 'Runner', checkpoint: dict) -> None:
         if getattr(runner, '_resume', False) and 'random_state' in checkpoint:
             self._pending = checkpoint['random_state']
 
-    def before_train(self, runner) -> None:
+    def before_train(self, runner: 'Runner') -> None:
         loader = getattr(runner.train_loop, 'dataloader', None)
         if isinstance(loader, torch.utils.data.DataLoader) and loader.generator is None:
             seed = runner.seed if runner.seed is not None else 0
@@ -75,7 +79,7 @@ class RandomStateHook(Hook):
             self._restore(self._pending, everything=True)
             self._pending = None
 
-    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+    def before_train_iter(self, runner: 'Runner', batch_idx: int, data_batch: DATA_BATCH = None) -> None:
         if self._pending is not None:
             self._restore(self._pending, everything=False)
             self._pending = None

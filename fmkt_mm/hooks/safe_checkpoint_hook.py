@@ -1,9 +1,14 @@
 """Checkpoints that load with ``torch.load(weights_only=True)``."""
+from typing import TYPE_CHECKING
+
 import numpy as np
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 
 from ..registry import HOOKS
+
+if TYPE_CHECKING:
+    from mmengine.runner import Runner
 
 _MARK = '__history_buffer__'
 
@@ -32,7 +37,7 @@ class SafeCheckpointHook(Hook):
 
     priority = 'VERY_LOW'  # after every hook that writes into the checkpoint
 
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+    def before_save_checkpoint(self, runner: 'Runner', checkpoint: dict) -> None:
         for section in ('meta', 'message_hub'):
             if section in checkpoint:
                 checkpoint[section] = _plain(checkpoint[section])
@@ -44,7 +49,7 @@ class SafeCheckpointHook(Hook):
                                 'log_history': [float(v) for v in np.asarray(logs).ravel()],
                                 'count_history': [float(v) for v in np.asarray(counts).ravel()]}
 
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+    def after_load_checkpoint(self, runner: 'Runner', checkpoint: dict) -> None:
         scalars = checkpoint.get('message_hub', {}).get('log_scalars', {})
         for key, value in list(scalars.items()):
             if isinstance(value, dict) and value.get(_MARK):

@@ -11,7 +11,7 @@ A schedule maps the current iteration (or epoch) to a value:
 """
 import bisect
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 
 class Schedule:
@@ -19,7 +19,7 @@ class Schedule:
     on (``values[0]`` before the first milestone); the ``step`` schedule.
     ``name`` names the setting in error messages."""
 
-    def __init__(self, name: str, milestones: Sequence[int], values: Sequence):
+    def __init__(self, name: str, milestones: Sequence[int], values: Sequence) -> None:
         milestones, values = list(milestones), list(values)
         if len(values) != len(milestones) + 1:
             raise ValueError(f'schedule of {name}: {len(milestones)} milestones need '
@@ -31,7 +31,7 @@ class Schedule:
         self.name, self.milestones, self.values = name, milestones, values
 
     @classmethod
-    def build(cls, name: str, cfg) -> Optional['Schedule']:
+    def build(cls, name: str, cfg: Optional[Union[dict, 'Schedule']]) -> Optional['Schedule']:
         """From ``dict(milestones=..., values=...)`` (``type='step'`` and
         ``factors`` for ``values`` accepted); None stays None."""
         if cfg is None or isinstance(cfg, Schedule):

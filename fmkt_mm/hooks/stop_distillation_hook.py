@@ -1,10 +1,14 @@
 """Switching distillation off after a number of iterations or epochs."""
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from mmengine.hooks import Hook
+from mmengine.hooks.hook import DATA_BATCH
 
 from ..registry import HOOKS
 from .utils import require_distiller, unwrap
+
+if TYPE_CHECKING:
+    from mmengine.runner import Runner
 
 
 @HOOKS.register_module()
@@ -40,7 +44,7 @@ class StopDistillationHook(Hook):
 
     priority = 'NORMAL'
 
-    def __init__(self, stop_iter: Optional[int] = None, stop_epoch: Optional[int] = None):
+    def __init__(self, stop_iter: Optional[int] = None, stop_epoch: Optional[int] = None) -> None:
         if stop_iter is None and stop_epoch is None:
             raise ValueError('StopDistillationHook needs stop_iter or stop_epoch')
         for name, value in (('stop_iter', stop_iter), ('stop_epoch', stop_epoch)):
@@ -55,10 +59,10 @@ class StopDistillationHook(Hook):
             return False
         return True
 
-    def before_train(self, runner) -> None:
+    def before_train(self, runner: 'Runner') -> None:
         require_distiller(runner, type(self).__name__)
 
-    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+    def before_train_iter(self, runner: 'Runner', batch_idx: int, data_batch: DATA_BATCH = None) -> None:
         model = unwrap(runner.model)
         distilling = self._distilling(runner)
         if model.distillation_enabled and not distilling:

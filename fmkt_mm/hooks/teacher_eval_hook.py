@@ -1,6 +1,6 @@
 """The teacher, evaluated once before training."""
 from numbers import Real
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 import torch
 from mmengine.dist import all_reduce
@@ -8,6 +8,12 @@ from mmengine.hooks import Hook
 
 from ..registry import HOOKS
 from .utils import unwrap
+
+if TYPE_CHECKING:
+    from mmengine.evaluator import Evaluator
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+    from torch.utils.data import DataLoader
 
 
 @HOOKS.register_module()
@@ -33,14 +39,14 @@ class TeacherEvalHook(Hook):
     priority = 'LOW'
 
     def __init__(self, max_batches: Optional[int] = None, min_metrics: Optional[Dict[str, float]] = None,
-                 on_resume: bool = False):
+                 on_resume: bool = False) -> None:
         if max_batches is not None and max_batches < 1:
             raise ValueError(f'max_batches must be >= 1 or None, got {max_batches}')
         self.max_batches, self.on_resume = max_batches, on_resume
         self.min_metrics = dict(min_metrics or {})
         self.metrics: Optional[Dict[str, float]] = None
 
-    def before_train(self, runner) -> None:
+    def before_train(self, runner: 'Runner') -> None:
         if runner.iter > 0 and not self.on_resume:
             return
         model = unwrap(runner.model)
@@ -64,7 +70,7 @@ class TeacherEvalHook(Hook):
             self.metrics.update({f'{prefix}/{k}': v for k, v in metrics.items()} if several else metrics)
             self.report(runner, who, prefix, metrics)
 
-    def report(self, runner, who: str, prefix: str, metrics: Dict[str, float]) -> None:
+    def report(self, runner: 'Runner', who: str, prefix: str, metrics: Dict[str, float]) -> None:
         shown = ', '.join(f'{k}: {v:.4f}' if isinstance(v, float) else f'{k}: {v}'
                           for k, v in metrics.items())
         runner.logger.info(f'{who} on the validation set before training: {shown}')
@@ -85,7 +91,7 @@ class TeacherEvalHook(Hook):
                 '; check its checkpoint, its config and the data pipeline')
 
     @torch.no_grad()
-    def evaluate(self, teacher, dataloader, evaluator) -> Dict[str, float]:
+    def evaluate(self, teacher: 'BaseModel', dataloader: 'DataLoader', evaluator: 'Evaluator') -> Dict[str, float]:
         was_training = teacher.training
         teacher.eval()
         seen = 0

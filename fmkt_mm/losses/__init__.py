@@ -9,7 +9,9 @@ from .cwd import CWDLoss
 from .dist import DISTLoss
 from .dkd import DKDLoss
 from .kd import KDLoss, PixelKDLoss
+from .mgd import MGDLoss
 from .mse import MSELoss
 from .pkd import PKDLoss
 
-__all__ = ['MetricLoss', 'KDLoss', 'PixelKDLoss', 'DKDLoss', 'DISTLoss', 'PKDLoss', 'MSELoss', 'CWDLoss']
+__all__ = ['MetricLoss', 'KDLoss', 'PixelKDLoss', 'DKDLoss', 'DISTLoss', 'PKDLoss', 'MSELoss', 'CWDLoss',
+           'MGDLoss']
