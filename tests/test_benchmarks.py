@@ -1,18 +1,26 @@
-"""Smoke runs of the benchmark scripts at tiny sizes: they must not rot.
-(The numbers they print at these sizes mean nothing; see docs/benchmarks.md.)"""
-import importlib.util
+"""Smoke runs of the benchmark scripts (tools/benchmarks/) at tiny sizes: they
+must not rot. (The numbers they print at these sizes mean nothing; see
+docs/benchmarks.md.)"""
+import dataclasses
+import importlib
 import json
 import os.path as osp
+import sys
 
 import pytest
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+BENCHMARKS = osp.join(ROOT, 'tools', 'benchmarks')
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """A script of tools/benchmarks/ as a module, imported with its folder on
+    the module path as when it runs (the scripts share ``import common``; a
+    spawned worker process imports them by name)."""
+    if BENCHMARKS not in sys.path:
+        sys.path.append(BENCHMARKS)
+    module = importlib.import_module(name)
+    assert osp.dirname(module.__file__) == BENCHMARKS, module.__file__
     return module
 
 
@@ -26,8 +34,8 @@ def one_thread():
 
 
 def test_cost_benchmark_measures_every_configuration(tmp_path):
-    cost = load_tool('benchmark_cost')
-    out = str(tmp_path / 'cost')
+    cost = load_tool('cost')
+    out = str(tmp_path / 'cost' / 'results.md')
     results = cost.main(['--quick', '--in-process', '--task', 'cls', '--cls-steps', '1',
                          '--out', out])
     methods = [(r['method'], r['steps']) for r in results]
@@ -41,15 +49,16 @@ def test_cost_benchmark_measures_every_configuration(tmp_path):
     # FM-KT trains the flow (and, with the teacher frozen, nothing of the teacher)
     assert by_method['fmkt']['trainable_params'] > by_method['kd']['trainable_params'] \
         == by_method['student']['trainable_params']
-    text = open(osp.join(out, 'quick', 'results.md')).read()
+    text = open(out).read()
     assert '| FM-KT (mlp, N=1) |' in text and 'x KD floor' in text
+    assert json.load(open(osp.join(tmp_path, 'cost', 'results.json')))['results'] == results
 
 
 @pytest.mark.slow
 def test_cost_benchmark_counts_operators_and_arithmetic(tmp_path):
-    cost = load_tool('benchmark_cost')
+    cost = load_tool('cost')
     results = cost.main(['--count', '--quick', '--task', 'cls', '--cls-steps', '1', '2',
-                         '--out', str(tmp_path)])
+                         '--out', str(tmp_path / 'counts.md')])
     gflop = {(r['method'], r['steps']): r['train_gflop'] for r in results}
     ops = {(r['method'], r['steps']): r['train_ops'] for r in results}
     # the teacher's forward adds to the student's step, and every flow step adds more
@@ -58,32 +67,32 @@ def test_cost_benchmark_counts_operators_and_arithmetic(tmp_path):
     # counting is deterministic
     assert cost.count(('cls', 'fmkt', 2, 'mlp'), cost.parse_args(['--quick']))['train_ops'] == \
         ops[('fmkt', 2)]
-    text = open(osp.join(tmp_path, 'quick', 'counts.md')).read()
+    text = open(osp.join(tmp_path, 'counts.md')).read()
     assert '| FM-KT (mlp, N=2) |' in text and '| operators / step |' in text
 
 
 @pytest.mark.slow
 def test_efficacy_benchmark_trains_teacher_baselines_and_fmkt(tmp_path):
-    efficacy = load_tool('benchmark_efficacy')
+    efficacy = load_tool('efficacy_cls')
     out = str(tmp_path / 'eff')
-    result = efficacy.main(['--quick', '--task', 'cls', '--rows', 'student alone', 'KD (tau 4)',
-                            'FM-KT rectified / mlp / N=8', '--out-dir', out])
+    result = efficacy.main(['--quick', '--rows', 'student alone', 'KD (tau 4)',
+                            'FM-KT rectified / mlp / N=8', '--work-dir', out])
     rows = [r['row'] for r in result['cls']['runs']]
     assert rows == ['student alone', 'KD (tau 4)', 'FM-KT rectified / mlp / N=8']
     fmkt = result['cls']['runs'][-1]
     assert sorted(fmkt['steps']) == [1, 2, 4, 8] and sorted(fmkt['step_loss']) == list(range(1, 9))
     assert all(0.0 <= r['top1'] <= 100.0 for r in result['cls']['runs'])
-    saved = json.load(open(osp.join(out, 'quick', 'results.json')))
+    saved = json.load(open(osp.join(out, 'quick', 'efficacy_cls.json')))
     assert saved['cls']['summary']['student alone']['seeds'] == [0]
     assert osp.isfile(osp.join(out, 'quick', 'fmkt_steps.png'))
 
 
 @pytest.mark.slow
 def test_recipe_study_pairs_rows_with_dist_for_two_teachers_and_resumes(tmp_path, capsys):
-    efficacy = load_tool('benchmark_efficacy')
+    recipes = load_tool('recipes_cls')
     out = str(tmp_path / 'study')
-    args = ['--quick', '--study', '--task', 'cls', '--out-dir', out]
-    result = efficacy.main(args)
+    args = ['--quick', '--work-dir', out]
+    result = recipes.main(args)
     runs = result['study']['runs']
     assert sorted((r['teacher'], r['row']) for r in runs) == sorted(
         (t, row) for t in ('full', 'half') for row in ('DIST', 'FM-KT VE (default)'))
@@ -97,17 +106,16 @@ def test_recipe_study_pairs_rows_with_dist_for_two_teachers_and_resumes(tmp_path
     records = open(osp.join(out, 'quick', 'study.jsonl')).read().splitlines()
     assert len(records) == 4
     capsys.readouterr()
-    again = efficacy.main(args)  # resumes: every run is recorded, none reruns
+    again = recipes.main(args)  # resumes: every run is recorded, none reruns
     assert '[study] 4 runs recorded, 0 to run' in capsys.readouterr().out
     assert again['study']['table'] == result['study']['table']
 
 
 @pytest.mark.slow
 def test_detection_study_pairs_rows_with_pkd_for_two_teachers_and_resumes(tmp_path, capsys):
-    efficacy = load_tool('benchmark_efficacy')
-    args = ['--quick', '--study', '--task', 'det', '--det-rows', 'FM-KT deploy flow',
-            '--det-steps', '1', '2', '--out-dir', str(tmp_path)]
-    result = efficacy.main(args)['study_det']
+    recipes = load_tool('recipes_det')
+    args = ['--quick', '--det-rows', 'FM-KT deploy flow', '--det-steps', '1', '2', '--work-dir', str(tmp_path)]
+    result = recipes.main(args)['study_det']
     runs = result['runs']
     assert sorted((r['teacher'], r['row']) for r in runs) == sorted(
         (t, row) for t in ('full', 'half') for row in ('PKD', 'FM-KT deploy flow'))
@@ -121,21 +129,21 @@ def test_detection_study_pairs_rows_with_pkd_for_two_teachers_and_resumes(tmp_pa
     assert set(result['teachers']) == {'full', 'half'}
     assert 'minus PKD (paired)' in result['table'] and 'bbox mAP at N=1/2' in result['table']
     capsys.readouterr()
-    again = efficacy.main(args)['study_det']  # resumes: every run is recorded, none reruns
+    again = recipes.main(args)['study_det']  # resumes: every run is recorded, none reruns
     assert '[study det] 4 runs recorded, 0 to run' in capsys.readouterr().out
     assert again['table'] == result['table']
     with pytest.raises(SystemExit):
-        efficacy.parse_args(['--study', '--task', 'det', '--det-rows', 'student alone RetinaNet R18 w16'])
-    assert 'the rows of the study are' in capsys.readouterr().err
+        recipes.parse_args(['--det-rows', 'student alone RetinaNet R18 w16'])
+    assert "the rows are ['PKD'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_two_teacher_benchmark_pairs_both_teachers_with_the_best_single_one(tmp_path, capsys):
-    efficacy = load_tool('benchmark_efficacy')
-    args = ['--quick', '--teachers', '--task', 'cls', '--out-dir', str(tmp_path)]
-    result = efficacy.main(args)['teachers_cls']
+    multi_teacher = load_tool('multi_teacher')
+    args = ['--quick', '--task', 'cls', '--work-dir', str(tmp_path)]
+    result = multi_teacher.main(args)['teachers_cls']
     runs = {r['row']: r for r in result['runs']}
-    assert sorted(runs) == sorted(r[0] for r in efficacy.TEACHER_CLS_ROWS)
+    assert sorted(runs) == sorted(r.name for r in multi_teacher.TEACHER_CLS_ROWS)
     singles = ['FM-KT VE, teacher w16', 'FM-KT VE, teacher w8']
     best = max(singles, key=lambda r: runs[r]['top1'])
     for row in ('FM-KT VE, both teachers, separate flows', 'FM-KT VE, both teachers, shared flow'):
@@ -147,15 +155,15 @@ def test_two_teacher_benchmark_pairs_both_teachers_with_the_best_single_one(tmp_
         < params['FM-KT VE, both teachers, separate flows']
     assert f'minus {best} (paired)' in result['table']
     capsys.readouterr()
-    efficacy.main(args)  # resumes
+    multi_teacher.main(args)  # resumes
     assert '[teachers cls] 4 runs recorded, 0 to run' in capsys.readouterr().out
 
 
 @pytest.mark.slow
 def test_efficacy_benchmark_scores_the_detection_flow_at_each_step_count(tmp_path, capsys):
-    efficacy = load_tool('benchmark_efficacy')
-    result = efficacy.main(['--quick', '--task', 'det', '--det-rows', 'FM-KT deploy flow (paper)',
-                            '--det-seeds', '0', '1', '--out-dir', str(tmp_path)])
+    efficacy = load_tool('efficacy_det')
+    result = efficacy.main(['--quick', '--det-rows', 'FM-KT deploy flow (paper)',
+                            '--det-seeds', '0', '1', '--work-dir', str(tmp_path)])
     runs = result['det']['runs']
     assert [(r['row'], r['seed']) for r in runs] == [('FM-KT deploy flow (paper)', 0),
                                                     ('FM-KT deploy flow (paper)', 1)]
@@ -167,12 +175,12 @@ def test_efficacy_benchmark_scores_the_detection_flow_at_each_step_count(tmp_pat
     assert '| mAP at N=1/2/4/8 | seeds |' in result['det']['table']
     assert '| FM-KT deploy flow (paper) |' in result['det']['table']
     with pytest.raises(SystemExit):
-        efficacy.parse_args(['--task', 'det', '--det-rows', 'FM-KT'])
-    assert "unknown detection rows ['FM-KT']; the rows are ['student alone" in capsys.readouterr().err
+        efficacy.parse_args(['--det-rows', 'FM-KT'])
+    assert "unknown rows ['FM-KT']; the rows are ['student alone" in capsys.readouterr().err
 
 
 def test_amp_benchmark_trains_each_precision(teacher_checkpoint, tmp_path):
-    amp = load_tool('benchmark_amp')
+    amp = load_tool('amp')
     rows = amp.main(['--teacher', teacher_checkpoint, '--variants', 'fmkt_theta', '--epochs', '1',
                      '--train-samples', '32', '--test-samples', '32', '--work-dir', str(tmp_path)])
     assert [(r['variant'], r['precision']) for r in rows] == [('fmkt_theta', 'fp32'), ('fmkt_theta', 'amp')]
@@ -185,31 +193,79 @@ def test_amp_benchmark_trains_each_precision(teacher_checkpoint, tmp_path):
 def test_efficacy_rows_configure_the_same_run_for_every_seed(tmp_path):
     """The rows' overrides are reused for every seed: building a config must
     not consume them (e.g. the `_delete_` that replaces the mlp encoder)."""
-    efficacy = load_tool('benchmark_efficacy')
-    args = efficacy.parse_args(['--quick', '--out-dir', str(tmp_path)])
-    for name, config, overrides in efficacy.CLS_ROWS:
-        if not overrides:
-            continue
-        encoders = [efficacy.cls_config(config, overrides, args, seed, str(tmp_path / f'{seed}'),
-                                        'teacher.pth').model.flow.encoder for seed in (0, 1)]
-        assert encoders[0] == encoders[1], name
+    efficacy = load_tool('efficacy_cls')
+    args = efficacy.parse_args(['--seeds', '0', '1', '--work-dir', str(tmp_path)])
+    encoders = {}
+    for job in efficacy.jobs(args, 'teacher.pth'):
+        if job.flow:
+            encoders.setdefault(job.row, []).append(efficacy.common.cls_config(job).model.flow.encoder)
+    assert len(encoders) == sum(bool(r.flow) for r in efficacy.CLS_ROWS)
+    for name, (first, second) in encoders.items():
+        assert first == second, name
         if 'conv' in name:
-            assert encoders[1] == dict(type='conv')
+            assert second == dict(type='conv')
 
 
 @pytest.mark.slow
 def test_segmentation_study_pairs_rows_with_cwd_and_resumes(tmp_path):
-    """tools/benchmark_seg.py at tiny sizes: two teachers, every row paired
+    """tools/benchmarks/seg.py at tiny sizes: two teachers, every row paired
     with CWD per teacher and seed, intervals and operator counts in the table;
     a rerun trains nothing new."""
-    seg = load_tool('benchmark_seg')
-    argv = ['--quick', '--rows', 'FM-KT deploy student', '--out-dir', str(tmp_path)]
-    runs = seg.main(argv)
+    seg = load_tool('seg')
+    argv = ['--quick', '--rows', 'FM-KT deploy student', '--work-dir', str(tmp_path)]
+    runs = seg.main(argv)['seg']['runs']
     assert {(r['teacher'], r['row']) for r in runs} == {
         (t, row) for t in ('full', 'half') for row in ('CWD', 'FM-KT deploy student')}
     text = (tmp_path / 'quick' / 'study_seg.md').read_text()
     assert 'minus CWD (paired)' in text and 'operators / step x CWD' in text and '95 % t intervals' in text
     records = (tmp_path / 'quick' / 'study_seg.jsonl').read_text().splitlines()
-    again = seg.main(argv)
+    again = seg.main(argv)['seg']['runs']
     assert len((tmp_path / 'quick' / 'study_seg.jsonl').read_text().splitlines()) == len(records)
     assert len(again) == len(runs)
+
+
+def test_jobs_run_in_their_order_in_fresh_processes_and_records_resume(tmp_path, capsys):
+    """The one pool loop returns the results in the jobs' order (each job
+    pickled to a spawned process that imports the scripts' shared module);
+    the recorded runner appends each run and, rerun, runs only the missing."""
+    common = load_tool('common')
+    jobs = [common.Job(f'row {i}', 'config.py', seed, str(tmp_path / f'{i}_{seed}'), threads=None)
+            for seed in (0, 1) for i in range(2)]
+    assert common.run_jobs(jobs, dataclasses.asdict, workers=2) == [dataclasses.asdict(j) for j in jobs]
+    record = str(tmp_path / 'runs.jsonl')
+    first = common.run_recorded(jobs[:3], dataclasses.asdict, record, label='t', key='seed')
+    assert [(r['row'], r['seed']) for r in first] == [(j.row, j.seed) for j in jobs[:3]]
+    capsys.readouterr()
+    again = common.run_recorded(jobs, dataclasses.asdict, record, label='t', key='seed')
+    assert '[t] 3 runs recorded, 1 to run' in capsys.readouterr().out
+    assert again == [json.loads(json.dumps(dataclasses.asdict(j))) for j in jobs[:3]] + [dataclasses.asdict(jobs[3])]
+    assert len(open(record).read().splitlines()) == 4
+
+
+def test_benchmark_tables_rows_and_outputs(tmp_path):
+    common = load_tool('common')
+    assert common.markdown_table(['a', 'b'], [[1, 'x'], ['-', 2.5]]) == '| a | b |\n|---|---|\n| 1 | x |\n| - | 2.5 |'
+    rows = [common.Row('base', 'b.py'), common.Row('one', 'o.py', dict(path='ve')), common.Row('two', 't.py')]
+    parser = common.parser('doc')
+    assert common.pick_rows(parser, rows, ['two'], keep_first=True) == [rows[0], rows[2]]
+    assert common.pick_rows(parser, rows, None) == rows
+    with pytest.raises(SystemExit):
+        common.pick_rows(parser, rows, ['three'])
+    job = rows[1].job(3, 'w', epochs=2)
+    assert (job.row, job.config, job.seed, job.flow, job.epochs, job.threads) == \
+        ('one', 'o.py', 3, {'path': 've'}, 2, 1)
+    out = tmp_path / 'sub' / 'report.md'
+    common.write_report(str(out), 'text', dict(a=1))
+    assert out.read_text() == 'text\n' and json.load(open(tmp_path / 'sub' / 'report.json')) == dict(a=1)
+    assert common.command_line(osp.join(BENCHMARKS, 'seg.py'), ['--quick']) == 'python tools/benchmarks/seg.py --quick'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('script', ['amp', 'cost', 'efficacy_cls', 'efficacy_det', 'flowdistill', 'multi_teacher',
+                                    'recipes_cls', 'recipes_det', 'seg'])
+def test_every_benchmark_answers_help(script):
+    import subprocess
+    done = subprocess.run([sys.executable, osp.join(BENCHMARKS, f'{script}.py'), '--help'], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert '--work-dir' in done.stdout or '--out' in done.stdout

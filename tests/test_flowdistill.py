@@ -500,7 +500,7 @@ def test_runner_classification_class_conditional_theta(teacher_checkpoint, tmp_p
     """The class condition composes with FM-KT^Theta (the flow trains with a
     label embedding; the deployed student never runs it)."""
     cfg = tiny_cls_cfg('fmkt_resnet18_w16_to_resnet18_w4_conditional-class.py', tmp_path,
-                       teacher_checkpoint, variant='fmkt_theta',
+                       teacher_checkpoint, deploy_mode='student',
                        theta_loss=dict(type='fmkt_mm.KDLoss', tau=4.0))
     runner = Runner.from_cfg(cfg)
     assert isinstance(runner.model.flow.condition, ClassCondition)

@@ -7,7 +7,7 @@ _base_ = ['./fmkt_resnet18_w16_to_resnet18_w4.py']
 distiller = dict(
     _delete_=True,
     type='fmkt_mm.ClassificationDistiller',
-    variant='fmkt',
+    deploy_mode='flow',
     teachers=[
         dict(config='{{fileDirname}}/teacher_resnet18_w16.py',
              checkpoint='work_dirs/fashion_mnist/teacher.pth', weight=1.0, name='resnet18_w16'),

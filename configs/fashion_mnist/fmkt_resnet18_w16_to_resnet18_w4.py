@@ -2,14 +2,14 @@
 # in 8 steps by an MLP meta-encoder; each step's logits are matched to the
 # teacher's with KD (tau 4) and to the label with cross-entropy; prediction is
 # the implicit ensemble of the steps.
-# Path: VE, chosen by the recipe study (tools/benchmark_efficacy.py --study,
-# README "Recipe study"): it beat DIST on every one of 10 paired seeds over two
+# Path: VE, chosen by the recipe study (tools/benchmarks/recipes_cls.py,
+# docs/benchmarks.md "Recipe study"): it beat DIST on every one of 10 paired seeds over two
 # teachers, and the rectified path did not; neither passed the study's
 # 2-standard-deviation bar, because DIST itself varies by about 10 points.
 _base_ = ['./student_resnet18_w4.py']
 distiller = dict(
     type='fmkt_mm.ClassificationDistiller',
-    variant='fmkt',
+    deploy_mode='flow',
     teacher=dict(config='{{fileDirname}}/teacher_resnet18_w16.py',
                  checkpoint='work_dirs/fashion_mnist/teacher.pth'),
     flow=dict(path='ve', encoder=dict(type='mlp', hidden_ratio=2.0), num_steps=8,

@@ -2,4 +2,4 @@
 # student's plain head learns from both flows' ensembles (weighted), and the
 # exported student is a plain mmpretrain model.
 _base_ = ['./fmkt_2teachers_resnet18_w16-w8_to_resnet18_w4.py']
-distiller = dict(variant='fmkt_theta', theta_loss=dict(type='fmkt_mm.KDLoss', tau=4.0))
+distiller = dict(deploy_mode='student', theta_loss=dict(type='fmkt_mm.KDLoss', tau=4.0))

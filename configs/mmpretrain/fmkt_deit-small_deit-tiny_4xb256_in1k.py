@@ -6,7 +6,7 @@ runner_type = 'fmkt_mm.DistillRunner'  # the distiller is applied under every la
 custom_imports = dict(imports=['fmkt_mm'], allow_failed_imports=False)
 distiller = dict(
     type='fmkt_mm.ClassificationDistiller',
-    variant='fmkt',
+    deploy_mode='flow',
     teacher=dict(config='mmpretrain::deit/deit-small_4xb256_in1k.py',
                  checkpoint='https://download.openmmlab.com/mmclassification/v0/deit/deit-small_pt-4xb256_in1k_20220218-9425b9bb.pth'),
     flow=dict(encoder=dict(type='transformer', num_heads=4), num_steps=8,

@@ -7,7 +7,7 @@ runner_type = 'fmkt_mm.DistillRunner'  # the distiller is applied under every la
 custom_imports = dict(imports=['fmkt_mm'], allow_failed_imports=False)
 distiller = dict(
     type='fmkt_mm.ClassificationDistiller',
-    variant='fmkt',
+    deploy_mode='flow',
     teacher=dict(config='mmpretrain::resnet/resnet34_8xb32_in1k.py',
                  checkpoint='https://download.openmmlab.com/mmclassification/v0/resnet/resnet34_8xb32_in1k_20210831-f257d4e6.pth'),
     flow=dict(path='rectified', encoder=dict(type='mlp', hidden_ratio=2.0, num_blocks=1),

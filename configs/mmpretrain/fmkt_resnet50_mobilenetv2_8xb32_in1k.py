@@ -5,7 +5,7 @@ runner_type = 'fmkt_mm.DistillRunner'  # the distiller is applied under every la
 custom_imports = dict(imports=['fmkt_mm'], allow_failed_imports=False)
 distiller = dict(
     type='fmkt_mm.ClassificationDistiller',
-    variant='fmkt',
+    deploy_mode='flow',
     teacher=dict(config='mmpretrain::resnet/resnet50_8xb32_in1k.py',
                  checkpoint='https://download.openmmlab.com/mmclassification/v0/resnet/resnet50_8xb32_in1k_20210831-ea4938fc.pth'),
     flow=dict(path='rectified', encoder=dict(type='mlp'), num_steps=8,

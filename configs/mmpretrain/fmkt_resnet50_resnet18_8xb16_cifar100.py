@@ -11,7 +11,7 @@ val_dataloader = dict(dataset=dict(type='CIFAR100', data_root='data/cifar100'))
 test_dataloader = val_dataloader
 distiller = dict(
     type='fmkt_mm.ClassificationDistiller',
-    variant='fmkt',
+    deploy_mode='flow',
     teacher=dict(config=_teacher, checkpoint='https://download.openmmlab.com/mmclassification/v0/resnet/resnet50_b16x8_cifar100_20210528-67b58a1b.pth'),
     flow=dict(encoder=dict(type='mlp'), num_steps=8, loss=dict(type='fmkt_mm.KDLoss', tau=4.0)),
     dummy_input_shape=(3, 32, 32))

@@ -6,7 +6,7 @@ custom_imports = dict(imports=['fmkt_mm'], allow_failed_imports=False)
 model = dict(head=dict(loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, loss_weight=1.0)))
 distiller = dict(
     type='fmkt_mm.ClassificationDistiller',
-    variant='ofmkt',
+    deploy_mode='student', online=True,
     flow=dict(path='rectified', encoder=dict(type='mlp'), num_steps=8,
               loss=dict(type='fmkt_mm.KDLoss', tau=1.0)),
     theta_loss=dict(type='fmkt_mm.KDLoss', tau=1.0),

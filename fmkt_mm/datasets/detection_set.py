@@ -46,10 +46,11 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .canvas import BACKGROUND_MAX, render_canvas
 from .idx import FASHION_MNIST_CLASSES, load_fashion_mnist
 
 __all__ = [
@@ -60,146 +61,12 @@ __all__ = [
 #: Bumped whenever the composition changes, so that sets made by an older
 #: version are rebuilt instead of being taken as up to date.
 DETECTION_SET_VERSION = 2
-#: No background pixel of any channel is brighter than this.
-BACKGROUND_MAX = 40
 #: ``metainfo`` for mmdet's ``CocoDataset`` over the set.
 FASHION_DET_METAINFO = dict(classes=FASHION_MNIST_CLASSES)
 #: Output split -> the Fashion-MNIST split its garments come from.
 SPLIT_SOURCES = {'train': 'train', 'val': 'test'}
 
 _GENERATOR = 'fmkt_mm.datasets.detection_set'
-# Placements tried per object before it is dropped from its canvas.
-_MAX_TRIES = 20
-# A small box may have a low IoU with a large one while lying mostly inside
-# it; such a garment would be hidden, so this caps the covered fraction of the
-# smaller box of every pair too.
-_MAX_COVER = 0.3
-# Side of the random colour grid that is upsampled into the background.
-_TEXTURE_GRID = 5
-
-
-def _overlaps(box: Sequence[int], boxes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Overlap of one ``[x, y, w, h]`` box with ``(K, 4)`` boxes.
-
-    Returns:
-        ``(iou, cover)``, both ``(K,)``: the IoU, and the fraction of the
-        smaller box of each pair that the intersection covers.
-    """
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[0] + box[2], boxes[:, 0] + boxes[:, 2])
-    y2 = np.minimum(box[1] + box[3], boxes[:, 1] + boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area, areas = box[2] * box[3], boxes[:, 2] * boxes[:, 3]
-    return inter / (area + areas - inter), inter / np.minimum(area, areas)
-
-
-def _linear_weights(size: int, grid: int) -> Tuple[np.ndarray, ...]:
-    """Indices and weights that linearly upsample ``grid`` samples to
-    ``size`` (pixel-centre aligned): ``out = a[i0] * (1 - w) + a[i1] * w``."""
-    pos = (np.arange(size) + 0.5) * grid / size - 0.5
-    pos = np.clip(pos, 0, grid - 1)
-    i0 = np.floor(pos).astype(np.int64)
-    i1 = np.minimum(i0 + 1, grid - 1)
-    return i0, i1, pos - i0
-
-
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A dark textured ``(size, size, 3)`` uint8 background, at most
-    :data:`BACKGROUND_MAX`.
-
-    Only elementwise float64 arithmetic is used (no BLAS, no OpenCV), so the
-    result is the same on every machine for a given generator state.
-    """
-    base = rng.uniform(6.0, 18.0)
-    coarse = rng.uniform(-10.0, 10.0, size=(_TEXTURE_GRID, _TEXTURE_GRID, 3))
-    i0, i1, w = _linear_weights(size, _TEXTURE_GRID)
-    rows = coarse[i0] * (1 - w)[:, None, None] + coarse[i1] * w[:, None, None]
-    smooth = rows[:, i0] * (1 - w)[None, :, None] + rows[:, i1] * w[None, :, None]
-    # Grey (channel-shared) grain: as textured as colour noise to the eye,
-    # but its PNGs are less than half the size.
-    noise = rng.normal(0.0, 2.0, size=(size, size, 1))
-    return np.clip(np.rint(base + smooth + noise), 0, BACKGROUND_MAX).astype(np.uint8)
-
-
-def _resize(patch: np.ndarray, side: int) -> np.ndarray:
-    """Resize a ``(28, 28)`` uint8 garment to ``(side, side)``."""
-    import cv2  # OpenCV comes with mmcv / mmengine
-    interp = cv2.INTER_AREA if side < patch.shape[0] else cv2.INTER_LINEAR
-    return cv2.resize(patch, (side, side), interpolation=interp)
-
-
-def _tight_box(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
-    """``(x, y, w, h)`` of the nonzero pixels of a 2-D mask, None if empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    return (int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1),
-            int(rows[-1] - rows[0] + 1))
-
-
-def render_canvas(rng: np.random.Generator,
-                  images: np.ndarray,
-                  labels: np.ndarray,
-                  image_size: int = 128,
-                  object_size: Tuple[int, int] = (20, 64),
-                  num_objects: Tuple[int, int] = (1, 4),
-                  max_iou: float = 0.1) -> Tuple[np.ndarray, List[dict]]:
-    """Compose one canvas from source garments.
-
-    Args:
-        rng: The generator every random choice is drawn from.
-        images: ``(N, 28, 28)`` uint8 source garments.
-        labels: ``(N,)`` their Fashion-MNIST labels in ``0..9``.
-        image_size: Side S of the square canvas.
-        object_size: Inclusive range of the side of a pasted garment, clipped
-            to the canvas.
-        num_objects: Inclusive range of the number of garments tried.
-        max_iou: Largest IoU allowed between two boxes of the canvas (and
-            the intersection may cover at most 30% of the smaller box).
-
-    Returns:
-        ``(canvas, objects)``: the ``(S, S, 3)`` uint8 RGB canvas and, per
-        pasted garment, ``dict(bbox=[x, y, w, h], label=int, mask=(S, S)
-        bool)`` with its tight box in pixels and its own pixels (at least
-        one garment is always pasted).
-    """
-    canvas = _background(rng, image_size)
-    lo = min(object_size[0], image_size)
-    hi = min(object_size[1], image_size)
-    count = int(rng.integers(num_objects[0], num_objects[1] + 1))
-    boxes = np.zeros((0, 4), dtype=np.int64)
-    objects = []
-    for _ in range(count):
-        index = int(rng.integers(len(images)))
-        # Random colour; the brightest channel keeps the garment's intensity.
-        tint = rng.uniform(0.5, 1.0, size=3)
-        tint /= tint.max()
-        for _ in range(_MAX_TRIES):
-            side = int(rng.integers(lo, hi + 1))
-            x0 = int(rng.integers(0, image_size - side + 1))
-            y0 = int(rng.integers(0, image_size - side + 1))
-            patch = _resize(images[index], side)
-            local = _tight_box(patch)
-            if local is None:  # nothing left of the garment at this scale
-                continue
-            box = (x0 + local[0], y0 + local[1], local[2], local[3])
-            if len(boxes):
-                iou, cover = _overlaps(box, boxes)
-                if iou.max() > max_iou or cover.max() > _MAX_COVER:
-                    continue
-            colour = np.rint(patch[..., None] * tint).astype(np.uint8)
-            region = canvas[y0:y0 + side, x0:x0 + side]
-            # Max-compositing keeps earlier garments visible where two of the
-            # (square) patches overlap, and adds no seam around the garment.
-            np.maximum(region, colour, out=region)
-            boxes = np.concatenate([boxes, np.array([box], dtype=np.int64)])
-            mask = np.zeros((image_size, image_size), dtype=bool)
-            mask[y0:y0 + side, x0:x0 + side] = patch > 0
-            objects.append(dict(bbox=list(box), label=int(labels[index]), mask=mask))
-            break
-    return canvas, objects
 
 
 def _rle(mask: np.ndarray) -> dict:
@@ -300,6 +167,45 @@ def _is_replaceable(out_dir: str) -> bool:
     return meta is not None and meta.get('generator') == _GENERATOR
 
 
+def _set_params(num_train: int, num_val: int, image_size: int, seed: int, object_size: Tuple[int, int],
+                num_objects: Tuple[int, int], max_iou: float) -> dict:
+    """The checked parameters of a set, as ``meta.json`` records them."""
+    if num_train < 0 or num_val < 0:
+        raise ValueError('num_train and num_val must be >= 0')
+    lo, hi = (int(v) for v in object_size)
+    if not 1 <= lo <= hi:
+        raise ValueError(f'object_size must be 1 <= min <= max, got {object_size}')
+    if lo > image_size:
+        raise ValueError(f'object_size min {lo} exceeds image_size {image_size}')
+    n_lo, n_hi = (int(v) for v in num_objects)
+    if not 1 <= n_lo <= n_hi:
+        raise ValueError(f'num_objects must be 1 <= min <= max, got {num_objects}')
+    return dict(version=DETECTION_SET_VERSION, num_train=int(num_train),
+                num_val=int(num_val), image_size=int(image_size),
+                seed=int(seed), object_size=[lo, hi],
+                num_objects=[n_lo, n_hi], max_iou=float(max_iou))
+
+
+def _write_set(tmp: str, num_train: int, num_val: int, params: dict, source_root: Optional[str]) -> None:
+    """Write the whole set into the fresh directory ``tmp``, ``meta.json`` last."""
+    # mkdtemp makes a private (0700) directory; the set gets the usual
+    # permissions of a new directory instead.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    os.makedirs(os.path.join(tmp, 'annotations'))
+    counts = {split: _write_split(tmp, split, num, params['seed'], params,
+                                  source_root)
+              for split, num in (('train', num_train), ('val', num_val))}
+    meta = dict(generator=_GENERATOR, params=params,
+                classes=list(FASHION_MNIST_CLASSES),
+                category_ids='Fashion-MNIST label + 1',
+                sources=SPLIT_SOURCES, counts=counts)
+    # meta.json is written last: its presence marks a finished set.
+    with open(os.path.join(tmp, 'meta.json'), 'w') as f:
+        json.dump(meta, f, indent=2)
+
+
 def make_detection_set(out_dir: str,
                        num_train: int,
                        num_val: int,
@@ -337,21 +243,7 @@ def make_detection_set(out_dir: str,
             made by this function.
         FileNotFoundError: the Fashion-MNIST files are missing.
     """
-    if num_train < 0 or num_val < 0:
-        raise ValueError('num_train and num_val must be >= 0')
-    lo, hi = (int(v) for v in object_size)
-    if not 1 <= lo <= hi:
-        raise ValueError(f'object_size must be 1 <= min <= max, got {object_size}')
-    if lo > image_size:
-        raise ValueError(f'object_size min {lo} exceeds image_size {image_size}')
-    n_lo, n_hi = (int(v) for v in num_objects)
-    if not 1 <= n_lo <= n_hi:
-        raise ValueError(f'num_objects must be 1 <= min <= max, got {num_objects}')
-    params = dict(version=DETECTION_SET_VERSION, num_train=int(num_train),
-                  num_val=int(num_val), image_size=int(image_size),
-                  seed=int(seed), object_size=[lo, hi],
-                  num_objects=[n_lo, n_hi], max_iou=float(max_iou))
-
+    params = _set_params(num_train, num_val, image_size, seed, object_size, num_objects, max_iou)
     out_dir = os.path.abspath(out_dir)
     if _is_complete(out_dir, params):
         return False
@@ -365,22 +257,7 @@ def make_detection_set(out_dir: str,
     # A hidden sibling on the same file system, so the final rename is atomic.
     tmp = tempfile.mkdtemp(prefix=f'.{name}.tmp-', dir=parent)
     try:
-        # mkdtemp makes a private (0700) directory; the set gets the usual
-        # permissions of a new directory instead.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        os.makedirs(os.path.join(tmp, 'annotations'))
-        counts = {split: _write_split(tmp, split, num, params['seed'], params,
-                                      source_root)
-                  for split, num in (('train', num_train), ('val', num_val))}
-        meta = dict(generator=_GENERATOR, params=params,
-                    classes=list(FASHION_MNIST_CLASSES),
-                    category_ids='Fashion-MNIST label + 1',
-                    sources=SPLIT_SOURCES, counts=counts)
-        # meta.json is written last: its presence marks a finished set.
-        with open(os.path.join(tmp, 'meta.json'), 'w') as f:
-            json.dump(meta, f, indent=2)
+        _write_set(tmp, num_train, num_val, params, source_root)
         _move_into_place(tmp, out_dir, params)
     finally:
         # Present only if something failed before (or during) the move.

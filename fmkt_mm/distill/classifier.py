@@ -5,18 +5,22 @@ output of ``student_tap``, by default ``backbone``) and every step's estimate
 goes through a classifier tail (neck + head) to logits, compared with the
 teacher's logits (the output of ``teacher_tap``, by default ``head``).
 
-Variants:
+Deploy modes (one name for one idea, as in the detection distiller):
 
-* ``fmkt``: the tail is the student's own neck and head; prediction is the
-  implicit ensemble of the flow's steps (``eval_steps`` of them).
-* ``fmkt_theta`` (FM-KT^Theta, zero inference cost): the flow gets its own
-  copy of the tail; the student's head is trained on the raw feature with
-  ``theta_loss(student logits, stopgrad(ensemble))`` plus its task loss, and
-  inference runs the plain student.
-* ``ofmkt`` (OFM-KT, no teacher): as ``fmkt_theta``, but each step's target
-  is the flow's own detached ensemble.
+* ``deploy_mode='flow'`` (FM-KT): the tail is the student's own neck and
+  head; prediction is the implicit ensemble of the flow's steps
+  (``eval_steps`` of them).
+* ``deploy_mode='student'`` (FM-KT^Theta, zero inference cost): the flow
+  gets its own copy of the tail; the student's head is trained on the raw
+  feature with ``theta_loss(student logits, stopgrad(ensemble))`` plus its
+  task loss, and inference runs the plain student.
+* ``online=True`` (OFM-KT, no teacher; deploys the student): as
+  FM-KT^Theta, but each step's target is the flow's own detached ensemble.
 
-FlowDistill options (all variants):
+The earlier ``variant='fmkt' | 'fmkt_theta' | 'ofmkt'`` is accepted as an
+alias of these.
+
+FlowDistill options (every mode):
 
 * ``flow=dict(..., condition=dict(type='pooled' | 'class' | 'task'))``: a
   conditional flow network (:mod:`fmkt_mm.flow.conditions`); ``channels``
@@ -35,31 +39,17 @@ import math
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..flow import FlowOutput, FlowTransfer, RoundTrip, build_condition
 from ..losses.base import scaled
 from ..registry import MODELS
 from ..utils import build_from_registry
 from .base import BaseDistiller, hard_labels
+from .classification_options import ClassifierTail, resolve_mode
+from .level_flows import LevelFlows
 from .taps import run_until_tapped, select
-from .teacher import stack_for_teachers, weighted, with_teacher_condition
-
-VARIANTS = ('fmkt', 'fmkt_theta', 'ofmkt')
-
-
-class ClassifierTail(nn.Module):
-    """neck (optional) + head of an mmpretrain classifier: feature -> logits."""
-
-    def __init__(self, neck: Optional[nn.Module], head: nn.Module):
-        super().__init__()
-        self.neck, self.head = neck, head
-
-    def forward(self, feature: Tensor) -> Tensor:
-        feats = (feature,)
-        if self.neck is not None:
-            feats = self.neck(feats)
-        return self.head(feats)
+from .teacher import weighted, with_teacher_condition
 
 
 @MODELS.register_module()
@@ -68,7 +58,11 @@ class ClassificationDistiller(BaseDistiller):
 
     Args:
         student, teacher, data_preprocessor: see :class:`BaseDistiller`.
-        variant: ``'fmkt'``, ``'fmkt_theta'`` or ``'ofmkt'``.
+        deploy_mode: ``'flow'`` (predict with the flow's ensemble) or
+            ``'student'`` (FM-KT^Theta: the plain student predicts).
+        online: OFM-KT, no teacher (with ``deploy_mode='student'``).
+        variant: the earlier name of a mode (``'fmkt'``, ``'fmkt_theta'``,
+            ``'ofmkt'``), accepted for old configs.
         flow: :class:`~fmkt_mm.flow.FlowTransfer` arguments (``path``,
             ``encoder``, ``num_steps``, ``loss``, ...); ``channels`` is
             inferred from a dummy forward when omitted.
@@ -99,7 +93,9 @@ class ClassificationDistiller(BaseDistiller):
     def __init__(self,
                  student: dict,
                  teacher: Optional[dict] = None,
-                 variant: str = 'fmkt',
+                 deploy_mode: Optional[str] = None,
+                 online: Optional[bool] = None,
+                 variant: Optional[str] = None,
                  flow: Optional[dict] = None,
                  flow_loss_weight: float = 1.0,
                  theta_loss: Optional[dict] = None,
@@ -114,54 +110,35 @@ class ClassificationDistiller(BaseDistiller):
                  deploy_teacher: Union[str, int] = 'mean',
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
-        if variant not in VARIANTS:
-            raise ValueError(f'unknown variant {variant!r}; choose one of {list(VARIANTS)}')
+        deploy_mode, online = resolve_mode(deploy_mode, online, variant)
         has_teacher = teacher is not None or teachers is not None
-        if variant == 'ofmkt' and has_teacher:
-            raise ValueError("variant='ofmkt' is the online variant and uses no teacher; "
-                             "remove the teacher or choose variant='fmkt' / 'fmkt_theta'")
-        if variant != 'ofmkt' and not has_teacher:
-            raise ValueError(f"variant={variant!r} needs a teacher: teacher=dict(config=..., "
-                             f"checkpoint=...); for distillation without a teacher use variant='ofmkt'")
+        if online and has_teacher:
+            raise ValueError('online=True (OFM-KT) uses no teacher; remove the teacher or set online=False')
+        if not online and not has_teacher:
+            raise ValueError(f"deploy_mode={deploy_mode!r} needs a teacher: teacher=dict(config=..., "
+                             f"checkpoint=...); for distillation without a teacher set online=True, "
+                             f"deploy_mode='student' (OFM-KT)")
         super().__init__(student, teacher, data_preprocessor, init_cfg, teachers=teachers,
                          teacher_flows=teacher_flows, deploy_teacher=deploy_teacher)
         for part in ('backbone', 'head'):
             if getattr(self.student, part, None) is None:
                 raise ValueError(f'the student must be an mmpretrain classifier with a {part} '
                                  f'(got {type(self.student).__name__})')
-        self.variant, self.student_tap, self.teacher_tap = variant, student_tap, teacher_tap
+        self._deploy_mode, self.online = deploy_mode, online
+        self.student_tap, self.teacher_tap = student_tap, teacher_tap
         self.check_taps([student_tap], [teacher_tap])
         self.flow_loss_weight, self.theta_loss_weight = flow_loss_weight, theta_loss_weight
 
-        student_tail = ClassifierTail(getattr(self.student, 'neck', None), self.student.head)
-        # fmkt: the student's own classifier reads the flow; otherwise the
-        # student's head stays the deployable plain head and the flows get a copy
-        flow_tail = student_tail if variant == 'fmkt' else copy.deepcopy(student_tail)
         flow = dict(flow or {})
         flow.setdefault('loss', dict(type='KDLoss'))
         if flow.get('channels') is None:
             flow['channels'] = self._infer_channels(dummy_input_shape)
-        condition = flow.pop('condition', None)
-        num_classes = getattr(self.student.head, 'num_classes', None)
-
-        def make_flow(condition, num_teachers=1):
-            if condition is not None:
-                condition = build_condition(condition, flow['channels'], num_levels=1,
-                                            num_classes=num_classes, num_teachers=num_teachers)
-            return FlowTransfer(head=flow_tail, condition=condition, **flow)
-
-        if not self.multi_teacher:
-            self.flow = make_flow(condition)
-        elif teacher_flows == 'separate':  # a flow per teacher, all reading one tail
-            self.flows = nn.ModuleList([make_flow(condition) for _ in self.teacher_models()])
-        else:  # one flow, told by a teacher embedding which teacher it carries toward
-            self.flows = nn.ModuleList([make_flow(with_teacher_condition(condition),
-                                                  len(self.teacher_models()))])
+        self._build_flows(flow)
         self.theta_loss = None
-        if variant != 'fmkt':
+        if deploy_mode == 'student':
             self.theta_loss = build_from_registry(MODELS, theta_loss or flow['loss'], 'loss')
         #: the theta loss is the flow's metric loss: both run in one call
-        self._theta_shares_flow_loss = variant != 'fmkt' and (
+        self._theta_shares_flow_loss = deploy_mode == 'student' and (
             theta_loss is None or (isinstance(theta_loss, dict) and theta_loss == flow['loss']))
         self._check_shapes(dummy_input_shape)
         self.eval_steps = eval_steps or self.flow_of(0).num_steps
@@ -174,22 +151,47 @@ class ClassificationDistiller(BaseDistiller):
         #: receives the distillation loss (set_curriculum)
         self.curriculum_fraction = 1.0
 
+    def _build_flows(self, flow: dict) -> None:
+        """``self.flow`` (one teacher or none) or ``self.flows`` (several),
+        reading the student's tail (deploy mode 'flow') or a copy of it."""
+        flow = dict(flow)
+        student_tail = ClassifierTail(getattr(self.student, 'neck', None), self.student.head)
+        # 'flow': the student's own classifier reads the flow; 'student': the
+        # student's head stays the deployable plain head and the flows get a copy
+        flow_tail = student_tail if self.deploy_mode == 'flow' else copy.deepcopy(student_tail)
+        condition = flow.pop('condition', None)
+        num_classes = getattr(self.student.head, 'num_classes', None)
+
+        def make_flow(condition, num_teachers=1):
+            if condition is not None:
+                condition = build_condition(condition, flow['channels'], num_levels=1,
+                                            num_classes=num_classes, num_teachers=num_teachers)
+            return FlowTransfer(head=flow_tail, condition=condition, **flow)
+
+        if not self.multi_teacher:
+            self.flow = make_flow(condition)
+        elif self.teacher_flows == 'separate':  # a flow per teacher, all reading one tail
+            self.flows = LevelFlows([make_flow(condition) for _ in self.teacher_models()], 1)
+        else:  # one flow, told by a teacher embedding which teacher it carries toward
+            self.flows = LevelFlows([make_flow(with_teacher_condition(condition), len(self.teacher_models()))],
+                                    1, shared=True)
+
     def flow_of(self, j: int) -> FlowTransfer:
         """The flow that carries the student toward teacher ``j`` (the one
         flow with one teacher, or shared by all)."""
         if not self.multi_teacher:
             return self.flow
-        return self.flows[j if self.teacher_flows == 'separate' else 0]
+        return self.flows.flow(j, 0)
 
     @property
     def deploy_mode(self) -> str:
         """``'flow'`` if prediction needs the flow, ``'student'`` if the plain
         student alone predicts (FM-KT^Theta, OFM-KT)."""
-        return self.deploy_mode_of(dict(variant=self.variant))
+        return self._deploy_mode
 
     @classmethod
     def deploy_mode_of(cls, cfg: dict) -> str:
-        return 'flow' if cfg.get('variant', 'fmkt') == 'fmkt' else 'student'
+        return resolve_mode(cfg.get('deploy_mode'), cfg.get('online'), cfg.get('variant'))[0]
 
     @torch.no_grad()
     def _dummy_feature(self, dummy_input_shape) -> Tensor:
@@ -245,29 +247,13 @@ class ClassificationDistiller(BaseDistiller):
 
     def teacher_runs(self, feature: Tensor, num_steps: int, labels: Optional[Tensor] = None,
                      teachers: Optional[Sequence[int]] = None) -> List[FlowOutput]:
-        """One training run of the flow per teacher in ``teachers`` (all by
-        default; one run without a teacher): separate flows run in turn, the
-        shared flow once on the stacked batch."""
+        """One run of the flow per teacher in ``teachers`` (all by default;
+        one run without a teacher): separate flows run in turn, the shared
+        flow once on the stacked batch (:meth:`LevelFlows.runs`)."""
         if not self.multi_teacher:
             return [self.flow.run(feature, num_steps, labels=labels)]
         teachers = range(len(self.teacher_models())) if teachers is None else teachers
-        if self.teacher_flows == 'separate':
-            return [self.flows[j].run(feature, num_steps, labels=labels) for j in teachers]
-        flow = self.flows[0]
-        stacked, stacked_labels, context = stack_for_teachers(flow, feature, teachers, labels)
-        return flow.run(stacked, num_steps, context, stacked_labels).split(len(teachers))
-
-    def teacher_estimates(self, feature: Tensor, num_steps: int,
-                          teachers: Sequence[int]) -> List[Tensor]:
-        """:meth:`teacher_runs` at inference, without the head: each
-        teacher's endpoint estimates ``(N, B, C...)``."""
-        if not self.multi_teacher:
-            return [self.flow.run(feature, num_steps).estimates]
-        if self.teacher_flows == 'separate':
-            return [self.flows[j].run(feature, num_steps).estimates for j in teachers]
-        flow = self.flows[0]
-        stacked, _, context = stack_for_teachers(flow, feature, teachers)
-        return list(flow.run(stacked, num_steps, context).estimates.chunk(len(teachers), dim=1))
+        return self.flows.runs(0, feature, num_steps, teachers, labels)
 
     # -- training --------------------------------------------------------------
     def task_loss(self, logits: Tensor, data_samples) -> Tensor:
@@ -348,7 +334,7 @@ class ClassificationDistiller(BaseDistiller):
         """Distillation switched off. ``fmkt``: the flow with the student's
         head is the classifier that predicts, so ``loss_cls`` stays the task
         loss of every flow step (averaged over steps) and trains student and
-        flow; only the teacher term is dropped. Other variants: the plain
+        flow; only the teacher term is dropped. Deploy mode 'student': the plain
         student's ``loss_cls``."""
         feature = self.student_feature(inputs)
         if self.deploy_mode == 'flow':
@@ -374,10 +360,7 @@ class ClassificationDistiller(BaseDistiller):
             return self.flow.roundtrip(feature, steps, refine=refine)
         errors: Dict[str, RoundTrip] = {}
         for j in range(len(self.teacher_models())):
-            flow, x, context = self.flow_of(j), feature, None
-            if self.teacher_flows == 'shared':
-                x, _, context = stack_for_teachers(flow, feature, [j])
-            for key, value in flow.roundtrip(x, steps, refine=refine, context=context).items():
+            for key, value in self.flows.roundtrip(j, 0, feature, steps, refine=refine).items():
                 errors[f'{key}_t{j}'] = value
                 errors[key] = errors[key] + value if key in errors else value
         return errors
@@ -415,7 +398,7 @@ class ClassificationDistiller(BaseDistiller):
         if not counts:
             return {}
         teachers, weights = self.deployed_teachers()
-        estimates = [e for n in counts for e in self.teacher_estimates(feature, n, teachers)]
+        estimates = [out.estimates for n in counts for out in self.teacher_runs(feature, n, teachers=teachers)]
         logits = self.flow_of(0).apply_head(torch.cat(estimates))  # (sum N, B, K): the flows share the tail
         parts = iter(logits.split([e.shape[0] for e in estimates]))
         return {n: weighted([next(parts).mean(0) for _ in teachers], weights) for n in counts}

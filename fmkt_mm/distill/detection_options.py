@@ -169,3 +169,17 @@ def deploy_mode_of(cfg: dict, default: str) -> str:
     """The deploy mode a distiller config asks for (grouped or flat)."""
     deploy = cfg.get('deploy') or {}
     return deploy.get('mode', cfg.get('deploy_mode', default))
+
+
+def check_level_condition(cfg) -> None:
+    """A level's flow condition: never a class condition (a level holds many
+    objects)."""
+    from ..flow.conditions import ClassCondition
+    items = cfg if isinstance(cfg, (list, tuple)) else [cfg]
+    for item in items:
+        name = item.get('type') if isinstance(item, dict) else item
+        if isinstance(item, ClassCondition) or (isinstance(name, str) and (
+                name.split('.')[-1] in ('class', 'ClassCondition'))):
+            raise ValueError("condition type 'class' conditions a classifier's flow on the image's "
+                             "class; a detection level holds many objects: use 'pooled' and/or "
+                             "'level'")

@@ -49,20 +49,17 @@ by teacher and level (:class:`~fmkt_mm.distill.level_flows.LevelFlows`), the
 tap rewrite (:mod:`.tap_rewrite`); the flows' EMA is advanced by
 :class:`~fmkt_mm.hooks.FlowEMAHook` before every training iteration.
 """
-import copy
-import math
-import warnings
 from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..flow import FlowOutput, RoundTrip
-from ..flow.conditions import ClassCondition
 from ..losses.base import scaled
 from ..registry import MODELS
 from ..utils import build_from_registry
-from .detection_options import LevelDistillerOptions, deploy_mode_of, group_options
+from .detection_options import LevelDistillerOptions, check_level_condition, deploy_mode_of, group_options
+from .flow_ema import FlowEMA
 from .level_flows import LevelFlows, build_level_flows
 from .levels import LevelDistiller, TeacherShape, as_levels
 from .tap_rewrite import rewrite_tap
@@ -71,7 +68,7 @@ from .teacher import weighted, with_teacher_condition
 
 
 @MODELS.register_module()
-class DetectionDistiller(LevelDistiller):
+class DetectionDistiller(FlowEMA, LevelDistiller):
     """Distils an mmdet detector with FM-KT, one flow per FPN level.
 
     Args:
@@ -162,7 +159,7 @@ class DetectionDistiller(LevelDistiller):
         self.theta_loss = None
         if self.deploy_mode == 'student':
             self.theta_loss = build_from_registry(MODELS, opts_deploy.theta_loss or flow_cfg['loss'], 'loss')
-        self._setup_ema(opts_deploy)
+        self.setup_ema(opts_deploy.ema_momentum, opts_deploy.ema_warmup)
         self.eval_steps = opts_deploy.eval_steps or self.flows[0].num_steps
         #: extra step counts predicted in the same pass (set_eval_steps):
         #: each sample gets ``pred_instances_steps{N}`` besides ``pred_instances``
@@ -187,7 +184,7 @@ class DetectionDistiller(LevelDistiller):
                      teacher_shapes) -> LevelFlows:
         flow_cfg = dict(flow_cfg)
         condition_cfg = flow_cfg.pop('condition', None)
-        self._check_detection_condition(condition_cfg)
+        check_level_condition(condition_cfg)
         shared_teachers = self.multi_teacher and self.teacher_flows == 'shared'
         if shared_teachers:  # one flow per level, told by a teacher embedding which teacher it follows
             condition_cfg = with_teacher_condition(condition_cfg)
@@ -200,32 +197,9 @@ class DetectionDistiller(LevelDistiller):
         return build_level_flows(flow_cfg, self.level_pairs, student_shapes, len(self.teacher_models()),
                                  shared_teachers, options.flow_extras.shared_encoder, condition_cfg, adapter_of)
 
-    def _setup_ema(self, deploy) -> None:
-        self.ema_momentum, self.ema_warmup = deploy.ema_momentum, deploy.ema_warmup
-        self.ema_flows = None
-        if self.ema_momentum is None:
-            return
-        if self.deploy_mode == 'student':
-            warnings.warn("ema_momentum is ignored with deploy_mode='student': inference does not run the flows")
-            self.ema_momentum = None
-            return
-        self.ema_flows = copy.deepcopy(self.flows).requires_grad_(False).eval()
-        self.register_buffer('ema_updates', torch.zeros((), dtype=torch.long))
-
     def _why(self, j: int) -> str:
         return f": the flow's estimates cannot be compared with {self.teacher_label(j)}'s" \
             if self.multi_teacher else ": the flow's estimates cannot be compared with the teacher"
-
-    @staticmethod
-    def _check_detection_condition(cfg) -> None:
-        items = cfg if isinstance(cfg, (list, tuple)) else [cfg]
-        for item in items:
-            name = item.get('type') if isinstance(item, dict) else item
-            if isinstance(item, ClassCondition) or (isinstance(name, str) and (
-                    name.split('.')[-1] in ('class', 'ClassCondition'))):
-                raise ValueError("condition type 'class' conditions a classifier's flow on the image's "
-                                 "class; a detection level holds many objects: use 'pooled' and/or "
-                                 "'level'")
 
     def check_level_scales(self, scales: Sequence[float]) -> None:
         if not isinstance(scales, (list, tuple)) or len(scales) != len(self.level_pairs) or \
@@ -253,9 +227,6 @@ class DetectionDistiller(LevelDistiller):
         return deploy_mode_of(cfg, cls.defaults.deploy.mode)
 
     # -- the flows on the levels -------------------------------------------------
-    def _inference_flows(self) -> LevelFlows:
-        return self.ema_flows if self.ema_flows is not None and not self.training else self.flows
-
     def flow_of(self, j: int, k: int, flows: Optional[LevelFlows] = None):
         """The flow of level pair ``k`` toward teacher ``j`` (in ``flows``,
         the training flows by default)."""
@@ -344,36 +315,6 @@ class DetectionDistiller(LevelDistiller):
             [self.theta_loss(level, e.detach()) for e in ensembles], weights)
         return None
 
-    # -- EMA of the flows ------------------------------------------------------------
-    def ema_momentum_at(self, update: int) -> float:
-        """The EMA's momentum at its ``update``-th update (from 1)."""
-        if self.ema_warmup is None:
-            return self.ema_momentum
-        return (1 - self.ema_momentum) * math.exp(-update / self.ema_warmup) + self.ema_momentum
-
-    @torch.no_grad()
-    def update_ema(self) -> None:
-        """``ema = (1 - m) * ema + m * flow`` for every parameter (``m`` warmed
-        up, see ``ema_warmup``); buffers are copied. Called by
-        :class:`~fmkt_mm.hooks.FlowEMAHook` before every training iteration
-        (after the previous optimizer update)."""
-        if self.ema_flows is None:
-            return
-        self.ema_updates += 1
-        momentum = self.ema_momentum_at(int(self.ema_updates))
-        # one operator for all parameters (and one for all buffers), not one per tensor
-        torch._foreach_lerp_(list(self.ema_flows.parameters()), list(self.flows.parameters()), momentum)
-        buffers = list(self.flows.buffers())
-        if buffers:
-            torch._foreach_copy_(list(self.ema_flows.buffers()), buffers)
-
-    def _check_ema_driven(self) -> None:
-        if self.training and self.ema_flows is not None and int(self.ema_updates) == 0:
-            raise RuntimeError(
-                'the flows keep an EMA (ema_momentum) but it was never updated before this training '
-                "step: add custom_hooks=[dict(type='fmkt_mm.FlowEMAHook')] (fmkt_mm.DistillRunner adds "
-                'it), or call update_ema() before each training step')
-
     # -- training ------------------------------------------------------------------
     def loss(self, inputs: Tensor, data_samples) -> Dict[str, Tensor]:
         """The student's task losses (mmdet names) plus, per distilled level
@@ -381,7 +322,7 @@ class DetectionDistiller(LevelDistiller):
         ``loss_theta_l{l}`` in deploy mode 'student', ``loss_raw_l{l}`` with
         ``raw_loss_weight``, and the per-step values
         ``flow_l{l}_step{k}`` (logged only)."""
-        self._check_ema_driven()
+        self.check_ema_driven()
         teacher_levels = [self.teacher_levels(inputs, data_samples, j)
                           for j in range(len(self.teacher_models()))]
         distilled: Dict[str, Tensor] = {}
@@ -401,7 +342,7 @@ class DetectionDistiller(LevelDistiller):
         plain student trains alone."""
         if self.deploy_mode != 'flow':
             return super().task_losses(inputs, data_samples)
-        self._check_ema_driven()
+        self.check_ema_driven()
         with rewrite_tap(self.student, self.student_tap, self.deployed_levels):
             return dict(self.student.loss(inputs, data_samples))
 

@@ -50,15 +50,17 @@ class LevelFlows(nn.ModuleList):
         """The flow of level pair ``k`` toward teacher ``j``."""
         return self[k if self.shared else j * self.num_levels + k]
 
-    def runs(self, k: int, level: Tensor, num_steps: int, teachers: Sequence[int]) -> List[FlowOutput]:
+    def runs(self, k: int, level: Tensor, num_steps: int, teachers: Sequence[int],
+             labels: Optional[Tensor] = None) -> List[FlowOutput]:
         """One run of level pair ``k`` toward each teacher in ``teachers``,
         in that order (``estimates`` in the student's space; a shared flow's
-        runs are the parts of one run on the stacked level)."""
+        runs are the parts of one run on the stacked level). ``labels`` feed
+        a class condition in training."""
         if not self.shared:
-            return [self.flow(j, k).run(level, num_steps) for j in teachers]
+            return [self.flow(j, k).run(level, num_steps, labels=labels) for j in teachers]
         flow = self.flow(0, k)
-        stacked, _, context = stack_for_teachers(flow, level, teachers)
-        return flow.run(stacked, num_steps, context).split(len(teachers))
+        stacked, stacked_labels, context = stack_for_teachers(flow, level, teachers, labels)
+        return flow.run(stacked, num_steps, context, stacked_labels).split(len(teachers))
 
     def ensemble(self, k: int, level: Tensor, num_steps: int, teachers: Sequence[int],
                  weights: Sequence[float]) -> Tensor:

@@ -6,7 +6,7 @@ import inspect
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .catalog import LOSSES
 from .transport import FlowOutput
@@ -22,7 +22,8 @@ class FMKTObjective:
     a :class:`~fmkt_mm.flow.transport.FlowTransport`): ``loss_fn``,
     ``beta_d`` and the step choices are set by :meth:`init_objective`."""
 
-    def init_objective(self, loss, beta_d: float, num_steps_choices: Optional[Sequence[int]]) -> None:
+    def init_objective(self, loss: Optional[Union[dict, nn.Module]], beta_d: float,
+                       num_steps_choices: Optional[Sequence[int]]) -> None:
         if not 0.0 <= beta_d <= 1.0:
             raise ValueError(f'beta_d must lie in [0, 1], got {beta_d}')
         self.beta_d = beta_d
@@ -45,7 +46,7 @@ class FMKTObjective:
         # torch's generator, so that runs seeded through MMEngine repeat exactly
         return self.num_steps_choices[int(torch.randint(len(self.num_steps_choices), ()).item())]
 
-    def decouple_pairs(self, target: Tensor, labels: Optional[Tensor]):
+    def decouple_pairs(self, target: Tensor, labels: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
         """Permute the targets of a random ``1 - beta_d`` fraction of the batch."""
         b = target.shape[0]
         n_shuffled = int(round((1.0 - self.beta_d) * b))

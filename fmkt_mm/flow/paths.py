@@ -107,16 +107,16 @@ class RectifiedPath(FlowPath):
     """Rectified flow: ``a = 1 - t``, ``b = t``; the exact velocity is the
     constant ``X_S - X_T``."""
 
-    def a(self, t):
+    def a(self, t: TimeLike) -> Tensor:
         return 1 - _as_tensor(t)
 
-    def b(self, t):
+    def b(self, t: TimeLike) -> Tensor:
         return _as_tensor(t) * 1
 
-    def da(self, t):
+    def da(self, t: TimeLike) -> Tensor:
         return torch.full_like(_as_tensor(t), -1.0)
 
-    def db(self, t):
+    def db(self, t: TimeLike) -> Tensor:
         return torch.ones_like(_as_tensor(t))
 
 
@@ -130,7 +130,7 @@ class VPPath(FlowPath):
     """
 
     def __init__(self, schedule: str = 'linear', beta_min: float = 0.1,
-                 beta_max: float = 20.0):
+                 beta_max: float = 20.0) -> None:
         if schedule not in ('linear', 'trig'):
             raise ValueError(f"VPPath schedule must be 'linear' or 'trig', got {schedule!r}")
         self.schedule, self.beta_min, self.beta_max = schedule, beta_min, beta_max
@@ -138,25 +138,25 @@ class VPPath(FlowPath):
     def _log_a(self, t):
         return -0.25 * t ** 2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
-    def a(self, t):
+    def a(self, t: TimeLike) -> Tensor:
         t = _as_tensor(t)
         if self.schedule == 'trig':
             return torch.cos(0.5 * math.pi * t)
         return torch.exp(self._log_a(t))
 
-    def b(self, t):
+    def b(self, t: TimeLike) -> Tensor:
         t = _as_tensor(t)
         if self.schedule == 'trig':
             return torch.sin(0.5 * math.pi * t)
         return torch.sqrt(-torch.expm1(2 * self._log_a(t)))  # sqrt(1 - a^2), accurate near t = 0
 
-    def da(self, t):
+    def da(self, t: TimeLike) -> Tensor:
         t = _as_tensor(t)
         if self.schedule == 'trig':
             return -0.5 * math.pi * torch.sin(0.5 * math.pi * t)
         return self.a(t) * (-0.5 * t * (self.beta_max - self.beta_min) - 0.5 * self.beta_min)
 
-    def db(self, t):
+    def db(self, t: TimeLike) -> Tensor:
         t = _as_tensor(t)
         if self.schedule == 'trig':
             return 0.5 * math.pi * torch.cos(0.5 * math.pi * t)
@@ -174,23 +174,23 @@ class VEPath(FlowPath):
     the path at ``t = 0`` never reaches the output.
     """
 
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 10.0):
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 10.0) -> None:
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f'VEPath needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}')
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self._log_ratio = math.log(sigma_max / sigma_min)
 
-    def a(self, t):
+    def a(self, t: TimeLike) -> Tensor:
         return torch.ones_like(_as_tensor(t))
 
-    def b(self, t):
+    def b(self, t: TimeLike) -> Tensor:
         return self.sigma_min * torch.exp(_as_tensor(t) * self._log_ratio)
 
-    def da(self, t):
+    def da(self, t: TimeLike) -> Tensor:
         return torch.zeros_like(_as_tensor(t))
 
-    def db(self, t):
+    def db(self, t: TimeLike) -> Tensor:
         return self.b(t) * self._log_ratio
 
-    def input_scale(self, t):
+    def input_scale(self, t: TimeLike) -> Tensor:
         return torch.rsqrt(1 + self.b(t) ** 2)

@@ -20,6 +20,8 @@ from torch import Tensor
 from .paths import FlowPath
 
 Coefficients = Tuple[float, float]
+#: a map ``(Z, out) -> c_z Z + c_o out``
+LinearMap = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def clean(c: float) -> float:
     return c
 
 
-def coefficients_of(linear_map: Callable[[Tensor, Tensor], Tensor]) -> Coefficients:
+def coefficients_of(linear_map: LinearMap) -> Coefficients:
     """``(c_z, c_o)`` of a map ``(Z, out) -> c_z Z + c_o out``, read off at
     the unit inputs in float64."""
     one = torch.ones((), dtype=torch.float64)
@@ -63,7 +65,7 @@ def coefficients_of(linear_map: Callable[[Tensor, Tensor], Tensor]) -> Coefficie
     return clean(float(linear_map(one, zero))), clean(float(linear_map(zero, one)))
 
 
-def step_maps(path: FlowPath, t: float, parameterization: str):
+def step_maps(path: FlowPath, t: float, parameterization: str) -> Tuple[LinearMap, LinearMap]:
     """``(endpoint, velocity)``: the step's estimates of ``X_T`` and of
     ``dZ/dt`` as maps of ``(Z, out)``, from the path's conversions."""
     if parameterization == 'velocity':  # out = v
@@ -104,7 +106,8 @@ def plan_steps(path: FlowPath, n: int, parameterization: str, update: str) -> Li
     return plans
 
 
-def endpoint_mixing(plans: Sequence[StepPlan], start_scale: float, estimate: str = 'state'):
+def endpoint_mixing(plans: Sequence[StepPlan], start_scale: float,
+                    estimate: str = 'state') -> Tuple[List[float], List[List[float]]]:
     """Every step's endpoint estimate as a linear map of the start ``X`` and
     the encoder outputs ``out_j``: ``(start, gamma)`` with
 

@@ -1,7 +1,7 @@
 """FM-KT's flow: the transport (:mod:`.transport`, with the step plan of
 :mod:`.plan` and the reverse sampler of :mod:`.reverse`) and the FM-KT
 objective (:mod:`.objective`)."""
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 from torch import nn
 
@@ -33,6 +33,6 @@ class FlowTransfer(FMKTObjective, FlowTransport):
     """
 
     def __init__(self, channels: int, num_steps_choices: Optional[Sequence[int]] = None,
-                 loss: Optional[Union[dict, nn.Module]] = None, beta_d: float = 1.0, **transport):
+                 loss: Optional[Union[dict, nn.Module]] = None, beta_d: float = 1.0, **transport: Any) -> None:
         FlowTransport.__init__(self, channels, **transport)
         self.init_objective(loss, beta_d, num_steps_choices)

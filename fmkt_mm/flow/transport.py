@@ -16,7 +16,7 @@ that contains the teacher, so training and inference run the same loop.
 The reverse sampler and the round trip live in :mod:`fmkt_mm.flow.reverse`.
 """
 from functools import cached_property
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -112,14 +112,14 @@ class FieldEncoder(nn.Module):
         return [(torch.full((like.shape[0],), t, device=like.device, dtype=dtype), context) for t in times]
 
     def forward(self, x: Tensor, t: Optional[Tensor] = None, context: Optional[Tensor] = None, *,
-                conditioning=None) -> Tensor:
+                conditioning: Optional[Tuple[Tensor, Optional[Tensor]]] = None) -> Tensor:
         """``field(x, t, context)``, or one step of the loop with one entry
         of :meth:`step_inputs` as ``conditioning``."""
         if conditioning is not None:
             return self.step(x, conditioning)
         return self.field(x, t, context)
 
-    def step(self, x: Tensor, conditioning) -> Tensor:
+    def step(self, x: Tensor, conditioning: Tuple[Tensor, Optional[Tensor]]) -> Tensor:
         t, context = conditioning
         if x.shape[2] == x.shape[3] == 1:
             return self.field(x.flatten(1), t, context)[:, :, None, None]
@@ -178,7 +178,7 @@ class FlowTransport(ReverseSampler, nn.Module):
                  condition: Optional[Union[str, dict, list, nn.Module]] = None,
                  condition_level: int = 0,
                  estimate: str = 'state',
-                 compile: Union[bool, dict] = False):
+                 compile: Union[bool, dict] = False) -> None:
         super().__init__()
         if estimate not in ('state', 'student'):
             raise ValueError(f"estimate must be 'state' or 'student', got {estimate!r}")
