@@ -1,31 +1,22 @@
 """What every distiller shares: student, frozen teacher, taps, checkpoints,
 switching distillation off, and the check for non-finite losses."""
-import functools
 import logging
-import math
-import operator
-from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.distributed as torch_dist
-from mmengine.logging import MessageHub, print_log
+from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
-from mmengine.utils import is_list_of
 from torch import nn
 
 from ..flow.plan import check_step_counts
+from .loss_terms import NonFiniteLossError, check_finite, parse_loss_terms  # noqa: F401 (also imported from here)
 from .taps import get_module, run_until_tapped
 from .teacher import TEACHER_FLOWS, TEACHER_KEYS, TeacherSet, build_teacher, build_teachers
 
 STUDENT_PREFIX = 'student.'
 #: losses-dict keys ending with this hold per-step values, logged only
 STEP_LOG_SUFFIX = '_step'
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A training loss is NaN or infinite; raised before the optimizer step."""
 
 
 class BaseDistiller(BaseModel):
@@ -72,7 +63,7 @@ class BaseDistiller(BaseModel):
     def __init__(self, student: dict, teacher: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None,
                  teachers: Optional[Sequence[dict]] = None, teacher_flows: str = 'separate',
-                 deploy_teacher: Union[str, int] = 'mean'):
+                 deploy_teacher: Union[str, int] = 'mean') -> None:
         student = dict(student)
         if data_preprocessor is not None:
             student.setdefault('data_preprocessor', data_preprocessor)
@@ -120,7 +111,7 @@ class BaseDistiller(BaseModel):
         """How error messages name teacher ``j``."""
         return f'teacher {j} ({self.teacher.names[j]})' if self.multi_teacher else 'teacher'
 
-    def deployed_teachers(self):
+    def deployed_teachers(self) -> Tuple[List[int], List[float]]:
         """``(teacher indices, weights)`` whose flows predict in deploy mode
         'flow': the chosen teacher, or all with their weights."""
         if self.deploy_teacher is not None:
@@ -141,7 +132,7 @@ class BaseDistiller(BaseModel):
                          f'or name {names}, got {which!r}')
 
     # -- distillation switched off -------------------------------------------------
-    def task_losses(self, inputs, data_samples) -> Dict[str, torch.Tensor]:
+    def task_losses(self, inputs: torch.Tensor, data_samples: Optional[list]) -> Dict[str, torch.Tensor]:
         """The losses once distillation is switched off: the student's own
         task losses under their usual names, the teacher not run. Subclasses
         whose prediction runs through distillation modules (a flow that
@@ -176,7 +167,8 @@ class BaseDistiller(BaseModel):
         return losses
 
     # -- non-finite losses ---------------------------------------------------------------
-    def parse_losses(self, losses: Dict[str, torch.Tensor]):
+    def parse_losses(self, losses: Dict[str, torch.Tensor]
+                     ) -> Tuple[torch.Tensor, Dict[str, Union[torch.Tensor, float]]]:
         """MMEngine's parsing, plus: a 1-D tensor under a key ending in
         ``_step`` holds one logged value per flow step and becomes
         ``{key}1``, ``{key}2``, ... (``flow_step1``, ``flow_l0_step2``),
@@ -193,13 +185,13 @@ class BaseDistiller(BaseModel):
         return loss, log_vars
 
     # -- the frozen teacher ------------------------------------------------------
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> 'BaseDistiller':
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()  # BatchNorm statistics and dropout stay frozen
         return self
 
-    def init_weights(self):
+    def init_weights(self) -> None:
         """Initialise everything but the teacher, whose weights are loaded."""
         for name, child in self.named_children():
             if name != 'teacher' and hasattr(child, 'init_weights'):
@@ -218,7 +210,8 @@ class BaseDistiller(BaseModel):
         return cls.deploy_mode
 
     # -- MMEngine's three modes ------------------------------------------------------
-    def forward(self, inputs, data_samples=None, mode: str = 'tensor'):
+    def forward(self, inputs: torch.Tensor, data_samples: Optional[list] = None,
+                mode: str = 'tensor') -> Union[Dict[str, torch.Tensor], list, tuple, torch.Tensor]:
         """MMEngine's dispatch: ``'loss'`` (the distillation losses, or the
         task losses alone once distillation is switched off), ``'predict'``
         (the deployed model's predictions), ``'tensor'`` (its raw outputs)."""
@@ -232,7 +225,7 @@ class BaseDistiller(BaseModel):
             return self._forward(inputs, data_samples)
         raise RuntimeError(f'invalid mode {mode!r}; use loss, predict or tensor')
 
-    def predict(self, inputs, data_samples=None):
+    def predict(self, inputs: torch.Tensor, data_samples: Optional[list] = None) -> list:
         """What the deployed model predicts; the plain student by default."""
         return self.student.predict(inputs, data_samples)
 
@@ -299,7 +292,7 @@ class BaseDistiller(BaseModel):
         self.curriculum_fraction = float(fraction)
 
     @torch.no_grad()
-    def teacher_outputs(self, inputs, data_samples, paths: Sequence[str],
+    def teacher_outputs(self, inputs: torch.Tensor, data_samples: Optional[list], paths: Sequence[str],
                         index: int = 0) -> Dict[str, object]:
         """Outputs of a teacher's tapped modules (teacher ``index`` of
         several); its forward stops there."""
@@ -312,7 +305,7 @@ class BaseDistiller(BaseModel):
         tap = self.teacher.taps[j] if self.multi_teacher else None
         return tap or default
 
-    def check_taps(self, student_paths: Sequence[str] = (), teacher_paths: Sequence[str] = ()):
+    def check_taps(self, student_paths: Sequence[str] = (), teacher_paths: Sequence[str] = ()) -> None:
         """Fail at build time, not at the first iteration, on unknown
         paths (each teacher's own ``tap`` replaces ``teacher_paths``)."""
         for path in student_paths:
@@ -349,63 +342,7 @@ class BaseDistiller(BaseModel):
                                       unexpected_keys, error_msgs)
 
 
-def parse_loss_terms(losses: Dict[str, torch.Tensor]):
-    """MMEngine's ``BaseModel.parse_losses`` (each term's mean; the total is
-    the sum of the terms whose name contains ``'loss'``), without operators
-    that change nothing: a scalar term is its own mean, and the sum starts
-    from the first term, not from 0."""
-    log_vars = []
-    for name, value in losses.items():
-        if isinstance(value, torch.Tensor):
-            log_vars.append((name, value if value.dim() == 0 else value.mean()))
-        elif is_list_of(value, torch.Tensor):
-            log_vars.append((name, sum(item.mean() for item in value)))
-        else:
-            raise TypeError(f'{name} is not a tensor or list of tensors')
-    terms = [value for name, value in log_vars if 'loss' in name]
-    loss = functools.reduce(operator.add, terms) if terms else 0
-    return loss, OrderedDict([('loss', loss)] + log_vars)
-
-
-def check_finite(log_vars: Dict[str, torch.Tensor]) -> None:
-    """Raise :class:`NonFiniteLossError` if any value in ``log_vars`` (the
-    total ``loss`` and every term) is NaN or infinite, on any rank."""
-    names = [k for k, v in log_vars.items() if isinstance(v, torch.Tensor)]
-    if not names:
-        return
-    with torch.no_grad():  # one check for all terms, not one per term
-        values = [log_vars[k] for k in names]
-        bad = (~torch.isfinite(torch.stack([v.float().mean() if v.dim() else v.float()
-                                            for v in values]))).to(torch.float32)
-    where = ''
-    if torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1:
-        device = values[0].device
-        if torch_dist.get_backend() == 'nccl' and device.type != 'cuda':
-            device = torch.device('cuda', torch.cuda.current_device())
-        bad = bad.to(device)
-        torch_dist.all_reduce(bad)  # every rank learns that one of them failed, and stops
-        bad = bad.cpu()
-        where = f'on {int(bad.max().item())} of {torch_dist.get_world_size()} ranks; '
-    if not bool((bad > 0).any()):
-        return
-    iteration = MessageHub.get_current_instance().get_info('iter')
-    at = 'at an unknown iteration' if iteration is None else \
-        f'at iteration {int(iteration) + 1} (runner.iter = {int(iteration)})'
-    terms = [k for k, b in zip(names, bad.tolist()) if b > 0 and k != 'loss'] or ['loss']
-    own = ', '.join(f'{k} = {_fmt_value(log_vars[k])}' for k in names if k != 'loss')
-    raise NonFiniteLossError(
-        f'non-finite training loss {at}: {", ".join(terms)} ({where}this process: {own}). '
-        f'Training stopped before the optimizer step, so the weights are those of the previous '
-        f'iteration and the last checkpoint is intact. Lower the learning rate, clip gradients '
-        f'(optim_wrapper.clip_grad), lower the weight of the named term, or check the data.')
-
-
-def _fmt_value(value: torch.Tensor) -> str:
-    v = float(value.detach().float().mean())
-    return str(v) if not math.isfinite(v) else f'{v:.4g}'
-
-
-def hard_labels(data_samples) -> Optional[torch.Tensor]:
+def hard_labels(data_samples: Optional[list]) -> Optional[torch.Tensor]:
     """``(B,)`` class indices of mmpretrain data samples (argmax of soft
     scores after mixup/cutmix), or None when the samples carry no labels."""
     if not data_samples:

@@ -40,7 +40,7 @@ class LogitDistiller(BaseDistiller):
 
     def __init__(self, student: dict, teacher: dict, loss: Optional[dict] = None,
                  student_tap: str = 'head', teacher_tap: str = 'head',
-                 data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
+                 data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None) -> None:
         if teacher is None:
             raise ValueError('LogitDistiller needs a teacher: teacher=dict(config=..., checkpoint=...)')
         super().__init__(student, teacher, data_preprocessor, init_cfg)
@@ -48,7 +48,7 @@ class LogitDistiller(BaseDistiller):
         self.check_taps([student_tap], [teacher_tap])
         self.kd_loss = build_from_registry(MODELS, loss or dict(type='KDLoss'), 'loss')
 
-    def loss(self, inputs: Tensor, data_samples) -> Dict[str, Tensor]:
+    def loss(self, inputs: Tensor, data_samples: list) -> Dict[str, Tensor]:
         teacher = select(self.teacher_outputs(inputs, data_samples, [self.teacher_tap])[self.teacher_tap])
         with record_outputs(self.student, [self.student_tap], 'student') as seen:
             losses = dict(self.student.loss(inputs, data_samples))
@@ -91,7 +91,7 @@ class FeatureDistiller(LevelDistiller):
                  student_tap: str = 'neck', teacher_tap: str = 'neck',
                  adapter: Optional[Union[str, dict]] = None,
                  dummy_input_shape: Sequence[int] = (3, 128, 128),
-                 data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
+                 data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None) -> None:
         if teacher is None:
             raise ValueError('FeatureDistiller needs a teacher: teacher=dict(config=..., checkpoint=...)')
         super().__init__(student, teacher, data_preprocessor, init_cfg)
@@ -141,7 +141,7 @@ class FeatureDistiller(LevelDistiller):
                 f'(FeatureDistiller fills them per level)')
         return built
 
-    def loss(self, inputs: Tensor, data_samples) -> Dict[str, Tensor]:
+    def loss(self, inputs: Tensor, data_samples: list) -> Dict[str, Tensor]:
         teacher_levels = self.teacher_levels(inputs, data_samples)
         with record_outputs(self.student, [self.student_tap], 'student') as seen:
             losses = dict(self.student.loss(inputs, data_samples))

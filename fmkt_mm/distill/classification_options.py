@@ -43,7 +43,7 @@ def resolve_mode(deploy_mode: Optional[str] = None, online: Optional[bool] = Non
 class ClassifierTail(nn.Module):
     """neck (optional) + head of an mmpretrain classifier: feature -> logits."""
 
-    def __init__(self, neck: Optional[nn.Module], head: nn.Module):
+    def __init__(self, neck: Optional[nn.Module], head: nn.Module) -> None:
         super().__init__()
         self.neck, self.head = neck, head
 

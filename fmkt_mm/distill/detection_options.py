@@ -20,7 +20,10 @@ The flat keys of earlier configs (``level_weights=``, ``deploy_mode=``,
 both ways, or an unknown key, is an error that names it.
 """
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
+
+if TYPE_CHECKING:
+    from torch import nn
 
 #: flat key -> (group, key in the group)
 FLAT_KEYS: Dict[str, Tuple[str, str]] = {
@@ -108,7 +111,8 @@ def _group(name: str, value, cls) -> dict:
     return dict(value)
 
 
-def group_options(flow: Optional[dict] = None, levels=None, deploy: Optional[dict] = None, teachers=None,
+def group_options(flow: Optional[dict] = None, levels: Optional[Union[dict, Sequence]] = None,
+                  deploy: Optional[dict] = None, teachers: Optional[Union[dict, Sequence[dict]]] = None,
                   defaults: Optional[LevelDistillerOptions] = None,
                   **flat: Any) -> LevelDistillerOptions:
     """The grouped options from a distiller's arguments: groups as dicts
@@ -171,7 +175,7 @@ def deploy_mode_of(cfg: dict, default: str) -> str:
     return deploy.get('mode', cfg.get('deploy_mode', default))
 
 
-def check_level_condition(cfg) -> None:
+def check_level_condition(cfg: Optional[Union[str, dict, Sequence, 'nn.Module']]) -> None:
     """A level's flow condition: never a class condition (a level holds many
     objects)."""
     from ..flow.conditions import ClassCondition

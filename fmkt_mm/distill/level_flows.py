@@ -18,7 +18,7 @@ of saved distillers (``flows.{i}.…``, ``ema_flows.{i}.…``) stay valid.
 Adapters into each teacher's shape are not run here: their owner (the
 distiller) calls them with the teacher level's size.
 """
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from torch import Tensor, nn
 
@@ -79,7 +79,8 @@ class LevelFlows(nn.ModuleList):
 
 
 def build_level_flows(flow_cfg: dict, level_pairs: Sequence[Tuple[int, int]], student_shapes: Sequence[Shape],
-                      num_teachers: int, shared_teachers: bool, shared_encoder: bool, condition_cfg,
+                      num_teachers: int, shared_teachers: bool, shared_encoder: bool,
+                      condition_cfg: Optional[Union[str, dict, list, nn.Module]],
                       adapter_of: Callable[[int, int], Optional[nn.Module]]) -> LevelFlows:
     """The :class:`LevelFlows` of a level distiller, built teacher by
     teacher, level by level (the order fixes the initial weights).

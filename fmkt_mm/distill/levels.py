@@ -67,7 +67,7 @@ def parse_weights(weights: Union[float, Sequence[float]], n: int) -> List[float]
     return weights
 
 
-def as_levels(output, tap: str, who: str) -> List[Tensor]:
+def as_levels(output: Union[Tensor, Sequence[Tensor]], tap: str, who: str) -> List[Tensor]:
     """A tapped output as a list of ``(B, C, H, W)`` levels."""
     levels = [output] if isinstance(output, Tensor) else list(output)
     if not levels or not all(isinstance(x, Tensor) and x.dim() == 4 for x in levels):
@@ -84,8 +84,9 @@ class LevelDistiller(BaseDistiller):
     shapes; :meth:`level_adapter` gives the adapter of one pair.
     """
 
-    def setup_levels(self, levels: Sequence[LevelSpec], level_weights, student_tap: str,
-                     teacher_tap: str, dummy_input_shape: Sequence[int]):
+    def setup_levels(self, levels: Sequence[LevelSpec], level_weights: Union[float, Sequence[float]],
+                     student_tap: str, teacher_tap: str,
+                     dummy_input_shape: Sequence[int]) -> Tuple[List[Shape], List[List[Shape]]]:
         """Returns ``(student_shapes, teacher_shapes)``: ``(1, C, H, W)`` per
         level of the student's tap, and per teacher (one list per teacher,
         in order) per level of its tap, at a ``dummy_input_shape`` input."""
@@ -137,7 +138,7 @@ class LevelDistiller(BaseDistiller):
         teachers = [self.teacher_levels(dummy, None, j) for j in range(len(self.teacher_models()))]
         return [tuple(x.shape) for x in student], [[tuple(x.shape) for x in t] for t in teachers]
 
-    def teacher_levels(self, inputs: Tensor, data_samples, index: int = 0) -> List[Tensor]:
+    def teacher_levels(self, inputs: Tensor, data_samples: Optional[list], index: int = 0) -> List[Tensor]:
         """Teacher ``index``'s levels (its own tap, else ``teacher_tap``)."""
         tap = self.teacher_tap_of(index, self.teacher_tap)
         out = self.teacher_outputs(inputs, data_samples, [tap], index)

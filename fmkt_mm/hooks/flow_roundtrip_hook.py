@@ -1,13 +1,17 @@
 """Measuring the invertibility of the learnt flow at validation and test."""
-from typing import Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Union
 
 import torch
 from mmengine.dist import all_reduce
 from mmengine.hooks import Hook
+from mmengine.hooks.hook import DATA_BATCH
 
 from ..flow import RoundTrip
 from ..registry import HOOKS
 from .utils import unwrap
+
+if TYPE_CHECKING:
+    from mmengine.runner import Runner
 
 
 @HOOKS.register_module()
@@ -42,7 +46,7 @@ class FlowRoundTripHook(Hook):
     priority = 'NORMAL'
 
     def __init__(self, num_steps: Optional[Union[int, Sequence[int]]] = None, refine: int = 0,
-                 max_batches: Optional[int] = None, on_test: bool = True):
+                 max_batches: Optional[int] = None, on_test: bool = True) -> None:
         if num_steps is not None:
             num_steps = (num_steps, ) if isinstance(num_steps, int) else tuple(num_steps)
             if not num_steps or any(not isinstance(n, int) or n < 1 for n in num_steps):
@@ -87,21 +91,23 @@ class FlowRoundTripHook(Hook):
                            + ', '.join(parts))
         self._sums = {}
 
-    def before_val_epoch(self, runner):
+    def before_val_epoch(self, runner: 'Runner') -> None:
         self._sums = {}
 
-    def before_test_epoch(self, runner):
+    def before_test_epoch(self, runner: 'Runner') -> None:
         self._sums = {}
 
-    def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+    def after_val_iter(self, runner: 'Runner', batch_idx: int, data_batch: DATA_BATCH = None,
+                       outputs: Optional[Sequence] = None) -> None:
         self._measure(runner, batch_idx, data_batch)
 
-    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+    def after_test_iter(self, runner: 'Runner', batch_idx: int, data_batch: DATA_BATCH = None,
+                        outputs: Optional[Sequence] = None) -> None:
         if self.on_test:
             self._measure(runner, batch_idx, data_batch)
 
-    def after_val_epoch(self, runner, metrics=None):
+    def after_val_epoch(self, runner: 'Runner', metrics: Optional[Dict[str, float]] = None) -> None:
         self._report(runner, 'val')
 
-    def after_test_epoch(self, runner, metrics=None):
+    def after_test_epoch(self, runner: 'Runner', metrics: Optional[Dict[str, float]] = None) -> None:
         self._report(runner, 'test')
