@@ -1,6 +1,6 @@
 """Paired comparisons of study runs, and what a step costs in operators.
 
-A study (``tools/benchmark_efficacy.py --study``, ``tools/benchmark_seg.py``)
+A study (``tools/benchmarks/recipes_det.py``, ``tools/benchmarks/seg.py``, ...)
 records one line per run: ``row``, ``teacher``, ``seed`` and the score. Each
 run is paired with the baseline's run of the same teacher and seed. Per row,
 per teacher and pooled over teachers, :func:`table` gives the mean paired

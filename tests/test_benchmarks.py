@@ -260,7 +260,6 @@ def test_benchmark_tables_rows_and_outputs(tmp_path):
     assert common.command_line(osp.join(BENCHMARKS, 'seg.py'), ['--quick']) == 'python tools/benchmarks/seg.py --quick'
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('script', ['amp', 'cost', 'efficacy_cls', 'efficacy_det', 'flowdistill', 'multi_teacher',
                                     'recipes_cls', 'recipes_det', 'seg'])
 def test_every_benchmark_answers_help(script):

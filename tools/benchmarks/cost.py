@@ -78,7 +78,7 @@ def specs(args):
                 out.append(('cls', 'fmkt', n, encoder))
         out.append(('cls', 'fmkt_theta', max(args.cls_steps), 'mlp'))
     if args.task in ('det', 'all'):
-        out += [('det', 'student', None, None), ('det', 'pkd', None, None)]
+        out += [('det', 'student', None, None), ('det', 'pkd', None, None), ('det', 'mgd', None, None)]
         for encoder in args.det_encoders:
             for n in args.det_steps:
                 out.append(('det', 'fmkt', n, encoder))
@@ -106,14 +106,15 @@ def build(task, method, steps, encoder, args):
     from fmkt_mm.apis import apply_distiller
     from fmkt_mm.distill.teacher import build_model
     from fmkt_mm.registry import MODELS
-    cfg = apply_distiller(Config.fromfile(CLS_CONFIG if task == 'cls' else DET_CONFIG))
+    cfg = apply_distiller(Config.fromfile(CLS_CONFIG if task == 'cls' else args.det_config))
     scope = cfg.default_scope
     distiller = copy.deepcopy(cfg.model)
     student = distiller['student']
     if task == 'det':
         student['backbone']['init_cfg'] = None  # no download: random weights cost the same
     student.setdefault('data_preprocessor', distiller.get('data_preprocessor'))
-    teacher = dict(config=distiller['teacher']['config'] if task == 'cls' else args.det_teacher,
+    teacher = dict(config=distiller['teacher']['config'] if task == 'cls' or args.det_teacher is None
+                   else args.det_teacher,
                    checkpoint=None, allow_random_init=True)
     size, _ = input_size(task, args)
     with DefaultScope.overwrite_default_scope(scope):
@@ -125,9 +126,12 @@ def build(task, method, steps, encoder, args):
             loss = dict(type='fmkt_mm.KDLoss', tau=4.0) if method == 'kd' else \
                 copy.deepcopy(distiller['flow']['loss'])  # FM-KT's own metric loss, applied once
             model = MODELS.build(dict(type='fmkt_mm.LogitDistiller', loss=loss, **common))
-        elif method == 'pkd':
-            model = MODELS.build(dict(type='fmkt_mm.FeatureDistiller', loss=dict(type='fmkt_mm.PKDLoss'),
-                                      level_weights=10.0, dummy_input_shape=input_shape(size), **common))
+        elif method in ('pkd', 'mgd'):
+            loss = dict(type='fmkt_mm.PKDLoss') if method == 'pkd' else \
+                dict(type='fmkt_mm.MGDLoss', alpha_mgd=2e-5, lambda_mgd=0.65)
+            model = MODELS.build(dict(type='fmkt_mm.FeatureDistiller', loss=loss,
+                                      level_weights=10.0 if method == 'pkd' else 1.0,
+                                      dummy_input_shape=input_shape(size), **common))
         else:
             distiller.update(common)
             distiller['dummy_input_shape'] = input_shape(size)
@@ -225,6 +229,7 @@ def measure(spec, args):
     optim = torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=True)
 
     def train_step():
+        advance_ema(model)
         losses = model(data['inputs'], data['data_samples'], mode='loss')
         loss, _ = model.parse_losses(losses)
         optim.zero_grad(set_to_none=True)
@@ -269,6 +274,13 @@ def measure(spec, args):
                 trainable_params=sum(p.numel() for p in params))
 
 
+def advance_ema(model) -> None:
+    """What FlowEMAHook does before every training iteration (a distiller
+    that keeps an EMA of its flows)."""
+    if getattr(model, 'ema_flows', None) is not None:
+        model.update_ema()
+
+
 def step_gflop(model, data) -> float:
     """GFLOP of one forward, losses and backward (no optimizer update)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -292,6 +304,7 @@ def count(spec, args):
                             momentum=0.9, foreach=True)
 
     def train_step():
+        advance_ema(model)
         loss, _ = model.parse_losses(model(data['inputs'], data['data_samples'], mode='loss'))
         optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -325,6 +338,11 @@ def det_teacher_name(args) -> str:
     return 'RetinaNet R101' if args.det_teacher == DET_TEACHER else name.rsplit('.', 1)[0]
 
 
+def det_student_name(args) -> str:
+    return 'RetinaNet R50' if args.det_config == DET_CONFIG else \
+        osp.splitext(osp.basename(args.det_config))[0] + ' (its student)'
+
+
 def counts_table(results, args) -> str:
     lines = []
     for task, title in (('cls', f'Classification, {args.cls_size} px, batch {args.cls_batch}'),
@@ -355,6 +373,7 @@ def label(r):
     names = dict(student='student alone', kd='KD (teacher fwd + student fwd/bwd)',
                  dist='DIST (the FM-KT config\'s metric loss, once)',
                  pkd='PKD (teacher backbone+neck fwd + student fwd/bwd)',
+                 mgd='MGD (teacher backbone+neck fwd + student fwd/bwd + generation blocks)',
                  fmkt='FM-KT', fmkt_theta='FM-KT^Theta', fmkt_student='FM-KT, training-only flows')
     name = names[r['method']]
     if r['steps'] is not None:
@@ -366,8 +385,8 @@ def tables(results, args):
     lines = []
     for task, title in (('cls', f'Classification: ResNet-34 -> ResNet-18, {args.cls_size} px, '
                                 f'batch {args.cls_batch}'),
-                        ('det', f'Detection: {det_teacher_name(args)} -> RetinaNet R50, {det_shape(args)} px, '
-                                f'batch {args.det_batch}')):
+                        ('det', f'Detection: {det_teacher_name(args)} -> {det_student_name(args)}, '
+                                f'{det_shape(args)} px, batch {args.det_batch}')):
         rows = [r for r in results if r['task'] == task]
         if not rows:
             continue
@@ -415,6 +434,9 @@ def parse_args(argv=None):
     parser.add_argument('--det-width', type=int, default=None,
                         help='detection image width (default: --det-size, square); COCO: '
                              '--det-size 800 --det-width 1333')
+    parser.add_argument('--det-config', default=DET_CONFIG,
+                        help='the FM-KT detection config whose student (and flows) are measured, e.g. '
+                             'configs/mmdet/fmkt_faster-rcnn_r101_to_r50_fpn_2x_coco_deploy-flow.py')
     parser.add_argument('--det-teacher', default=DET_TEACHER,
                         help='the detection teacher\'s config (random weights), e.g. '
                              'mmdet::retinanet/retinanet_x101-64x4d_fpn_2x_coco.py')

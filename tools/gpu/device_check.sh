@@ -106,14 +106,14 @@ done
 # 4. the classification cost table (random ImageNet-shaped batches)
 for batch in 32 64; do
     [ "$TINY" = 1 ] && [ "$batch" = 64 ] && continue
-    step "cost_cls_b$batch" 150 "$PY" "$ROOT/tools/benchmark_cost.py" --task cls --device "$DEVICE" \
-        --cls-batch "$batch" --encoders mlp --cls-steps 1 8 "${COST_ARGS[@]}" --out "$OUT_DIR/cost_cls_b$batch"
+    step "cost_cls_b$batch" 150 "$PY" "$ROOT/tools/benchmarks/cost.py" --task cls --device "$DEVICE" \
+        --cls-batch "$batch" --encoders mlp --cls-steps 1 8 "${COST_ARGS[@]}" --out "$OUT_DIR/cost_cls_b$batch/results.md"
 done
 
 # 5. COCO resolution: memory and step time, X101-64x4d -> R50
-step cost_det_coco 240 "$PY" "$ROOT/tools/benchmark_cost.py" --task det --device "$DEVICE" --det-batch 2 \
+step cost_det_coco 240 "$PY" "$ROOT/tools/benchmarks/cost.py" --task det --device "$DEVICE" --det-batch 2 \
     --det-teacher mmdet::retinanet/retinanet_x101-64x4d_fpn_2x_coco.py --det-steps 4 --det-encoders mlp \
-    "${COCO_ARGS[@]}" --out "$OUT_DIR/cost_det_coco"
+    "${COCO_ARGS[@]}" --out "$OUT_DIR/cost_det_coco/results.md"
 
 # 6. fp16 AMP detection steps (bf16 autocast on a CPU)
 FMKT=fmkt_retinanet_r18_to_r18w16_deploy-student

@@ -7,12 +7,13 @@ prints a markdown table: the optim wrapper, the dtype the student's backbone
 really computed in, the last training loss, top-1, the final loss scale and
 the training time::
 
-    python tools/benchmark_amp.py --teacher work_dirs/fashion_mnist/teacher.pth [--epochs 2]
+    python tools/benchmarks/amp.py --teacher work_dirs/fashion_mnist/teacher.pth [--epochs 2]
         [--train-samples 10000] [--variants fmkt fmkt_theta ofmkt]
 """
-import argparse
 import os.path as osp
 import time
+
+import common
 
 CONFIGS = dict(fmkt='fmkt_resnet18_w16_to_resnet18_w4.py',
                fmkt_theta='fmkt_theta_resnet18_w16_to_resnet18_w4.py',
@@ -20,14 +21,14 @@ CONFIGS = dict(fmkt='fmkt_resnet18_w16_to_resnet18_w4.py',
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument('--teacher', default=osp.join('work_dirs', 'fashion_mnist', 'teacher.pth'),
                         help='Fashion-MNIST teacher checkpoint (tools/demo_fashion_mnist.py writes it)')
     parser.add_argument('--variants', nargs='+', default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument('--epochs', type=int, default=2)
     parser.add_argument('--train-samples', type=int, default=10000)
     parser.add_argument('--test-samples', type=int, default=None, help='default: all 10,000')
-    parser.add_argument('--work-dir', default=osp.join('work_dirs', 'benchmark_amp'))
+    common.add_output(parser, osp.join('work_dirs', 'benchmark_amp'), quick=False)
     return parser.parse_args(argv)
 
 
@@ -78,12 +79,11 @@ def main(argv=None):
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'
     print(f'\n{device}, torch {torch.__version__}, {args.epochs} epochs on {args.train_samples} images, '
           f'seed 0\n')
-    print('| variant | precision | optim wrapper | student computes in | last loss | top-1 | '
-          'loss scale | train s |')
-    print('|---|---|---|---|---|---|---|---|')
-    for r in rows:
-        print(f'| {r["variant"]} | {r["precision"]} | {r["wrapper"]} | {", ".join(r["dtypes"])} | '
-              f'{r["loss"]:.4f} | {r["top1"]:.2f} | {r["loss_scale"] or "-"} | {r["seconds"]:.1f} |')
+    print(common.markdown_table(
+        ['variant', 'precision', 'optim wrapper', 'student computes in', 'last loss', 'top-1', 'loss scale',
+         'train s'],
+        [[r['variant'], r['precision'], r['wrapper'], ', '.join(r['dtypes']), f'{r["loss"]:.4f}', f'{r["top1"]:.2f}',
+          r['loss_scale'] or '-', f'{r["seconds"]:.1f}'] for r in rows]))
     return rows
 
 

@@ -18,48 +18,42 @@ The teacher is reused from ``--teacher`` or ``work_dirs/fashion_mnist/teacher.pt
 (written by tools/demo_fashion_mnist.py) and trained here otherwise.
 Prints a markdown table and writes ``<work-dir>/flowdistill_results.json``.
 
-    python tools/benchmark_flowdistill.py [--epochs 6] [--train-samples 10000]
+    python tools/benchmarks/flowdistill.py [--epochs 6] [--train-samples 10000]
         [--test-samples N] [--rows fmkt conditional ...] [--teacher PATH] [--quick]
 
 ``--task det`` runs the same comparison on the composed detection set
 (RetinaNet R18 -> R18 w16, four FPN levels, deploy mode 'flow', N = 4;
 ``configs/fashion_det/fmkt_retinanet_r18_to_r18w16_{deploy-flow,conditional,
 progressive,roundtrip}.py``), reporting COCO mAP and the round-trip errors
-summed over levels; the teacher is ``--det-teacher`` or trained first::
+summed over levels (``<work-dir>/flowdistill_det_results.json``); the teacher
+is ``--det-teacher`` or trained first::
 
-    python tools/benchmark_flowdistill.py --task det [--det-epochs 8] [--det-train 600]
+    python tools/benchmarks/flowdistill.py --task det [--det-epochs 8] [--det-train 600]
         [--det-val 200] [--det-teacher PATH]
 
 ``--quick`` is a smoke run of a few seconds per row (a few iterations on a
 few hundred images, a briefly trained teacher): its numbers say that the
 pipeline works, not which capability helps.
 """
-import argparse
 import copy
+import functools
 import json
 import os
 import os.path as osp
 
-import torch
-from mmengine.config import Config
-
-import fmkt_mm  # noqa: F401  (registers the components)
-from fmkt_mm import experiment
-from fmkt_mm.apis import make_reproducible
+import common
+from common import Job
 
 TEACHER_CONFIG = 'teacher_resnet18_w16.py'
 ROWS = {
     'fmkt': ('plain FM-KT', 'fmkt_resnet18_w16_to_resnet18_w4.py'),
-    'conditional': ('+ conditional flow (pooled feature)',
-                    'fmkt_resnet18_w16_to_resnet18_w4_conditional.py'),
-    'conditional-class': ('+ conditional flow (class)',
-                          'fmkt_resnet18_w16_to_resnet18_w4_conditional-class.py'),
+    'conditional': ('+ conditional flow (pooled feature)', 'fmkt_resnet18_w16_to_resnet18_w4_conditional.py'),
+    'conditional-class': ('+ conditional flow (class)', 'fmkt_resnet18_w16_to_resnet18_w4_conditional-class.py'),
     'conditional-class-soft': ('+ conditional flow (class, soft guess at inference)',
                                'fmkt_resnet18_w16_to_resnet18_w4_conditional-class-soft.py'),
     'conditional-class-none': ('+ conditional flow (class dropped for half, none at inference)',
                                'fmkt_resnet18_w16_to_resnet18_w4_conditional-class-none.py'),
-    'progressive': ('+ progressive (steps 2-4-8, curriculum)',
-                    'fmkt_resnet18_w16_to_resnet18_w4_progressive.py'),
+    'progressive': ('+ progressive (steps 2-4-8, curriculum)', 'fmkt_resnet18_w16_to_resnet18_w4_progressive.py'),
     'roundtrip': ('+ cycle-consistency training', 'fmkt_resnet18_w16_to_resnet18_w4_roundtrip.py'),
 }
 #: the round trip every row is measured with: N = 1 and the training N = 8
@@ -74,6 +68,9 @@ DET_ROWS = {
 }
 #: detection trains with N = 4
 DET_ROUNDTRIP_STEPS = (1, 4)
+#: the leading columns of each task's table: (header, result key, format)
+CLS_SCORES = [('top-1 (%)', 'top1', '.2f')]
+DET_SCORES = [('bbox mAP', 'mAP', '.1f'), ('mAP@50', 'mAP_50', '.1f')]
 
 
 def epoch_milestones_to_iters(hook: dict, config_epochs: int, total_iters: int) -> dict:
@@ -99,43 +96,72 @@ def epoch_milestones_to_iters(hook: dict, config_epochs: int, total_iters: int) 
     return hook
 
 
-def build_cfg(config: str, args, work_dir: str, teacher_checkpoint=None) -> Config:
-    cfg = experiment.load(osp.join('fashion_mnist', config))
+def build_cfg(job: Job, verbose: bool = False):
+    """A Fashion-MNIST run, scored once (by ``runner.test()``), its round trip measured."""
+    from fmkt_mm import experiment
+    cfg = experiment.load(osp.join('fashion_mnist', job.config))
     config_epochs = cfg.train_cfg.max_epochs
-    experiment.shrink_classification(cfg, args.epochs, args.train_samples, args.test_samples,
-                                     batch_size=args.batch_size)
-    cfg.train_cfg.val_interval = args.epochs + 1  # scored once, by runner.test()
+    experiment.shrink_classification(cfg, job.epochs, job.train_samples, job.test_samples,
+                                     batch_size=job.batch_size)
+    cfg.train_cfg.val_interval = job.epochs + 1  # scored once, by runner.test()
     cfg.test_dataloader = cfg.val_dataloader
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=args.epochs, max_keep_ckpts=1)
-    if not args.verbose:
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=job.epochs, max_keep_ckpts=1)
+    if not verbose:
         cfg.log_level = 'WARNING'
-    iters_per_epoch = -(-args.train_samples // args.batch_size)
+    iters_per_epoch = -(-job.train_samples // job.batch_size)
     hooks = []
     for hook in cfg.get('custom_hooks', []):
         kind = str(hook.get('type', '')).split('.')[-1]
         if kind == 'FlowRoundTripHook':
             continue  # replaced by the common measurement below
         if kind == 'ProgressiveDistillationHook':
-            hook = epoch_milestones_to_iters(hook, config_epochs, iters_per_epoch * args.epochs)
+            hook = epoch_milestones_to_iters(hook, config_epochs, iters_per_epoch * job.epochs)
         hooks.append(hook)
     if 'distiller' in cfg:
         hooks.append(dict(type='fmkt_mm.FlowRoundTripHook', num_steps=ROUNDTRIP_STEPS, refine=0))
     cfg.custom_hooks = hooks
-    experiment.set_teacher(cfg, teacher_checkpoint)
-    return experiment.finalize(cfg, config, work_dir)
+    experiment.set_teacher(cfg, job.teacher_checkpoint)
+    return experiment.finalize(cfg, job.config, job.work_dir)
+
+
+def det_config(job: Job, verbose: bool = False):
+    """A composed-set detection run (seed 0), its round trip measured."""
+    from fmkt_mm import experiment
+    from fmkt_mm.apis import make_reproducible
+    path = osp.join('fashion_det', job.config)
+    cfg = experiment.point_detection(experiment.load(path), job.data_root, job.epochs)
+    make_reproducible(cfg, job.seed)
+    if not verbose:
+        cfg.log_level = 'WARNING'
+    if 'distiller' in cfg:
+        cfg.custom_hooks = [h for h in cfg.get('custom_hooks', [])
+                            if str(h.get('type', '')).split('.')[-1] != 'FlowRoundTripHook']
+        cfg.custom_hooks.append(dict(type='fmkt_mm.FlowRoundTripHook', num_steps=DET_ROUNDTRIP_STEPS,
+                                     refine=0))
+    experiment.set_teacher(cfg, job.teacher_checkpoint)
+    return experiment.finalize(cfg, path, job.work_dir)
+
+
+def cls_job(args, name: str, config: str, work_dir: str, teacher_checkpoint=None, **sizes) -> Job:
+    """A Fashion-MNIST job of ``args``' sizes (``sizes`` overrides them);
+    the configs' own seed (0), torch's thread count (``--threads``)."""
+    sizes = dict(dict(epochs=args.epochs, train_samples=args.train_samples, test_samples=args.test_samples,
+                      batch_size=args.batch_size), **sizes)
+    return Job(name, config, 0, work_dir, teacher_checkpoint=teacher_checkpoint, threads=None, **sizes)
 
 
 def train_teacher(args) -> str:
-    teacher_args = copy.copy(args)
-    if args.quick:
-        teacher_args.epochs, teacher_args.train_samples = 1, 256
-    cfg = build_cfg(TEACHER_CONFIG, teacher_args, osp.join(args.work_dir, 'teacher'))
+    from fmkt_mm import experiment
+    sizes = dict(epochs=1, train_samples=256) if args.quick else {}
+    cfg = build_cfg(cls_job(args, 'teacher', TEACHER_CONFIG, osp.join(args.work_dir, 'teacher'), **sizes),
+                    args.verbose)
     return experiment.save_weights(experiment.train_and_test(cfg, test=False),
                                    osp.join(args.work_dir, 'teacher.pth'))
 
 
 def train_and_score(cfg, steps):
     """Train and test ``cfg``: ``(run, round-trip errors at each of ``steps``)``."""
+    from fmkt_mm import experiment
     run = experiment.train_and_test(cfg)
     scalars = run.scalars
     roundtrip = {f'{direction}_steps{n}': scalars.get(f'test/flow/roundtrip_{direction}_steps{n}')
@@ -143,142 +169,45 @@ def train_and_score(cfg, steps):
     return run, roundtrip
 
 
-def run_row(name: str, args, teacher_checkpoint: str) -> dict:
-    label, config = ROWS[name]
-    cfg = build_cfg(config, args, osp.join(args.work_dir, name), teacher_checkpoint)
-    run, roundtrip = train_and_score(cfg, ROUNDTRIP_STEPS)
-    return dict(row=name, model=label, config=config, top1=float(run.metrics['accuracy/top1']),
+def run_row(job: Job, verbose: bool = False) -> dict:
+    run, roundtrip = train_and_score(build_cfg(job, verbose), ROUNDTRIP_STEPS)
+    return dict(row=job.row, model=ROWS[job.row][0], config=job.config, top1=float(run.metrics['accuracy/top1']),
                 flow_top1=run.by_steps('test/flow/top1_steps'), seconds_per_iter=run.seconds_per_iter(),
                 iterations=run.iters, roundtrip=roundtrip, roundtrip_steps=ROUNDTRIP_STEPS[-1],
                 seconds=run.seconds)
 
 
-def table(results, scores, steps) -> str:
-    """Markdown: the ``scores`` columns (``(header, key, format)``), seconds per
-    iteration and the round-trip errors at ``steps = (n1, n)``."""
-    n1, n = steps
-    headers = [h for h, _, _ in scores] + ['s / iter', f's->t->s N={n1}', f's->t->s N={n}', f't->s->t N={n}']
-    lines = ['| model | ' + ' | '.join(headers) + ' |', '|---' * (len(headers) + 1) + '|']
-
-    def fmt(v):
-        return '-' if v is None else f'{v:.2e}'
-
-    for r in results:
-        rt = r['roundtrip']
-        cells = [format(r[key], spec) for _, key, spec in scores] + [
-            f"{r['seconds_per_iter']:.3f}", fmt(rt[f's2t2s_steps{n1}']), fmt(rt[f's2t2s_steps{n}']),
-            fmt(rt[f't2s2t_steps{n}'])]
-        lines.append(f"| {r['model']} | " + ' | '.join(cells) + ' |')
-    return '\n'.join(lines)
-
-
-# -- detection ---------------------------------------------------------------------------
-
-
-def det_config(config: str, args, data_root: str, work_dir: str, epochs: int,
-               teacher_checkpoint=None) -> Config:
-    path = osp.join('fashion_det', config)
-    cfg = experiment.point_detection(experiment.load(path), data_root, epochs)
-    make_reproducible(cfg, 0)
-    if not args.verbose:
-        cfg.log_level = 'WARNING'
-    if 'distiller' in cfg:
-        cfg.custom_hooks = [h for h in cfg.get('custom_hooks', [])
-                            if str(h.get('type', '')).split('.')[-1] != 'FlowRoundTripHook']
-        cfg.custom_hooks.append(dict(type='fmkt_mm.FlowRoundTripHook', num_steps=DET_ROUNDTRIP_STEPS,
-                                     refine=0))
-    experiment.set_teacher(cfg, teacher_checkpoint)
-    return experiment.finalize(cfg, path, work_dir)
-
-
-def train_det_teacher(args, data_root: str) -> str:
-    cfg = det_config('retinanet_r18_teacher.py', args, data_root, osp.join(args.work_dir, 'det', 'teacher'),
-                     args.det_teacher_epochs)
-    return experiment.save_weights(experiment.train_and_test(cfg, test=False),
-                                   osp.join(args.work_dir, 'det_teacher.pth'))
-
-
-def run_det_row(name: str, args, data_root: str, teacher_checkpoint: str) -> dict:
-    label, config = DET_ROWS[name]
-    cfg = det_config(config, args, data_root, osp.join(args.work_dir, 'det', name), args.det_epochs,
-                     teacher_checkpoint)
-    run, roundtrip = train_and_score(cfg, DET_ROUNDTRIP_STEPS)
-    return dict(row=name, model=label, config=config,
+def run_det_row(job: Job, verbose: bool = False) -> dict:
+    run, roundtrip = train_and_score(det_config(job, verbose), DET_ROUNDTRIP_STEPS)
+    return dict(row=job.row, model=DET_ROWS[job.row][0], config=job.config,
                 mAP=100 * float(run.metrics.get('coco/bbox_mAP', 0.0)),
                 mAP_50=100 * float(run.metrics.get('coco/bbox_mAP_50', 0.0)),
                 seconds_per_iter=run.seconds_per_iter(), iterations=run.iters,
                 roundtrip=roundtrip, seconds=run.seconds)
 
 
-#: the leading columns of each task's table: (header, result key, format)
-CLS_SCORES = [('top-1 (%)', 'top1', '.2f')]
-DET_SCORES = [('bbox mAP', 'mAP', '.1f'), ('mAP@50', 'mAP_50', '.1f')]
+def table(results, scores, steps) -> str:
+    """Markdown: the ``scores`` columns (``(header, key, format)``), seconds per
+    iteration and the round-trip errors at ``steps = (n1, n)``."""
+    n1, n = steps
+
+    def fmt(v):
+        return '-' if v is None else f'{v:.2e}'
+
+    cells = [[r['model']] + [format(r[key], spec) for _, key, spec in scores] + [
+        f"{r['seconds_per_iter']:.3f}", fmt(r['roundtrip'][f's2t2s_steps{n1}']),
+        fmt(r['roundtrip'][f's2t2s_steps{n}']), fmt(r['roundtrip'][f't2s2t_steps{n}'])] for r in results]
+    header = ['model'] + [h for h, _, _ in scores] + ['s / iter', f's->t->s N={n1}', f's->t->s N={n}',
+                                                      f't->s->t N={n}']
+    return common.markdown_table(header, cells)
 
 
-def main_det(args):
-    from fmkt_mm.datasets import make_detection_set
-    data_root = osp.join(args.work_dir, 'fashion_det')
-    make_detection_set(data_root, args.det_train, args.det_val, image_size=128, seed=0)
-    teacher = args.det_teacher or train_det_teacher(args, data_root)
-    print(f'detection teacher: {teacher}')
-    results = []
-    for name in args.det_rows:
-        results.append(run_det_row(name, args, data_root, teacher))
-        r = results[-1]
-        print(f"det {name}: mAP {r['mAP']:.1f}, {r['seconds_per_iter']:.3f} s/iter, "
-              f"{r['iterations']} iterations, {r['seconds']:.0f} s", flush=True)
-    print('\n' + table(results, DET_SCORES, DET_ROUNDTRIP_STEPS))
-    out = osp.join(args.work_dir, 'flowdistill_det_results.json')
+def report(args, results, scores, steps, name: str, **info) -> None:
+    print('\n' + table(results, scores, steps))
+    out = osp.join(args.work_dir, name)
     with open(out, 'w') as f:
-        json.dump(dict(teacher=teacher, epochs=args.det_epochs, train_images=args.det_train,
-                       val_images=args.det_val, quick=args.quick, rows=results), f, indent=1)
+        json.dump(dict(info, quick=args.quick, rows=results), f, indent=1)
     print(f'\nresults written to {out}')
-    return results
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--epochs', type=int, default=6)
-    parser.add_argument('--train-samples', type=int, default=10000)
-    parser.add_argument('--test-samples', type=int, default=None,
-                        help='evaluate on a subset of the 10k test images')
-    parser.add_argument('--batch-size', type=int, default=128)
-    parser.add_argument('--rows', nargs='+', default=list(ROWS), choices=list(ROWS))
-    parser.add_argument('--teacher', default=None,
-                        help='teacher checkpoint (default: work_dirs/fashion_mnist/teacher.pth if it '
-                        'exists, else one is trained)')
-    parser.add_argument('--work-dir', default='work_dirs/flowdistill')
-    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
-    parser.add_argument('--verbose', action='store_true', help="print MMEngine's training logs")
-    parser.add_argument('--task', choices=['cls', 'det', 'all'], default='cls')
-    parser.add_argument('--det-rows', nargs='+', default=list(DET_ROWS), choices=list(DET_ROWS))
-    parser.add_argument('--det-train', type=int, default=600, help='composed training images')
-    parser.add_argument('--det-val', type=int, default=200, help='composed validation images')
-    parser.add_argument('--det-epochs', type=int, default=8)
-    parser.add_argument('--det-teacher-epochs', type=int, default=10)
-    parser.add_argument('--det-teacher', default=None, help='RetinaNet R18 teacher checkpoint '
-                        '(default: trained first)')
-    parser.add_argument('--quick', action='store_true',
-                        help='a smoke run: 1 epoch of 4 iterations on 256 images, 128 test images')
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.epochs, args.train_samples, args.test_samples, args.batch_size = 1, 256, 128, 64
-        args.det_train, args.det_val, args.det_epochs, args.det_teacher_epochs = 8, 4, 1, 1
-        args.work_dir = osp.join(args.work_dir, 'quick')
-    return args
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.makedirs(args.work_dir, exist_ok=True)
-    results = []
-    if args.task in ('cls', 'all'):
-        results += main_cls(args)
-    if args.task in ('det', 'all'):
-        results += main_det(args)
-    return results
 
 
 def main_cls(args):
@@ -289,18 +218,76 @@ def main_cls(args):
     if teacher is None:
         teacher = train_teacher(args)
     print(f'teacher: {teacher}')
+    jobs = [cls_job(args, name, ROWS[name][1], osp.join(args.work_dir, name), teacher) for name in args.rows]
+    results = common.run_jobs(jobs, functools.partial(run_row, verbose=args.verbose), on_result=lambda r: print(
+        f"{r['row']}: top-1 {r['top1']:.2f}, {r['seconds_per_iter']:.3f} s/iter, "
+        f"{r['iterations']} iterations, {r['seconds']:.0f} s", flush=True))
+    report(args, results, CLS_SCORES, ROUNDTRIP_STEPS, 'flowdistill_results.json', teacher=teacher,
+           epochs=args.epochs, train_samples=args.train_samples, test_samples=args.test_samples)
+    return results
+
+
+def main_det(args):
+    from fmkt_mm import experiment
+    data_root = common.det_data(args.work_dir, args.det_train, args.det_val)
+    teacher = args.det_teacher
+    if teacher is None:
+        job = Job('teacher', 'retinanet_r18_teacher.py', 0, osp.join(args.work_dir, 'det', 'teacher'),
+                  epochs=args.det_teacher_epochs, data_root=data_root)
+        teacher = experiment.save_weights(experiment.train_and_test(det_config(job, args.verbose), test=False),
+                                          osp.join(args.work_dir, 'det_teacher.pth'))
+    print(f'detection teacher: {teacher}')
+    jobs = [Job(name, DET_ROWS[name][1], 0, osp.join(args.work_dir, 'det', name), teacher_checkpoint=teacher,
+                epochs=args.det_epochs, data_root=data_root, threads=None) for name in args.det_rows]
+    results = common.run_jobs(jobs, functools.partial(run_det_row, verbose=args.verbose), on_result=lambda r: print(
+        f"det {r['row']}: mAP {r['mAP']:.1f}, {r['seconds_per_iter']:.3f} s/iter, "
+        f"{r['iterations']} iterations, {r['seconds']:.0f} s", flush=True))
+    report(args, results, DET_SCORES, DET_ROUNDTRIP_STEPS, 'flowdistill_det_results.json', teacher=teacher,
+           epochs=args.det_epochs, train_images=args.det_train, val_images=args.det_val)
+    return results
+
+
+def parse_args(argv=None):
+    parser = common.parser(__doc__)
+    parser.add_argument('--task', choices=['cls', 'det', 'all'], default='cls')
+    parser.add_argument('--epochs', type=int, default=6)
+    parser.add_argument('--train-samples', type=int, default=10000)
+    parser.add_argument('--test-samples', type=int, default=None,
+                        help='evaluate on a subset of the 10k test images')
+    parser.add_argument('--batch-size', type=int, default=128)
+    parser.add_argument('--rows', nargs='+', default=list(ROWS), choices=list(ROWS))
+    parser.add_argument('--teacher', default=None,
+                        help='teacher checkpoint (default: work_dirs/fashion_mnist/teacher.pth if it '
+                        'exists, else one is trained)')
+    common.add_det_sizes(parser, seeds=False)
+    parser.add_argument('--det-rows', nargs='+', default=list(DET_ROWS), choices=list(DET_ROWS))
+    parser.add_argument('--det-teacher', default=None, help='RetinaNet R18 teacher checkpoint '
+                        '(default: trained first)')
+    common.add_output(parser, osp.join('work_dirs', 'flowdistill'))
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--verbose', action='store_true', help="print MMEngine's training logs")
+    parser.add_argument('--quick', action='store_true',
+                        help='a smoke run: 1 epoch of 4 iterations on 256 images, 128 test images')
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs, args.train_samples, args.test_samples, args.batch_size = 1, 256, 128, 64
+        args.det_train, args.det_val, args.det_epochs, args.det_teacher_epochs = 8, 4, 1, 1
+    common.finish_output(args)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    import fmkt_mm  # noqa: F401  (registers the components)
+    os.makedirs(args.work_dir, exist_ok=True)
     results = []
-    for name in args.rows:
-        results.append(run_row(name, args, teacher))
-        r = results[-1]
-        print(f"{name}: top-1 {r['top1']:.2f}, {r['seconds_per_iter']:.3f} s/iter, "
-              f"{r['iterations']} iterations, {r['seconds']:.0f} s", flush=True)
-    print('\n' + table(results, CLS_SCORES, ROUNDTRIP_STEPS))
-    out = osp.join(args.work_dir, 'flowdistill_results.json')
-    with open(out, 'w') as f:
-        json.dump(dict(teacher=teacher, epochs=args.epochs, train_samples=args.train_samples,
-                       test_samples=args.test_samples, quick=args.quick, rows=results), f, indent=1)
-    print(f'\nresults written to {out}')
+    if args.task in ('cls', 'all'):
+        results += main_cls(args)
+    if args.task in ('det', 'all'):
+        results += main_det(args)
     return results
 
 

@@ -1,0 +1,100 @@
+"""The detection recipe study: does an FM-KT recipe beat PKD beyond seed noise?
+
+Every row of :data:`DET_STUDY_ROWS` x two RetinaNet R18 teachers trained by
+this script on the composed set (``--det-teacher-epochs`` and half of them) x
+``--det-seeds``; every run is paired with PKD's run (the first row) of the
+same teacher and seed. Prints, per teacher, bbox mAP (mean ± std over seeds),
+the paired difference to PKD, the seeds won, the mAP at each ``--det-steps``
+of the rows whose flows predict and s / iter, then the paired 95 % t
+intervals per teacher and pooled (:mod:`fmkt_mm.studies`); writes them to
+``--out`` (default ``WORK_DIR/recipes_det.md``, its JSON beside it). Each
+finished run is a line of ``WORK_DIR/study_det.jsonl``; a rerun of the same
+command resumes::
+
+    python tools/benchmarks/recipes_det.py --det-train 400 --det-val 200 --det-epochs 5 \\
+        --det-teacher-epochs 10 --det-seeds 0 1 2 3 4 --jobs 2
+    python tools/benchmarks/recipes_det.py --quick          # a smoke run (tiny sizes)
+"""
+import os
+import os.path as osp
+import time
+
+import common
+from common import Row
+
+DET_STUDENT = 'fmkt_retinanet_r18_to_r18w16_deploy-student.py'
+DET_FLOW = 'fmkt_retinanet_r18_to_r18w16_deploy-flow.py'
+#: (the overrides are the distiller's); the first row (PKD) is the baseline
+#: every other row is paired with, seed by seed and teacher by teacher
+DET_STUDY_ROWS = [
+    Row('PKD', 'pkd_retinanet_r18_to_r18w16.py'),
+    Row('FM-KT deploy student', DET_STUDENT, distiller=dict(raw_loss_weight=0.0)),
+    Row('FM-KT deploy student, VE path', DET_STUDENT, distiller=dict(flow=dict(path='ve'), raw_loss_weight=0.0)),
+    Row('FM-KT deploy student + PKD on the raw levels (default)', DET_STUDENT, distiller=dict(raw_loss_weight=1.0)),
+    Row('FM-KT deploy flow', DET_FLOW),
+    Row('FM-KT deploy flow, EMA of the flows (0.01, warm-up 50)', DET_FLOW,
+        distiller=dict(ema_momentum=0.01, ema_warmup=50)),
+    # cheaper recipes: fewer serial steps (the per-level loop is launch-bound)
+    Row('FM-KT deploy flow, N = 2', DET_FLOW, distiller=dict(flow=dict(num_steps=2))),
+    Row('FM-KT deploy flow, N = 1', DET_FLOW, distiller=dict(flow=dict(num_steps=1))),
+    Row('student alone', 'retinanet_r18w16_student.py'),  # what the teachers add at all
+]
+RECORD = 'study_det.jsonl'
+
+
+def parse_args(argv=None):
+    parser = common.parser(__doc__)
+    common.add_det_sizes(parser)
+    parser.add_argument('--det-rows', nargs='+', metavar='NAME',
+                        help='rows to run (PKD always), by exact name: '
+                             + '; '.join(repr(r.name) for r in DET_STUDY_ROWS))
+    common.add_det_steps(parser)
+    common.add_jobs(parser)
+    common.add_output(parser, common.EFFICACY_DIR, 'recipes_det.md')
+    common.add_quick(parser)
+    args = parser.parse_args(argv)
+    if args.quick:
+        common.shrink(args)
+        args.det_rows = args.det_rows or [DET_STUDY_ROWS[1].name]
+    args.det_rows = common.pick_rows(parser, DET_STUDY_ROWS, args.det_rows, keep_first=True)
+    common.finish_output(args, 'recipes_det.md')
+    return args
+
+
+def study(args) -> dict:
+    """Every row x teacher x seed, resumable (``study_det.jsonl``)."""
+    data_root = common.det_data(args.work_dir, args.det_train, args.det_val)
+    teachers = {'full': common.train_det_teacher(args, data_root),
+                'half': common.train_det_teacher(args, data_root, name='det_teacher_half',
+                                                 epochs=max(1, args.det_teacher_epochs // 2))}
+    # seed by seed: an interrupted study holds whole seeds, paired on both teachers
+    jobs = [row.job(seed, osp.join(args.work_dir, 'study_det', teacher, f'{common.slug(row.name)}_seed{seed}'),
+                    teacher=teacher, teacher_checkpoint=checkpoint, epochs=args.det_epochs, data_root=data_root,
+                    test_steps=tuple(args.det_steps))
+            for seed in args.det_seeds for teacher, (checkpoint, *_) in teachers.items() for row in args.det_rows]
+    runs = common.run_recorded(jobs, common.run_det, osp.join(args.work_dir, RECORD), args.jobs, 'study det',
+                               key='bbox_map')
+    for run in runs:  # the step curve in % like the mAP
+        run['map_steps'] = {n: 100 * v for n, v in (run.get('map_by_steps') or {}).items()}
+    scores = {k: 100 * v[1].get('coco/bbox_mAP', 0.0) for k, v in teachers.items()}
+    table, summary = common.study_table(runs, scores, args.det_rows, key='bbox_map', label='bbox mAP',
+                                        curve_key='map_steps', steps=tuple(args.det_steps))
+    return dict(teachers={k: dict(checkpoint=v[0], bbox_mAP=scores[k]) for k, v in teachers.items()},
+                runs=runs, summary=summary, table=table)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.work_dir, exist_ok=True)
+    start = time.time()
+    out = common.provenance(__file__, argv)
+    out['study_det'] = study(args)
+    maps = ', '.join(f'{k} {v["bbox_mAP"]:.1f}' for k, v in out['study_det']['teachers'].items())
+    text = [f'Detection recipe study, composed set: {args.det_train} / {args.det_val} images, {args.det_epochs} '
+            f'epochs, seeds {args.det_seeds}, two RetinaNet R18 teachers ({args.det_teacher_epochs} and '
+            f'{max(1, args.det_teacher_epochs // 2)} epochs; bbox mAP {maps})', '', out['study_det']['table'], '']
+    return common.finish(args, out, text, start)
+
+
+if __name__ == '__main__':
+    main()
