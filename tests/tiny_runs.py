@@ -9,7 +9,9 @@ from mmengine.registry import DefaultScope
 from fmkt_mm import experiment
 from fmkt_mm.distill.teacher import build_model
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+#: the tests folder (its helpers are importable from there) and the project root
+TESTS = osp.dirname(osp.abspath(__file__))
+ROOT = osp.dirname(TESTS)
 CLS_CONFIGS = osp.join(ROOT, 'configs', 'fashion_mnist')
 DET_CONFIGS = osp.join(ROOT, 'configs', 'fashion_det')
 VARIANT_CONFIGS = dict(fmkt='fmkt_resnet18_w16_to_resnet18_w4.py',

@@ -25,7 +25,7 @@ from fmkt_mm.optim import enable_amp
 from tiny_runs import ROOT, plain_model, retinanet, runner_config, tiny_cfg
 
 PYTHON = sys.executable
-TESTS = osp.dirname(osp.abspath(__file__))
+TESTS = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ENV = dict(os.environ, PYTHON=PYTHON, OMP_NUM_THREADS='1',
            PYTHONPATH=os.pathsep.join([TESTS, ROOT, os.environ.get('PYTHONPATH', '')]))
 

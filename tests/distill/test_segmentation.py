@@ -149,7 +149,7 @@ distiller = dict(teacher=dict(checkpoint={teacher!r}))
 
 def run(args, cwd=ROOT):
     env = dict(os.environ, OMP_NUM_THREADS='1',
-               PYTHONPATH=os.pathsep.join([osp.dirname(osp.abspath(__file__)), ROOT]))
+               PYTHONPATH=os.pathsep.join([osp.dirname(osp.dirname(osp.abspath(__file__))), ROOT]))
     result = subprocess.run([PYTHON] + args, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
@@ -282,7 +282,7 @@ def test_fmkt_segmentation_under_bf16_autocast_and_two_processes(seg_set, tmp_pa
     flow_losses = [r['loss_flow_l3'] for r in scalars if 'loss_flow_l3' in r]
     assert flow_losses and all(np.isfinite(flow_losses))
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=PYTHON, PORT=str(free_port()),
-               PYTHONPATH=os.pathsep.join([osp.dirname(osp.abspath(__file__)), ROOT]))
+               PYTHONPATH=os.pathsep.join([osp.dirname(osp.dirname(osp.abspath(__file__))), ROOT]))
     result = subprocess.run(['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), config, '2', '--work-dir',
                              str(tmp_path / 'ddp')], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -204,7 +204,7 @@ def test_mmpretrains_own_dist_train_distils_in_two_processes(teacher_checkpoint,
     work_dir = str(tmp_path / 'run')
     config = rank_state_config(teacher_checkpoint, work_dir, str(tmp_path / 'config.py'))
     env = dict(ENV, PATH=osp.dirname(PYTHON) + os.pathsep + os.environ['PATH'],
-               PYTHONPATH=os.pathsep.join([osp.dirname(osp.abspath(__file__)), ROOT]),
+               PYTHONPATH=os.pathsep.join([osp.dirname(osp.dirname(osp.abspath(__file__))), ROOT]),
                PORT=str(free_port()))
     result = subprocess.run(['bash', stock_tool('mmpretrain', 'dist_train.sh'), config, '2', '--work-dir',
                              work_dir], capture_output=True, text=True, env=env, timeout=600)

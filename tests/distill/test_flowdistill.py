@@ -40,7 +40,7 @@ from fmkt_mm.hooks import ProgressiveDistillationHook
 from fmkt_mm.registry import HOOKS
 from tiny_runs import retinanet
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CLS_CONFIGS = osp.join(ROOT, 'configs', 'fashion_mnist')
 DET_CONFIGS = osp.join(ROOT, 'configs', 'fashion_det')
 STEPS = (1, 2, 4, 8, 16)

@@ -24,7 +24,7 @@ from fmkt_mm.work_dir import LOCK_NAME, WorkDirLockedError
 from tiny_runs import ROOT, Payload, plain_model, tiny_cfg
 
 PYTHON = sys.executable
-TESTS = osp.dirname(osp.abspath(__file__))
+TESTS = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS='1',
            PYTHONPATH=os.pathsep.join([TESTS, ROOT, os.environ.get('PYTHONPATH', '')]))
 

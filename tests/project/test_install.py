@@ -12,7 +12,7 @@ import torch
 from tiny_runs import ROOT, free_port, rank_state_config
 
 PYTHON = sys.executable
-TESTS = osp.dirname(osp.abspath(__file__))
+TESTS = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS='1',
            PYTHONPATH=os.pathsep.join([TESTS, ROOT, os.environ.get('PYTHONPATH', '')]))
 

@@ -13,7 +13,7 @@ from fmkt_mm.apis import apply_distiller
 from fmkt_mm.distill.teacher import build_model, model_config
 from fmkt_mm.registry import MODELS
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'mmpretrain', '*.py')))
 
 

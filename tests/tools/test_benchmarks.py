@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 BENCHMARKS = osp.join(ROOT, 'tools', 'benchmarks')
 
 

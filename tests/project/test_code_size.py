@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 from typing import Iterator, List, Optional, Set, Union
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / 'fmkt_mm'
 
 MAX_FILE_LINES = 420

@@ -16,7 +16,7 @@ from fmkt_mm.distill import FeatureDistiller, LogitDistiller
 from fmkt_mm.distill.teacher import build_model
 from fmkt_mm.losses import KDLoss
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CLS = osp.join(ROOT, 'configs', 'fashion_mnist')
 DET = osp.join(ROOT, 'configs', 'fashion_det')
 

@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 from typing import List
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / 'fmkt_mm'
 
 #: files not checked yet: they are being annotated as they are rewritten
