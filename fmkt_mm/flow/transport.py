@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from .catalog import FLOW_PATHS, META_ENCODERS
@@ -160,6 +161,10 @@ class FlowTransport(ReverseSampler, nn.Module):
             (``X_S - v_i``, the authors' logit mode; the state still moves
             step by step, and the round trip, which inverts the serial
             path, needs ``'state'``).
+        recompute: activation checkpointing of the loop: training keeps
+            none of the ``N`` steps' encoder activations and recomputes
+            them in backward (one more forward of the loop per step, about
+            a third more flow compute); values and gradients are the same.
         compile: compile the meta-encoder's step with ``torch.compile``
             (``True``, or a dict of ``torch.compile`` arguments such as
             ``dict(mode='reduce-overhead')``, which on a GPU also captures
@@ -178,7 +183,8 @@ class FlowTransport(ReverseSampler, nn.Module):
                  condition: Optional[Union[str, dict, list, nn.Module]] = None,
                  condition_level: int = 0,
                  estimate: str = 'state',
-                 compile: Union[bool, dict] = False) -> None:
+                 compile: Union[bool, dict] = False,
+                 recompute: bool = False) -> None:
         super().__init__()
         if estimate not in ('state', 'student'):
             raise ValueError(f"estimate must be 'state' or 'student', got {estimate!r}")
@@ -213,6 +219,7 @@ class FlowTransport(ReverseSampler, nn.Module):
         self._plans: Dict[int, List[StepPlan]] = {}
         self._coefficients: Dict[tuple, Tensor] = {}
         self._compile_options = compile
+        self.recompute = bool(recompute)
         self._compiled_step = None  # built at the first call
 
     def _encoder_step(self, state: Tensor, conditioning) -> Tensor:
@@ -294,6 +301,17 @@ class FlowTransport(ReverseSampler, nn.Module):
         context = self._resolve_context(x_student, context, labels)
         is_vector = x_student.dim() == 2
         x = x_student.reshape(*x_student.shape, 1, 1) if is_vector else x_student
+        if self.recompute and torch.is_grad_enabled():  # keep no step's activations: rerun them in backward
+            estimates = torch.utils.checkpoint.checkpoint(self._loop, x, n, context, use_reentrant=False)
+        else:
+            estimates = self._loop(x, n, context)
+        if is_vector:
+            estimates = estimates.flatten(2)
+        return FlowOutput(estimates, context=context, head=self.apply_head)
+
+    def _loop(self, x: Tensor, n: int, context: Optional[Tensor]) -> Tensor:
+        """The ``n`` serial steps from a ``(B, C, H, W)`` start: every
+        step's endpoint estimate, ``(N, B, C, H, W)``."""
         plans = self.plan(n)
         conditioning = self.encoder.step_inputs([p.t for p in plans], context, x)
         state = x if self._start_scale == 1.0 else x * self._start_scale
@@ -304,12 +322,8 @@ class FlowTransport(ReverseSampler, nn.Module):
             if k < n - 1:
                 state = combine(state, plan.next_state, out)
         if n == 1:  # the one estimate directly
-            estimates = combine(state, plans[0].endpoint, outs[0])[None]
-        else:
-            estimates = self._endpoints(x, _Stack.apply(*outs), n)
-        if is_vector:
-            estimates = estimates.flatten(2)
-        return FlowOutput(estimates, context=context, head=self.apply_head)
+            return combine(state, plans[0].endpoint, outs[0])[None]
+        return self._endpoints(x, _Stack.apply(*outs), n)
 
     def _endpoints(self, x: Tensor, outs: Tensor, n: int) -> Tensor:
         """Every step's endpoint estimate ``(N, B, ...)`` from the start ``x``

@@ -259,3 +259,44 @@ def test_drawn_step_counts_follow_torch_seed_and_the_progressive_cap():
     assert {flow.draw_num_steps() for _ in range(100)} == {1, 2, 4}
     flow.set_train_steps(16)
     assert flow.num_steps_choices == (1, 2, 4, 8, 16)
+
+
+def saved_bytes(fn) -> int:
+    """Bytes of the tensors autograd keeps for backward while ``fn`` runs."""
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = fn()
+    return total, out
+
+
+@pytest.mark.parametrize('encoder', ['mlp', 'conv'])
+def test_recompute_keeps_no_step_activations_and_changes_nothing(encoder):
+    """``recompute=True`` (activation checkpointing of the loop): the same
+    estimates and gradients, and what autograd keeps for backward no longer
+    grows with the steps' activations."""
+    torch.manual_seed(0)
+    plain = FlowTransfer(8, encoder=dict(type=encoder), num_steps=4, loss=dict(type='MSELoss'))
+    random_encoder(plain)
+    recomputed = FlowTransfer(8, encoder=dict(type=encoder), num_steps=4, loss=dict(type='MSELoss'),
+                              recompute=True)
+    recomputed.load_state_dict(plain.state_dict())
+    x, target = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
+    grads, kept, losses = [], [], []
+    for flow in (plain, recomputed):
+        xs = x.clone().requires_grad_()
+        bytes_kept, loss = saved_bytes(lambda: flow.step_losses(flow.run(xs), target).sum())
+        kept.append(bytes_kept)
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, [xs] + list(flow.encoder.parameters())))
+    assert torch.equal(losses[0], losses[1])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert kept[1] < 0.5 * kept[0], kept
+    with torch.no_grad():  # inference never checkpoints
+        torch.testing.assert_close(plain(x), recomputed(x), rtol=0, atol=0)

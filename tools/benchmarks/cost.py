@@ -83,6 +83,7 @@ def specs(args):
             for n in args.det_steps:
                 out.append(('det', 'fmkt', n, encoder))
         out.append(('det', 'fmkt_student', max(args.det_steps), args.det_encoders[0]))
+        out.append(('det', 'fmkt_recompute', max(args.det_steps), args.det_encoders[0]))
     return out
 
 
@@ -140,9 +141,11 @@ def build(task, method, steps, encoder, args):
             # the configured encoder (with its width) when its type is asked for, else the type's defaults
             flow.update(num_steps=steps,
                         encoder=configured if configured.get('type') == encoder else dict(type=encoder))
+            flow['recompute'] = method == 'fmkt_recompute'
             distiller['flow'] = flow
-            distiller['deploy_mode'] = 'flow' if method == 'fmkt' else 'student'
-            if task != 'cls' and method != 'fmkt':
+            flow_mode = method in ('fmkt', 'fmkt_recompute')
+            distiller['deploy_mode'] = 'flow' if flow_mode else 'student'
+            if task != 'cls' and not flow_mode:
                 distiller['ema_momentum'] = None
             model = MODELS.build(distiller)
         plain = None
@@ -257,7 +260,7 @@ def measure(spec, args):
     inference_ops = {}
     with torch.no_grad():
         runs = {}
-        if method == 'fmkt':  # the implicit ensemble of this configuration's N steps
+        if method in ('fmkt', 'fmkt_recompute'):  # the implicit ensemble of this configuration's N steps
             model.set_eval_steps(steps)
             runs['ensemble'] = lambda: model(test['inputs'], test['data_samples'], mode=mode)
         elif method == 'student':
@@ -318,9 +321,9 @@ def count(spec, args):
     test = model.data_preprocessor(make_batch(task, batch, size, seed=1), False)
     mode = 'tensor' if task == 'det' else 'predict'
     with torch.no_grad():
-        if method == 'fmkt':
+        if method in ('fmkt', 'fmkt_recompute'):
             model.set_eval_steps(steps)
-        who = model if method in ('fmkt', 'student') else plain
+        who = model if method in ('fmkt', 'fmkt_recompute', 'student') else plain
         if who is not None:
             who.eval()
             who(test['inputs'], test['data_samples'], mode=mode)
@@ -374,7 +377,8 @@ def label(r):
                  dist='DIST (the FM-KT config\'s metric loss, once)',
                  pkd='PKD (teacher backbone+neck fwd + student fwd/bwd)',
                  mgd='MGD (teacher backbone+neck fwd + student fwd/bwd + generation blocks)',
-                 fmkt='FM-KT', fmkt_theta='FM-KT^Theta', fmkt_student='FM-KT, training-only flows')
+                 fmkt='FM-KT', fmkt_theta='FM-KT^Theta', fmkt_student='FM-KT, training-only flows',
+                 fmkt_recompute='FM-KT, loop recomputed in backward')
     name = names[r['method']]
     if r['steps'] is not None:
         name += f' ({r["encoder"]}, N={r["steps"]})'
