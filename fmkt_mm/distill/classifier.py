@@ -109,7 +109,7 @@ class ClassificationDistiller(BaseDistiller):
                  teacher_flows: str = 'separate',
                  deploy_teacher: Union[str, int] = 'mean',
                  data_preprocessor: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None):
+                 init_cfg: Optional[dict] = None) -> None:
         deploy_mode, online = resolve_mode(deploy_mode, online, variant)
         has_teacher = teacher is not None or teachers is not None
         if online and has_teacher:
@@ -240,7 +240,7 @@ class ClassificationDistiller(BaseDistiller):
                                    lambda: self.student(inputs, mode='tensor'), 'student')
         return select(outputs[self.student_tap])
 
-    def teacher_logits(self, inputs, data_samples, index: int = 0) -> Tensor:
+    def teacher_logits(self, inputs: Tensor, data_samples: Optional[list], index: int = 0) -> Tensor:
         """Teacher ``index``'s logits (its own tap, else ``teacher_tap``)."""
         tap = self.teacher_tap_of(index, self.teacher_tap)
         return select(self.teacher_outputs(inputs, data_samples, [tap], index)[tap])
@@ -256,7 +256,7 @@ class ClassificationDistiller(BaseDistiller):
         return self.flows.runs(0, feature, num_steps, teachers, labels)
 
     # -- training --------------------------------------------------------------
-    def task_loss(self, logits: Tensor, data_samples) -> Tensor:
+    def task_loss(self, logits: Tensor, data_samples: list) -> Tensor:
         """The student head's own loss (label smoothing, mixup targets, ...)."""
         return self.student.head._get_loss(logits, data_samples)['loss']
 
@@ -277,7 +277,7 @@ class ClassificationDistiller(BaseDistiller):
         mask[order[:keep]] = True
         return mask
 
-    def loss(self, inputs: Tensor, data_samples) -> Dict[str, Tensor]:
+    def loss(self, inputs: Tensor, data_samples: list) -> Dict[str, Tensor]:
         labels = hard_labels(data_samples)
         feature = self.student_feature(inputs)
         targets = [self.teacher_logits(inputs, data_samples, j)
@@ -324,13 +324,13 @@ class ClassificationDistiller(BaseDistiller):
             losses['loss_theta'] = scaled(theta, self.theta_loss_weight)
         return losses
 
-    def steps_task_loss(self, steps: Tensor, data_samples) -> Tensor:
+    def steps_task_loss(self, steps: Tensor, data_samples: list) -> Tensor:
         """The head's task loss averaged over the steps ``(N, B, K)``, in one
         call on the ``N * B`` rows (every step sees the batch's labels)."""
         n = steps.shape[0]
         return self.task_loss(steps.flatten(0, 1), list(data_samples) * n)
 
-    def task_losses(self, inputs: Tensor, data_samples) -> Dict[str, Tensor]:
+    def task_losses(self, inputs: Tensor, data_samples: list) -> Dict[str, Tensor]:
         """Distillation switched off. ``fmkt``: the flow with the student's
         head is the classifier that predicts, so ``loss_cls`` stays the task
         loss of every flow step (averaged over steps) and trains student and
@@ -345,7 +345,7 @@ class ClassificationDistiller(BaseDistiller):
         return dict(loss_cls=self.task_loss(self.student_logits_from_feature(feature), data_samples))
 
     @torch.no_grad()
-    def roundtrip_errors(self, inputs: Tensor, data_samples=None, num_steps: Optional[int] = None,
+    def roundtrip_errors(self, inputs: Tensor, data_samples: Optional[list] = None, num_steps: Optional[int] = None,
                          refine: int = 0) -> Dict[str, RoundTrip]:
         """Invertibility of the flow on a batch: ``'s2t2s'`` (student feature
         -> teacher space -> back) and ``'t2s2t'`` (the flow's teacher-space
@@ -378,7 +378,7 @@ class ClassificationDistiller(BaseDistiller):
             return self.flow(feature, steps)
         return self.flow_ensembles(feature, [steps])[steps]
 
-    def predict(self, inputs: Tensor, data_samples=None):
+    def predict(self, inputs: Tensor, data_samples: Optional[list] = None) -> list:
         feature = self.student_feature(inputs)
         counts = ([self.eval_steps] if self.deploy_mode == 'flow' else []) + list(self.extra_eval_steps)
         ensembles = self.flow_ensembles(feature, list(dict.fromkeys(counts)))

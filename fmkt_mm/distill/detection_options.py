@@ -7,7 +7,7 @@ groups, as mmdet's semi-supervised detectors take ``semi_train_cfg``::
         type='fmkt_mm.DetectionDistiller',
         student=..., teacher=dict(config=..., checkpoint=...),
         flow=dict(num_steps=4, encoder=dict(type='mlp'), loss=dict(type='PKDLoss'),
-                  shared_encoder=False, roundtrip_loss_weight=0.0),
+                  shared_encoder=False, roundtrip_loss_weight=0.0, batch_levels=False),
         levels=dict(pairs=(0, 1, 2, 3), weights=10.0, student_tap='neck', teacher_tap='neck',
                     adapter=None, raw_loss_weight=0.0, raw_loss=None, dummy_input_shape=(3, 128, 128)),
         deploy=dict(mode='student', eval_steps=None, theta_loss=None, theta_loss_weight=1.0,
@@ -86,6 +86,7 @@ class FlowExtras:
     arguments."""
     shared_encoder: bool = False
     roundtrip_loss_weight: float = 0.0
+    batch_levels: bool = False
 
 
 @dataclass(frozen=True)

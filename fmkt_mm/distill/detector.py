@@ -29,41 +29,34 @@ student's heads read:
 The student's own ``loss``/``predict`` then run unchanged, so the task losses
 keep their mmdet names and ``predict`` returns mmdet ``DetDataSample`` s.
 
-FlowDistill options:
-
-* ``flow=dict(..., condition=dict(type='pooled' | 'level'))``: conditional
-  flows; each level's flow conditions on its pooled level and/or a learned
-  level embedding. With ``flow.shared_encoder=True`` all levels share one
-  meta-encoder (and one condition), which the level embedding tells which
-  level it transports.
-* :attr:`DetectionDistiller.level_scales` (set by
-  :class:`~fmkt_mm.hooks.ProgressiveDistillationHook`): per-level multipliers
-  of ``level_weights``, for a coarse-to-fine schedule (0 switches a level's
-  distillation loss off; its flow still runs, so every parameter keeps a
-  gradient).
-* ``roundtrip_loss_weight`` and :meth:`DetectionDistiller.roundtrip_errors`:
-  cycle consistency and invertibility of each level's flow.
+FlowDistill options: conditional flows (``flow.condition``: ``'pooled'``
+and/or ``'level'``; with ``flow.shared_encoder`` one meta-encoder for all
+levels, told by the level embedding which it carries, and with
+``flow.batch_levels`` all levels in one call per step), per-level
+multipliers of the level weights (:attr:`DetectionDistiller.level_scales`,
+set by :class:`~fmkt_mm.hooks.ProgressiveDistillationHook`; 0 switches a
+level's loss off while its flow still runs), cycle consistency
+(``roundtrip_loss_weight``) and :meth:`DetectionDistiller.roundtrip_errors`.
 
 The parts: the options in groups (:mod:`.detection_options`), the flows keyed
 by teacher and level (:class:`~fmkt_mm.distill.level_flows.LevelFlows`), the
 tap rewrite (:mod:`.tap_rewrite`); the flows' EMA is advanced by
 :class:`~fmkt_mm.hooks.FlowEMAHook` before every training iteration.
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from ..flow import FlowOutput, RoundTrip
+from ..flow import FlowOutput, FlowTransfer, RoundTrip
 from ..losses.base import scaled
 from ..registry import MODELS
 from ..utils import build_from_registry
 from .detection_options import LevelDistillerOptions, check_level_condition, deploy_mode_of, group_options
 from .flow_ema import FlowEMA
-from .level_flows import LevelFlows, build_level_flows
-from .levels import LevelDistiller, TeacherShape, as_levels
+from .level_flows import LevelFlows, build_level_flows, level_roundtrip_errors
+from .levels import LevelDistiller, TeacherShape, check_scales
 from .tap_rewrite import rewrite_tap
-from .taps import run_until_tapped
 from .teacher import weighted, with_teacher_condition
 
 
@@ -78,12 +71,13 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
             levels.
         flow: :class:`~fmkt_mm.flow.FlowTransfer` arguments shared by all
             levels (``path``, ``encoder``, ``num_steps``, ``loss``,
-            ``condition``, ...; ``channels`` is inferred per level; defaults:
-            4 steps, a one-block ``conv`` meta-encoder, ``PKDLoss``), plus
-            ``shared_encoder`` (one meta-encoder and condition for all
-            levels, which must have equal channels; pair it with
-            ``condition=dict(type='level')``) and ``roundtrip_loss_weight``
-            (each level's cycle-consistency loss ``loss_roundtrip_l{l}``).
+            ``condition``, ``recompute``, ...; ``channels`` is inferred per
+            level; defaults: 4 steps, a one-block ``conv`` meta-encoder,
+            ``PKDLoss``), plus ``shared_encoder`` (one meta-encoder and
+            condition for all levels of equal channels; pair it with
+            ``condition=dict(type='level')``), ``batch_levels`` (with a
+            shared token-wise ``mlp`` encoder: every level in one encoder call
+            per step) and ``roundtrip_loss_weight`` (``loss_roundtrip_l{l}``).
         levels: ``pairs``: an int ``l`` pairs student level ``l`` with teacher
             level ``l``, a pair ``(s, t)`` student level ``s`` with teacher
             level ``t`` (default: the first four, as in the paper);
@@ -120,10 +114,9 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
             mode 'flow', the levels the heads read weigh the teachers by
             their weights; ``flow_l{l}_t{j}`` logs each teacher's flow loss.
 
-    Every group also accepts its earlier flat keys
-    (:data:`~fmkt_mm.distill.detection_options.FLAT_KEYS`: ``level_weights``,
-    ``deploy_mode``, ``ema_momentum``, ``teacher_flows``, ...), and ``levels``
-    / ``teachers`` their flat forms (a sequence of pairs, a list of teachers).
+    Each group also takes its earlier flat keys (``level_weights``,
+    ``deploy_mode``, ``ema_momentum``, ``teacher_flows``, ...; see
+    :data:`~fmkt_mm.distill.detection_options.FLAT_KEYS`).
     """
 
     #: the defaults of the grouped options (a segmentation subclass has its own)
@@ -132,8 +125,9 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
     prediction_field = 'pred_instances'
 
     def __init__(self, student: dict, teacher: Optional[dict] = None, flow: Optional[dict] = None,
-                 levels=None, deploy: Optional[dict] = None, teachers=None,
-                 data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None, **flat) -> None:
+                 levels: Optional[Union[dict, Sequence]] = None, deploy: Optional[dict] = None,
+                 teachers: Optional[Union[dict, Sequence[dict]]] = None, data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None, **flat: Any) -> None:
         options = group_options(flow, levels, deploy, teachers, self.defaults, **flat)
         opts_levels, opts_deploy, opts_teachers = options.levels, options.deploy, options.teachers
         if teacher is None and opts_teachers.models is None:
@@ -167,6 +161,9 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
         #: per-level multipliers of the level weights (set_level_scales)
         self.level_scales: List[float] = [1.0] * len(self.level_pairs)
         self.roundtrip_loss_weight = options.flow_extras.roundtrip_loss_weight
+        self.batch_levels = options.flow_extras.batch_levels
+        if self.batch_levels:
+            self.flows.check_batchable()
         self.raw_loss_weight = opts_levels.raw_loss_weight
         self.raw_loss = None
         if self.raw_loss_weight > 0:
@@ -202,12 +199,7 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
             if self.multi_teacher else ": the flow's estimates cannot be compared with the teacher"
 
     def check_level_scales(self, scales: Sequence[float]) -> None:
-        if not isinstance(scales, (list, tuple)) or len(scales) != len(self.level_pairs) or \
-                any(not isinstance(s, (int, float)) or s < 0 for s in scales):
-            raise ValueError(f'level scales {list(scales) if isinstance(scales, (list, tuple)) else scales!r}'
-                             f' have {len(scales) if isinstance(scales, (list, tuple)) else "no"} '
-                             f'entries for {len(self.level_pairs)} distilled levels; give one '
-                             f'multiplier >= 0 per level')
+        check_scales(scales, len(self.level_pairs))
 
     @property
     def steps_prediction_field(self) -> Optional[str]:
@@ -227,7 +219,7 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
         return deploy_mode_of(cfg, cls.defaults.deploy.mode)
 
     # -- the flows on the levels -------------------------------------------------
-    def flow_of(self, j: int, k: int, flows: Optional[LevelFlows] = None):
+    def flow_of(self, j: int, k: int, flows: Optional[LevelFlows] = None) -> FlowTransfer:
         """The flow of level pair ``k`` toward teacher ``j`` (in ``flows``,
         the training flows by default)."""
         return (self.flows if flows is None else flows).flow(j, k)
@@ -267,9 +259,16 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
 
     def deployed_levels(self, levels: Sequence[Tensor], num_steps: Optional[int] = None) -> List[Tensor]:
         """The levels the heads read at inference in deploy mode ``'flow'``."""
-        levels = list(levels)
+        levels, steps = list(levels), num_steps or self.eval_steps
+        if self.batch_levels:
+            teachers, weights = self.deployed_teachers()
+            flows = self._inference_flows()
+            runs = [flows.batched_runs(j, [levels[s] for s, _ in self.level_pairs], steps) for j in teachers]
+            for k, (s, _) in enumerate(self.level_pairs):
+                levels[s] = weighted([run[k].mean_estimate() for run in runs], weights)
+            return levels
         for k, (s, _) in enumerate(self.level_pairs):
-            levels[s] = self.deployed_ensemble(k, levels[s], num_steps or self.eval_steps)
+            levels[s] = self.deployed_ensemble(k, levels[s], steps)
         return levels
 
     def distilled_levels(self, levels: Sequence[Tensor], teacher_levels: Sequence[Sequence[Tensor]],
@@ -277,14 +276,26 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
         """Training: run the flows on the student's levels, put each level's
         losses into ``losses`` and return the levels the heads read."""
         levels = list(levels)
+        batched = self._batched_level_runs(levels, teacher_levels) if self.batch_levels else None
         for k, (s, t) in enumerate(self.level_pairs):
             weight = self.level_weights[k] * self.level_scales[k]
             targets = [teacher[t] for teacher in teacher_levels]
-            outs = self.level_runs(k, levels[s], self.flow_of(0, k).draw_num_steps(), targets)
+            outs = batched[k] if batched is not None else \
+                self.level_runs(k, levels[s], self.flow_of(0, k).draw_num_steps(), targets)
             ensemble = self._level_losses(k, levels[s], outs, targets, weight, losses)
             if ensemble is not None:  # deploy mode 'flow': what the heads read at inference too
                 levels[s] = ensemble
         return levels
+
+    def _batched_level_runs(self, levels: Sequence[Tensor],
+                            teacher_levels: Sequence[Sequence[Tensor]]) -> List[List[FlowOutput]]:
+        """``flow.batch_levels``: per level pair, one run per teacher, every
+        pair's from one batched run per teacher (one step count drawn for all)."""
+        n = self.flow_of(0, 0).draw_num_steps()
+        runs = [self.flows.batched_runs(j, [levels[s] for s, _ in self.level_pairs], n)
+                for j in range(len(teacher_levels))]
+        return [[run[k].with_steps(self.to_teacher_space(j, k, run[k].estimates, teacher_levels[j][t]))
+                 for j, run in enumerate(runs)] for k, (_, t) in enumerate(self.level_pairs)]
 
     def _level_losses(self, k: int, level: Tensor, outs: List[FlowOutput], targets: Sequence[Tensor],
                       weight: float, losses: Dict[str, Tensor]) -> Optional[Tensor]:
@@ -316,7 +327,7 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
         return None
 
     # -- training ------------------------------------------------------------------
-    def loss(self, inputs: Tensor, data_samples) -> Dict[str, Tensor]:
+    def loss(self, inputs: Tensor, data_samples: list) -> Dict[str, Tensor]:
         """The student's task losses (mmdet names) plus, per distilled level
         ``l``: ``loss_flow_l{l}`` (sum over steps, times the level weight),
         ``loss_theta_l{l}`` in deploy mode 'student', ``loss_raw_l{l}`` with
@@ -335,7 +346,7 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
         losses.update(distilled)
         return losses
 
-    def task_losses(self, inputs: Tensor, data_samples) -> Dict[str, Tensor]:
+    def task_losses(self, inputs: Tensor, data_samples: list) -> Dict[str, Tensor]:
         """Distillation switched off: mmdet's losses of the deployed model.
         In deploy mode ``'flow'`` the flows' ensemble still replaces the
         distilled levels (and the EMA keeps following); in ``'student'`` the
@@ -347,8 +358,8 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
             return dict(self.student.loss(inputs, data_samples))
 
     @torch.no_grad()
-    def roundtrip_errors(self, inputs: Tensor, data_samples=None, num_steps: Optional[int] = None,
-                         refine: int = 0) -> Dict[str, RoundTrip]:
+    def roundtrip_errors(self, inputs: Tensor, data_samples: Optional[list] = None,
+                         num_steps: Optional[int] = None, refine: int = 0) -> Dict[str, RoundTrip]:
         """Invertibility of each level's flow (the EMA flows in eval mode when
         kept) on a batch: ``'s2t2s_l{l}'`` (student level -> teacher space ->
         back) and ``'t2s2t_l{l}'`` (teacher level -> student space ->
@@ -357,28 +368,10 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
         another space; its teacher-space points are then the flow's own
         images. ``num_steps`` defaults to ``eval_steps``. With several
         teachers, each teacher's flow is keyed ``'..._l{l}_t{j}'``."""
-        out = run_until_tapped(self.student, [self.student_tap],
-                               lambda: self.student(inputs, data_samples, mode='tensor'), 'student')
-        levels = as_levels(out[self.student_tap], self.student_tap, 'student')
-        teachers = {}  # teacher j's levels, read where its level is in the flow's space
-        errors: Dict[str, RoundTrip] = {}
-        for k, (s, t) in enumerate(self.level_pairs):
-            for j in range(len(self.teacher_models())):
-                x_teacher = None
-                if self.teacher_adapter(j, k) is None:
-                    if j not in teachers:
-                        teachers[j] = self.teacher_levels(inputs, data_samples, j)
-                    x_teacher = teachers[j][t]
-                level = self._inference_flows().roundtrip(j, k, levels[s], num_steps or self.eval_steps,
-                                                          x_teacher, refine)
-                suffix = f'_l{s}_t{j}' if self.multi_teacher else f'_l{s}'
-                for key, value in level.items():
-                    errors[key + suffix] = value
-                    errors[key] = errors[key] + value if key in errors else value
-        return errors
+        return level_roundtrip_errors(self, inputs, data_samples, num_steps or self.eval_steps, refine)
 
     # -- inference -----------------------------------------------------------------
-    def predict(self, inputs: Tensor, data_samples=None):
+    def predict(self, inputs: Tensor, data_samples: Optional[list] = None) -> list:
         """mmdet ``DetDataSample`` s with ``pred_instances``, as the student's.
 
         With ``extra_eval_steps`` (deploy mode ``'flow'``), each sample also

@@ -18,12 +18,20 @@ of saved distillers (``flows.{i}.…``, ``ema_flows.{i}.…``) stay valid.
 Adapters into each teacher's shape are not run here: their owner (the
 distiller) calls them with the teacher level's size.
 """
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import torch
 from torch import Tensor, nn
 
 from ..flow import META_ENCODERS, FlowOutput, FlowTransfer, build_condition
+from ..flow.encoders import PositionContext
+from ..flow.reverse import RoundTrip
+from .levels import as_levels
+from .taps import run_until_tapped
 from .teacher import stack_for_teachers, weighted
+
+if TYPE_CHECKING:
+    from .detector import DetectionDistiller
 
 Shape = Tuple[int, ...]
 
@@ -67,6 +75,41 @@ class LevelFlows(nn.ModuleList):
         """The implicit ensemble of level pair ``k`` (student space),
         weighted over ``teachers``."""
         return weighted([out.mean_estimate() for out in self.runs(k, level, num_steps, teachers)], weights)
+
+    def batched_runs(self, j: int, levels: Sequence[Tensor], num_steps: int) -> List[FlowOutput]:
+        """One run toward teacher ``j`` of every level pair at once, one per
+        pair in order (``levels``: the student's level of each pair). The
+        pairs' flows share one token-wise meta-encoder: every level's
+        positions are concatenated into one ``(B, C, 1, P)`` token map,
+        each keeping its own level's context (a
+        :class:`~fmkt_mm.flow.encoders.PositionContext`), so a step calls
+        the encoder once instead of once per level; the estimates are then
+        split back into the levels' shapes."""
+        flows = [self.flow(j, k) for k in range(self.num_levels)]
+        counts = [x.shape[2] * x.shape[3] for x in levels]
+        tokens = torch.cat([x.flatten(2) for x in levels], dim=2)[:, :, None]
+        contexts = [flow.make_context(x) for flow, x in zip(flows, levels)]
+        context = None if contexts[0] is None else PositionContext(torch.stack(contexts), counts)
+        estimates = flows[0].run(tokens, num_steps, context).estimates.split(counts, dim=-1)
+        return [FlowOutput(part.reshape(*part.shape[:3], *x.shape[2:]), context=ctx)
+                for part, x, ctx in zip(estimates, levels, contexts)]
+
+    def check_batchable(self) -> None:
+        """Level batching needs one token-wise meta-encoder for every level
+        pair of a teacher (``flow=dict(shared_encoder=True, encoder=dict(
+        type='mlp'))``) and one flow per teacher."""
+        if self.shared:
+            raise ValueError("flow.batch_levels carries every level in one call per teacher; with "
+                             "teachers=dict(flows='shared') the teachers already share one call per "
+                             "level: use flows='separate' or batch_levels=False")
+        for j in range(len(self) // self.num_levels):
+            encoders = {id(self.flow(j, k).encoder) for k in range(self.num_levels)}
+            encoder = self.flow(j, 0).encoder
+            if len(encoders) > 1 or not getattr(encoder, 'token_wise', False):
+                raise ValueError(
+                    f'flow.batch_levels needs one token-wise meta-encoder shared by every level '
+                    f'(flow=dict(shared_encoder=True, encoder=dict(type=\'mlp\'))); got '
+                    f'{len(encoders)} encoder(s) of type {type(encoder).__name__}')
 
     def roundtrip(self, j: int, k: int, level: Tensor, num_steps: int, x_teacher: Optional[Tensor] = None,
                   refine: int = 0) -> dict:
@@ -119,4 +162,29 @@ def build_level_flows(flow_cfg: dict, level_pairs: Sequence[Tuple[int, int]], st
     return LevelFlows(flows, len(level_pairs), shared=shared_teachers)
 
 
-__all__ = ['LevelFlows', 'build_level_flows']
+__all__ = ['LevelFlows', 'build_level_flows', 'level_roundtrip_errors']
+
+
+@torch.no_grad()
+def level_roundtrip_errors(distiller: 'DetectionDistiller', inputs: Tensor, data_samples: Optional[list],
+                           num_steps: int, refine: int) -> Dict[str, RoundTrip]:
+    """:meth:`DetectionDistiller.roundtrip_errors <fmkt_mm.distill.DetectionDistiller.roundtrip_errors>`
+    of a level distiller's flows (the EMA flows in eval mode when kept)."""
+    out = run_until_tapped(distiller.student, [distiller.student_tap],
+                           lambda: distiller.student(inputs, data_samples, mode='tensor'), 'student')
+    levels = as_levels(out[distiller.student_tap], distiller.student_tap, 'student')
+    teachers = {}  # teacher j's levels, read where its level is in the flow's space
+    errors: Dict[str, RoundTrip] = {}
+    for k, (s, t) in enumerate(distiller.level_pairs):
+        for j in range(len(distiller.teacher_models())):
+            x_teacher = None
+            if distiller.teacher_adapter(j, k) is None:
+                if j not in teachers:
+                    teachers[j] = distiller.teacher_levels(inputs, data_samples, j)
+                x_teacher = teachers[j][t]
+            level = distiller._inference_flows().roundtrip(j, k, levels[s], num_steps, x_teacher, refine)
+            suffix = f'_l{s}_t{j}' if distiller.multi_teacher else f'_l{s}'
+            for key, value in level.items():
+                errors[key + suffix] = value
+                errors[key] = errors[key] + value if key in errors else value
+    return errors

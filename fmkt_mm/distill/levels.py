@@ -67,6 +67,15 @@ def parse_weights(weights: Union[float, Sequence[float]], n: int) -> List[float]
     return weights
 
 
+def check_scales(scales: Sequence[float], num_levels: int) -> None:
+    """One multiplier >= 0 per distilled level, or a ValueError saying so."""
+    if not isinstance(scales, (list, tuple)) or len(scales) != num_levels or \
+            any(not isinstance(s, (int, float)) or s < 0 for s in scales):
+        raise ValueError(f'level scales {list(scales) if isinstance(scales, (list, tuple)) else scales!r}'
+                         f' have {len(scales) if isinstance(scales, (list, tuple)) else "no"} '
+                         f'entries for {num_levels} distilled levels; give one multiplier >= 0 per level')
+
+
 def as_levels(output: Union[Tensor, Sequence[Tensor]], tap: str, who: str) -> List[Tensor]:
     """A tapped output as a list of ``(B, C, H, W)`` levels."""
     levels = [output] if isinstance(output, Tensor) else list(output)

@@ -11,7 +11,7 @@ The output layer starts at zero: an untrained flow predicts zero velocity,
 i.e. it starts as the identity on the student representation.
 """
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,33 @@ class ChannelLayerNorm(nn.Module):
         """The norm of a ``(B, C, 1, 1)`` map (vectors), over its last three
         dims at once, without permutes; ``weight, bias``: :meth:`map_affine`."""
         return F.layer_norm(x, x.shape[1:], weight, bias, self.norm.eps)
+
+
+class PositionContext:
+    """A context per group of positions of a ``(B, C, 1, P)`` token map:
+    ``contexts`` ``(G, B, dim)`` and ``counts`` (positions per group, first
+    group first, summing to ``P``). Several FPN levels carried in one call
+    of a token-wise meta-encoder (their positions concatenated) each keep
+    their own context this way. The meta-encoder embeds the ``G * B`` rows
+    once and spreads each group's embedding over its positions."""
+
+    def __init__(self, contexts: Tensor, counts: Sequence[int], embedded: Optional[Tensor] = None) -> None:
+        self.contexts, self.counts, self.embedded = contexts, list(counts), embedded
+
+    def embed(self, embed_rows: Callable[[Tensor], Tensor]) -> 'PositionContext':
+        g, b = self.contexts.shape[:2]
+        rows = embed_rows(self.contexts.flatten(0, 1))  # (G * B, C)
+        return PositionContext(self.contexts, self.counts, rows.unflatten(0, (g, b)))
+
+    def embedded_map(self, channels: int) -> Tensor:
+        """``(B, C, 1, P)``: each group's embedding over its positions."""
+        g, b = self.embedded.shape[:2]
+        parts = [self.embedded[k][:, :, None, None].expand(b, channels, 1, n) for k, n in enumerate(self.counts)]
+        return torch.cat(parts, dim=3)
+
+    def __getitem__(self, rows) -> 'PositionContext':
+        """The context of a slice of the batch (rows of every group)."""
+        return PositionContext(self.contexts[:, rows], self.counts)
 
 
 class MetaEncoder(nn.Module):
@@ -124,7 +151,9 @@ class MetaEncoder(nn.Module):
         cond = pointwise(second, act(pointwise(first, table.to(like.dtype))))  # (N, C, 1, 1)
         cond = cond.view(len(times), 1, self.channels, 1, 1)
         context = self._context_embedding(context, like.dtype)
-        if context is not None:
+        if isinstance(context, PositionContext):  # a context per group of positions: (N, B, C, 1, P)
+            cond = cond + context.embedded_map(self.channels)[None]
+        elif context is not None:
             cond = cond + context[:, :, None, None]  # (N, B, C, 1, 1)
         return cond
 
@@ -155,7 +184,9 @@ class MetaEncoder(nn.Module):
                 f'inputs, got {tuple(x.shape)}; set the flow\'s channels to {x.shape[1] if x.dim() > 1 else "?"} '
                 f'or add an adapter in front of it')
 
-    def _context_embedding(self, context: Optional[Tensor], dtype) -> Optional[Tensor]:
+    def _context_embedding(self, context, dtype) -> Optional[Union[Tensor, 'PositionContext']]:
+        if isinstance(context, PositionContext):  # each group's context embedded once, not per position
+            return context.embed(lambda rows: self._context_embedding(rows, dtype))
         if context is not None:
             if self.context_mlp is None:
                 raise ValueError(f'{type(self).__name__} got a context but was built without '
@@ -171,6 +202,10 @@ class MetaEncoder(nn.Module):
 class MLPMetaEncoder(MetaEncoder):
     """Token-wise MLP: ``num_blocks`` x [x + W2 GELU(W1 LN(x))] (1x1 convs), then
     a 1x1 output layer."""
+
+    #: every position is transformed on its own (1x1 layers, a norm over
+    #: channels): positions of several maps can share one call
+    token_wise = True
 
     def __init__(self, channels: int, hidden_ratio: float = 2.0, num_blocks: int = 1, **kwargs: Any) -> None:
         super().__init__(channels, **kwargs)

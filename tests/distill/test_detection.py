@@ -550,3 +550,60 @@ def test_detection_demo_quick_trains_teacher_student_and_both_modes(tmp_path):
     teacher = torch.load(work_dir / 'retinanet_r18_teacher.pth', weights_only=True)
     assert any(k.startswith('backbone.') for k in teacher)
     assert not list(work_dir.glob('.*.tmp'))  # the atomic save left no temporary file
+
+
+# -- level-batched flows ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize('deploy_mode', ['flow', 'student'])
+@pytest.mark.parametrize('condition', [dict(type='level'), [dict(type='pooled'), dict(type='level')]])
+def test_batched_levels_equal_the_per_level_loop(teachers, deploy_mode, condition):
+    """``flow.batch_levels``: one encoder call per step for all levels (the
+    token-wise encoder on the levels' concatenated positions, each with its
+    own level's context) gives the per-level loop's losses, gradients and
+    predictions."""
+    flow = dict(num_steps=3, encoder=dict(type='mlp'), condition=condition, shared_encoder=True)
+    models = [distiller(retinanet(8, 32), teachers['retinanet'], deploy_mode=deploy_mode,
+                        flow=dict(flow, batch_levels=batched)) for batched in (False, True)]
+    models[1].load_state_dict(models[0].state_dict())
+    for name, p in models[0].flows.named_parameters():  # a flow that moves the features
+        if name.endswith('output.weight'):
+            torch.nn.init.normal_(p, std=0.3)
+    models[1].load_state_dict(models[0].state_dict())
+    data = batch(models[0])
+    results = []
+    for model in models:
+        model.train()
+        calls = []
+        handle = model.flows[0].encoder.register_forward_hook(lambda *args: calls.append(1))
+        losses = model(**copy.deepcopy(data), mode='loss')
+        handle.remove()
+        total, _ = model.parse_losses(losses)
+        grads = torch.autograd.grad(total, [p for p in model.parameters() if p.requires_grad],
+                                    allow_unused=True)
+        results.append((losses, grads, len(calls)))
+    (loop_losses, loop_grads, loop_calls), (batched_losses, batched_grads, batched_calls) = results
+    assert (loop_calls, batched_calls) == (3 * 4, 3)  # N per level, N for all four levels
+    assert set(loop_losses) == set(batched_losses)
+    for key, value in loop_losses.items():
+        torch.testing.assert_close(batched_losses[key], value, rtol=1e-4, atol=1e-6)
+    for a, b in zip(loop_grads, batched_grads):  # float32 sums in another order: relative to each tensor
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert float((b - a).norm()) <= 1e-4 * float(a.norm()) + 1e-7
+    test = batch(models[0], train=False)
+    with torch.no_grad():
+        for model in models:
+            model.eval()
+        loop, batched = (model(**copy.deepcopy(test), mode='tensor') for model in models)
+    for a, b in zip(loop, batched):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_batched_levels_need_one_token_wise_encoder(teachers):
+    with pytest.raises(ValueError, match='batch_levels needs one token-wise meta-encoder.*shared_encoder=True'):
+        distiller(retinanet(8, 32), teachers['retinanet'],
+                  flow=dict(encoder=dict(type='mlp'), batch_levels=True))
+    with pytest.raises(ValueError, match='batch_levels needs one token-wise.*ConvMetaEncoder'):
+        distiller(retinanet(8, 32), teachers['retinanet'],
+                  flow=dict(encoder=dict(type='conv'), shared_encoder=True, batch_levels=True))
