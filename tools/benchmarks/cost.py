@@ -64,6 +64,8 @@ CLS_CONFIG = osp.join(ROOT, 'configs', 'mmpretrain', 'fmkt_resnet34_resnet18_8xb
 DET_CONFIG = osp.join(ROOT, 'configs', 'mmdet', 'fmkt_retinanet_x101-64x4d_to_r50_fpn_2x_coco_deploy-flow.py')
 DET_TEACHER = 'mmdet::retinanet/retinanet_r101_fpn_2x_coco.py'
 
+#: the methods whose flows predict (deploy mode 'flow')
+FLOW_METHODS = ('fmkt', 'fmkt_recompute', 'fmkt_batched')
 #: targets reported next to the measurements (not enforced)
 TARGETS = dict(cls_train=1.25, det_train=1.15, memory=1.25)
 
@@ -84,6 +86,10 @@ def specs(args):
                 out.append(('det', 'fmkt', n, encoder))
         out.append(('det', 'fmkt_student', max(args.det_steps), args.det_encoders[0]))
         out.append(('det', 'fmkt_recompute', max(args.det_steps), args.det_encoders[0]))
+        out.append(('det', 'fmkt_batched', max(args.det_steps), 'mlp'))
+    if args.det_methods:
+        keep = set(args.det_methods) | {'student', 'pkd'}  # the references of the ratios
+        out = [spec for spec in out if spec[0] != 'det' or spec[1] in keep]
     return out
 
 
@@ -142,8 +148,10 @@ def build(task, method, steps, encoder, args):
             flow.update(num_steps=steps,
                         encoder=configured if configured.get('type') == encoder else dict(type=encoder))
             flow['recompute'] = method == 'fmkt_recompute'
+            if method == 'fmkt_batched':  # one shared token-wise encoder for every level, one call per step
+                flow.update(shared_encoder=True, batch_levels=True, condition=dict(type='level'))
             distiller['flow'] = flow
-            flow_mode = method in ('fmkt', 'fmkt_recompute')
+            flow_mode = method in FLOW_METHODS
             distiller['deploy_mode'] = 'flow' if flow_mode else 'student'
             if task != 'cls' and not flow_mode:
                 distiller['ema_momentum'] = None
@@ -260,7 +268,7 @@ def measure(spec, args):
     inference_ops = {}
     with torch.no_grad():
         runs = {}
-        if method in ('fmkt', 'fmkt_recompute'):  # the implicit ensemble of this configuration's N steps
+        if method in FLOW_METHODS:  # the implicit ensemble of this configuration's N steps
             model.set_eval_steps(steps)
             runs['ensemble'] = lambda: model(test['inputs'], test['data_samples'], mode=mode)
         elif method == 'student':
@@ -321,9 +329,9 @@ def count(spec, args):
     test = model.data_preprocessor(make_batch(task, batch, size, seed=1), False)
     mode = 'tensor' if task == 'det' else 'predict'
     with torch.no_grad():
-        if method in ('fmkt', 'fmkt_recompute'):
+        if method in FLOW_METHODS:
             model.set_eval_steps(steps)
-        who = model if method in ('fmkt', 'fmkt_recompute', 'student') else plain
+        who = model if method in FLOW_METHODS + ('student', ) else plain
         if who is not None:
             who.eval()
             who(test['inputs'], test['data_samples'], mode=mode)
@@ -378,7 +386,8 @@ def label(r):
                  pkd='PKD (teacher backbone+neck fwd + student fwd/bwd)',
                  mgd='MGD (teacher backbone+neck fwd + student fwd/bwd + generation blocks)',
                  fmkt='FM-KT', fmkt_theta='FM-KT^Theta', fmkt_student='FM-KT, training-only flows',
-                 fmkt_recompute='FM-KT, loop recomputed in backward')
+                 fmkt_recompute='FM-KT, loop recomputed in backward',
+                 fmkt_batched='FM-KT, levels batched (shared mlp, level embedding)')
     name = names[r['method']]
     if r['steps'] is not None:
         name += f' ({r["encoder"]}, N={r["steps"]})'
@@ -438,6 +447,9 @@ def parse_args(argv=None):
     parser.add_argument('--det-width', type=int, default=None,
                         help='detection image width (default: --det-size, square); COCO: '
                              '--det-size 800 --det-width 1333')
+    parser.add_argument('--det-methods', nargs='+', metavar='METHOD',
+                        help='detection rows to measure besides student and pkd (default: all): mgd fmkt '
+                             'fmkt_student fmkt_recompute fmkt_batched')
     parser.add_argument('--det-config', default=DET_CONFIG,
                         help='the FM-KT detection config whose student (and flows) are measured, e.g. '
                              'configs/mmdet/fmkt_faster-rcnn_r101_to_r50_fpn_2x_coco_deploy-flow.py')

@@ -38,6 +38,14 @@ DET_STUDY_ROWS = [
     Row('FM-KT deploy flow, N = 2', DET_FLOW, distiller=dict(flow=dict(num_steps=2))),
     Row('FM-KT deploy flow, N = 1', DET_FLOW, distiller=dict(flow=dict(num_steps=1))),
     Row('student alone', 'retinanet_r18w16_student.py'),  # what the teachers add at all
+    # controls and baselines: the default's distillation weight on the raw levels (theta + raw
+    # terms, 2 x 10 per level) given to PKD alone, and MGD
+    Row('PKD at twice its weight (control)', 'pkd_retinanet_r18_to_r18w16.py', distiller=dict(level_weights=20.0)),
+    Row('MGD', 'mgd_retinanet_r18_to_r18w16.py'),
+    # the default with every level in one encoder call per step (shared mlp, level embedding)
+    Row('FM-KT deploy student + PKD on the raw levels, level-batched', DET_STUDENT,
+        distiller=dict(raw_loss_weight=1.0, flow=dict(shared_encoder=True, batch_levels=True,
+                                                      condition=dict(type='level')))),
 ]
 RECORD = 'study_det.jsonl'
 
