@@ -15,6 +15,19 @@ def no_leaked_default_scope():
     DefaultScope._instance_dict.clear()
 
 
+@pytest.fixture(scope='module', autouse=True)
+def one_thread(request):
+    """Modules that set ``ONE_THREAD = True`` (tiny models) run on one torch
+    thread: faster for them, and immune to other jobs on the cores."""
+    if not getattr(request.module, 'ONE_THREAD', False):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope='session')
 def teacher_checkpoint(tmp_path_factory):
     """A Fashion-MNIST teacher (ResNet-18 w16, untrained) as a plain state_dict."""

@@ -21,12 +21,8 @@ CLS = osp.join(ROOT, 'configs', 'fashion_mnist')
 DET = osp.join(ROOT, 'configs', 'fashion_det')
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: tiny models: one torch thread (conftest.one_thread)
+ONE_THREAD = True
 
 
 def model_cfg(directory, name):

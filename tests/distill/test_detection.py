@@ -41,13 +41,8 @@ needs_data = pytest.mark.skipif(
 register_all_modules(init_default_scope=False)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """The models are tiny: one thread is faster, and immune to other jobs on the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: tiny models: one torch thread (conftest.one_thread)
+ONE_THREAD = True
 
 
 @pytest.fixture(autouse=True)

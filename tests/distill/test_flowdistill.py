@@ -51,13 +51,8 @@ needs_data = pytest.mark.skipif(
     'dataset-fashion-mnist or set $FMKT_FASHION_MNIST_ROOT)')
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and immune to other jobs on the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: tiny models: one torch thread (conftest.one_thread)
+ONE_THREAD = True
 
 
 # -- 1. the invertible map -------------------------------------------------------------

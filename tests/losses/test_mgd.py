@@ -18,13 +18,8 @@ from fmkt_mm.losses import MGDLoss
 from fmkt_mm.registry import MODELS
 from tiny_runs import DET_CONFIGS, SIZE, det_batch, retinanet
 
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: tiny models: one torch thread (conftest.one_thread)
+ONE_THREAD = True
 
 
 def seeded(seed, fn):

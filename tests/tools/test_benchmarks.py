@@ -24,13 +24,8 @@ def load_tool(name):
     return module
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: tiny models: one torch thread (conftest.one_thread)
+ONE_THREAD = True
 
 
 def test_cost_benchmark_measures_every_configuration(tmp_path):
