@@ -234,8 +234,10 @@ class BaseDistiller(BaseModel):
         return self.student(inputs, data_samples, mode='tensor')
 
     # -- the settings that hooks change ---------------------------------------------------------
-    # Hooks change a distiller only through these methods: each setting has one
-    # owner, and a distiller without it fails with a message naming the hook's need.
+    # The hooks change a distiller through these methods (each setting has one
+    # owner; a distiller without it fails with a message naming the hook's need),
+    # with one stated exception: LossWeightScheduleHook scales the numeric
+    # attributes its config names (loss weights), checked when training starts.
     def set_distillation(self, enabled: bool) -> None:
         """Switch the distillation terms on or off (:meth:`task_losses` when off)."""
         self.distillation_enabled = bool(enabled)

@@ -256,7 +256,7 @@ class ClassificationDistiller(BaseDistiller):
         return self.flows.runs(0, feature, num_steps, teachers, labels)
 
     # -- training --------------------------------------------------------------
-    def task_loss(self, logits: Tensor, data_samples: list) -> Tensor:
+    def head_loss(self, logits: Tensor, data_samples: list) -> Tensor:
         """The student head's own loss (label smoothing, mixup targets, ...)."""
         return self.student.head._get_loss(logits, data_samples)['loss']
 
@@ -307,7 +307,7 @@ class ClassificationDistiller(BaseDistiller):
         losses: Dict[str, Tensor] = {}
         # every step is also a classifier: its task loss, averaged over steps (and teachers)
         steps = outs[0].steps if len(outs) == 1 else torch.cat([out.steps for out in outs])
-        step_task = self.steps_task_loss(steps, data_samples)
+        step_task = self.steps_head_loss(steps, data_samples)
         losses['loss_flow_cls' if self.deploy_mode == 'student' else 'loss_cls'] = step_task
         losses['loss_flow'] = scaled(flow_losses.sum(), self.flow_loss_weight)
         losses['flow_step'] = scaled(flow_losses, n)  # per step, logged only (flow_step1, ...)
@@ -320,15 +320,15 @@ class ClassificationDistiller(BaseDistiller):
             losses['loss_roundtrip'] = self.roundtrip_loss_weight * weighted(
                 [self.flow_of(j).roundtrip_loss(feature, out) for j, out in enumerate(outs)], weights)
         if logits is not None:
-            losses['loss_cls'] = self.task_loss(logits, data_samples)
+            losses['loss_cls'] = self.head_loss(logits, data_samples)
             losses['loss_theta'] = scaled(theta, self.theta_loss_weight)
         return losses
 
-    def steps_task_loss(self, steps: Tensor, data_samples: list) -> Tensor:
+    def steps_head_loss(self, steps: Tensor, data_samples: list) -> Tensor:
         """The head's task loss averaged over the steps ``(N, B, K)``, in one
         call on the ``N * B`` rows (every step sees the batch's labels)."""
         n = steps.shape[0]
-        return self.task_loss(steps.flatten(0, 1), list(data_samples) * n)
+        return self.head_loss(steps.flatten(0, 1), list(data_samples) * n)
 
     def task_losses(self, inputs: Tensor, data_samples: list) -> Dict[str, Tensor]:
         """Distillation switched off. ``fmkt``: the flow with the student's
@@ -341,8 +341,8 @@ class ClassificationDistiller(BaseDistiller):
             outs = self.teacher_runs(feature, self.flow_of(0).draw_num_steps(),
                                      hard_labels(data_samples))
             steps = torch.cat([out.steps for out in outs])
-            return dict(loss_cls=self.steps_task_loss(steps, data_samples))
-        return dict(loss_cls=self.task_loss(self.student_logits_from_feature(feature), data_samples))
+            return dict(loss_cls=self.steps_head_loss(steps, data_samples))
+        return dict(loss_cls=self.head_loss(self.student_logits_from_feature(feature), data_samples))
 
     @torch.no_grad()
     def roundtrip_errors(self, inputs: Tensor, data_samples: Optional[list] = None, num_steps: Optional[int] = None,

@@ -65,7 +65,7 @@ DET_CONFIG = osp.join(ROOT, 'configs', 'mmdet', 'fmkt_retinanet_x101-64x4d_to_r5
 DET_TEACHER = 'mmdet::retinanet/retinanet_r101_fpn_2x_coco.py'
 
 #: the methods whose flows predict (deploy mode 'flow')
-FLOW_METHODS = ('fmkt', 'fmkt_recompute', 'fmkt_batched')
+FLOW_METHODS = ('fmkt', 'fmkt_recompute', 'fmkt_batched', 'fmkt_batched_recompute')
 #: targets reported next to the measurements (not enforced)
 TARGETS = dict(cls_train=1.25, det_train=1.15, memory=1.25)
 
@@ -87,6 +87,7 @@ def specs(args):
         out.append(('det', 'fmkt_student', max(args.det_steps), args.det_encoders[0]))
         out.append(('det', 'fmkt_recompute', max(args.det_steps), args.det_encoders[0]))
         out.append(('det', 'fmkt_batched', max(args.det_steps), 'mlp'))
+        out.append(('det', 'fmkt_batched_recompute', max(args.det_steps), 'mlp'))
     if args.det_methods:
         keep = set(args.det_methods) | {'student', 'pkd'}  # the references of the ratios
         out = [spec for spec in out if spec[0] != 'det' or spec[1] in keep]
@@ -147,8 +148,8 @@ def build(task, method, steps, encoder, args):
             # the configured encoder (with its width) when its type is asked for, else the type's defaults
             flow.update(num_steps=steps,
                         encoder=configured if configured.get('type') == encoder else dict(type=encoder))
-            flow['recompute'] = method == 'fmkt_recompute'
-            if method == 'fmkt_batched':  # one shared token-wise encoder for every level, one call per step
+            flow['recompute'] = method in ('fmkt_recompute', 'fmkt_batched_recompute')
+            if method in ('fmkt_batched', 'fmkt_batched_recompute'):  # one shared encoder call per step
                 flow.update(shared_encoder=True, batch_levels=True, condition=dict(type='level'))
             distiller['flow'] = flow
             flow_mode = method in FLOW_METHODS
@@ -387,7 +388,8 @@ def label(r):
                  mgd='MGD (teacher backbone+neck fwd + student fwd/bwd + generation blocks)',
                  fmkt='FM-KT', fmkt_theta='FM-KT^Theta', fmkt_student='FM-KT, training-only flows',
                  fmkt_recompute='FM-KT, loop recomputed in backward',
-                 fmkt_batched='FM-KT, levels batched (shared mlp, level embedding)')
+                 fmkt_batched='FM-KT, levels batched (shared mlp, level embedding)',
+                 fmkt_batched_recompute='FM-KT, levels batched and loop recomputed')
     name = names[r['method']]
     if r['steps'] is not None:
         name += f' ({r["encoder"]}, N={r["steps"]})'
@@ -449,7 +451,7 @@ def parse_args(argv=None):
                              '--det-size 800 --det-width 1333')
     parser.add_argument('--det-methods', nargs='+', metavar='METHOD',
                         help='detection rows to measure besides student and pkd (default: all): mgd fmkt '
-                             'fmkt_student fmkt_recompute fmkt_batched')
+                             'fmkt_student fmkt_recompute fmkt_batched fmkt_batched_recompute')
     parser.add_argument('--det-config', default=DET_CONFIG,
                         help='the FM-KT detection config whose student (and flows) are measured, e.g. '
                              'configs/mmdet/fmkt_faster-rcnn_r101_to_r50_fpn_2x_coco_deploy-flow.py')
