@@ -162,9 +162,6 @@ def build_level_flows(flow_cfg: dict, level_pairs: Sequence[Tuple[int, int]], st
     return LevelFlows(flows, len(level_pairs), shared=shared_teachers)
 
 
-__all__ = ['LevelFlows', 'build_level_flows', 'level_roundtrip_errors']
-
-
 @torch.no_grad()
 def level_roundtrip_errors(distiller: 'DetectionDistiller', inputs: Tensor, data_samples: Optional[list],
                            num_steps: int, refine: int) -> Dict[str, RoundTrip]:
@@ -188,3 +185,6 @@ def level_roundtrip_errors(distiller: 'DetectionDistiller', inputs: Tensor, data
                 errors[key + suffix] = value
                 errors[key] = errors[key] + value if key in errors else value
     return errors
+
+
+__all__ = ['LevelFlows', 'build_level_flows', 'level_roundtrip_errors']
