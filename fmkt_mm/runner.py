@@ -21,6 +21,7 @@ should get:
   run that fails before training or testing starts leaves the work dir as it
   found it.
 """
+import atexit
 import copy
 import os
 import os.path as osp
@@ -70,6 +71,7 @@ class DistillRunner(Runner):
         with snapshot.restore_on_failure():
             runner = super().from_cfg(cfg)
         runner._snapshot = snapshot
+        close_process_group_at_exit()
         if teacher_from:
             runner.logger.info(f"the teacher's weights come from {teacher_from} (its own file is not "
                                f'needed), loaded strictly with the rest of the model')
@@ -167,6 +169,28 @@ class DistillRunner(Runner):
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
+
+
+_CLOSING_AT_EXIT = False
+
+
+def close_process_group_at_exit() -> None:
+    """Destroy the default process group when the interpreter exits (once per
+    process, where one is initialised), before the process tears down its
+    threads: a gloo group left alive can abort a finished run's exit
+    ('terminate called without an active exception', SIGABRT) and turn a
+    successful multi-process training into a failed command."""
+    global _CLOSING_AT_EXIT
+    dist = torch.distributed
+    if _CLOSING_AT_EXIT or not (dist.is_available() and dist.is_initialized()):
+        return
+    _CLOSING_AT_EXIT = True
+
+    def close() -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    atexit.register(close)
 
 
 def _revised(state: dict, revise_keys) -> dict:
