@@ -486,6 +486,25 @@ def finish_output(args: argparse.Namespace, report: Optional[str] = None) -> Non
         args.out = osp.join(args.work_dir, report)
 
 
+def add_study_rows(parser: argparse.ArgumentParser, flag: str, rows: Sequence[Row], always: str) -> None:
+    """``flag`` (e.g. ``--rows``): the rows of a study to run, by exact name
+    (``always``, the baseline, runs in any case)."""
+    parser.add_argument(flag, nargs='+', metavar='NAME',
+                        help=f'rows to run ({always} always), by exact name: '
+                             + '; '.join(repr(r.name) for r in rows))
+
+
+def study_rows(parser: argparse.ArgumentParser, args: argparse.Namespace, attr: str,
+               rows: Sequence[Row]) -> List[Row]:
+    """The rows a study runs: those named in ``args.<attr>``, the baseline
+    always; with ``--quick`` the first row after the baseline unless named."""
+    names = getattr(args, attr)
+    if args.quick:
+        shrink(args)
+        names = names or [rows[1].name]
+    return pick_rows(parser, rows, names, keep_first=True)
+
+
 def pick_rows(parser: argparse.ArgumentParser, rows: Sequence[Row], names: Optional[Sequence[str]],
               keep_first: bool = False) -> List[Row]:
     """The ``rows`` named (all without names; the first, a baseline, always

@@ -41,17 +41,12 @@ RECORD = 'study.jsonl'
 def parse_args(argv=None):
     parser = common.parser(__doc__)
     common.add_cls_sizes(parser)
-    parser.add_argument('--rows', nargs='+', metavar='NAME',
-                        help='rows to run (DIST always), by exact name: '
-                             + '; '.join(repr(r.name) for r in STUDY_ROWS))
+    common.add_study_rows(parser, '--rows', STUDY_ROWS, 'DIST')
     common.add_jobs(parser)
     common.add_output(parser, common.EFFICACY_DIR, 'recipes_cls.md')
     common.add_quick(parser)
     args = parser.parse_args(argv)
-    if args.quick:
-        common.shrink(args)
-        args.rows = args.rows or [STUDY_ROWS[1].name]
-    args.rows = common.pick_rows(parser, STUDY_ROWS, args.rows, keep_first=True)
+    args.rows = common.study_rows(parser, args, 'rows', STUDY_ROWS)
     common.finish_output(args, 'recipes_cls.md')
     return args
 

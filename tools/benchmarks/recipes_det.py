@@ -53,18 +53,13 @@ RECORD = 'study_det.jsonl'
 def parse_args(argv=None):
     parser = common.parser(__doc__)
     common.add_det_sizes(parser)
-    parser.add_argument('--det-rows', nargs='+', metavar='NAME',
-                        help='rows to run (PKD always), by exact name: '
-                             + '; '.join(repr(r.name) for r in DET_STUDY_ROWS))
+    common.add_study_rows(parser, '--det-rows', DET_STUDY_ROWS, 'PKD')
     common.add_det_steps(parser)
     common.add_jobs(parser)
     common.add_output(parser, common.EFFICACY_DIR, 'recipes_det.md')
     common.add_quick(parser)
     args = parser.parse_args(argv)
-    if args.quick:
-        common.shrink(args)
-        args.det_rows = args.det_rows or [DET_STUDY_ROWS[1].name]
-    args.det_rows = common.pick_rows(parser, DET_STUDY_ROWS, args.det_rows, keep_first=True)
+    args.det_rows = common.study_rows(parser, args, 'det_rows', DET_STUDY_ROWS)
     common.finish_output(args, 'recipes_det.md')
     return args
 
