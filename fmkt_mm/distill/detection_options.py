@@ -6,7 +6,7 @@ groups, as mmdet's semi-supervised detectors take ``semi_train_cfg``::
     distiller = dict(
         type='fmkt_mm.DetectionDistiller',
         student=..., teacher=dict(config=..., checkpoint=...),
-        flow=dict(num_steps=4, encoder=dict(type='mlp'), loss=dict(type='PKDLoss'),
+        flow=dict(num_steps=4, encoder=dict(type='mlp'), loss=dict(type='PKDLoss'), width=None,
                   shared_encoder=False, roundtrip_loss_weight=0.0, batch_levels=False),
         levels=dict(pairs=(0, 1, 2, 3), weights=10.0, student_tap='neck', teacher_tap='neck',
                     adapter=None, raw_loss_weight=0.0, raw_loss=None, dummy_input_shape=(3, 128, 128)),
@@ -162,6 +162,9 @@ def check_options(options: LevelDistillerOptions) -> None:
         raise ValueError(f'ema_warmup must be a positive number of updates or None, got {deploy.ema_warmup}')
     if options.flow_extras.roundtrip_loss_weight < 0:
         raise ValueError(f'roundtrip_loss_weight must be >= 0, got {options.flow_extras.roundtrip_loss_weight}')
+    if options.flow_extras.roundtrip_loss_weight > 0 and options.flow.get('width') is not None:
+        raise ValueError(f"roundtrip_loss_weight needs the flow's reverse, and a flow of "
+                         f"width={options.flow['width']} has none; drop flow.width or the round-trip loss")
     if options.levels.raw_loss_weight < 0:
         raise ValueError(f'raw_loss_weight must be >= 0, got {options.levels.raw_loss_weight}')
     if options.flow.pop('channels', None) is not None:

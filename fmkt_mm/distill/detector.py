@@ -77,7 +77,11 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
             condition for all levels of equal channels; pair it with
             ``condition=dict(type='level')``), ``batch_levels`` (with a
             shared token-wise ``mlp`` encoder: every level in one encoder call
-            per step) and ``roundtrip_loss_weight`` (``loss_roundtrip_l{l}``).
+            per step), ``width`` (each flow on a learned ``width``-channel
+            projection of its level, moving it by a low-rank correction: the
+            encoder's activations kept for backward shrink with the width;
+            one projection for all levels with ``shared_encoder``) and
+            ``roundtrip_loss_weight`` (``loss_roundtrip_l{l}``).
         levels: ``pairs``: an int ``l`` pairs student level ``l`` with teacher
             level ``l``, a pair ``(s, t)`` student level ``s`` with teacher
             level ``t`` (default: the first four, as in the paper);

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..flow import META_ENCODERS, FlowOutput, FlowTransfer, build_condition
 from ..flow.encoders import PositionContext
+from ..flow.reduction import ChannelReduction
 from ..flow.reverse import RoundTrip
 from .levels import as_levels
 from .taps import run_until_tapped
@@ -129,19 +130,20 @@ def build_level_flows(flow_cfg: dict, level_pairs: Sequence[Tuple[int, int]], st
     teacher, level by level (the order fixes the initial weights).
 
     ``flow_cfg``: :class:`~fmkt_mm.flow.FlowTransfer` arguments besides
-    ``channels``, ``head`` and ``condition``, with the ``encoder`` config;
+    ``channels``, ``head`` and ``condition``, with the ``encoder`` config (a
+    shared encoder shares the ``width`` reduction too);
     ``condition_cfg``: the flows' condition config; ``adapter_of(j, k)``:
     builds the head of teacher ``j``'s flow at pair ``k`` (separate flows
     only: a shared flow has no per-teacher head)."""
     flow_cfg = dict(flow_cfg)
-    encoder_cfg = flow_cfg.pop('encoder')
+    encoder_cfg, width = flow_cfg.pop('encoder'), flow_cfg.pop('width', None)
 
     def make_condition(channels: int):
         return build_condition(condition_cfg, channels, num_levels=len(level_pairs), num_teachers=num_teachers)
 
     flows = []
     for j in range(1 if shared_teachers else num_teachers):
-        shared_condition = shared = None
+        shared_condition = shared = shared_width = None
         if shared_encoder:
             channels = sorted({student_shapes[s][1] for s, _ in level_pairs})
             if len(channels) > 1:
@@ -150,15 +152,16 @@ def build_level_flows(flow_cfg: dict, level_pairs: Sequence[Tuple[int, int]], st
                                  f'shared_encoder=False')
             shared_condition = make_condition(channels[0])
             context = {} if shared_condition is None else dict(context_dim=shared_condition.dim)
-            shared = META_ENCODERS.build(encoder_cfg, channels=channels[0], **context)
+            shared_width = None if width is None else ChannelReduction(channels[0], width)
+            shared = META_ENCODERS.build(encoder_cfg, channels=width or channels[0], **context)
         for k, (s, _) in enumerate(level_pairs):
             head = None if shared_teachers else adapter_of(j, k)
             if shared is not None:
-                condition, encoder = shared_condition, shared
+                condition, encoder, level_width = shared_condition, shared, shared_width
             else:
-                condition, encoder = make_condition(student_shapes[s][1]), encoder_cfg
+                condition, encoder, level_width = make_condition(student_shapes[s][1]), encoder_cfg, width
             flows.append(FlowTransfer(channels=student_shapes[s][1], head=head, encoder=encoder,
-                                      condition=condition, condition_level=k, **flow_cfg))
+                                      condition=condition, condition_level=k, width=level_width, **flow_cfg))
     return LevelFlows(flows, len(level_pairs), shared=shared_teachers)
 
 

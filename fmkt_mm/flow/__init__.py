@@ -26,6 +26,7 @@ from .encoders import (
 from .objective import FMKTObjective
 from .paths import FlowPath, RectifiedPath, VEPath, VPPath
 from .plan import StepPlan, plan_steps
+from .reduction import ChannelReduction
 from .reverse import ReverseSampler, RoundTrip
 from .transfer import FlowTransfer
 from .transport import FieldEncoder, FlowOutput, FlowTransport
@@ -35,5 +36,5 @@ __all__ = [
     'TransformerMetaEncoder', 'FieldEncoder', 'sinusoidal_embedding', 'FlowTransfer', 'FlowTransport',
     'FMKTObjective', 'ReverseSampler', 'FlowOutput', 'RoundTrip', 'StepPlan', 'plan_steps', 'FlowCondition',
     'PooledCondition', 'LevelCondition', 'ClassCondition', 'TeacherCondition', 'CompositeCondition',
-    'build_condition', 'Catalog', 'FLOW_PATHS', 'META_ENCODERS', 'CONDITIONS', 'LOSSES'
+    'build_condition', 'ChannelReduction', 'Catalog', 'FLOW_PATHS', 'META_ENCODERS', 'CONDITIONS', 'LOSSES'
 ]

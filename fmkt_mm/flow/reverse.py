@@ -76,6 +76,7 @@ class ReverseSampler:
         Shapes: ``x_teacher`` as the flow's states, ``(B, C)`` or
         ``(B, C, H, W)``; returns the same shape.
         """
+        self._check_invertible('reverse sampler')
         self._check_input(x_teacher)
         n = self._check_steps(num_steps if num_steps is not None else self.num_steps)
         if refine < 0:

@@ -26,6 +26,7 @@ from .catalog import FLOW_PATHS, META_ENCODERS
 from .conditions import build_condition
 from .paths import FlowPath
 from .plan import StepPlan, check_step_counts, combine, endpoint_mixing, plan_steps
+from .reduction import ChannelReduction
 from .reverse import ReverseSampler
 
 
@@ -165,6 +166,13 @@ class FlowTransport(ReverseSampler, nn.Module):
             none of the ``N`` steps' encoder activations and recomputes
             them in backward (one more forward of the loop per step, about
             a third more flow compute); values and gradients are the same.
+        width: run the flow on a learned ``width``-channel projection of the
+            representation (``width < channels``; or a built
+            :class:`~fmkt_mm.flow.reduction.ChannelReduction` shared by
+            several flows): the meta-encoder works on ``width`` channels and
+            each estimate is the representation plus the flow's movement
+            mapped back (:mod:`fmkt_mm.flow.reduction`). Training keeps the
+            encoder's activations at ``width`` channels; no reverse sampler.
         compile: compile the meta-encoder's step with ``torch.compile``
             (``True``, or a dict of ``torch.compile`` arguments such as
             ``dict(mode='reduce-overhead')``, which on a GPU also captures
@@ -184,7 +192,8 @@ class FlowTransport(ReverseSampler, nn.Module):
                  condition_level: int = 0,
                  estimate: str = 'state',
                  compile: Union[bool, dict] = False,
-                 recompute: bool = False) -> None:
+                 recompute: bool = False,
+                 width: Optional[Union[int, ChannelReduction]] = None) -> None:
         super().__init__()
         if estimate not in ('state', 'student'):
             raise ValueError(f"estimate must be 'state' or 'student', got {estimate!r}")
@@ -199,6 +208,12 @@ class FlowTransport(ReverseSampler, nn.Module):
         self.path = FLOW_PATHS.build(path)
         self.condition = build_condition(condition, channels)
         self.condition_level = condition_level
+        self.reduction = width if isinstance(width, ChannelReduction) or width is None else \
+            ChannelReduction(channels, width)
+        if self.reduction is not None and self.reduction.channels != channels:
+            raise ValueError(f'the shared ChannelReduction maps {self.reduction.channels} channels but this '
+                             f'flow carries {channels}')
+        state_channels = channels if self.reduction is None else self.reduction.width
         context_dim = None if self.condition is None else self.condition.dim
         if isinstance(encoder, nn.Module):
             # the loop's one interface: step_inputs once per run, step per step
@@ -206,7 +221,7 @@ class FlowTransport(ReverseSampler, nn.Module):
             self.encoder = encoder if is_meta else FieldEncoder(encoder)
         else:
             extra = {} if context_dim is None else dict(context_dim=context_dim)
-            self.encoder = META_ENCODERS.build(encoder, channels=channels, **extra)
+            self.encoder = META_ENCODERS.build(encoder, channels=state_channels, **extra)
         encoder_context = getattr(self.encoder, 'context_dim', context_dim)
         if encoder_context != context_dim:
             raise ValueError(f'the meta-encoder takes context_dim={encoder_context} but the flow\'s '
@@ -258,7 +273,14 @@ class FlowTransport(ReverseSampler, nn.Module):
             plans = self._plans[n] = plan_steps(self.path, n, self.parameterization, self.update)
         return plans
 
+    def _check_invertible(self, what: str) -> None:
+        if self.reduction is not None:
+            raise ValueError(f'the {what} inverts the serial path in the representation\'s own space; '
+                             f'a flow of width={self.reduction.width} moves it by a low-rank correction '
+                             f'and has none: drop width to invert the flow')
+
     def _check_serial(self, what: str) -> None:
+        self._check_invertible(what)
         if self.estimate != 'state':
             raise ValueError(f"the {what} inverts the serial path and needs estimate='state'; "
                              f'this flow estimates from the {self.estimate}')
@@ -302,12 +324,20 @@ class FlowTransport(ReverseSampler, nn.Module):
         is_vector = x_student.dim() == 2
         x = x_student.reshape(*x_student.shape, 1, 1) if is_vector else x_student
         if self.recompute and torch.is_grad_enabled():  # keep no step's activations: rerun them in backward
-            estimates = torch.utils.checkpoint.checkpoint(self._loop, x, n, context, use_reentrant=False)
+            estimates = torch.utils.checkpoint.checkpoint(self._transport, x, n, context, use_reentrant=False)
         else:
-            estimates = self._loop(x, n, context)
+            estimates = self._transport(x, n, context)
         if is_vector:
             estimates = estimates.flatten(2)
         return FlowOutput(estimates, context=context, head=self.apply_head)
+
+    def _transport(self, x: Tensor, n: int, context: Optional[Tensor]) -> Tensor:
+        """Every step's estimate ``(N, B, C, H, W)`` of a run from ``x``: the
+        loop in the flow's own space, the reduced width's when set."""
+        if self.reduction is None:
+            return self._loop(x, n, context)
+        z = self.reduction.down(x)
+        return self.reduction.expand(x, z, self._loop(z, n, context))
 
     def _loop(self, x: Tensor, n: int, context: Optional[Tensor]) -> Tensor:
         """The ``n`` serial steps from a ``(B, C, H, W)`` start: every

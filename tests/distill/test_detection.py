@@ -550,14 +550,18 @@ def test_detection_demo_quick_trains_teacher_student_and_both_modes(tmp_path):
 # -- level-batched flows ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize('deploy_mode', ['flow', 'student'])
-@pytest.mark.parametrize('condition', [dict(type='level'), [dict(type='pooled'), dict(type='level')]])
-def test_batched_levels_equal_the_per_level_loop(teachers, deploy_mode, condition):
+LEVEL = dict(type='level')
+
+
+@pytest.mark.parametrize('deploy_mode,condition,width', [
+    ('flow', LEVEL, None), ('student', LEVEL, None), ('flow', [dict(type='pooled'), LEVEL], None),
+    ('student', [dict(type='pooled'), LEVEL], None), ('flow', LEVEL, 4), ('student', LEVEL, 4)])
+def test_batched_levels_equal_the_per_level_loop(teachers, deploy_mode, condition, width):
     """``flow.batch_levels``: one encoder call per step for all levels (the
     token-wise encoder on the levels' concatenated positions, each with its
     own level's context) gives the per-level loop's losses, gradients and
-    predictions."""
-    flow = dict(num_steps=3, encoder=dict(type='mlp'), condition=condition, shared_encoder=True)
+    predictions; also for flows of a reduced width (one shared reduction)."""
+    flow = dict(num_steps=3, encoder=dict(type='mlp'), condition=condition, shared_encoder=True, width=width)
     models = [distiller(retinanet(8, 32), teachers['retinanet'], deploy_mode=deploy_mode,
                         flow=dict(flow, batch_levels=batched)) for batched in (False, True)]
     models[1].load_state_dict(models[0].state_dict())
@@ -593,6 +597,21 @@ def test_batched_levels_equal_the_per_level_loop(teachers, deploy_mode, conditio
         loop, batched = (model(**copy.deepcopy(test), mode='tensor') for model in models)
     for a, b in zip(loop, batched):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_reduced_width_flows_on_the_levels(teachers):
+    """``flow.width``: every level's flow runs in a reduced projection of
+    its own (one per level unless the encoder is shared); a round-trip loss,
+    which needs the flow's reverse, is refused when the distiller is built."""
+    model = distiller(retinanet(8, 32), teachers['retinanet'], flow=dict(encoder=dict(type='mlp'), width=4))
+    reductions = {id(flow.reduction) for flow in model.flows}
+    assert len(reductions) == 4 and all(flow.encoder.channels == 4 for flow in model.flows)
+    model.train()
+    losses = model(**batch(model), mode='loss')
+    total, _ = model.parse_losses(losses)
+    assert torch.isfinite(total) and 'loss_flow_l0' in losses
+    with pytest.raises(ValueError, match='roundtrip_loss_weight needs the flow.s reverse.*width=4'):
+        distiller(retinanet(8, 32), teachers['retinanet'], flow=dict(width=4, roundtrip_loss_weight=0.1))
 
 
 def test_batched_levels_need_one_token_wise_encoder(teachers):

@@ -65,7 +65,10 @@ DET_CONFIG = osp.join(ROOT, 'configs', 'mmdet', 'fmkt_retinanet_x101-64x4d_to_r5
 DET_TEACHER = 'mmdet::retinanet/retinanet_r101_fpn_2x_coco.py'
 
 #: the methods whose flows predict (deploy mode 'flow')
-FLOW_METHODS = ('fmkt', 'fmkt_recompute', 'fmkt_batched', 'fmkt_batched_recompute')
+FLOW_METHODS = ('fmkt', 'fmkt_recompute', 'fmkt_batched', 'fmkt_batched_recompute', 'fmkt_reduced',
+                'fmkt_reduced_batched')
+#: the methods whose flows run on all levels in one encoder call per step
+BATCHED_METHODS = ('fmkt_batched', 'fmkt_batched_recompute', 'fmkt_reduced_batched')
 #: targets reported next to the measurements (not enforced)
 TARGETS = dict(cls_train=1.25, det_train=1.15, memory=1.25)
 
@@ -88,6 +91,8 @@ def specs(args):
         out.append(('det', 'fmkt_recompute', max(args.det_steps), args.det_encoders[0]))
         out.append(('det', 'fmkt_batched', max(args.det_steps), 'mlp'))
         out.append(('det', 'fmkt_batched_recompute', max(args.det_steps), 'mlp'))
+        out.append(('det', 'fmkt_reduced', max(args.det_steps), args.det_encoders[0]))
+        out.append(('det', 'fmkt_reduced_batched', max(args.det_steps), 'mlp'))
     if args.det_methods:
         keep = set(args.det_methods) | {'student', 'pkd'}  # the references of the ratios
         out = [spec for spec in out if spec[0] != 'det' or spec[1] in keep]
@@ -149,8 +154,10 @@ def build(task, method, steps, encoder, args):
             flow.update(num_steps=steps,
                         encoder=configured if configured.get('type') == encoder else dict(type=encoder))
             flow['recompute'] = method in ('fmkt_recompute', 'fmkt_batched_recompute')
-            if method in ('fmkt_batched', 'fmkt_batched_recompute'):  # one shared encoder call per step
+            if method in BATCHED_METHODS:  # one shared encoder call per step
                 flow.update(shared_encoder=True, batch_levels=True, condition=dict(type='level'))
+            if flow_width(method, args) is not None:  # the flows on a channel-reduced projection
+                flow['width'] = flow_width(method, args)
             distiller['flow'] = flow
             flow_mode = method in FLOW_METHODS
             distiller['deploy_mode'] = 'flow' if flow_mode else 'student'
@@ -162,6 +169,11 @@ def build(task, method, steps, encoder, args):
             plain = build_model(student, scope)
             plain.load_state_dict(model.student_state_dict(), strict=True)
         return model, plain
+
+
+def flow_width(method, args):
+    """The flows' reduced width of a configuration (None: all channels)."""
+    return args.det_flow_width if method.startswith('fmkt_reduced') else None
 
 
 def make_batch(task, batch, size, seed=0):
@@ -280,7 +292,8 @@ def measure(spec, args):
         for name, run in runs.items():
             inference[name] = 1e3 * timed(run, args.iters, args.warmup, sync)
             inference_ops[name] = count_operators(run)
-    return dict(task=task, method=method, steps=steps, encoder=encoder, train_ms=train_ms,
+    return dict(task=task, method=method, steps=steps, encoder=encoder, width=flow_width(method, args),
+                train_ms=train_ms,
                 memory_mib=memory, inference_ms=inference, train_ops=train_ops,
                 inference_ops=inference_ops, train_gflop=train_gflop,
                 trainable_params=sum(p.numel() for p in params))
@@ -323,7 +336,7 @@ def count(spec, args):
         optim.step()
 
     train_step()  # the first step builds caches (time tables, momentum buffers)
-    result = dict(task=task, method=method, steps=steps, encoder=encoder,
+    result = dict(task=task, method=method, steps=steps, encoder=encoder, width=flow_width(method, args),
                   train_ops=count_operators(train_step), train_gflop=step_gflop(model, data))
     model.eval()
     size, batch = input_size(task, args)
@@ -389,7 +402,9 @@ def label(r):
                  fmkt='FM-KT', fmkt_theta='FM-KT^Theta', fmkt_student='FM-KT, training-only flows',
                  fmkt_recompute='FM-KT, loop recomputed in backward',
                  fmkt_batched='FM-KT, levels batched (shared mlp, level embedding)',
-                 fmkt_batched_recompute='FM-KT, levels batched and loop recomputed')
+                 fmkt_batched_recompute='FM-KT, levels batched and loop recomputed',
+                 fmkt_reduced=f'FM-KT, flows of width {r.get("width")}',
+                 fmkt_reduced_batched=f'FM-KT, flows of width {r.get("width")}, levels batched')
     name = names[r['method']]
     if r['steps'] is not None:
         name += f' ({r["encoder"]}, N={r["steps"]})'
@@ -451,7 +466,10 @@ def parse_args(argv=None):
                              '--det-size 800 --det-width 1333')
     parser.add_argument('--det-methods', nargs='+', metavar='METHOD',
                         help='detection rows to measure besides student and pkd (default: all): mgd fmkt '
-                             'fmkt_student fmkt_recompute fmkt_batched fmkt_batched_recompute')
+                             'fmkt_student fmkt_recompute fmkt_batched fmkt_batched_recompute fmkt_reduced '
+                             'fmkt_reduced_batched')
+    parser.add_argument('--det-flow-width', type=int, default=64,
+                        help='the reduced width of the fmkt_reduced rows (flow=dict(width=...))')
     parser.add_argument('--det-config', default=DET_CONFIG,
                         help='the FM-KT detection config whose student (and flows) are measured, e.g. '
                              'configs/mmdet/fmkt_faster-rcnn_r101_to_r50_fpn_2x_coco_deploy-flow.py')
