@@ -49,6 +49,9 @@ DET_STUDY_ROWS = [
     # the default with each level's flow on a quarter of the FPN's 128 channels (flow.width)
     Row('FM-KT deploy student + PKD on the raw levels, flows of width 32', DET_STUDENT,
         distiller=dict(raw_loss_weight=1.0, flow=dict(width=32))),
+    Row('FM-KT deploy student + PKD on the raw levels, flows of width 32, level-batched', DET_STUDENT,
+        distiller=dict(raw_loss_weight=1.0, flow=dict(width=32, shared_encoder=True, batch_levels=True,
+                                                      condition=dict(type='level')))),
 ]
 RECORD = 'study_det.jsonl'
 
