@@ -49,6 +49,18 @@ def test_cost_benchmark_measures_every_configuration(tmp_path):
     assert json.load(open(osp.join(tmp_path, 'cost', 'results.json')))['results'] == results
 
 
+def test_cost_benchmark_lists_the_reduced_width_rows():
+    """``--det-methods`` keeps the references (student, PKD) and the rows
+    asked for; the reduced rows carry their width into the label."""
+    cost = load_tool('cost')
+    args = cost.parse_args(['--task', 'det', '--det-steps', '4', '--det-encoders', 'mlp', '--det-methods',
+                            'fmkt_reduced', 'fmkt_reduced_batched', '--det-flow-width', '48'])
+    assert [s[1] for s in cost.specs(args)] == ['student', 'pkd', 'fmkt_reduced', 'fmkt_reduced_batched']
+    assert [cost.flow_width(s[1], args) for s in cost.specs(args)] == [None, None, 48, 48]
+    row = dict(method='fmkt_reduced_batched', steps=4, encoder='mlp', width=48)
+    assert cost.label(row) == 'FM-KT, flows of width 48, levels batched (mlp, N=4)'
+
+
 @pytest.mark.slow
 def test_cost_benchmark_counts_operators_and_arithmetic(tmp_path):
     cost = load_tool('cost')
