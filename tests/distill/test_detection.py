@@ -302,7 +302,7 @@ def test_level_pairs_and_configuration_errors(teachers):
 
 def test_coco_configs_parse():
     configs = sorted(glob.glob(osp.join(ROOT, 'configs', 'mmdet', 'fmkt_*.py')))
-    assert len(configs) == 9  # three pairs of deploy modes, and the conv-encoder recipes
+    assert len(configs) == 10  # three pairs of deploy modes, the conv-encoder recipes, one lean recipe
     for path in configs:
         cfg = apply_distiller(Config.fromfile(path))
         assert cfg.model.type == 'fmkt_mm.DetectionDistiller'
@@ -315,6 +315,9 @@ def test_coco_configs_parse():
         assert cfg.model.deploy_mode in path and cfg.model.levels == (0, 1, 2, 3)
         assert cfg.model.level_weights == (6.0 if 'faster-rcnn' in path else 10.0)
         assert cfg.model.student.type in ('RetinaNet', 'FasterRCNN')
+        lean = path.endswith('_lean.py')  # flows of width 64, levels batched
+        assert (cfg.model.flow.get('width'), cfg.model.flow.get('batch_levels', False)) == \
+            ((64, True) if lean else (None, False)), path
     for path in sorted(glob.glob(osp.join(CONFIGS, 'fmkt_*.py'))):
         cfg = apply_distiller(Config.fromfile(path))
         assert cfg.model.student.backbone.init_cfg is None  # nothing to download
