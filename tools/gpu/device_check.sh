@@ -60,7 +60,9 @@ step() {  # step NAME LIMIT_S COMMAND...: run, log, record
 # sizes: the GPU run, or the CPU dry run
 if [ "$TINY" = 1 ]; then
     NUM_TRAIN=8; NUM_VAL=4; TEACHER_EPOCHS=1; STUDENT_EPOCHS=1; DET_BATCH=4
-    COST_ARGS=(--quick --in-process); COCO_ARGS=(--quick --in-process --det-width 192)
+    # the dry run measures one flow row beside the references (the GPU run: every row)
+    COST_ARGS=(--quick --in-process)
+    COCO_ARGS=(--quick --in-process --det-width 192 --det-methods fmkt fmkt_reduced_batched)
     DATA="$WORK/fashion_det"
 else
     NUM_TRAIN=400; NUM_VAL=100; TEACHER_EPOCHS=6; STUDENT_EPOCHS=3; DET_BATCH=16
