@@ -57,6 +57,15 @@ class FlowRoundTripHook(Hook):
         self.max_batches, self.on_test = max_batches, on_test
         self._sums: Dict[str, RoundTrip] = {}
 
+    def before_run(self, runner: 'Runner') -> None:
+        """Refuses, before any training, a distiller whose flows have no
+        reverse (a reduced ``width``): the first validation would fail."""
+        reduced = sorted({m.reduction.width for m in unwrap(runner.model).modules()
+                          if getattr(m, 'reduction', None) is not None and hasattr(m, 'reverse')})
+        if reduced:
+            raise ValueError(f'FlowRoundTripHook inverts the flows, and flows of width={reduced[0]} have no '
+                             f'reverse sampler; remove the hook from custom_hooks or drop flow.width')
+
     def _measure(self, runner, batch_idx, data_batch):
         if self.max_batches is not None and batch_idx >= self.max_batches:
             return

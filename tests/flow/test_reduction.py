@@ -86,6 +86,17 @@ def test_reduced_flows_refuse_what_they_cannot_do():
         FlowTransfer(16, width=ChannelReduction(8, 4))
 
 
+def test_the_roundtrip_hook_refuses_reduced_flows_before_the_run():
+    from types import SimpleNamespace
+
+    from fmkt_mm.hooks import FlowRoundTripHook
+    hook = FlowRoundTripHook()
+    hook.before_run(SimpleNamespace(model=torch.nn.ModuleList([FlowTransfer(16, encoder=dict(type='mlp'))])))
+    reduced = SimpleNamespace(model=torch.nn.ModuleList([FlowTransfer(16, encoder=dict(type='mlp'), width=4)]))
+    with pytest.raises(ValueError, match='flows of width=4 have no reverse sampler.*drop flow.width'):
+        hook.before_run(reduced)
+
+
 def test_a_shared_reduction_is_one_module():
     shared = ChannelReduction(16, 4)
     flows = [FlowTransfer(16, encoder=dict(type='mlp'), width=shared) for _ in range(2)]
