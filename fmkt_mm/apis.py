@@ -1,21 +1,25 @@
 """Glue between configs with a ``distiller`` block and MMEngine's Runner."""
 import os
 import os.path as osp
-from typing import ContextManager, Optional
+from typing import Any, ContextManager, Optional
 
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, ConfigDict
+from mmengine.hooks import CheckpointHook
+from mmengine.optim import AmpOptimWrapper
 from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmengine.runner import LogProcessor, Runner
 
 from .checkpoint import extract_state_dict, safe_torch_load
+from .config_types import is_type
+from .hooks import DurableCheckpointHook, FiniteGradientHook, FlowEMAHook, RandomStateHook, SafeCheckpointHook
 from .launch import setup_launcher
 from .optim import enable_amp
+from .registry import HOOKS, LOG_PROCESSORS, OPTIM_WRAPPERS
+from .runner_guard import RUNNER_TYPE, check_task_package, unapplied_distiller_message
 from .work_dir import WorkDirSnapshot
 
 TEACHER_PREFIX = 'teacher.'
-#: the runner of fmkt_mm configs (:class:`fmkt_mm.runner.DistillRunner`)
-RUNNER_TYPE = 'fmkt_mm.DistillRunner'
 
 
 def apply_distiller(cfg: Config) -> Config:
@@ -34,8 +38,8 @@ def apply_distiller(cfg: Config) -> Config:
     if 'student' in distiller:
         raise ValueError('the distiller block takes its student from the config\'s `model`; '
                          'remove `student` from `distiller`')
-    model = dict(distiller)
-    model['student'] = cfg.model
+    model = _unbuilt(distiller)
+    model['student'] = _unbuilt(cfg.model)
     cfg.model = model
     cfg.pop('distiller')
     custom = cfg.get('custom_imports', dict(imports=[]))
@@ -44,6 +48,13 @@ def apply_distiller(cfg: Config) -> Config:
                                   allow_failed_imports=False)
     use_distill_log_processor(cfg)
     return cfg
+
+
+def _unbuilt(value: Any) -> Any:
+    """A config dict as a plain dict, the lazy imports of a new-style config
+    left unbuilt (copying a ``ConfigDict`` by ``dict()`` builds them into
+    classes, which MMEngine cannot print into the run's log)."""
+    return value._to_lazy_dict() if isinstance(value, ConfigDict) else dict(value)
 
 
 def make_reproducible(cfg: Config, seed: Optional[int] = None, deterministic: bool = True) -> Config:
@@ -78,7 +89,7 @@ def use_distill_log_processor(cfg: Config) -> Config:
     per-step terms averaged like the losses, per-level terms summed on the
     console line. A custom processor chosen by the config is kept."""
     processor = dict(cfg.get('log_processor') or {})
-    if processor.get('type', 'LogProcessor') in ('LogProcessor', 'mmengine.LogProcessor'):
+    if processor.get('type') is None or is_type(processor['type'], LOG_PROCESSORS, LogProcessor):
         processor['type'] = 'fmkt_mm.DistillLogProcessor'
         cfg.log_processor = processor
     return cfg
@@ -100,13 +111,11 @@ def check_config_form(cfg: Config, config_path: str = 'the config') -> Config:
     config with a distiller block must name :data:`RUNNER_TYPE` (or a
     subclass); a config without one gets it here, so that the project's tools
     give every run the same guarantees."""
+    check_task_package(cfg, config_path)
     runner_type = cfg.get('runner_type')
     if 'distiller' in cfg and runner_type is None:
-        raise ValueError(
-            f'{config_path} has a distiller block but no runner_type: mmdet\'s and mmpretrain\'s own '
-            f'tools/train.py (and mim train) would ignore the distiller and train the plain student. '
-            f"Add runner_type = '{RUNNER_TYPE}' (and custom_imports = dict(imports=['fmkt_mm'])) to "
-            f'the config.')
+        raise ValueError(unapplied_distiller_message(
+            config_path, "mmdet's and mmpretrain's own tools/train.py (and mim train) as no runner_type"))
     if runner_type is None:
         cfg.runner_type = RUNNER_TYPE
     elif 'distiller' in cfg and not _is_distill_runner(runner_type):
@@ -151,7 +160,7 @@ def prepare_config(cfg: Config) -> Config:
     setup_launcher(cfg, cfg.get('launcher') or 'none')
     prepare_work_dir(cfg, getattr(cfg, 'filename', None) or 'run.py')
     wrapper = cfg.get('optim_wrapper') or {}
-    if wrapper.get('type') == 'AmpOptimWrapper' and not torch.cuda.is_available():
+    if is_type(wrapper.get('type'), OPTIM_WRAPPERS, AmpOptimWrapper) and not torch.cuda.is_available():
         enable_amp(cfg)  # the stock tools' --amp, on a CPU: bf16 autocast
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         # mmpretrain's train.py asks for persistent workers, which torch refuses without workers
@@ -167,6 +176,8 @@ def prepare_work_dir(cfg: Config, config_path: str, work_dir: Optional[str] = No
       tensors and plain data (they load with ``weights_only=True``);
     * :class:`~fmkt_mm.hooks.RandomStateHook`: a resumed run repeats the
       uninterrupted one;
+    * :class:`~fmkt_mm.hooks.FiniteGradientHook`: a step whose gradients
+      are not finite stops the run before the update;
     * durable checkpoints (:func:`use_durable_checkpoints`);
     * :class:`~fmkt_mm.hooks.FlowEMAHook` where the distiller keeps an EMA
       of its flows.
@@ -176,10 +187,11 @@ def prepare_work_dir(cfg: Config, config_path: str, work_dir: Optional[str] = No
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
     hooks = list(cfg.get('custom_hooks', []))
-    needed = ['SafeCheckpointHook', 'RandomStateHook'] + (['FlowEMAHook'] if keeps_flow_ema(cfg) else [])
-    for name in needed:
-        if not any(h.get('type') in (name, 'fmkt_mm.' + name) for h in hooks):
-            hooks.append(dict(type='fmkt_mm.' + name))
+    needed = [SafeCheckpointHook, RandomStateHook, FiniteGradientHook] + \
+        ([FlowEMAHook] if keeps_flow_ema(cfg) else [])
+    for hook in needed:
+        if not any(is_type(h.get('type'), HOOKS, hook, subclasses=True) for h in hooks):
+            hooks.append(dict(type='fmkt_mm.' + hook.__name__))
     cfg.custom_hooks = hooks
     use_durable_checkpoints(cfg)
     return cfg.work_dir
@@ -194,8 +206,7 @@ def keeps_flow_ema(cfg: Config) -> bool:
     return deploy.get('ema_momentum', distiller.get('ema_momentum')) is not None
 
 
-#: the stock checkpoint hook's names, and the durable one's
-_STOCK_CHECKPOINT_HOOKS = ('CheckpointHook', 'mmengine.CheckpointHook')
+#: the durable checkpoint hook, as the prepared config names it
 DURABLE_CHECKPOINT_HOOK = 'fmkt_mm.DurableCheckpointHook'
 
 
@@ -209,7 +220,7 @@ def use_durable_checkpoints(cfg: Config) -> Config:
     if default_hooks is None:
         cfg.default_hooks = default_hooks = dict()
     checkpoint = default_hooks.get('checkpoint', dict(type='CheckpointHook', interval=1))
-    if checkpoint is None or checkpoint.get('type') not in _STOCK_CHECKPOINT_HOOKS + (DURABLE_CHECKPOINT_HOOK, ):
+    if checkpoint is None or not is_type(checkpoint.get('type'), HOOKS, CheckpointHook, DurableCheckpointHook):
         return cfg
     if checkpoint.get('backend_args') is not None or checkpoint.get('file_client_args') is not None:
         return cfg

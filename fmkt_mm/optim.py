@@ -4,9 +4,10 @@ from typing import Any, Iterator
 
 import torch
 from mmengine.config import Config
-from mmengine.optim import OptimWrapper
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from torch import nn
 
+from .config_types import is_type, type_name
 from .registry import OPTIM_WRAPPERS
 
 
@@ -31,9 +32,9 @@ class CPUAmpOptimWrapper(OptimWrapper):
 def enable_amp(cfg: Config) -> Config:
     """``--amp``: fp16 with dynamic loss scaling on GPU, bf16 autocast on CPU."""
     wrapper = cfg.optim_wrapper
-    if wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper', 'AmpOptimWrapper',
-                                                   'CPUAmpOptimWrapper', 'fmkt_mm.CPUAmpOptimWrapper'):
-        raise ValueError(f'--amp is not supported with optim_wrapper type {wrapper.type!r}')
+    if wrapper.get('type') is not None and not is_type(wrapper.type, OPTIM_WRAPPERS, OptimWrapper,
+                                                       AmpOptimWrapper, CPUAmpOptimWrapper):
+        raise ValueError(f'--amp is not supported with optim_wrapper type {type_name(wrapper.type)!r}')
     if torch.cuda.is_available():
         wrapper.type = 'AmpOptimWrapper'
         wrapper.setdefault('loss_scale', 'dynamic')

@@ -38,6 +38,7 @@ from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from .checkpoint import CheckpointMismatchError, check_fit, extract_state_dict, safe_torch_load
 from .registry import RUNNERS
+from .runner_guard import guard_runners
 from .storage import CorruptCheckpointError
 from .work_dir import WorkDirLock, WorkDirLockedError, WorkDirSnapshot
 
@@ -103,7 +104,11 @@ class DistillRunner(Runner):
 
     def test(self) -> dict:
         self._role = 'test'
-        return super().test()
+        metrics = super().test()
+        empty = empty_detection_result(self.cfg, self.test_evaluator, metrics)
+        if empty:
+            self.logger.warning(empty)
+        return metrics
 
     def resume(self, filename: str, *args: Any, **kwargs: Any) -> None:
         self._resuming = True
@@ -193,6 +198,23 @@ def close_process_group_at_exit() -> None:
     atexit.register(close)
 
 
+def empty_detection_result(cfg: Config, evaluator: Any, metrics: Optional[dict]) -> Optional[str]:
+    """What it means when a COCO evaluation returned no mAP (mmdet's
+    "The testing results of the whole dataset is empty"): no box passed the
+    score threshold, and how to score anyway; None when mAP was scored."""
+    names = [type(metric).__name__ for metric in getattr(evaluator, 'metrics', [])]
+    if 'CocoMetric' not in names or any(key.endswith('_mAP') for key in (metrics or {})):
+        return None
+    test_cfg = (cfg.get('model') or {}).get('student', cfg.get('model') or {}).get('test_cfg') or {}
+    key, threshold = 'model.test_cfg.score_thr', test_cfg.get('score_thr')
+    if threshold is None and isinstance(test_cfg.get('rcnn'), dict):
+        key, threshold = 'model.test_cfg.rcnn.score_thr', test_cfg['rcnn'].get('score_thr')
+    return (f'no COCO mAP: no predicted box passed the score threshold ({key} = {threshold}), so '
+            f'there is nothing to score. This is what an undertrained detector (a short run) gives, '
+            f'not a failure of the test. To score it anyway, lower the threshold: --cfg-options '
+            f'{key}=0.0')
+
+
 def _revised(state: dict, revise_keys) -> dict:
     for pattern, replacement in revise_keys:
         state = {re.sub(pattern, replacement, key): value for key, value in state.items()}
@@ -221,5 +243,7 @@ def checkpoint_candidates(work_dir: str) -> List[str]:
         ordered = [named] + [p for p in ordered if osp.abspath(p) != osp.abspath(named)]
     return ordered
 
+
+guard_runners()  # every Runner of this process refuses an unapplied distiller block
 
 __all__ = ['DistillRunner', 'CheckpointMismatchError', 'checkpoint_candidates']

@@ -179,6 +179,7 @@ class BaseDistiller(BaseModel):
                     and losses[key].dim() == 1}
         loss, log_vars = parse_loss_terms(losses)
         check_finite(log_vars)  # a NaN/inf stops the run before the update
+        self.last_log_vars = log_vars  # named by FiniteGradientHook if the gradients diverge
         for key, values in per_step.items():
             for k, value in enumerate(values.float().tolist(), start=1):  # read, never differentiated
                 log_vars[f'{key}{k}'] = value

@@ -1,6 +1,7 @@
 """MMEngine hooks of fmkt_mm, one per file."""
 from .durable_checkpoint_hook import DurableCheckpointHook
 from .export_student_hook import ExportStudentHook
+from .finite_gradient_hook import FiniteGradientHook, NonFiniteGradientError
 from .flow_ema_hook import FlowEMAHook
 from .flow_roundtrip_hook import FlowRoundTripHook
 from .flow_steps_hook import FlowStepsHook
@@ -13,6 +14,7 @@ from .schedules import Schedule, schedule_factor
 from .stop_distillation_hook import StopDistillationHook
 from .teacher_eval_hook import TeacherEvalHook
 
-__all__ = ['DurableCheckpointHook', 'ExportStudentHook', 'FlowEMAHook', 'FlowRoundTripHook', 'FlowStepsHook',
+__all__ = ['DurableCheckpointHook', 'ExportStudentHook', 'FiniteGradientHook', 'NonFiniteGradientError',
+           'FlowEMAHook', 'FlowRoundTripHook', 'FlowStepsHook',
            'LossScheduleHook', 'LossWeightScheduleHook', 'ProgressiveDistillationHook', 'RandomStateHook',
            'SafeCheckpointHook', 'StopDistillationHook', 'TeacherEvalHook', 'Schedule', 'schedule_factor']

@@ -58,7 +58,7 @@ def test_the_declared_ranges_hold_the_tested_environment():
                  'mmpretrain>=1.2.0,<1.3'):
         requirement = Requirement(line)
         assert requirement.specifier.contains(version(requirement.name).split('+')[0]), line
-        assert line in open(osp.join(ROOT, 'setup.py')).read(), line
+        assert line in open(osp.join(ROOT, 'fmkt_mm', 'stack.py')).read(), line
 
 
 def test_check_env_reports_the_stack_and_what_would_fail():
@@ -67,9 +67,58 @@ def test_check_env_reports_the_stack_and_what_would_fail():
     assert result.returncode == 0, result.stdout + result.stderr
     for name in ('torch', 'mmengine', 'mmcv', 'mmdet', 'mmpretrain', 'mmcv ops    compiled'):
         assert name in result.stdout
-    from fmkt_mm import check_env
-    lines, problems = check_env.report()
-    assert problems == []
+    assert 'ready: each installed task' in result.stdout
+    for package in ('mmdet', 'mmpretrain', 'mmseg'):
+        assert f'{package:<11} configs by {package}:: resolve' in result.stdout
+    assert 'builds' in result.stdout
+    pycocotools = [line for line in result.stdout.splitlines() if line.startswith('pycocotools')]
+    assert pycocotools and pycocotools[0].split()[1][0].isdigit(), pycocotools  # a version, not '?'
+
+
+def test_check_env_is_not_ready_where_mmdet_configs_cannot_resolve():
+    """setuptools >= 81 has no pkg_resources, which MMEngine 0.10 needs for
+    ``mmdet::`` paths: every stock config fails, and check_env says so."""
+    result = python('''
+import sys
+sys.modules['pkg_resources'] = None  # setuptools >= 81
+from fmkt_mm import check_env
+sys.exit(check_env.main())
+''')
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert 'WILL FAIL' in result.stdout and 'ready' not in result.stdout
+    assert 'pip install "setuptools<81"' in result.stdout
+    assert 'configs by mmdet:: FAIL' in result.stdout
+
+
+def test_check_env_names_versions_outside_the_declared_ranges():
+    from fmkt_mm.check_env import range_problems
+    assert range_problems(['numpy>=1.26']) == []
+    problems = range_problems(['numpy<1.0', 'no-such-distribution-xyz>=1'])
+    assert len(problems) == 2
+    assert 'outside the declared range numpy<1.0' in problems[0] and 'pip install "numpy<1.0"' in problems[0]
+    assert 'no-such-distribution-xyz is not installed' in problems[1]
+
+
+def test_the_package_metadata_puts_each_cap_where_it_belongs(tmp_path):
+    """The metadata pip installs from: setuptools below 81 for every install
+    (MMEngine resolves ``mmdet::`` paths with pkg_resources), numpy's cap
+    only in the classification extra (mmdet and mmseg do not need it), so
+    ``pip install -e ".[det]"`` changes no numpy."""
+    result = subprocess.run([PYTHON, 'setup.py', '-q', 'egg_info', '--egg-base', str(tmp_path)],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sections, current = {}, ''
+    for line in (tmp_path / 'fmkt_mm.egg-info' / 'requires.txt').read_text().splitlines():
+        if line.startswith('['):
+            current = line.strip('[]')
+        elif line.strip():
+            sections.setdefault(current, []).append(line.replace(' ', ''))
+    assert 'setuptools<81' in sections['']
+    numpy = {section: [r for r in lines if r.startswith('numpy')] for section, lines in sections.items()}
+    assert numpy[''] == ['numpy>=1.26'], numpy
+    assert numpy['cls'] == ['numpy<2.4']
+    assert numpy.get('det', []) == [] and numpy.get('seg', []) == []
+    assert 'mmdet<3.4,>=3.3.0' in sections['det'] or 'mmdet>=3.3.0,<3.4' in sections['det']
 
 
 
