@@ -40,6 +40,7 @@ if _has_mmengine():
         losses,
         optim,
         runner,
+        train_loop,
     )
     from .registry import FLOW_PATHS, HOOKS, META_ENCODERS, MODELS  # noqa: F401
     from .runner import DistillRunner  # noqa: F401

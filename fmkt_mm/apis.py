@@ -17,6 +17,7 @@ from .launch import setup_launcher
 from .optim import enable_amp
 from .registry import HOOKS, LOG_PROCESSORS, OPTIM_WRAPPERS
 from .runner_guard import RUNNER_TYPE, check_task_package, unapplied_distiller_message
+from .train_loop import resumable_loop
 from .work_dir import WorkDirSnapshot
 
 TEACHER_PREFIX = 'teacher.'
@@ -179,6 +180,8 @@ def prepare_work_dir(cfg: Config, config_path: str, work_dir: Optional[str] = No
     * :class:`~fmkt_mm.hooks.FiniteGradientHook`: a step whose gradients
       are not finite stops the run before the update;
     * durable checkpoints (:func:`use_durable_checkpoints`);
+    * an epoch loop that resumes exactly inside an epoch
+      (:class:`~fmkt_mm.train_loop.ResumableEpochBasedTrainLoop`);
     * :class:`~fmkt_mm.hooks.FlowEMAHook` where the distiller keeps an EMA
       of its flows.
     """
@@ -194,6 +197,8 @@ def prepare_work_dir(cfg: Config, config_path: str, work_dir: Optional[str] = No
             hooks.append(dict(type='fmkt_mm.' + hook.__name__))
     cfg.custom_hooks = hooks
     use_durable_checkpoints(cfg)
+    if cfg.get('train_cfg'):
+        cfg.train_cfg = resumable_loop(cfg.train_cfg)
     return cfg.work_dir
 
 
@@ -234,7 +239,7 @@ def use_durable_checkpoints(cfg: Config) -> Config:
     return cfg
 
 
-def teacher_from_checkpoint(cfg: Config, checkpoint: str) -> bool:
+def teacher_from_checkpoint(cfg: Config, checkpoint: str) -> Optional[dict]:
     """Let a distiller be tested (or resumed) without its teacher's file.
 
     A distillation checkpoint holds the frozen teacher's tensors
@@ -245,19 +250,20 @@ def teacher_from_checkpoint(cfg: Config, checkpoint: str) -> bool:
     :meth:`DistillRunner.load_checkpoint <fmkt_mm.runner.DistillRunner.load_checkpoint>`
     loads them strictly with the rest of the model: a teacher that does not
     fit its config fails with the missing/unexpected/wrong-shape keys.
-    Returns whether the teacher is taken from ``checkpoint``.
+    Returns the checkpoint as read when the teacher is taken from it (so
+    that the runner does not read, or unpickle, the file a second time),
+    else None.
     """
     model = cfg.get('model') or {}
     teacher, teachers = model.get('teacher'), model.get('teachers')
     if not isinstance(teacher, dict) and not isinstance(teachers, (list, tuple)):
-        return False
-    state = extract_state_dict(safe_torch_load(checkpoint, what='checkpoint',
-                                               allow_unsafe_pickle=bool(cfg.get('allow_unsafe_pickle')),
-                                               role='train' if cfg.get('resume') else None))
-    if not any(key.startswith(TEACHER_PREFIX) for key in state):
-        return False
+        return None
+    loaded = safe_torch_load(checkpoint, what='checkpoint', allow_unsafe_pickle=bool(cfg.get('allow_unsafe_pickle')),
+                             role='train' if cfg.get('resume') else None)
+    if not any(key.startswith(TEACHER_PREFIX) for key in extract_state_dict(loaded)):
+        return None
     if isinstance(teacher, dict):
         cfg.model.teacher = dict(teacher, checkpoint=None, allow_random_init=True)
     else:
         cfg.model.teachers = [dict(entry, checkpoint=None, allow_random_init=True) for entry in teachers]
-    return True
+    return loaded

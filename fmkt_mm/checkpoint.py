@@ -55,6 +55,35 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint does not fit the model it is loaded into."""
 
 
+class NotACheckpointError(CorruptCheckpointError):
+    """A file given as a checkpoint is not one at all (text, JSON, an HTML
+    page, an empty or random file): no opt-in can load it."""
+
+
+#: how a torch checkpoint starts: a zip archive, or a pickle (protocol 2+)
+_ZIP_MAGIC, _PICKLE_PROTO = b'PK\x03\x04', 0x80
+
+
+def what_file_is(path: str) -> Optional[str]:
+    """None for a file that starts as a torch checkpoint (a zip archive or
+    a pickle), else what it looks like instead."""
+    with open(path, 'rb') as f:
+        head = f.read(512)
+    if head.startswith(_ZIP_MAGIC) or head[:1] == bytes([_PICKLE_PROTO]):
+        return None
+    if not head:
+        return 'an empty file'
+    try:
+        text = head.decode('utf-8').lstrip()
+    except UnicodeDecodeError:
+        return f'binary data that is neither a zip archive nor a pickle (it starts with {head[:8].hex()})'
+    if text.startswith('<'):
+        return 'an HTML or XML page (a download that saved an error page, e.g. a 404, in place of the file?)'
+    if text.startswith(('{', '[')):
+        return 'JSON text'
+    return f'a text file (it starts with {text[:40]!r})'
+
+
 #: how a user opts in to full unpickling, by the role of the file
 OPT_INS = {
     'teacher': "allow_unsafe_pickle=True in the teacher's dict (teacher=dict(config=..., "
@@ -62,6 +91,7 @@ OPT_INS = {
     'train': 'tools/train.py --allow-unsafe-pickle (or the config key allow_unsafe_pickle=True), '
              'which covers load_from and --resume',
     'test': 'tools/test.py --allow-unsafe-pickle (or the config key allow_unsafe_pickle=True)',
+    'export': 'tools/export_student.py --allow-unsafe-pickle',
     None: '--allow-unsafe-pickle of tools/train.py or tools/test.py (or the config key '
           'allow_unsafe_pickle=True)',
 }
@@ -190,6 +220,12 @@ def safe_torch_load(path: str, map_location: Union[str, torch.device, Callable, 
         raise FileNotFoundError(f'{what} not found: {path!r} (resolved to {osp.abspath(path)!r}); '
                                 f'check the path in the config')
     verify_checksum(path)
+    looks_like = what_file_is(path)
+    if looks_like is not None:
+        raise NotACheckpointError(
+            f'{what} {path!r} is not a checkpoint: it is {looks_like}, where a file written by '
+            f'torch.save (a zip archive or a pickle) was expected. Check the path; if it was '
+            f'downloaded, download it again')
     try:
         with torch.serialization.safe_globals(data_only_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -199,7 +235,7 @@ def safe_torch_load(path: str, map_location: Union[str, torch.device, Callable, 
         warnings.warn(f'{what} {path!r} is being unpickled without weights_only protection '
                       f'because allow_unsafe_pickle=True: it can run arbitrary code')
         return torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
+    except (RuntimeError, EOFError, IndexError, zipfile.BadZipFile) as err:
         raise CorruptCheckpointError(
             f'{what} {path!r} is truncated or not a checkpoint ({_first_line(err)}): a save that was '
             f'interrupted, or a partial copy or download. Use an earlier checkpoint (resume falls back '
@@ -338,8 +374,8 @@ def check_fit(model: nn.Module, state: Dict[str, torch.Tensor], what: str = 'che
                      'the student\'s own config (or start a training from it with load_from)')
         elif holds_distiller and not distiller:
             cause = ('it is a distillation checkpoint, and this is a plain model config. Use the '
-                     'distillation config, or export the student first: tools/export_student.py CONFIG '
-                     'CHECKPOINT --out student.pth')
+                     'distillation config, or export the student first: python tools/export_student.py '
+                     'DISTILLATION_CONFIG CHECKPOINT student.pth')
         else:
             cause = ('it was trained with another config (backbone depth, widths, num_classes, flow '
                      'settings, ...) than this one')

@@ -36,8 +36,8 @@ def deploy_mode_of(model_cfg: dict) -> str:
     return cls.deploy_mode_of(model_cfg)
 
 
-def export_student(config: str, checkpoint: str, out: str,
-                   data_dir: Optional[str] = 'data/fashion_mnist') -> Dict[str, object]:
+def export_student(config: str, checkpoint: str, out: str, data_dir: Optional[str] = 'data/fashion_mnist',
+                   allow_unsafe_pickle: bool = False) -> Dict[str, object]:
     """Write the student's weights from a distillation ``checkpoint`` to
     ``out`` as ``{'state_dict': ..., 'meta': ...}``, checked by loading them
     strictly into the plain student built from the config, and the plain
@@ -52,18 +52,23 @@ def export_student(config: str, checkpoint: str, out: str,
     (:func:`stock_fashion_mnist`), so the exported config needs no fmkt_mm;
     ``data_dir=None`` keeps it (the config then imports fmkt_mm).
 
+    ``allow_unsafe_pickle`` reads ``checkpoint`` with full unpickling (for
+    files you trust; ``--allow-unsafe-pickle`` of the tool).
+
     Returns a summary (number of tensors, deploy mode, the config written,
     what still needs fmkt_mm, and what could not be exported).
     """
     cfg = apply_distiller(Config.fromfile(config))
-    summary = export_student_from_cfg(cfg, checkpoint, out, config_path=config, data_dir=data_dir)
+    summary = export_student_from_cfg(cfg, checkpoint, out, config_path=config, data_dir=data_dir,
+                                      allow_unsafe_pickle=allow_unsafe_pickle)
     if summary['not_exported']:
         warnings.warn(summary['not_exported'])
     return summary
 
 
 def export_student_from_cfg(cfg: Config, checkpoint: str, out: str, config_path: Optional[str] = None,
-                            data_dir: Optional[str] = None) -> Dict[str, object]:
+                            data_dir: Optional[str] = None, allow_unsafe_pickle: bool = False
+                            ) -> Dict[str, object]:
     """:func:`export_student` for a loaded config whose ``model`` is the
     distiller (as a Runner holds it); does not warn, the summary's
     ``not_exported`` says what a plain student cannot reproduce."""
@@ -71,7 +76,8 @@ def export_student_from_cfg(cfg: Config, checkpoint: str, out: str, config_path:
     if 'student' not in model_cfg:
         raise ValueError(f'{config_path or "the config"} has no distiller block: there is no '
                          f'student to export')
-    loaded = safe_torch_load(checkpoint, what='distillation checkpoint')
+    loaded = safe_torch_load(checkpoint, what='distillation checkpoint', role='export',
+                             allow_unsafe_pickle=allow_unsafe_pickle)
     source_meta = (loaded.get('meta') or {}) if isinstance(loaded, dict) else {}
     state = extract_state_dict(loaded)
     student_state = {k[len(STUDENT_PREFIX):]: v for k, v in state.items() if k.startswith(STUDENT_PREFIX)}

@@ -77,3 +77,8 @@ def _register_flow() -> None:
 
 
 _register_flow()
+
+from mmengine.registry import LOOPS as MMENGINE_LOOPS  # noqa: E402
+
+#: Training loops (an epoch loop that resumes inside an epoch).
+LOOPS = Registry('loop', parent=MMENGINE_LOOPS, scope='fmkt_mm', locations=['fmkt_mm.train_loop'])

@@ -39,7 +39,7 @@ from mmengine.runner.checkpoint import _load_checkpoint_to_model
 from .checkpoint import CheckpointMismatchError, check_fit, extract_state_dict, safe_torch_load
 from .registry import RUNNERS
 from .runner_guard import guard_runners
-from .storage import CorruptCheckpointError
+from .storage import CorruptCheckpointError, remove_leftovers, seal
 from .work_dir import WorkDirLock, WorkDirLockedError, WorkDirSnapshot
 
 #: the checkpoints a CheckpointHook names by step
@@ -59,22 +59,25 @@ class DistillRunner(Runner):
     _snapshot: Optional[WorkDirSnapshot] = None
     _role = 'train'
     _resuming = False
+    #: ``(path, checkpoint)`` read while building the run, loaded by the first
+    #: :meth:`load_checkpoint` of that path instead of reading it again
+    _preloaded: Optional[tuple] = None
 
     @classmethod
     def from_cfg(cls, cfg: Config) -> 'DistillRunner':
         from .apis import prepare_config, teacher_from_checkpoint
         cfg = copy.deepcopy(cfg)
         prepare_config(cfg)
-        teacher_from = cfg.get('load_from') if cfg.get('load_from') and \
-            teacher_from_checkpoint(cfg, cfg.load_from) else None
+        preloaded = teacher_from_checkpoint(cfg, cfg.load_from) if cfg.get('load_from') else None
         config_copy = osp.basename(cfg.filename) if getattr(cfg, 'filename', None) else None
         snapshot = WorkDirSnapshot(cfg.work_dir, keep=[config_copy] if config_copy else [])
         with snapshot.restore_on_failure():
             runner = super().from_cfg(cfg)
         runner._snapshot = snapshot
         close_process_group_at_exit()
-        if teacher_from:
-            runner.logger.info(f"the teacher's weights come from {teacher_from} (its own file is not "
+        if preloaded is not None:
+            runner._preloaded = (cfg.load_from, preloaded)
+            runner.logger.info(f"the teacher's weights come from {cfg.load_from} (its own file is not "
                                f'needed), loaded strictly with the rest of the model')
         if (cfg.get('randomness') or {}).get('deterministic'):
             # MMEngine makes torch raise on every operator without a deterministic
@@ -96,6 +99,10 @@ class DistillRunner(Runner):
                 if self._snapshot is not None:
                     self._snapshot.restore(only=[self.log_dir])
                 raise
+            removed = remove_leftovers(self.work_dir)  # the lock is ours: nobody else writes here
+            if removed:
+                self.logger.info(f'removed what interrupted saves left in {self.work_dir}: '
+                                 + ', '.join(removed))
         try:
             return super().train()
         finally:
@@ -158,9 +165,12 @@ class DistillRunner(Runner):
         """MMEngine's ``load_checkpoint`` through the safe loader, refusing a
         checkpoint that leaves model tensors unloaded (unless the config says
         ``allow_partial_load=True``)."""
-        checkpoint = safe_torch_load(filename, map_location=map_location,
-                                     allow_unsafe_pickle=bool(self.cfg.get('allow_unsafe_pickle')),
-                                     what='checkpoint', role=self._role)
+        if self._preloaded is not None and self._preloaded[0] == filename:
+            checkpoint, self._preloaded = self._preloaded[1], None
+        else:
+            checkpoint = safe_torch_load(filename, map_location=map_location,
+                                         allow_unsafe_pickle=bool(self.cfg.get('allow_unsafe_pickle')),
+                                         what='checkpoint', role=self._role)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
         state = _revised(extract_state_dict(checkpoint), revise_keys)
@@ -171,6 +181,8 @@ class DistillRunner(Runner):
             self.logger.warning(f'checkpoint {filename} loaded partially (allow_partial_load=True):\n  ' +
                                 '\n  '.join(problems))
         checkpoint = _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=revise_keys)
+        if self._resuming and not problems and is_main_process():
+            seal(filename)  # from now on its bytes are verified at every load
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
@@ -224,13 +236,21 @@ def _revised(state: dict, revise_keys) -> dict:
 def checkpoint_candidates(work_dir: str) -> List[str]:
     """The checkpoints a resume may start from, newest first: the one
     ``last_checkpoint`` names, then every ``epoch_N.pth`` / ``iter_N.pth``
-    beside it by decreasing N."""
+    beside it by decreasing N.
+
+    A work dir stands alone: ``last_checkpoint`` holds the absolute path
+    MMEngine wrote, so a name whose file is in ``work_dir`` itself is taken
+    from there (a copied or moved work dir resumes from its own files, never
+    from the folder it was copied from); only a checkpoint that is not in
+    ``work_dir`` (a checkpoint hook's ``out_dir``) is taken where it is named."""
     named = None
     pointer = osp.join(work_dir, 'last_checkpoint')
     if osp.isfile(pointer):
         with open(pointer) as f:
             named = f.read().strip() or None
-    folders = {work_dir} | ({osp.dirname(named)} if named else set())
+    if named and osp.isfile(osp.join(work_dir, osp.basename(named))):
+        named = osp.join(work_dir, osp.basename(named))
+    folders = {osp.abspath(work_dir)} | ({osp.dirname(osp.abspath(named))} if named else set())
     found = []
     for folder in folders:
         if osp.isdir(folder):

@@ -17,18 +17,25 @@ import os.path as osp
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Optional, Union
+from typing import Any, BinaryIO, Callable, List, Optional, Union
 
 import torch
 from mmengine.fileio import LocalBackend, register_backend
 
 #: suffix of the checksum file written beside each checkpoint
 CHECKSUM_SUFFIX = '.sha256'
+#: suffix of :func:`atomic_write`'s temporary files (``.NAME.<random>.tmp``)
+TMP_SUFFIX = '.tmp'
 _CHUNK = 1 << 20
 
 
 class CorruptCheckpointError(RuntimeError):
     """A checkpoint file is truncated, unreadable or differs from its checksum."""
+
+
+class WriteFailedError(OSError):
+    """Writing a file failed (a full disk, a quota, a lost mount); the
+    message names the file and what is left of it. ``errno`` is the cause's."""
 
 
 def atomic_write(path: str, data: Union[bytes, Callable[[BinaryIO], None]]) -> None:
@@ -41,7 +48,8 @@ def atomic_write(path: str, data: Union[bytes, Callable[[BinaryIO], None]]) -> N
     path = osp.abspath(osp.expanduser(str(path)))
     directory = osp.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp', dir=directory)
+    existed = osp.isfile(path)
+    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix=TMP_SUFFIX, dir=directory)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # what open() would have given the file
         with os.fdopen(fd, 'wb') as f:
@@ -52,9 +60,16 @@ def atomic_write(path: str, data: Union[bytes, Callable[[BinaryIO], None]]) -> N
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if osp.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError) and not isinstance(err, WriteFailedError):
+            kept = ('keeps its previous content' if existed else 'was not created')
+            raise WriteFailedError(
+                err.errno, f'writing {path!r} failed ({err.strerror or err}): nothing was replaced, '
+                f'{osp.basename(path)!r} {kept}, and the partial temporary file was removed. Free '
+                f'space in {directory!r} (or fix the cause) and run again; a training resumes from its '
+                f'last complete checkpoint with --resume') from err
         raise
     _fsync_directory(directory)
 
@@ -122,10 +137,44 @@ def verify_checksum(path: str) -> bool:
     return True
 
 
+def seal(path: str) -> bool:
+    """Write the sidecar of a checkpoint that has none, once it has loaded
+    and fitted (so later loads verify its bytes); False where it cannot be
+    written (a read-only folder) or already exists."""
+    if osp.isfile(checksum_path(path)) or not osp.isfile(path):
+        return False
+    try:
+        write_checksum(path)
+    except OSError:
+        return False
+    return True
+
+
 def remove_with_checksum(path: str) -> None:
     for name in (path, checksum_path(path)):
         if osp.isfile(name):
             os.remove(name)
+
+
+#: a temporary file of :func:`atomic_write`: ``.NAME.<random>.tmp``
+_TMP_FILE = re.compile(r'^\..+\.[A-Za-z0-9_]{8}' + re.escape(TMP_SUFFIX) + '$')
+
+
+def remove_leftovers(folder: str) -> List[str]:
+    """Remove what interrupted writes left in ``folder``: the temporary
+    files of saves that were killed, and sidecars whose checkpoint is gone.
+    Call it only while no other process writes there (a training holds the
+    work dir's lock). Returns the names removed."""
+    removed = []
+    if not osp.isdir(folder):
+        return removed
+    names = set(os.listdir(folder))
+    for name in sorted(names):
+        orphan = name.endswith(CHECKSUM_SUFFIX) and name[:-len(CHECKSUM_SUFFIX)] not in names
+        if (_TMP_FILE.match(name) or orphan) and osp.isfile(osp.join(folder, name)):
+            os.remove(osp.join(folder, name))
+            removed.append(name)
+    return removed
 
 
 @register_backend('atomic_local', force=True)
@@ -145,6 +194,11 @@ class AtomicLocalBackend(LocalBackend):
 
     def put_text(self, obj: str, filepath: Union[str, Path], encoding: str = 'utf-8') -> None:
         atomic_write(str(filepath), obj.encode(encoding))
+
+    def remove(self, filepath: Union[str, Path]) -> None:
+        """Remove a file and its sidecar (MMEngine's hook removes checkpoints
+        beyond ``max_keep_ckpts`` through here when a run resumes)."""
+        remove_with_checksum(str(filepath))
 
 
 # -- checkpoints by URL ------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Export the student of a distillation checkpoint as a plain mmdet/mmpretrain checkpoint.
 
-    python tools/export_student.py CONFIG CHECKPOINT OUT [--data-dir DIR]
+    python tools/export_student.py CONFIG CHECKPOINT OUT [--data-dir DIR] [--allow-unsafe-pickle]
 
 The result loads with ``strict=True`` into the stock model built from the
 student config, without fmkt_mm installed. The plain student's config is
@@ -27,8 +27,12 @@ def main():
     parser.add_argument('--data-dir', default='data/fashion_mnist',
                         help='where the unpacked Fashion-MNIST files for the stock dataset go '
                              '(Fashion-MNIST configs only; default: %(default)s)')
+    parser.add_argument('--allow-unsafe-pickle', action='store_true',
+                        help='read CHECKPOINT with full unpickling, which can execute code: only for '
+                             'files you trust. Checkpoints written by fmkt_mm never need it')
     args = parser.parse_args()
-    summary = export_student(args.config, args.checkpoint, args.out, data_dir=args.data_dir)
+    summary = export_student(args.config, args.checkpoint, args.out, data_dir=args.data_dir,
+                             allow_unsafe_pickle=args.allow_unsafe_pickle)
     print(f"wrote {summary['num_tensors']} student tensors to {summary['out']} "
           f"(deploy mode: {summary['deploy_mode']})")
     print(f"wrote the plain student's config to {summary['config']}")

@@ -1,5 +1,8 @@
 """Checkpoint rotation that never costs the last good checkpoint."""
+import os
 import os.path as osp
+import re
+from typing import List
 
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
@@ -20,15 +23,17 @@ class DurableCheckpointHook(CheckpointHook):
     sidecar, through the ``'atomic_local'`` backend), verify it against the
     sidecar, point ``last_checkpoint`` at it (atomically), and only then
     delete the oldest. At any moment ``last_checkpoint`` names a complete,
-    verified file. :class:`~fmkt_mm.DistillRunner` sets it in place of the
+    verified file. The kept set is the new checkpoint and the newest
+    ``max_keep_ckpts - 1`` of those before it that ``out_dir`` holds under
+    the hook's file name template, whoever wrote them (so a resumed run, or
+    one that lowered ``max_keep_ckpts``, keeps exactly that many); each is
+    deleted with its sidecar. Checkpoints of a later step (another run's)
+    are left alone. :class:`~fmkt_mm.DistillRunner` sets it in place of the
     stock hook for local work directories.
     """
 
     def _save_checkpoint_with_step(self, runner, step, meta):
-        expired = None
         if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
-            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
-                expired = self.keep_ckpt_ids.popleft()
             self.keep_ckpt_ids.append(step)
             runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
 
@@ -43,5 +48,16 @@ class DurableCheckpointHook(CheckpointHook):
             return
         verify_checksum(self.last_ckpt)  # raises on a file that is not what was written
         atomic_write(osp.join(runner.work_dir, 'last_checkpoint'), str(self.last_ckpt).encode())
-        if expired is not None:
-            remove_with_checksum(self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(expired)))
+        if self.max_keep_ckpts > 0:
+            earlier = [s for s in self._saved_steps() if s < step]  # later ones are another run's
+            for old in earlier[:max(0, len(earlier) - (self.max_keep_ckpts - 1))]:
+                remove_with_checksum(self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old)))
+
+    def _saved_steps(self) -> List[int]:
+        """The steps of the checkpoints in ``out_dir`` named by this hook's
+        template, in increasing order: what ``max_keep_ckpts`` counts, whoever
+        wrote them (a resumed run's predecessor, a run without sidecars)."""
+        prefix, _, suffix = self.filename_tmpl.partition('{}')
+        pattern = re.compile('^' + re.escape(prefix) + r'(\d+)' + re.escape(suffix) + '$')
+        found = [pattern.match(name) for name in os.listdir(self.out_dir)]
+        return sorted(int(match.group(1)) for match in found if match)

@@ -41,7 +41,10 @@ class RandomStateHook(Hook):
       discards the batches already trained on), so NumPy's and Python's
       generators come back by themselves; torch's is restored right before
       the first resumed iteration, after the replay;
-    * epoch-based loops start a fresh epoch: all three are restored before it.
+    * epoch-based loops start a fresh epoch: all three are restored before
+      it; resumed inside an epoch
+      (:class:`~fmkt_mm.train_loop.ResumableEpochBasedTrainLoop`), all three
+      are restored once the epoch's trained batches are replayed.
 
     The training dataloader gets a private ``torch.Generator`` so that
     starting an epoch does not draw from torch's global generator. With
@@ -75,7 +78,17 @@ class RandomStateHook(Hook):
                                   'ranks are not in the checkpoint, so they are not restored')
             self._pending = None
             return
+        if getattr(runner.train_loop, 'batches_to_replay', 0):
+            return  # an epoch loop resumed inside an epoch: restore_after_replay
         if not isinstance(runner.train_loop, IterBasedTrainLoop):
+            self._restore(self._pending, everything=True)
+            self._pending = None
+
+    def restore_after_replay(self, runner: 'Runner') -> None:
+        """Called by :class:`~fmkt_mm.train_loop.ResumableEpochBasedTrainLoop`
+        once it has replayed the batches of the epoch trained before the
+        checkpoint: every generator back to its state at the checkpoint."""
+        if self._pending is not None:
             self._restore(self._pending, everything=True)
             self._pending = None
 

@@ -16,7 +16,9 @@ from fmkt_mm.checkpoint import AtomicLocalBackend, atomic_write
 from fmkt_mm.distill.base import NonFiniteLossError
 from fmkt_mm.hooks import (
     ExportStudentHook,
+    FiniteGradientHook,
     LossWeightScheduleHook,
+    NonFiniteGradientError,
     StopDistillationHook,
     TeacherEvalHook,
     schedule_factor,
@@ -251,6 +253,41 @@ def test_kill_and_resume_repeats_the_uninterrupted_run(teacher_checkpoint, tmp_p
         [k for k in expected if not torch.equal(expected[k], got[k])][:5]
 
 
+@pytest.mark.slow
+def test_an_epoch_loop_resumes_exactly_from_a_checkpoint_inside_or_at_the_end_of_an_epoch(
+        teacher_checkpoint, tmp_path):
+    """Epoch-based training (4 epochs of 2 iterations, an epoch-wise learning
+    rate step) checkpointed every iteration: resumed from the last iteration
+    of epoch 1 and from the middle of epoch 2, it ends at iteration 8 with
+    the uninterrupted run's weights, optimizer state and learning rate."""
+    def cfg_for(name, resume_from=None):
+        cfg = tiny_cfg('fmkt', tmp_path / name, teacher_checkpoint, max_epochs=4)
+        cfg.model.flow.num_steps_choices = (2, 4, 8)  # torch draws every iteration
+        cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False, interval=1)
+        cfg.param_scheduler = [dict(type='MultiStepLR', by_epoch=True, milestones=[2], gamma=0.1)]
+        if resume_from:
+            cfg.load_from, cfg.resume = str(tmp_path / 'whole' / resume_from), True
+        return cfg
+
+    whole = Runner.from_cfg(cfg_for('whole'))
+    whole.train()
+    assert type(whole.train_loop).__name__ == 'ResumableEpochBasedTrainLoop'
+    assert (whole.iter, whole.epoch) == (8, 4)
+    expected = trainable(whole.model)
+    expected_state = whole.optim_wrapper.state_dict()['state']
+    for checkpoint in ('iter_2.pth', 'iter_3.pth'):
+        resumed = Runner.from_cfg(cfg_for(f'from_{checkpoint}', checkpoint))
+        resumed.train()
+        assert (resumed.iter, resumed.epoch) == (8, 4), checkpoint
+        assert resumed.optim_wrapper.get_lr() == whole.optim_wrapper.get_lr()
+        got = trainable(resumed.model)
+        assert all(torch.equal(expected[k], got[k]) for k in expected), \
+            (checkpoint, [k for k in expected if not torch.equal(expected[k], got[k])][:5])
+        state = resumed.optim_wrapper.state_dict()['state']
+        assert all(torch.equal(expected_state[i]['momentum_buffer'], state[i]['momentum_buffer'])
+                   for i in expected_state), checkpoint
+
+
 # -- atomic checkpoints -----------------------------------------------------------------------
 
 
@@ -294,6 +331,40 @@ def test_a_nan_loss_stops_before_the_update_and_names_term_and_iteration(teacher
     after = dict(runner.model.named_parameters())
     assert all(torch.equal(v, after[k]) for k, v in recorder.before_iter.items())  # no update
     torch.load(tmp_path / 'iter_1.pth', weights_only=True)  # the last checkpoint is intact
+
+
+@pytest.mark.parametrize('clip', [True, False])
+def test_gradients_that_overflow_stop_the_run_before_the_update(teacher_checkpoint, tmp_path, clip):
+    """Finite losses, infinite gradients (a flow loss weight of 1e39): the run
+    stops at the first iteration, naming it, the loss terms and the
+    parameters, before the update; with or without gradient clipping."""
+    cfg = tiny_cfg('fmkt', tmp_path, teacher_checkpoint, max_iters=3)
+    cfg.model.flow.loss.loss_weight = 1e39
+    if not clip:
+        cfg.optim_wrapper.pop('clip_grad', None)
+    runner = Runner.from_cfg(cfg)
+    recorder = Recorder()
+    runner.register_hook(recorder)
+    with pytest.raises(NonFiniteGradientError) as raised:
+        runner.train()
+    message = str(raised.value)
+    assert 'non-finite gradients at iteration 1 (runner.iter = 0)' in message
+    assert 'loss_flow = ' in message and 'inf' not in message.split('Loss terms')[1].split('.')[0]
+    assert 'parameters: ' in message and 'optimizer step was not taken' in message
+    after = dict(runner.model.named_parameters())
+    assert all(torch.equal(v, after[k]) for k, v in recorder.before_iter.items())  # no update
+    assert not os.path.exists(tmp_path / 'iter_1.pth')
+
+
+def test_a_gradient_norm_beyond_the_bound_stops_the_run(teacher_checkpoint, tmp_path):
+    """FiniteGradientHook(max_norm=...) reads the norm before clipping."""
+    cfg = tiny_cfg('fmkt', tmp_path, teacher_checkpoint, max_iters=2)
+    cfg.custom_hooks = [h for h in cfg.custom_hooks if 'FiniteGradientHook' not in str(h.get('type'))]
+    cfg.custom_hooks.append(dict(type='fmkt_mm.FiniteGradientHook', max_norm=1e-9))
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(NonFiniteGradientError, match=r'exceeds FiniteGradientHook\(max_norm=1e-09\)'):
+        runner.train()
+    assert sum(isinstance(h, FiniteGradientHook) for h in runner.hooks) == 1
 
 
 def test_loss_parsing_equals_mmengines_with_fewer_operators():

@@ -18,7 +18,12 @@ import torch
 import fmkt_mm  # noqa: F401
 from fmkt_mm import storage
 from fmkt_mm.apis import build_runner
-from fmkt_mm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError, safe_torch_load
+from fmkt_mm.checkpoint import (
+    CheckpointMismatchError,
+    NotACheckpointError,
+    UnsafeCheckpointError,
+    safe_torch_load,
+)
 from fmkt_mm.storage import CorruptCheckpointError
 from fmkt_mm.work_dir import LOCK_NAME, WorkDirLockedError
 from tiny_runs import ROOT, Payload, plain_model, tiny_cfg
@@ -144,8 +149,122 @@ def test_a_distillation_checkpoint_names_the_export_for_a_plain_config(teacher_c
     cfg.test_dataloader.dataset.num_samples = 8
     experiment.finalize(cfg, 'student', str(tmp_path / 'plain'))
     cfg.load_from = str(tmp_path / 'run' / 'iter_1.pth')
-    with pytest.raises(CheckpointMismatchError, match='export_student.py'):
+    with pytest.raises(CheckpointMismatchError, match='export_student.py') as raised:
         build_runner(cfg).test()
+    # the hint's command runs as written
+    hint = str(raised.value).split('export the student first: ')[1].split(')')[0].split('.\n')[0]
+    assert hint == 'python tools/export_student.py DISTILLATION_CONFIG CHECKPOINT student.pth', hint
+    config = str(tmp_path / 'distillation_config.py')
+    trained_cfg = tiny_cfg('fmkt', tmp_path / 'unused', teacher_checkpoint, max_iters=1)
+    trained_cfg.dump(config)
+    command = hint.replace('python ', PYTHON + ' ', 1).replace('tools/', osp.join(ROOT, 'tools') + '/')
+    command = command.replace('DISTILLATION_CONFIG', config).replace('CHECKPOINT', cfg.load_from)
+    result = subprocess.run(command.split(), capture_output=True, text=True, env=ENV, cwd=str(tmp_path),
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / 'student.pth').is_file()
+
+
+@pytest.mark.parametrize('tool, role', [('train.py', 'train'), ('test.py', 'test'),
+                                        ('export_student.py', 'export')])
+def test_every_opt_in_a_refusal_names_exists_in_that_tool(tool, role, capsys):
+    import runpy
+
+    from fmkt_mm.checkpoint import OPT_INS
+    flag = OPT_INS[role].split(f'tools/{tool} ')[1].split()[0]
+    argv = sys.argv
+    sys.argv = [tool, '--help']
+    try:
+        with pytest.raises(SystemExit):
+            runpy.run_path(osp.join(ROOT, 'tools', tool), run_name='__main__')
+    finally:
+        sys.argv = argv
+    assert flag in capsys.readouterr().out, flag
+
+
+def test_the_export_tool_refuses_a_payload_naming_its_own_opt_in(marker, teacher_checkpoint, tmp_path):
+    from fmkt_mm.export import export_student
+    config = str(tmp_path / 'distillation_config.py')
+    tiny_cfg('fmkt', tmp_path / 'unused', teacher_checkpoint, max_iters=1).dump(config)
+    with pytest.raises(UnsafeCheckpointError, match=r'tools/export_student\.py --allow-unsafe-pickle'):
+        export_student(config, plant(tmp_path / 'payload.pth'), str(tmp_path / 'student.pth'))
+
+
+NOT_CHECKPOINTS = {
+    'text': (b'these are my notes\n', 'a text file'),
+    'json': (b'{"state_dict": {}}', 'JSON text'),
+    'html': (b'<!DOCTYPE html><html><body>404 Not Found</body></html>', 'HTML or XML page'),
+    'yaml': (b'model:\n  type: RetinaNet\n', 'a text file'),
+    'random': (bytes(range(7, 200)), 'binary data that is neither a zip archive nor a pickle'),
+    'empty': (b'', 'an empty file'),
+}
+
+
+@pytest.mark.parametrize('kind', sorted(NOT_CHECKPOINTS))
+def test_a_file_that_is_no_checkpoint_is_told_apart_from_an_unsafe_pickle(kind, tmp_path):
+    data, said = NOT_CHECKPOINTS[kind]
+    path = tmp_path / 'teacher.pth'
+    path.write_bytes(data)
+    with pytest.raises(NotACheckpointError) as raised:
+        safe_torch_load(str(path), what='teacher checkpoint', role='teacher')
+    message = str(raised.value)
+    assert f"teacher checkpoint '{path}' is not a checkpoint: it is" in message and said in message
+    assert 'allow_unsafe_pickle' not in message and 'unsafe' not in message
+
+
+def test_a_copied_work_dir_resumes_from_its_own_files(tmp_path):
+    """``last_checkpoint`` holds the original's absolute path: the copy's
+    candidates are its own files, never the original folder's."""
+    import shutil
+
+    from fmkt_mm.runner import checkpoint_candidates
+    original = tmp_path / 'original'
+    original.mkdir()
+    for step in (1, 2):
+        (original / f'iter_{step}.pth').write_bytes(b'x')
+    (original / 'last_checkpoint').write_text(str(original / 'iter_2.pth'))
+    copy = tmp_path / 'copy'
+    shutil.copytree(original, copy)
+    assert checkpoint_candidates(str(copy)) == [str(copy / 'iter_2.pth'), str(copy / 'iter_1.pth')]
+    elsewhere = tmp_path / 'out' / 'iter_3.pth'  # a checkpoint hook's out_dir is still followed
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b'x')
+    (copy / 'last_checkpoint').write_text(str(elsewhere))
+    assert checkpoint_candidates(str(copy))[0] == str(elsewhere)
+
+
+def test_leftovers_of_interrupted_saves_are_removed(tmp_path):
+    storage.atomic_write(str(tmp_path / 'iter_1.pth'), b'complete')
+    storage.write_checksum(str(tmp_path / 'iter_1.pth'))
+    (tmp_path / '.iter_2.pth.k3j_x9q2.tmp').write_bytes(b'half')  # a killed save
+    (tmp_path / 'iter_0.pth.sha256').write_text('abc  iter_0.pth\n')  # its checkpoint deleted
+    (tmp_path / 'notes.tmp').write_text('not ours')
+    assert storage.remove_leftovers(str(tmp_path)) == ['.iter_2.pth.k3j_x9q2.tmp', 'iter_0.pth.sha256']
+    assert entries(tmp_path) == ['iter_1.pth', 'iter_1.pth.sha256', 'notes.tmp']
+    storage.AtomicLocalBackend().remove(tmp_path / 'iter_1.pth')  # how MMEngine's hook deletes
+    assert entries(tmp_path) == ['notes.tmp']
+
+
+def test_a_resume_keeps_max_keep_ckpts_and_seals_a_checkpoint_without_a_sidecar(teacher_checkpoint, tmp_path):
+    """A resumed run that lowers max_keep_ckpts keeps that many (sidecars
+    deleted with their checkpoints); a checkpoint resumed from without a
+    sidecar gets one once it has loaded and fitted, so flipped bytes in it
+    are caught from then on."""
+    trained(tmp_path, teacher_checkpoint, iters=3)
+    work_dir = tmp_path / 'run'
+    os.remove(work_dir / 'iter_3.pth.sha256')
+    cfg = tiny_cfg('fmkt', work_dir, teacher_checkpoint, max_iters=4)
+    cfg.default_hooks.checkpoint.max_keep_ckpts = 2
+    cfg.resume = True
+    build_runner(cfg).train()
+    assert [f for f in entries(work_dir) if '.pth' in f] == \
+        ['iter_3.pth', 'iter_3.pth.sha256', 'iter_4.pth', 'iter_4.pth.sha256']
+    path = work_dir / 'iter_3.pth'
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match='does not match its checksum'):
+        safe_torch_load(str(path))
 
 
 # -- the last good checkpoint ----------------------------------------------------------------
@@ -187,8 +306,11 @@ def test_a_crash_during_save_keeps_the_last_good_checkpoint(fault, teacher_check
                             capture_output=True, text=True, env=ENV, timeout=300)
     if fault == 'kill':
         assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+        assert [f for f in os.listdir(work_dir) if f.endswith('.tmp')]  # what the killed save left
     else:
         assert result.returncode != 0 and 'No space left' in result.stderr, result.stderr[-2000:]
+        assert "writing '" in result.stderr and "iter_2.pth' failed" in result.stderr
+        assert 'was not created' in result.stderr
     assert osp.isfile(osp.join(work_dir, 'iter_1.pth'))  # not deleted before iter_2 was complete
     assert not osp.exists(osp.join(work_dir, 'iter_2.pth'))
     assert open(osp.join(work_dir, 'last_checkpoint')).read().endswith('iter_1.pth')
@@ -199,7 +321,8 @@ def test_a_crash_during_save_keeps_the_last_good_checkpoint(fault, teacher_check
     assert 'resumed' in log and 'iter_1.pth' in log
     if fault == 'kill':
         assert 'taking over the lock' in log  # the killed run's lock
-    assert sorted(f for f in os.listdir(work_dir) if f.endswith('.pth')) == ['iter_3.pth']
+        assert 'removed what interrupted saves left' in log
+    assert sorted(f for f in os.listdir(work_dir) if '.pth' in f) == ['iter_3.pth', 'iter_3.pth.sha256']
 
 
 def test_rotation_writes_and_verifies_before_it_deletes(teacher_checkpoint, tmp_path):
@@ -297,8 +420,13 @@ def test_atomic_backend_writes_the_checksum_of_what_it_wrote(tmp_path):
     backend = storage.AtomicLocalBackend()
     backend.put(b'checkpoint bytes', tmp_path / 'iter_1.pth')
     assert storage.verify_checksum(str(tmp_path / 'iter_1.pth'))
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as raised:
         def full(f):
             raise OSError(errno.ENOSPC, 'No space left on device')
         storage.atomic_write(str(tmp_path / 'iter_1.pth'), full)
     assert (tmp_path / 'iter_1.pth').read_bytes() == b'checkpoint bytes'
+    assert raised.value.errno == errno.ENOSPC
+    message = str(raised.value)
+    assert str(tmp_path / 'iter_1.pth') in message and 'No space left on device' in message
+    assert "'iter_1.pth' keeps its previous content" in message and 'temporary file was removed' in message
+    assert entries(tmp_path) == ['iter_1.pth', 'iter_1.pth.sha256']
