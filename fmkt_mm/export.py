@@ -9,6 +9,7 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 from .apis import DURABLE_CHECKPOINT_HOOK, apply_distiller
+from .train_loop import RESUMABLE_LOOP
 from .checkpoint import atomic_torch_save, atomic_write, extract_state_dict, safe_torch_load
 from .distill.base import STUDENT_PREFIX
 from .distill.teacher import build_model
@@ -191,6 +192,8 @@ def plain_student_config(cfg: Config, data_dir: Optional[str] = None) -> Tuple[C
         checkpoint['type'] = 'CheckpointHook'
     if str(plain.get('runner_type', '')).startswith('fmkt_mm.'):
         plain.pop('runner_type')
+    if str((plain.get('train_cfg') or {}).get('type', '')) == RESUMABLE_LOOP:
+        plain.train_cfg['type'] = 'EpochBasedTrainLoop'  # fmkt_mm's exact resume, MMEngine's loop
     plain.load_from, plain.resume = None, False
     for key in ('work_dir', 'launcher', 'allow_unsafe_pickle', 'allow_partial_load'):
         plain.pop(key, None)

@@ -5,6 +5,9 @@ from mmengine.runner import EpochBasedTrainLoop
 
 from .registry import LOOPS
 
+#: the loop as a prepared config names it
+RESUMABLE_LOOP = 'fmkt_mm.ResumableEpochBasedTrainLoop'
+
 
 @LOOPS.register_module()
 class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
@@ -69,5 +72,5 @@ def resumable_loop(train_cfg: Any) -> Any:
         return train_cfg
     loop = dict(train_cfg)
     loop.pop('by_epoch', None)
-    loop['type'] = 'fmkt_mm.ResumableEpochBasedTrainLoop'
+    loop['type'] = RESUMABLE_LOOP
     return loop

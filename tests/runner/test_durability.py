@@ -165,6 +165,21 @@ def test_a_distillation_checkpoint_names_the_export_for_a_plain_config(teacher_c
     assert (tmp_path / 'student.pth').is_file()
 
 
+def test_a_tested_checkpoint_is_read_once(teacher_checkpoint, tmp_path, monkeypatch):
+    """The teacher comes from the tested checkpoint, which is read (and,
+    with the opt-in, unpickled) once, not once for the teacher and once for
+    the weights."""
+    trained(tmp_path, teacher_checkpoint, iters=1)
+    path = str(tmp_path / 'run' / 'iter_1.pth')
+    cfg = tiny_cfg('fmkt', tmp_path / 'test', teacher_checkpoint, max_iters=1)
+    cfg.load_from, cfg.allow_unsafe_pickle = path, True
+    reads = []
+    real = torch.load
+    monkeypatch.setattr(torch, 'load', lambda f, *a, **k: reads.append(str(f)) or real(f, *a, **k))
+    build_runner(cfg).test()
+    assert reads.count(path) == 1, reads
+
+
 @pytest.mark.parametrize('tool, role', [('train.py', 'train'), ('test.py', 'test'),
                                         ('export_student.py', 'export')])
 def test_every_opt_in_a_refusal_names_exists_in_that_tool(tool, role, capsys):
