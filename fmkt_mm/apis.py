@@ -5,7 +5,7 @@ from typing import Any, ContextManager, Optional
 
 import torch
 from mmengine.config import Config, ConfigDict
-from mmengine.hooks import CheckpointHook
+from mmengine.hooks import CheckpointHook, EMAHook
 from mmengine.optim import AmpOptimWrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import LogProcessor, Runner
@@ -183,13 +183,17 @@ def prepare_work_dir(cfg: Config, config_path: str, work_dir: Optional[str] = No
     * an epoch loop that resumes exactly inside an epoch
       (:class:`~fmkt_mm.train_loop.ResumableEpochBasedTrainLoop`);
     * :class:`~fmkt_mm.hooks.FlowEMAHook` where the distiller keeps an EMA
-      of its flows.
+      of its flows;
+    * for a distiller, :class:`~fmkt_mm.hooks.DistillEMAHook` in place of
+      MMEngine's ``EMAHook`` (RTMDet's, YOLOX's): the EMA of the student
+      (and deployed flows), without a copy of the teacher.
     """
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
-    hooks = list(cfg.get('custom_hooks', []))
+    is_distiller = isinstance(cfg.get('model'), dict) and 'student' in cfg.model
+    hooks = [distill_ema(h) if is_distiller else h for h in cfg.get('custom_hooks', [])]
     needed = [SafeCheckpointHook, RandomStateHook, FiniteGradientHook] + \
         ([FlowEMAHook] if keeps_flow_ema(cfg) else [])
     for hook in needed:
@@ -200,6 +204,14 @@ def prepare_work_dir(cfg: Config, config_path: str, work_dir: Optional[str] = No
     if cfg.get('train_cfg'):
         cfg.train_cfg = resumable_loop(cfg.train_cfg)
     return cfg.work_dir
+
+
+def distill_ema(hook: dict) -> dict:
+    """A config's hook entry, MMEngine's ``EMAHook`` made a
+    :class:`~fmkt_mm.hooks.DistillEMAHook` (same arguments)."""
+    if not is_type(hook.get('type'), HOOKS, EMAHook):
+        return hook
+    return dict(_unbuilt(hook), type='fmkt_mm.DistillEMAHook')
 
 
 def keeps_flow_ema(cfg: Config) -> bool:

@@ -9,10 +9,10 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 from .apis import DURABLE_CHECKPOINT_HOOK, apply_distiller
-from .train_loop import RESUMABLE_LOOP
 from .checkpoint import atomic_torch_save, atomic_write, extract_state_dict, safe_torch_load
 from .distill.base import STUDENT_PREFIX
 from .distill.teacher import build_model
+from .train_loop import RESUMABLE_LOOP
 
 __all__ = ['atomic_torch_save', 'deploy_mode_of', 'export_student', 'export_student_from_cfg',
            'plain_student_config', 'FLOW_NOT_EXPORTED']
@@ -180,8 +180,9 @@ def plain_student_config(cfg: Config, data_dir: Optional[str] = None) -> Tuple[C
     plain = Config(copy.deepcopy(cfg.to_dict()))
     plain.model = plain.model['student']
     plain.pop('distiller', None)
-    plain.custom_hooks = [h for h in plain.get('custom_hooks', [])
-                          if not str(h.get('type', '')).startswith('fmkt_mm.')]
+    plain.custom_hooks = [dict(h, type='EMAHook') if h.get('type') == 'fmkt_mm.DistillEMAHook' else h
+                          for h in plain.get('custom_hooks', [])]  # mmdet's EMA of the plain model
+    plain.custom_hooks = [h for h in plain.custom_hooks if not str(h.get('type', '')).startswith('fmkt_mm.')]
     if str((plain.get('log_processor') or {}).get('type', '')).startswith('fmkt_mm.'):
         plain.log_processor['type'] = 'LogProcessor'
         plain.log_processor.pop('mean_pattern', None)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..registry import MODELS
 from ..utils import build_from_registry, scoped_get
 from .base import BaseDistiller, hard_labels
-from .levels import LevelDistiller, Shape, TeacherShape, as_levels
+from .levels import AUTO_ADAPTER, LevelDistiller, Shape, TeacherShape, as_levels
 from .taps import record_outputs, select
 
 
@@ -67,7 +67,8 @@ class FeatureDistiller(LevelDistiller):
     ``loss_feat_l{l} = w_l * loss(adapter(student level), teacher level)``.
 
     ``levels``, ``level_weights``, ``student_tap``, ``teacher_tap``,
-    ``adapter`` and ``dummy_input_shape`` mean what they mean for
+    ``adapter`` (``'auto'`` by default), ``teacher_norm`` and
+    ``dummy_input_shape`` mean what they mean for
     :class:`DetectionDistiller`; ``loss`` is the metric loss (``PKDLoss`` by
     default, as in MMRazor's PKD recipes), one module shared by the levels
     (``feat_loss``).
@@ -89,14 +90,14 @@ class FeatureDistiller(LevelDistiller):
                  levels: Sequence[Union[int, Sequence[int]]] = (0, 1, 2, 3),
                  level_weights: Union[float, Sequence[float]] = 1.0,
                  student_tap: str = 'neck', teacher_tap: str = 'neck',
-                 adapter: Optional[Union[str, dict]] = None,
+                 adapter: Optional[Union[str, dict]] = AUTO_ADAPTER, teacher_norm: bool = False,
                  dummy_input_shape: Sequence[int] = (3, 128, 128),
                  data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None) -> None:
         if teacher is None:
             raise ValueError('FeatureDistiller needs a teacher: teacher=dict(config=..., checkpoint=...)')
         super().__init__(student, teacher, data_preprocessor, init_cfg)
         student_shapes, teacher_shapes = self.setup_levels(levels, level_weights, student_tap,
-                                                           teacher_tap, dummy_input_shape)
+                                                           teacher_tap, dummy_input_shape, teacher_norm)
         loss = loss or dict(type='PKDLoss')
         per_level = takes_level_channels(loss)
         adapters = [self._pair_adapter(adapter, s, t, student_shapes[s], teacher_shapes[0][t], per_level)
@@ -115,6 +116,8 @@ class FeatureDistiller(LevelDistiller):
         """The pair's adapter (an identity where none is needed). A per-level
         loss aligns the channels itself: without an adapter, only the
         spatial sizes must agree."""
+        if per_level and adapter == AUTO_ADAPTER and s_shape[2:] == t_shape[2:]:
+            return nn.Identity()  # the loss maps the channels
         if adapter is None and per_level:
             if s_shape[2:] != t_shape[2:]:
                 raise ValueError(

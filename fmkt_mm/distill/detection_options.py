@@ -9,7 +9,8 @@ groups, as mmdet's semi-supervised detectors take ``semi_train_cfg``::
         flow=dict(num_steps=4, encoder=dict(type='mlp'), loss=dict(type='PKDLoss'), width=None,
                   shared_encoder=False, roundtrip_loss_weight=0.0, batch_levels=False),
         levels=dict(pairs=(0, 1, 2, 3), weights=10.0, student_tap='neck', teacher_tap='neck',
-                    adapter=None, raw_loss_weight=0.0, raw_loss=None, dummy_input_shape=(3, 128, 128)),
+                    adapter='auto', teacher_norm=False, raw_loss_weight=0.0, raw_loss=None,
+                    dummy_input_shape=(3, 128, 128)),
         deploy=dict(mode='student', eval_steps=None, theta_loss=None, theta_loss_weight=1.0,
                     ema_momentum=None, ema_warmup=2000),
         teachers=dict(models=[...], flows='separate', deploy='mean'))   # several teachers
@@ -31,6 +32,7 @@ FLAT_KEYS: Dict[str, Tuple[str, str]] = {
     'student_tap': ('levels', 'student_tap'),
     'teacher_tap': ('levels', 'teacher_tap'),
     'adapter': ('levels', 'adapter'),
+    'teacher_norm': ('levels', 'teacher_norm'),
     'dummy_input_shape': ('levels', 'dummy_input_shape'),
     'raw_loss_weight': ('levels', 'raw_loss_weight'),
     'raw_loss': ('levels', 'raw_loss'),
@@ -55,7 +57,8 @@ class LevelOptions:
     weights: Union[float, Sequence[float]] = 1.0
     student_tap: str = 'neck'
     teacher_tap: str = 'neck'
-    adapter: Optional[Union[str, dict]] = None
+    adapter: Optional[Union[str, dict]] = 'auto'
+    teacher_norm: bool = False
     raw_loss_weight: float = 0.0
     raw_loss: Optional[dict] = None
     dummy_input_shape: Sequence[int] = (3, 128, 128)

@@ -143,7 +143,7 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
         self.theta_loss_weight = opts_deploy.theta_loss_weight
         student_shapes, teacher_shapes = self.setup_levels(
             opts_levels.pairs, opts_levels.weights, opts_levels.student_tap, opts_levels.teacher_tap,
-            opts_levels.dummy_input_shape)
+            opts_levels.dummy_input_shape, opts_levels.teacher_norm)
         flow_cfg = self._flow_config(options)
         self.flows = self._build_flows(options, flow_cfg, student_shapes, teacher_shapes)
         #: several teachers sharing the flows: each teacher's adapters

@@ -9,6 +9,7 @@ the FM-KT detection distiller and the PKD-style feature distiller.
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from ..registry import MODELS
@@ -18,6 +19,17 @@ from .taps import run_until_tapped
 
 LevelSpec = Union[int, Tuple[int, int]]
 Shape = Tuple[int, ...]
+#: the ``adapter`` value (the default) that builds a FeatureAdapter for each
+#: level pair whose shapes differ, and none where they agree
+AUTO_ADAPTER = 'auto'
+
+
+def standardise(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """``x`` standardised per channel over the batch and positions: a
+    BatchNorm in training mode without affine parameters or running
+    statistics (a single value per channel becomes 0)."""
+    var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0, keepdim=True)
+    return (x - mean) * torch.rsqrt(var + eps)
 
 
 class TeacherShape(nn.Module):
@@ -94,11 +106,18 @@ class LevelDistiller(BaseDistiller):
     """
 
     def setup_levels(self, levels: Sequence[LevelSpec], level_weights: Union[float, Sequence[float]],
-                     student_tap: str, teacher_tap: str,
-                     dummy_input_shape: Sequence[int]) -> Tuple[List[Shape], List[List[Shape]]]:
+                     student_tap: str, teacher_tap: str, dummy_input_shape: Sequence[int],
+                     teacher_norm: bool = False) -> Tuple[List[Shape], List[List[Shape]]]:
         """Returns ``(student_shapes, teacher_shapes)``: ``(1, C, H, W)`` per
         level of the student's tap, and per teacher (one list per teacher,
-        in order) per level of its tap, at a ``dummy_input_shape`` input."""
+        in order) per level of its tap, at a ``dummy_input_shape`` input.
+        ``teacher_norm``: the teacher's levels are standardised per channel
+        over the batch and positions (a BatchNorm without affine parameters
+        or running statistics, MMRazor's ``NormConnector`` of the published
+        RTMDet recipe) before they are compared."""
+        if not isinstance(teacher_norm, bool):
+            raise ValueError(f'teacher_norm must be True or False, got {teacher_norm!r}')
+        self.teacher_norm = teacher_norm
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
         self.check_taps([student_tap], [teacher_tap])
         self.level_pairs = parse_levels(levels)
@@ -118,19 +137,29 @@ class LevelDistiller(BaseDistiller):
     def level_adapter(self, adapter: Optional[Union[str, dict]], s: int, t: int, s_shape: Shape,
                       t_shape: Shape, why: str = '') -> Optional[TeacherShape]:
         """The adapter from student level ``s`` to teacher level ``t``: built
-        from the ``adapter`` config, or None where the shapes already agree
-        (a mismatch without an adapter raises, naming both shapes and the fix;
-        ``why`` says what needs the teacher's shape)."""
+        from the ``adapter`` config; with ``'auto'`` (:data:`AUTO_ADAPTER`, the
+        default) a :class:`~fmkt_mm.distill.FeatureAdapter` where the shapes
+        differ (logged with both shapes) and None where they agree; with
+        None, None where the shapes agree, and a mismatch raises, naming both
+        shapes and the fix (``why`` says what needs the teacher's shape)."""
+        if adapter == AUTO_ADAPTER:
+            if s_shape[1:] == t_shape[1:]:
+                return None
+            print_log(f'student level {s} {s_shape} -> teacher level {t} {t_shape}: a FeatureAdapter '
+                      f'(1x1 conv {s_shape[1]} -> {t_shape[1]} channels, bilinear resize) maps it to the '
+                      f"teacher's shape (adapter='auto'; adapter=None refuses unequal shapes)",
+                      logger='current')
+            adapter = dict(type='FeatureAdapter')
         if adapter is not None:
             return TeacherShape(build_from_registry(
                 MODELS, adapter, 'adapter', in_channels=s_shape[1], out_channels=t_shape[1]))
         if s_shape[1:] != t_shape[1:]:
             raise ValueError(
                 f'student level {s} has shape {s_shape} but teacher level {t} has shape {t_shape} '
-                f'(B, C, H, W at a {self._dummy_input_shape} input){why}. Configure an adapter '
-                f"from the student to the teacher's shape, e.g. adapter=dict(type='FeatureAdapter') "
-                f'(1x1 conv {s_shape[1]} -> {t_shape[1]} channels, bilinear resize), or pair other '
-                f'levels.')
+                f'(B, C, H, W at a {self._dummy_input_shape} input){why}, and adapter=None asks for '
+                f"equal shapes. Leave adapter out (the default 'auto' builds a FeatureAdapter: 1x1 conv "
+                f'{s_shape[1]} -> {t_shape[1]} channels, bilinear resize), configure one, e.g. '
+                f"adapter=dict(type='FeatureAdapter'), or pair other levels.")
         return None
 
     @torch.no_grad()
@@ -151,4 +180,7 @@ class LevelDistiller(BaseDistiller):
         """Teacher ``index``'s levels (its own tap, else ``teacher_tap``)."""
         tap = self.teacher_tap_of(index, self.teacher_tap)
         out = self.teacher_outputs(inputs, data_samples, [tap], index)
-        return as_levels(out[tap], tap, self.teacher_label(index))
+        levels = as_levels(out[tap], tap, self.teacher_label(index))
+        if getattr(self, 'teacher_norm', False):
+            levels = [standardise(x) for x in levels]
+        return levels

@@ -1,4 +1,5 @@
 """MMEngine hooks of fmkt_mm, one per file."""
+from .distill_ema_hook import DistillEMAHook
 from .durable_checkpoint_hook import DurableCheckpointHook
 from .export_student_hook import ExportStudentHook
 from .finite_gradient_hook import FiniteGradientHook, NonFiniteGradientError
@@ -14,7 +15,7 @@ from .schedules import Schedule, schedule_factor
 from .stop_distillation_hook import StopDistillationHook
 from .teacher_eval_hook import TeacherEvalHook
 
-__all__ = ['DurableCheckpointHook', 'ExportStudentHook', 'FiniteGradientHook', 'NonFiniteGradientError',
-           'FlowEMAHook', 'FlowRoundTripHook', 'FlowStepsHook',
-           'LossScheduleHook', 'LossWeightScheduleHook', 'ProgressiveDistillationHook', 'RandomStateHook',
-           'SafeCheckpointHook', 'StopDistillationHook', 'TeacherEvalHook', 'Schedule', 'schedule_factor']
+__all__ = ['DistillEMAHook', 'DurableCheckpointHook', 'ExportStudentHook', 'FiniteGradientHook',
+           'NonFiniteGradientError', 'FlowEMAHook', 'FlowRoundTripHook', 'FlowStepsHook', 'LossScheduleHook',
+           'LossWeightScheduleHook', 'ProgressiveDistillationHook', 'RandomStateHook', 'SafeCheckpointHook',
+           'StopDistillationHook', 'TeacherEvalHook', 'Schedule', 'schedule_factor']

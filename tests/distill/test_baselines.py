@@ -139,14 +139,44 @@ def test_feature_distiller_pkd_on_every_level(det_teacher):
     assert model.deploy_mode == 'student'
 
 
-def test_feature_distiller_needs_an_adapter_for_other_widths(det_teacher):
+def test_feature_distiller_adapts_other_widths_by_itself(det_teacher):
+    """The default adapter='auto' builds the FeatureAdapter a user would
+    configure; adapter=None refuses unequal shapes naming both."""
     teacher, path = det_teacher
     with DefaultScope.overwrite_default_scope('mmdet'):
-        with pytest.raises(ValueError, match=r'\(1, 16, 8, 8\).*\(1, 32, 8, 8\).*FeatureAdapter'):
-            FeatureDistiller(det_student(16), dict(config=teacher, checkpoint=path),
+        with pytest.raises(ValueError, match=r'\(1, 16, 8, 8\).*\(1, 32, 8, 8\).*adapter=None.*FeatureAdapter'):
+            FeatureDistiller(det_student(16), dict(config=teacher, checkpoint=path), adapter=None,
                              dummy_input_shape=(3, 64, 64))
+        torch.manual_seed(0)
+        auto = FeatureDistiller(det_student(16), dict(config=teacher, checkpoint=path),
+                                dummy_input_shape=(3, 64, 64))
+        torch.manual_seed(0)
         model = FeatureDistiller(det_student(16), dict(config=teacher, checkpoint=path),
                                  adapter=dict(type='FeatureAdapter'), dummy_input_shape=(3, 64, 64))
+        assert auto.state_dict().keys() == model.state_dict().keys()
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in auto.state_dict().items())
         data = det_batch(model)
         losses = model.loss(data['inputs'], data['data_samples'])
     assert losses['loss_feat_l0'].requires_grad
+
+
+def test_teacher_norm_standardises_the_teachers_levels_per_channel(det_teacher):
+    """teacher_norm=True: the published RTMDet recipe's teacher-side BatchNorm
+    without affine parameters or running statistics."""
+    teacher, path = det_teacher
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        plain = FeatureDistiller(det_student(32), dict(config=teacher, checkpoint=path),
+                                 dummy_input_shape=(3, 64, 64))
+        normed = FeatureDistiller(det_student(32), dict(config=teacher, checkpoint=path), teacher_norm=True,
+                                  dummy_input_shape=(3, 64, 64))
+        data = det_batch(normed)
+        raw = plain.teacher_levels(data['inputs'], data['data_samples'])
+        levels = normed.teacher_levels(data['inputs'], data['data_samples'])
+    for x, level in zip(raw, levels):
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        torch.testing.assert_close(level, (x - mean) / torch.sqrt(var + 1e-5))
+    assert plain.state_dict().keys() == normed.state_dict().keys()  # nothing learnt, nothing saved
+    with pytest.raises(ValueError, match='teacher_norm must be True or False'):
+        with DefaultScope.overwrite_default_scope('mmdet'):
+            FeatureDistiller(det_student(32), dict(config=teacher, checkpoint=path), teacher_norm='bn')

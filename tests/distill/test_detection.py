@@ -231,15 +231,28 @@ def test_ema_momentum_warms_up_and_its_count_is_checkpointed(teachers):
         distiller(retinanet(8, 32), teachers['retinanet'], ema_momentum=0.0002, ema_warmup=0)
 
 
-def test_heterogeneous_pair_needs_an_adapter(teachers):
+def test_heterogeneous_pair_gets_its_adapters_by_itself(teachers, monkeypatch):
+    """adapter='auto' (the default) builds, for each level pair whose
+    shapes differ, the FeatureAdapter a user would configure, and logs it;
+    adapter=None refuses unequal shapes, naming both and the fix."""
     with pytest.raises(ValueError) as err:
-        distiller(retinanet(8, 32), teachers['retinanet_fpn64'])
+        distiller(retinanet(8, 32), teachers['retinanet_fpn64'], adapter=None)
     message = str(err.value)
     assert '(1, 32, 8, 8)' in message and '(1, 64, 8, 8)' in message
-    assert "adapter=dict(type='FeatureAdapter')" in message
+    assert "adapter=dict(type='FeatureAdapter')" in message and "the default 'auto'" in message
 
+    from fmkt_mm.distill import levels
+    logged = []
+    monkeypatch.setattr(levels, 'print_log', lambda message, **kwargs: logged.append(message))
+    torch.manual_seed(0)
+    auto = distiller(retinanet(8, 32), teachers['retinanet_fpn64'], deploy_mode='student')
+    assert len(logged) == 4  # once per level pair
+    assert logged[0].startswith('student level 0 (1, 32, 8, 8) -> teacher level 0 (1, 64, 8, 8): a FeatureAdapter')
+    torch.manual_seed(0)
     model = distiller(retinanet(8, 32), teachers['retinanet_fpn64'],
                       adapter=dict(type='FeatureAdapter'), deploy_mode='student')
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in auto.state_dict().items())
+    assert auto.state_dict().keys() == model.state_dict().keys()
     assert model.flows[0].channels == 32 and model.flows[0].head.adapter.proj.out_channels == 64
     model.train()
     loss, _ = model.parse_losses(model(**batch(model), mode='loss'))

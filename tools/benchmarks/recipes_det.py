@@ -53,7 +53,6 @@ DET_STUDY_ROWS = [
         distiller=dict(raw_loss_weight=1.0, flow=dict(width=32, shared_encoder=True, batch_levels=True,
                                                       condition=dict(type='level')))),
 ]
-RECORD = 'study_det.jsonl'
 
 
 def parse_args(argv=None):
@@ -70,19 +69,22 @@ def parse_args(argv=None):
     return args
 
 
-def study(args) -> dict:
-    """Every row x teacher x seed, resumable (``study_det.jsonl``)."""
+def study(args, teacher_config: str = 'retinanet_r18_teacher.py', name: str = 'det') -> dict:
+    """Every row of ``args.det_rows`` x teacher x seed, resumable
+    (``study_{name}.jsonl``); two teachers of ``teacher_config`` (a file of
+    configs/fashion_det), ``--det-teacher-epochs`` and half of them."""
     data_root = common.det_data(args.work_dir, args.det_train, args.det_val)
-    teachers = {'full': common.train_det_teacher(args, data_root),
-                'half': common.train_det_teacher(args, data_root, name='det_teacher_half',
+    teacher = 'det_teacher' if name == 'det' else f'{name}_teacher'
+    teachers = {'full': common.train_det_teacher(args, data_root, teacher_config, name=teacher),
+                'half': common.train_det_teacher(args, data_root, teacher_config, name=f'{teacher}_half',
                                                  epochs=max(1, args.det_teacher_epochs // 2))}
     # seed by seed: an interrupted study holds whole seeds, paired on both teachers
-    jobs = [row.job(seed, osp.join(args.work_dir, 'study_det', teacher, f'{common.slug(row.name)}_seed{seed}'),
+    jobs = [row.job(seed, osp.join(args.work_dir, f'study_{name}', teacher, f'{common.slug(row.name)}_seed{seed}'),
                     teacher=teacher, teacher_checkpoint=checkpoint, epochs=args.det_epochs, data_root=data_root,
                     test_steps=tuple(args.det_steps))
             for seed in args.det_seeds for teacher, (checkpoint, *_) in teachers.items() for row in args.det_rows]
-    runs = common.run_recorded(jobs, common.run_det, osp.join(args.work_dir, RECORD), args.jobs, 'study det',
-                               key='bbox_map')
+    runs = common.run_recorded(jobs, common.run_det, osp.join(args.work_dir, f'study_{name}.jsonl'), args.jobs,
+                               f'study {name}', key='bbox_map')
     for run in runs:  # the step curve in % like the mAP
         run['map_steps'] = {n: 100 * v for n, v in (run.get('map_by_steps') or {}).items()}
     scores = {k: 100 * v[1].get('coco/bbox_mAP', 0.0) for k, v in teachers.items()}
