@@ -85,7 +85,7 @@ def export_student_from_cfg(cfg: Config, checkpoint: str, out: str, config_path:
     if not student_state:
         raise ValueError(f'{checkpoint} holds no student.* weights; is it a distillation checkpoint?')
 
-    student_cfg = dict(model_cfg['student'])
+    student_cfg = copy.deepcopy(dict(model_cfg['student']))  # building may edit it (Deformable DETR)
     if cfg.get('data_preprocessor') is not None:
         student_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
     with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):

@@ -1,7 +1,8 @@
 """What every distiller shares: student, frozen teacher, taps, checkpoints,
 switching distillation off, and the check for non-finite losses."""
+import copy
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.logging import print_log
@@ -64,7 +65,7 @@ class BaseDistiller(BaseModel):
                  data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None,
                  teachers: Optional[Sequence[dict]] = None, teacher_flows: str = 'separate',
                  deploy_teacher: Union[str, int] = 'mean') -> None:
-        student = dict(student)
+        student = copy.deepcopy(dict(student))  # building may edit it (mmdet's Deformable DETR does)
         if data_preprocessor is not None:
             student.setdefault('data_preprocessor', data_preprocessor)
         student_model = ROOT_MODELS.build(student)
@@ -90,6 +91,19 @@ class BaseDistiller(BaseModel):
         self.deploy_teacher = self._teacher_index(deploy_teacher)
         #: False once distillation is switched off: ``loss`` returns the task loss alone
         self.distillation_enabled = True
+
+    #: the student's parts that the task packages' own hooks reach through
+    #: ``runner.model`` (mmdet's YOLOXModeSwitchHook sets ``bbox_head.use_l1``)
+    STUDENT_PARTS = ('backbone', 'neck', 'bbox_head', 'rpn_head', 'roi_head', 'decode_head', 'auxiliary_head')
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            student = self._modules.get('student')
+            if name in self.STUDENT_PARTS and student is not None and hasattr(student, name):
+                return getattr(student, name)  # the deployed model's part, as a stock hook expects
+            raise
 
     # -- one or several teachers ---------------------------------------------------------
     @property

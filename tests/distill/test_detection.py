@@ -314,7 +314,8 @@ def test_level_pairs_and_configuration_errors(teachers):
 
 
 def test_coco_configs_parse():
-    configs = sorted(glob.glob(osp.join(ROOT, 'configs', 'mmdet', 'fmkt_*.py')))
+    configs = sorted(p for p in glob.glob(osp.join(ROOT, 'configs', 'mmdet', 'fmkt_*.py'))
+                     if not re.search(r'fmkt_(rtmdet|yolox|dino|deformable)', p))  # test_modern_detectors.py
     assert len(configs) == 10  # three pairs of deploy modes, the conv-encoder recipes, one lean recipe
     for path in configs:
         cfg = apply_distiller(Config.fromfile(path))
