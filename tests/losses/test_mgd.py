@@ -271,9 +271,11 @@ def test_feature_distiller_mgd_state_dict_round_trip(det_teacher, tmp_path):
 def test_feature_distiller_mgd_errors(det_teacher):
     with pytest.raises(ValueError, match=r'student_channels=8.*16 -> 32 channels'):
         mgd_distiller(det_teacher, 16, loss=dict(type='MGDLoss', student_channels=8, teacher_channels=32))
-    # a spatial mismatch still needs an adapter: student level 1 against teacher level 0
+    # a spatial mismatch needs an adapter: refused with adapter=None, built by itself by default
     with pytest.raises(ValueError, match=r'\(1, 16, 4, 4\).*\(1, 32, 8, 8\).*FeatureAdapter'):
-        mgd_distiller(det_teacher, 16, levels=[(1, 0)])
+        mgd_distiller(det_teacher, 16, levels=[(1, 0)], adapter=None)
+    auto = mgd_distiller(det_teacher, 16, levels=[(1, 0)])
+    assert (auto.level_losses[0].student_channels, auto.level_losses[0].align) == (32, None)
     # with an adapter, the loss sees the teacher's width and needs no align conv
     model = mgd_distiller(det_teacher, 16, levels=[(1, 0)], adapter=dict(type='FeatureAdapter'))
     assert (model.level_losses[0].student_channels, model.level_losses[0].align) == (32, None)

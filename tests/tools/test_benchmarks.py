@@ -268,7 +268,7 @@ def test_benchmark_tables_rows_and_outputs(tmp_path):
 
 
 @pytest.mark.parametrize('script', ['amp', 'cost', 'efficacy_cls', 'efficacy_det', 'flowdistill', 'multi_teacher',
-                                    'recipes_cls', 'recipes_det', 'seg'])
+                                    'recipes_cls', 'recipes_det', 'recipes_rtmdet', 'seg'])
 def test_every_benchmark_answers_help(script):
     import subprocess
     done = subprocess.run([sys.executable, osp.join(BENCHMARKS, f'{script}.py'), '--help'], capture_output=True,

@@ -245,6 +245,31 @@ def train_det_teacher(args: argparse.Namespace, data_root: str, config: str = 'r
     return path, run.metrics, run.seconds
 
 
+def det_study(args: argparse.Namespace, teacher_config: str = 'retinanet_r18_teacher.py', name: str = 'det') -> dict:
+    """Every row of ``args.det_rows`` x teacher x seed, resumable
+    (``study_{name}.jsonl``); two teachers of ``teacher_config`` (a file of
+    configs/fashion_det), ``--det-teacher-epochs`` and half of them."""
+    data_root = det_data(args.work_dir, args.det_train, args.det_val)
+    teacher = 'det_teacher' if name == 'det' else f'{name}_teacher'
+    teachers = {'full': train_det_teacher(args, data_root, teacher_config, name=teacher),
+                'half': train_det_teacher(args, data_root, teacher_config, name=f'{teacher}_half',
+                                          epochs=max(1, args.det_teacher_epochs // 2))}
+    # seed by seed: an interrupted study holds whole seeds, paired on both teachers
+    jobs = [row.job(seed, osp.join(args.work_dir, f'study_{name}', teacher, f'{slug(row.name)}_seed{seed}'),
+                    teacher=teacher, teacher_checkpoint=checkpoint, epochs=args.det_epochs, data_root=data_root,
+                    test_steps=tuple(args.det_steps))
+            for seed in args.det_seeds for teacher, (checkpoint, *_) in teachers.items() for row in args.det_rows]
+    runs = run_recorded(jobs, run_det, osp.join(args.work_dir, f'study_{name}.jsonl'), args.jobs,
+                        f'study {name}', key='bbox_map')
+    for run in runs:  # the step curve in % like the mAP
+        run['map_steps'] = {n: 100 * v for n, v in (run.get('map_by_steps') or {}).items()}
+    scores = {k: 100 * v[1].get('coco/bbox_mAP', 0.0) for k, v in teachers.items()}
+    table, summary = study_table(runs, scores, args.det_rows, key='bbox_map', label='bbox mAP',
+                                 curve_key='map_steps', steps=tuple(args.det_steps))
+    return dict(teachers={k: dict(checkpoint=v[0], bbox_mAP=scores[k]) for k, v in teachers.items()},
+                runs=runs, summary=summary, table=table)
+
+
 # -- running many -----------------------------------------------------------------------------
 
 

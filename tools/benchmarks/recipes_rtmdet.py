@@ -22,7 +22,6 @@ import time
 
 import common
 from common import Row
-from recipes_det import study
 
 FMKT = 'fmkt_rtmdet_s_to_tiny.py'
 CWD = dict(type='fmkt_mm.CWDLoss', tau=1.0)
@@ -56,7 +55,7 @@ def main(argv=None):
     os.makedirs(args.work_dir, exist_ok=True)
     start = time.time()
     out = common.provenance(__file__, argv)
-    out['study_rtmdet'] = study(args, 'rtmdet_s_teacher.py', 'rtmdet')
+    out['study_rtmdet'] = common.det_study(args, 'rtmdet_s_teacher.py', 'rtmdet')
     maps = ', '.join(f'{k} {v["bbox_mAP"]:.1f}' for k, v in out['study_rtmdet']['teachers'].items())
     text = [f'RTMDet study, composed set: {args.det_train} / {args.det_val} images, {args.det_epochs} epochs, '
             f'seeds {args.det_seeds}, two RTMDet-s teachers ({args.det_teacher_epochs} and '
