@@ -258,8 +258,9 @@ def test_an_epoch_loop_resumes_exactly_from_a_checkpoint_inside_or_at_the_end_of
         teacher_checkpoint, tmp_path):
     """Epoch-based training (4 epochs of 2 iterations, an epoch-wise learning
     rate step) checkpointed every iteration: resumed from the last iteration
-    of epoch 1 and from the middle of epoch 2, it ends at iteration 8 with
-    the uninterrupted run's weights, optimizer state and learning rate."""
+    of epoch 1, and from the middle of epoch 2 by mmpretrain's own train.py,
+    it ends at iteration 8 with the uninterrupted run's weights, optimizer
+    state and learning-rate schedule."""
     def cfg_for(name, resume_from=None):
         cfg = tiny_cfg('fmkt', tmp_path / name, teacher_checkpoint, max_epochs=4)
         cfg.model.flow.num_steps_choices = (2, 4, 8)  # torch draws every iteration
@@ -275,17 +276,36 @@ def test_an_epoch_loop_resumes_exactly_from_a_checkpoint_inside_or_at_the_end_of
     assert (whole.iter, whole.epoch) == (8, 4)
     expected = trainable(whole.model)
     expected_state = whole.optim_wrapper.state_dict()['state']
-    for checkpoint in ('iter_2.pth', 'iter_3.pth'):
-        resumed = Runner.from_cfg(cfg_for(f'from_{checkpoint}', checkpoint))
-        resumed.train()
-        assert (resumed.iter, resumed.epoch) == (8, 4), checkpoint
-        assert resumed.optim_wrapper.get_lr() == whole.optim_wrapper.get_lr()
-        got = trainable(resumed.model)
-        assert all(torch.equal(expected[k], got[k]) for k in expected), \
-            (checkpoint, [k for k in expected if not torch.equal(expected[k], got[k])][:5])
-        state = resumed.optim_wrapper.state_dict()['state']
-        assert all(torch.equal(expected_state[i]['momentum_buffer'], state[i]['momentum_buffer'])
-                   for i in expected_state), checkpoint
+    resumed = Runner.from_cfg(cfg_for('from_iter_2', 'iter_2.pth'))
+    resumed.train()
+    assert (resumed.iter, resumed.epoch) == (8, 4)
+    assert resumed.optim_wrapper.get_lr() == whole.optim_wrapper.get_lr()
+    got = trainable(resumed.model)
+    assert all(torch.equal(expected[k], got[k]) for k in expected), \
+        [k for k in expected if not torch.equal(expected[k], got[k])][:5]
+    state = resumed.optim_wrapper.state_dict()['state']
+    assert all(torch.equal(expected_state[i]['momentum_buffer'], state[i]['momentum_buffer'])
+               for i in expected_state)
+
+    # inside epoch 2, through mmpretrain's own tools/train.py --resume (what mim train runs)
+    import runpy
+    config = str(tmp_path / 'config.py')
+    cfg_for('unused').dump(config)
+    work_dir = tmp_path / 'from_iter_3'
+    tool = osp.join(osp.dirname(__import__('mmpretrain').__file__), '.mim', 'tools', 'train.py')
+    argv = sys.argv
+    sys.argv = [tool, config, '--work-dir', str(work_dir), '--resume', str(tmp_path / 'whole' / 'iter_3.pth')]
+    try:
+        runpy.run_path(tool, run_name='__main__')
+    finally:
+        sys.argv = argv
+    final = torch.load(work_dir / 'iter_8.pth', weights_only=True)
+    whole_final = torch.load(tmp_path / 'whole' / 'iter_8.pth', weights_only=True)
+    assert not (work_dir / 'iter_9.pth').exists()
+    assert (final['meta']['epoch'], final['meta']['iter']) == (whole_final['meta']['epoch'], 8)
+    assert all(torch.equal(expected[k], final['state_dict'][k]) for k in expected), \
+        [k for k in expected if not torch.equal(expected[k], final['state_dict'][k])][:5]
+    assert final['param_schedulers'] == whole_final['param_schedulers']
 
 
 # -- atomic checkpoints -----------------------------------------------------------------------
