@@ -376,6 +376,35 @@ def test_gradients_that_overflow_stop_the_run_before_the_update(teacher_checkpoi
     assert not os.path.exists(tmp_path / 'iter_1.pth')
 
 
+def test_amp_steps_the_loss_scaler_skips_are_counted_not_errors():
+    """fp16 AMP's scaler finds an overflow itself and skips the optimizer
+    step: no error, one skipped step counted; the next step is checked."""
+    from types import SimpleNamespace
+
+    from mmengine.logging import MessageHub
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 16)
+    runner = SimpleNamespace(model=model, iter=0, message_hub=MessageHub.get_instance('amp-skipped-steps'),
+                             optim_wrapper=SimpleNamespace(optimizer=optimizer, loss_scaler=scaler,
+                                                           clip_grad_kwargs={}))
+    hook = FiniteGradientHook()
+    hook.before_train(runner)
+    checked = []
+    optimizer.register_step_pre_hook(lambda *args: checked.append(1))
+    for scale in (1e38, 1.0):  # the first overflows once the scaler multiplies it
+        hook.before_train_iter(runner, 0)
+        optimizer.zero_grad()
+        scaler.scale(model(torch.ones(1, 2)).sum() * scale).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        hook.after_train_iter(runner, 0)
+    assert hook.amp_skipped_steps == 1 and len(checked) == 1
+    assert runner.message_hub.get_scalar('train/amp_skipped_steps').current() == 1
+    hook.after_train(runner)
+
+
 def test_a_gradient_norm_beyond_the_bound_stops_the_run(teacher_checkpoint, tmp_path):
     """FiniteGradientHook(max_norm=...) reads the norm before clipping."""
     cfg = tiny_cfg('fmkt', tmp_path, teacher_checkpoint, max_iters=2)
