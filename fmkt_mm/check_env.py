@@ -116,7 +116,7 @@ def build_shipped_config(package: str, config: str) -> None:
     from mmengine.config import Config
     from mmengine.registry import MODELS, DefaultScope
 
-    from .apis import apply_distiller
+    from .config_prep import apply_distiller
     cfg = apply_distiller(Config.fromfile(osp.join(_config_root(), config)))
     model = cfg.model
     if model.get('teacher') is not None:

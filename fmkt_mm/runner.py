@@ -37,6 +37,7 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from .checkpoint import CheckpointMismatchError, check_fit, extract_state_dict, safe_torch_load
+from .config_prep import prepare_config, teacher_from_checkpoint
 from .registry import RUNNERS
 from .runner_guard import guard_runners
 from .storage import CorruptCheckpointError, remove_leftovers, seal
@@ -65,7 +66,6 @@ class DistillRunner(Runner):
 
     @classmethod
     def from_cfg(cls, cfg: Config) -> 'DistillRunner':
-        from .apis import prepare_config, teacher_from_checkpoint
         cfg = copy.deepcopy(cfg)
         prepare_config(cfg)
         preloaded = teacher_from_checkpoint(cfg, cfg.load_from) if cfg.get('load_from') else None

@@ -168,3 +168,61 @@ def test_tools_share_the_library_harness_not_each_other():
         if 'sys.path' in path.read_text():
             offending.append(f'{path.name}: edits sys.path')
     assert not offending, offending
+
+
+def _runtime_imports(path: Path):
+    """``(module, level)`` of the imports that run (not those under
+    ``if TYPE_CHECKING:``), at any depth (function-level imports included)."""
+    tree = ast.parse(path.read_text(), str(path))
+    skipped = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, 'id', None) == 'TYPE_CHECKING':
+            skipped.update(id(n) for child in node.body for n in ast.walk(child))
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            yield node.module or '', node.level, [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, 0, []
+
+
+def test_no_module_of_the_package_imports_itself_in_a_circle():
+    """The package's runtime import graph (function-level imports included)
+    has no circle: the front door (apis) sits above the runner, config
+    preparation (config_prep) below it."""
+    modules = {}
+    for path in PACKAGE.rglob('*.py'):
+        parts = list(path.relative_to(ROOT).with_suffix('').parts)
+        modules['.'.join(parts[:-1] if parts[-1] == '__init__' else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == '__init__.py' else name.rsplit('.', 1)[0]
+        deps = set()
+        for module, level, names in _runtime_imports(path):
+            if level:
+                base = package.split('.')[:len(package.split('.')) - (level - 1)]
+                target = '.'.join(base + ([module] if module else []))
+            elif module.startswith('fmkt_mm'):
+                target = module
+            else:
+                continue
+            deps.update(m for m in [target] + [f'{target}.{n}' for n in names]
+                        if m in modules and m != name and modules[m].name != '__init__.py')
+        graph[name] = deps
+    circles = []
+
+    def visit(node, trail):
+        for dep in graph.get(node, ()):
+            if dep in trail:
+                circles.append(trail[trail.index(dep):] + [dep])
+            elif dep not in done:
+                visit(dep, trail + [dep])
+        done.add(node)
+
+    done = set()
+    for name in sorted(graph):
+        if name not in done and modules[name].name != '__init__.py':
+            visit(name, [name])
+    assert not circles, circles[:3]
