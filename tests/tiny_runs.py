@@ -139,6 +139,15 @@ def det_batch(model, n: int = 2, seed: int = 0, train: bool = True):
     return model.data_preprocessor(dict(inputs=images, data_samples=samples), train)
 
 
+def stock_tool(package: str, name: str) -> str:
+    """A launcher shipped inside an installed OpenMMLab package (what ``mim
+    train`` / ``mim test`` run)."""
+    module = __import__(package)
+    path = osp.join(osp.dirname(module.__file__), '.mim', 'tools', name)
+    assert osp.isfile(path), path
+    return path
+
+
 # -- unsafe files -------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from mmengine.config import Config
 
 import fmkt_mm  # noqa: F401
 from fmkt_mm.apis import apply_distiller
-from tiny_runs import ROOT
+from tiny_runs import ROOT, stock_tool
 
 MODERN = osp.join(ROOT, 'configs', 'mmdet')
 FAMILIES = ('rtmdet', 'yolox', 'dino', 'deformable-detr')
@@ -181,9 +181,8 @@ def test_a_config_of_each_family_trains_tests_and_exports(family, coco80, tmp_pa
     config = str(tmp_path / 'distill_config.py')
     cfg.dump(config)
     if family == 'rtmdet':  # as a user runs it: mmdet's own tools/train.py (what mim train runs)
-        tool = osp.join(osp.dirname(__import__('mmdet').__file__), '.mim', 'tools', 'train.py')
-        done = subprocess.run([sys.executable, tool, config, '--work-dir', work_dir], capture_output=True,
-                              text=True, timeout=600, cwd=str(tmp_path))
+        done = subprocess.run([sys.executable, stock_tool('mmdet', 'train.py'), config, '--work-dir', work_dir],
+                              capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
         assert done.returncode == 0, done.stderr[-3000:]
         assert 'coco/bbox_mAP' in done.stdout + done.stderr
         assert 'FeatureAdapter (1x1 conv 96 -> 128 channels' in done.stdout + done.stderr  # no adapter line

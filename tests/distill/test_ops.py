@@ -24,7 +24,7 @@ from fmkt_mm.hooks import (
     schedule_factor,
 )
 from fmkt_mm.optim import enable_amp
-from tiny_runs import ROOT, plain_model, retinanet, runner_config, tiny_cfg
+from tiny_runs import ROOT, plain_model, retinanet, runner_config, stock_tool, tiny_cfg
 
 PYTHON = sys.executable
 TESTS = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -292,7 +292,7 @@ def test_an_epoch_loop_resumes_exactly_from_a_checkpoint_inside_or_at_the_end_of
     config = str(tmp_path / 'config.py')
     cfg_for('unused').dump(config)
     work_dir = tmp_path / 'from_iter_3'
-    tool = osp.join(osp.dirname(__import__('mmpretrain').__file__), '.mim', 'tools', 'train.py')
+    tool = stock_tool('mmpretrain', 'train.py')
     argv = sys.argv
     sys.argv = [tool, config, '--work-dir', str(work_dir), '--resume', str(tmp_path / 'whole' / 'iter_3.pth')]
     try:

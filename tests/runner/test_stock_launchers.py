@@ -12,18 +12,10 @@ from mmengine.config import Config
 
 import fmkt_mm  # noqa: F401
 from fmkt_mm.apis import check_config_form
-from tiny_runs import CLS_CONFIGS, DET_CONFIGS, ROOT, free_port, rank_state_config, tiny_cfg
+from tiny_runs import CLS_CONFIGS, DET_CONFIGS, ROOT, free_port, rank_state_config, stock_tool, tiny_cfg
 
 PYTHON = sys.executable
 ENV = dict(os.environ, OMP_NUM_THREADS='1')
-
-
-def stock_tool(package: str, name: str) -> str:
-    """The launcher shipped inside an installed OpenMMLab package."""
-    module = __import__(package)
-    path = osp.join(osp.dirname(module.__file__), '.mim', 'tools', name)
-    assert osp.isfile(path), path
-    return path
 
 
 def derived_config(tmp_path, base: str, body: str) -> str:

@@ -12,7 +12,7 @@ from mmengine.config import Config
 
 import fmkt_mm  # noqa: F401
 from fmkt_mm.runner_guard import MissingTaskPackageError, check_runner_config
-from tiny_runs import ROOT, TESTS
+from tiny_runs import ROOT, TESTS, stock_tool
 
 PYTHON = sys.executable
 ENV = dict(os.environ, OMP_NUM_THREADS='1',
@@ -41,14 +41,6 @@ distiller = dict(type='fmkt_mm.SegmentationDistiller', student_tap='backbone', t
                               checkpoint='t.pth'))
 ''',
 )
-
-
-def stock_tool(package: str, name: str) -> str:
-    """A launcher shipped inside an installed OpenMMLab package (what ``mim train`` runs)."""
-    module = __import__(package)
-    path = osp.join(osp.dirname(module.__file__), '.mim', 'tools', name)
-    assert osp.isfile(path), path
-    return path
 
 
 def write(tmp_path, name: str, text: str) -> str:

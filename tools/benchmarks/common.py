@@ -245,6 +245,23 @@ def train_det_teacher(args: argparse.Namespace, data_root: str, config: str = 'r
     return path, run.metrics, run.seconds
 
 
+def det_study_args(doc: str, rows: Sequence[Row], report: str,
+                   argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line of a detection study over ``rows`` (the first, the
+    baseline, always runs), its report named ``report``."""
+    parser_ = parser(doc)
+    add_det_sizes(parser_)
+    add_study_rows(parser_, '--det-rows', rows, rows[0].name)
+    add_det_steps(parser_)
+    add_jobs(parser_)
+    add_output(parser_, EFFICACY_DIR, report)
+    add_quick(parser_)
+    args = parser_.parse_args(argv)
+    args.det_rows = study_rows(parser_, args, 'det_rows', rows)
+    finish_output(args, report)
+    return args
+
+
 def det_study(args: argparse.Namespace, teacher_config: str = 'retinanet_r18_teacher.py', name: str = 'det') -> dict:
     """Every row of ``args.det_rows`` x teacher x seed, resumable
     (``study_{name}.jsonl``); two teachers of ``teacher_config`` (a file of

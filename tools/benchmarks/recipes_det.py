@@ -55,17 +55,7 @@ DET_STUDY_ROWS = [
 
 
 def parse_args(argv=None):
-    parser = common.parser(__doc__)
-    common.add_det_sizes(parser)
-    common.add_study_rows(parser, '--det-rows', DET_STUDY_ROWS, 'PKD')
-    common.add_det_steps(parser)
-    common.add_jobs(parser)
-    common.add_output(parser, common.EFFICACY_DIR, 'recipes_det.md')
-    common.add_quick(parser)
-    args = parser.parse_args(argv)
-    args.det_rows = common.study_rows(parser, args, 'det_rows', DET_STUDY_ROWS)
-    common.finish_output(args, 'recipes_det.md')
-    return args
+    return common.det_study_args(__doc__, DET_STUDY_ROWS, 'recipes_det.md', argv)
 
 
 def main(argv=None):

@@ -37,17 +37,7 @@ RTMDET_ROWS = [
 
 
 def parse_args(argv=None):
-    parser = common.parser(__doc__)
-    common.add_det_sizes(parser)
-    common.add_study_rows(parser, '--det-rows', RTMDET_ROWS, RTMDET_ROWS[0].name)
-    common.add_det_steps(parser)
-    common.add_jobs(parser)
-    common.add_output(parser, common.EFFICACY_DIR, 'recipes_rtmdet.md')
-    common.add_quick(parser)
-    args = parser.parse_args(argv)
-    args.det_rows = common.study_rows(parser, args, 'det_rows', RTMDET_ROWS)
-    common.finish_output(args, 'recipes_rtmdet.md')
-    return args
+    return common.det_study_args(__doc__, RTMDET_ROWS, 'recipes_rtmdet.md', argv)
 
 
 def main(argv=None):
