@@ -1,4 +1,4 @@
-# RTMDet-m distilled from RTMDet-l on COCO: FM-KT (the detection default form; see _fmkt_neck_.py).
+# RTMDet-m distilled from RTMDet-l on COCO: FM-KT with CWD as its metric (see _fmkt_neck_cwd_.py).
 # The published pair (mmyolo's RTMDet distillation through MMRazor, CWD on the
 # neck): 49.3 -> 50.2 COCO mAP. Not scored here (see configs/mmdet/README.md).
 # Teacher: mmdet's model-zoo RTMDet-l, by URL (downloaded once, checked
@@ -6,7 +6,7 @@
 # Distillation stops where RTMDet switches off mosaic (the last 20 epochs),
 # as the published recipe does; mmdet's EMAHook of the stock config is kept
 # (fmkt_mm averages the student only, never the teacher).
-_base_ = ['mmdet::rtmdet/rtmdet_m_8xb32-300e_coco.py', './_fmkt_neck_.py']
+_base_ = ['mmdet::rtmdet/rtmdet_m_8xb32-300e_coco.py', './_fmkt_neck_cwd_.py']
 distiller = dict(
     teacher=dict(config='mmdet::rtmdet/rtmdet_l_8xb32-300e_coco.py',
                  checkpoint='https://download.openmmlab.com/mmdetection/v3.0/rtmdet/rtmdet_l_8xb32-300e_coco/rtmdet_l_8xb32-300e_coco_20220719_112030-5a0be7c4.pth'),

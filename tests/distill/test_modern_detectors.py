@@ -49,6 +49,10 @@ def test_the_modern_configs_parse_with_their_stock_hooks():
             assert model.loss.type == 'fmkt_mm.CWDLoss' and model.teacher_norm and model.level_weights == 1.0
         else:  # the same total weight on the student's levels: 2 x 0.5 (ensemble, teacher)
             assert model.deploy_mode == 'student' and model.raw_loss_weight == 1.0 and model.level_weights == 0.5
+            # RTMDet: CWD as the metric, the form the RTMDet study supports; the others the default's
+            metric = 'fmkt_mm.CWDLoss' if 'rtmdet' in name else 'fmkt_mm.PKDLoss'
+            assert model.flow.loss.type == metric and model.get('teacher_norm', False) == ('rtmdet' in name)
+            assert model.get('raw_loss', dict(type=metric)).type == metric
         hooks = [h.type for h in cfg.get('custom_hooks', [])]
         if 'rtmdet' in name or 'yolox' in name:
             assert 'EMAHook' in hooks, name  # the stock config's, kept
