@@ -140,7 +140,8 @@ def task_problems(package: str, shipped_configs: bool) -> Tuple[List[str], List[
     lines, problems = [], []
     failure = _try(f'{package}: resolving {own}', lambda: resolve_package_config(package, own))
     lines.append(f'{package:<11} configs by {package}:: ' + ('FAIL' if failure else 'resolve'))
-    problems += [failure] if failure else []
+    if failure:  # a run of this task fails there already; fix that first
+        return lines, [failure]
     if not shipped_configs:
         lines.append(f'{package:<11} (fmkt_mm\'s configs/ folder is not beside the package: no shipped '
                      f'config built)')

@@ -60,7 +60,7 @@ def parse_args():
                         help='torch threads; 1 avoids heavy slow-downs when other jobs share the cores')
     args = parser.parse_args()
     if args.quick:
-        args.num_train, args.num_val = 48, 24
+        args.num_train, args.num_val = 16, 8
         args.teacher_epochs = args.student_epochs = 1
     suffix = '_quick' if args.quick else ''
     args.data_root = args.data_root or osp.join('data', 'fashion_det' + suffix)

@@ -246,7 +246,7 @@ def test_deterministic_runs_repeat_bit_for_bit_across_processes(teacher_checkpoi
 
     runs = [('conv_a', 3, 'conv'), ('conv_b', 3, 'conv'), ('transformer_a', 3, 'transformer'),
             ('transformer_b', 3, 'transformer'), ('conv_seed4', 4, 'conv')]
-    for pair in (runs[:2], runs[2:4], runs[4:]):  # two at a time on two cores
+    for pair in ((runs[0], runs[1], runs[4]), runs[2:4]):  # two or three at a time on the two cores
         for name, process in [(name, train(name, seed, encoder)) for name, seed, encoder in pair]:
             _, err = process.communicate(timeout=300)
             assert process.returncode == 0, f'{name}: {err[-3000:]}'

@@ -128,7 +128,7 @@ def parse_args(argv=None):
     common.add_quick(parser)
     args = parser.parse_args(argv)
     if args.quick:
-        args.num_train, args.num_val, args.epochs, args.teacher_epochs, args.seeds = 16, 8, 1, 2, [0]
+        args.num_train, args.num_val, args.epochs, args.teacher_epochs, args.seeds = 8, 4, 1, 1, [0]
     args.rows = common.pick_rows(parser, ROWS, args.rows, keep_first=True)
     common.finish_output(args, 'study_seg.md')
     return args
