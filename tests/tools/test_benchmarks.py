@@ -121,7 +121,7 @@ def test_recipe_study_pairs_rows_with_dist_for_two_teachers_and_resumes(tmp_path
 @pytest.mark.slow
 def test_detection_study_pairs_rows_with_pkd_for_two_teachers_and_resumes(tmp_path, capsys):
     recipes = load_tool('recipes_det')
-    args = ['--quick', '--det-rows', 'FM-KT deploy flow', '--det-steps', '1', '2', '--work-dir', str(tmp_path)]
+    args = ['--quick', '--det-rows', 'FM-KT deploy flow', '--det-steps', '1', '--work-dir', str(tmp_path)]
     result = recipes.main(args)['study_det']
     runs = result['runs']
     assert sorted((r['teacher'], r['row']) for r in runs) == sorted(
@@ -131,10 +131,10 @@ def test_detection_study_pairs_rows_with_pkd_for_two_teachers_and_resumes(tmp_pa
         fmkt = next(r for r in runs if r['teacher'] == teacher and r['row'] != 'PKD')
         pkd = next(r for r in runs if r['teacher'] == teacher and r['row'] == 'PKD')
         assert summary[teacher]['diff'][0] == fmkt['bbox_map'] - pkd['bbox_map']  # paired on the seed
-        assert sorted(summary[teacher]['curve']) == [1, 2]  # the flows predict: scored per step count
+        assert sorted(summary[teacher]['curve']) == [1]  # the flows predict: scored per step count
     assert result['summary']['rows']['PKD']['full']['curve'] == {}  # the plain student predicts
     assert set(result['teachers']) == {'full', 'half'}
-    assert 'minus PKD (paired)' in result['table'] and 'bbox mAP at N=1/2' in result['table']
+    assert 'minus PKD (paired)' in result['table'] and 'bbox mAP at N=1 |' in result['table']
     capsys.readouterr()
     again = recipes.main(args)['study_det']  # resumes: every run is recorded, none reruns
     assert '[study det] 4 runs recorded, 0 to run' in capsys.readouterr().out

@@ -506,7 +506,7 @@ def add_det_steps(parser: argparse.ArgumentParser) -> None:
 
 
 #: ``--quick`` of the Fashion-MNIST and detection runs (what the arguments hold)
-QUICK = dict(train_samples=128, teacher_samples=128, test_samples=100, epochs=1, teacher_epochs=1,
+QUICK = dict(train_samples=64, teacher_samples=64, test_samples=64, epochs=1, teacher_epochs=1,
              det_train=16, det_val=8, det_teacher_epochs=1, det_epochs=1)
 
 
