@@ -5,7 +5,7 @@ _base_ = ['./pspnet_r18w8_student.py']
 distiller = dict(
     type='fmkt_mm.FeatureDistiller',
     teacher=dict(config='{{fileDirname}}/pspnet_r18w32_teacher.py',
-                 checkpoint='work_dirs/pspnet_r18w32_teacher/epoch_8.pth'),
+                 checkpoint='work_dirs/pspnet_r18w32_teacher/epoch_16.pth'),
     loss=dict(type='fmkt_mm.CWDLoss', tau=1.0),
     levels=(0, ),
     level_weights=3.0,

@@ -1,7 +1,15 @@
 # The teacher: mmseg's PSPNet (ResNetV1c-18, dilated, output stride 8) at base
-# width 32, trained from scratch on the composed set.
+# width 32, trained from scratch on the composed set for 16 epochs (the
+# students train 8).
 _base_ = ['./_base_.py']
 width = 32
+max_epochs = 16
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=max_epochs, T_max=max_epochs,
+         convert_to_iter_based=True),
+]
 model = dict(
     type='EncoderDecoder',
     data_preprocessor={{_base_.data_preprocessor}},

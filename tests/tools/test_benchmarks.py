@@ -218,12 +218,16 @@ def test_segmentation_study_pairs_rows_with_cwd_and_resumes(tmp_path):
     with CWD per teacher and seed, intervals and operator counts in the table;
     a rerun trains nothing new."""
     seg = load_tool('seg')
-    argv = ['--quick', '--rows', 'FM-KT deploy student', '--work-dir', str(tmp_path)]
-    runs = seg.main(argv)['seg']['runs']
+    argv = ['--quick', '--rows', 'FM-KT logits, deploy flow', '--work-dir', str(tmp_path)]
+    result = seg.main(argv)['seg']
+    runs = result['runs']
     assert {(r['teacher'], r['row']) for r in runs} == {
-        (t, row) for t in ('full', 'half') for row in ('CWD', 'FM-KT deploy student')}
+        (t, row) for t in ('full', 'half') for row in ('CWD', 'FM-KT logits, deploy flow')}
     text = (tmp_path / 'quick' / 'study_seg.md').read_text()
-    assert 'minus CWD (paired)' in text and 'operators / step x CWD' in text and '95 % t intervals' in text
+    assert 'minus CWD (paired)' in text and 'operators / step (x CWD)' in text and '95 % t intervals' in text
+    assert f'The background everywhere scores {result["background_miou"]:.2f} mIoU' in text
+    flow = next(r for r in runs if r['row'] != 'CWD')
+    assert sorted(map(int, flow['steps'])) == [1, 2, 4, 8]  # the flow predicts: mIoU per step count
     records = (tmp_path / 'quick' / 'study_seg.jsonl').read_text().splitlines()
     again = seg.main(argv)['seg']['runs']
     assert len((tmp_path / 'quick' / 'study_seg.jsonl').read_text().splitlines()) == len(records)
@@ -274,3 +278,25 @@ def test_every_benchmark_answers_help(script):
                           text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert '--work-dir' in done.stdout or '--out' in done.stdout
+
+
+def test_the_segmentation_floor_is_iou_metrics_score_of_background_everywhere(tmp_path):
+    """The study's floor equals what mmseg's IoUMetric gives a segmentor that
+    predicts class 0 on every pixel of the validation maps."""
+    import cv2
+    import numpy as np
+    import torch
+    from mmseg.evaluation import IoUMetric
+    seg = load_tool('seg')
+    folder = tmp_path / 'ann_dir' / 'val'
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    maps = [rng.choice([0, 0, 0, 3, 7], (8, 8)).astype(np.uint8) for _ in range(3)]
+    for i, labels in enumerate(maps):
+        cv2.imwrite(str(folder / f'{i:06d}.png'), labels)
+    metric = IoUMetric(iou_metrics=['mIoU'])
+    metric.dataset_meta = dict(classes=tuple(str(c) for c in range(11)))
+    metric.process([], [dict(pred_sem_seg=dict(data=torch.zeros(1, 8, 8, dtype=torch.long)),
+                             gt_sem_seg=dict(data=torch.from_numpy(m)[None].long())) for m in maps])
+    expected = metric.compute_metrics(metric.results)['mIoU']
+    assert seg.background_floor(str(tmp_path)) == pytest.approx(expected, abs=0.01)  # IoUMetric rounds to 0.01

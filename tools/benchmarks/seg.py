@@ -3,14 +3,18 @@
 Two PSPNet R18 w32 teachers (trained ``--teacher-epochs`` and half of it),
 then, for each teacher and seed, every row of :data:`ROWS` trains the PSPNet
 R18 w8 student; every run is paired with CWD's run of the same teacher and
-seed. Prints (and writes to ``--out``, default ``WORK_DIR/study_seg.md``, its
-JSON beside it) per teacher: mIoU mean ± std, the paired difference to CWD
-and the seeds won, s/iter and the operators of one training step beside
-CWD's; then the paired 95 % t intervals per teacher and pooled
-(:mod:`fmkt_mm.studies`), and the verdict. Each finished run is a line of
-``WORK_DIR/study_seg.jsonl``; a rerun of the same command resumes.
+seed. Every distillation row carries CWD's total distillation weight (3: the
+sum of its terms' weights), so a difference is the method's, not the
+weight's. Prints (and writes to ``--out``, default ``WORK_DIR/study_seg.md``,
+its JSON beside it) the student's floor (the mIoU of predicting the
+background everywhere), then per teacher: mIoU mean ± std, the paired
+difference to CWD and the seeds won, the mIoU per inference step count of the
+rows whose flow predicts, s/iter, the operators of one training step and the
+peak memory beside CWD's; then the paired 95 % t intervals per teacher and
+pooled (:mod:`fmkt_mm.studies`), and the verdict. Each finished run is a line
+of ``WORK_DIR/study_seg.jsonl``; a rerun of the same command resumes.
 
-    python tools/benchmarks/seg.py --seeds 0 1 2 --jobs 2     # the study (about 30 min on 2 cores)
+    python tools/benchmarks/seg.py --seeds 0 1 2 --jobs 2     # the study (about 45 min on 2 cores)
     python tools/benchmarks/seg.py --quick                    # a smoke run (a minute)
 """
 import os
@@ -29,9 +33,11 @@ TEACHER = 'pspnet_r18w32_teacher.py'
 ROWS = [Row('CWD', 'cwd_pspnet_r18w32_to_r18w8.py'),
         Row('student alone', 'pspnet_r18w8_student.py'),
         Row('pixel KD', 'kd_pspnet_r18w32_to_r18w8.py'),
-        Row('FM-KT deploy student', 'fmkt_pspnet_r18w32_to_r18w8_deploy-student.py'),
-        Row('FM-KT deploy student + CWD on the raw features', 'fmkt_pspnet_r18w32_to_r18w8_deploy-student_cwd-raw.py'),
-        Row('FM-KT deploy flow', 'fmkt_pspnet_r18w32_to_r18w8_deploy-flow.py')]
+        Row('FM-KT logits, deploy student', 'fmkt_pspnet_r18w32_to_r18w8_deploy-student.py'),
+        Row('FM-KT logits, deploy flow', 'fmkt_pspnet_r18w32_to_r18w8_deploy-flow.py'),
+        Row('FM-KT logits, deploy student + CWD on the raw logits',
+            'fmkt_pspnet_r18w32_to_r18w8_deploy-student_cwd-raw.py'),
+        Row('FM-KT backbone stage (PKD), deploy student', 'fmkt_pspnet_r18w32_to_r18w8_deploy-student_backbone.py')]
 RECORD = 'study_seg.jsonl'
 
 
@@ -86,6 +92,31 @@ def run_job(job: Job) -> dict:
     return result
 
 
+def mean_of(runs, key: str):
+    """The mean of ``key`` over ``runs`` (None when a run lacks it: a
+    peak memory is only a run's own in a process of its own, ``--jobs`` 2+)."""
+    values = [r.get(key) for r in runs]
+    return None if not values or None in values else statistics.fmean(values)
+
+
+def background_floor(data_root: str) -> float:
+    """The validation mIoU (%) of a segmentor that predicts the background
+    everywhere, as mmseg's ``IoUMetric`` scores it: the background's IoU is
+    its share of the pixels, every garment class present scores 0, absent
+    classes are left out of the mean."""
+    import glob
+
+    import cv2
+    import numpy as np
+
+    from fmkt_mm.datasets import FASHION_SEG_METAINFO
+    counts = np.zeros(256, dtype=np.int64)
+    for path in glob.glob(osp.join(data_root, 'ann_dir', 'val', '*.png')):
+        counts += np.bincount(cv2.imread(path, cv2.IMREAD_UNCHANGED).ravel(), minlength=256)
+    present = int((counts[:len(FASHION_SEG_METAINFO['classes'])] > 0).sum())
+    return 100.0 * counts[0] / counts.sum() / present
+
+
 def tables(runs: List[dict], teachers: Dict[str, float], rows: List[Row]) -> str:
     baseline = rows[0].name
     lines = []
@@ -100,16 +131,17 @@ def tables(runs: List[dict], teachers: Dict[str, float], rows: List[Row]) -> str
             steps = [{int(n): v for n, v in r['steps'].items()} for r in mine]  # JSON keys are strings
             curve = ' / '.join(f'{statistics.fmean(s[n] for s in steps):.2f}'
                                for n in (1, 2, 4, 8) if all(n in s for s in steps)) or '-'
-            ops = statistics.fmean(r['train_ops'] for r in mine)
-            base_ops = statistics.fmean(r['train_ops'] for r in base.values()) if base else float('nan')
+            ops, base_ops = mean_of(mine, 'train_ops'), mean_of(base.values(), 'train_ops')
+            peak, base_peak = mean_of(mine, 'peak_mib'), mean_of(base.values(), 'peak_mib')
             first = row.name == baseline
             cells.append([row.name, common.fmt(*common.mean_std([r['miou'] for r in mine])),
                           '-' if first else common.fmt(*common.mean_std(diffs)),
                           '-' if first else f'{sum(d > 0 for d in diffs)}/{len(diffs)}', curve,
                           f'{statistics.fmean(r["sec_per_iter"] for r in mine):.3f}',
-                          f'{ops:.0f} ({ops / base_ops:.2f}x)'])
+                          f'{ops:.0f} ({ops / base_ops:.2f}x)',
+                          '-' if peak is None else f'{peak:.0f} ({peak / base_peak:.2f}x)'])
         header = ['row', 'mIoU', f'minus {baseline} (paired)', 'seeds won', 'mIoU at N=1/2/4/8', 's / iter',
-                  f'operators / step x {baseline}']
+                  f'operators / step (x {baseline})', f'peak MiB (x {baseline})']
         lines += [f'Teacher {teacher!r} ({score:.2f} mIoU):', '', common.markdown_table(header, cells), '']
     verdict_lines, _, _ = common.verdicts(runs, baseline, 'miou', [r.name for r in rows])
     return '\n'.join(lines + verdict_lines)
@@ -121,8 +153,8 @@ def parse_args(argv=None):
     parser.add_argument('--rows', nargs='+', help='a subset of the rows (the baseline always runs)')
     parser.add_argument('--num-train', type=int, default=600)
     parser.add_argument('--num-val', type=int, default=200)
-    parser.add_argument('--epochs', type=int, default=6)
-    parser.add_argument('--teacher-epochs', type=int, default=10)
+    parser.add_argument('--epochs', type=int, default=8)
+    parser.add_argument('--teacher-epochs', type=int, default=16)
     parser.add_argument('--jobs', type=int, default=1, help='runs in parallel, each in its own process')
     common.add_output(parser, osp.join('work_dirs', 'study_seg'), 'study_seg.md')
     common.add_quick(parser)
@@ -156,12 +188,15 @@ def main(argv=None):
     runs = common.run_recorded(jobs, run_job, record, args.jobs, 'seg', key='miou')
     names = [r.name for r in args.rows]
     runs = [r for r in runs if r['teacher'] is not None and r['seed'] in args.seeds and r['row'] in names]
+    floor = background_floor(data_root)
     header = (f'Segmentation study, composed set: {args.num_train} / {args.num_val} images of 64 px, '
               f'{args.epochs} epochs, seeds {args.seeds}, two PSPNet R18 w32 teachers ({args.teacher_epochs} and '
-              f'{max(1, args.teacher_epochs // 2)} epochs); the PSPNet R18 w8 student')
+              f'{max(1, args.teacher_epochs // 2)} epochs); the PSPNet R18 w8 student; every distillation '
+              f'row at CWD\'s total weight 3. The background everywhere scores {floor:.2f} mIoU.')
     table = tables(runs, {n: teachers[n]['miou'] for n in ('full', 'half')}, args.rows)
-    out['seg'] = dict(teachers={n: dict(checkpoint=teachers[n]['checkpoint'], miou=teachers[n]['miou'])
-                                for n in ('full', 'half')}, runs=runs, table=table)
+    out['seg'] = dict(background_miou=floor, runs=runs, table=table,
+                      teachers={n: dict(checkpoint=teachers[n]['checkpoint'], miou=teachers[n]['miou'])
+                                for n in ('full', 'half')})
     return common.finish(args, out, [header, '', table, ''], start)
 
 
