@@ -15,7 +15,7 @@ BENCHMARKS = osp.join(ROOT, 'tools', 'benchmarks')
 
 def load_tool(name):
     """A script of tools/benchmarks/ as a module, imported with its folder on
-    the module path as when it runs (the scripts share ``import common``; a
+    the module path as when it runs (the scripts share ``import common`` and its siblings; a
     spawned worker process imports them by name)."""
     if BENCHMARKS not in sys.path:
         sys.path.append(BENCHMARKS)
@@ -204,7 +204,7 @@ def test_efficacy_rows_configure_the_same_run_for_every_seed(tmp_path):
     encoders = {}
     for job in efficacy.jobs(args, 'teacher.pth'):
         if job.flow:
-            encoders.setdefault(job.row, []).append(efficacy.common.cls_config(job).model.flow.encoder)
+            encoders.setdefault(job.row, []).append(efficacy.task_runs.cls_config(job).model.flow.encoder)
     assert len(encoders) == sum(bool(r.flow) for r in efficacy.CLS_ROWS)
     for name, (first, second) in encoders.items():
         assert first == second, name
@@ -238,36 +238,38 @@ def test_jobs_run_in_their_order_in_fresh_processes_and_records_resume(tmp_path,
     """The one pool loop returns the results in the jobs' order (each job
     pickled to a spawned process that imports the scripts' shared module);
     the recorded runner appends each run and, rerun, runs only the missing."""
-    common = load_tool('common')
+    common, pool = load_tool('common'), load_tool('pool')
     jobs = [common.Job(f'row {i}', 'config.py', seed, str(tmp_path / f'{i}_{seed}'), threads=None)
             for seed in (0, 1) for i in range(2)]
-    assert common.run_jobs(jobs, dataclasses.asdict, workers=2) == [dataclasses.asdict(j) for j in jobs]
+    assert pool.run_jobs(jobs, dataclasses.asdict, workers=2) == [dataclasses.asdict(j) for j in jobs]
     record = str(tmp_path / 'runs.jsonl')
-    first = common.run_recorded(jobs[:3], dataclasses.asdict, record, label='t', key='seed')
+    first = pool.run_recorded(jobs[:3], dataclasses.asdict, record, label='t', key='seed')
     assert [(r['row'], r['seed']) for r in first] == [(j.row, j.seed) for j in jobs[:3]]
     capsys.readouterr()
-    again = common.run_recorded(jobs, dataclasses.asdict, record, label='t', key='seed')
+    again = pool.run_recorded(jobs, dataclasses.asdict, record, label='t', key='seed')
     assert '[t] 3 runs recorded, 1 to run' in capsys.readouterr().out
     assert again == [json.loads(json.dumps(dataclasses.asdict(j))) for j in jobs[:3]] + [dataclasses.asdict(jobs[3])]
     assert len(open(record).read().splitlines()) == 4
 
 
 def test_benchmark_tables_rows_and_outputs(tmp_path):
-    common = load_tool('common')
-    assert common.markdown_table(['a', 'b'], [[1, 'x'], ['-', 2.5]]) == '| a | b |\n|---|---|\n| 1 | x |\n| - | 2.5 |'
+    common, options, reporting = load_tool('common'), load_tool('options'), load_tool('reporting')
+    assert load_tool('study_tables').markdown_table(['a', 'b'], [[1, 'x'], ['-', 2.5]]) == \
+        '| a | b |\n|---|---|\n| 1 | x |\n| - | 2.5 |'
     rows = [common.Row('base', 'b.py'), common.Row('one', 'o.py', dict(path='ve')), common.Row('two', 't.py')]
-    parser = common.parser('doc')
-    assert common.pick_rows(parser, rows, ['two'], keep_first=True) == [rows[0], rows[2]]
-    assert common.pick_rows(parser, rows, None) == rows
+    parser = options.parser('doc')
+    assert options.pick_rows(parser, rows, ['two'], keep_first=True) == [rows[0], rows[2]]
+    assert options.pick_rows(parser, rows, None) == rows
     with pytest.raises(SystemExit):
-        common.pick_rows(parser, rows, ['three'])
+        options.pick_rows(parser, rows, ['three'])
     job = rows[1].job(3, 'w', epochs=2)
     assert (job.row, job.config, job.seed, job.flow, job.epochs, job.threads) == \
         ('one', 'o.py', 3, {'path': 've'}, 2, 1)
     out = tmp_path / 'sub' / 'report.md'
-    common.write_report(str(out), 'text', dict(a=1))
+    reporting.write_report(str(out), 'text', dict(a=1))
     assert out.read_text() == 'text\n' and json.load(open(tmp_path / 'sub' / 'report.json')) == dict(a=1)
-    assert common.command_line(osp.join(BENCHMARKS, 'seg.py'), ['--quick']) == 'python tools/benchmarks/seg.py --quick'
+    assert reporting.command_line(osp.join(BENCHMARKS, 'seg.py'), ['--quick']) == \
+        'python tools/benchmarks/seg.py --quick'
 
 
 @pytest.mark.parametrize('script', ['amp', 'cost', 'efficacy_cls', 'efficacy_det', 'flowdistill', 'multi_teacher',

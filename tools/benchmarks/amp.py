@@ -13,7 +13,8 @@ the training time::
 import os.path as osp
 import time
 
-import common
+import options
+import study_tables
 
 CONFIGS = dict(fmkt='fmkt_resnet18_w16_to_resnet18_w4.py',
                fmkt_theta='fmkt_theta_resnet18_w16_to_resnet18_w4.py',
@@ -21,14 +22,14 @@ CONFIGS = dict(fmkt='fmkt_resnet18_w16_to_resnet18_w4.py',
 
 
 def parse_args(argv=None):
-    parser = common.parser(__doc__)
+    parser = options.parser(__doc__)
     parser.add_argument('--teacher', default=osp.join('work_dirs', 'fashion_mnist', 'teacher.pth'),
                         help='Fashion-MNIST teacher checkpoint (tools/demo_fashion_mnist.py writes it)')
     parser.add_argument('--variants', nargs='+', default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument('--epochs', type=int, default=2)
     parser.add_argument('--train-samples', type=int, default=10000)
     parser.add_argument('--test-samples', type=int, default=None, help='default: all 10,000')
-    common.add_output(parser, osp.join('work_dirs', 'benchmark_amp'), quick=False)
+    options.add_output(parser, osp.join('work_dirs', 'benchmark_amp'), quick=False)
     return parser.parse_args(argv)
 
 
@@ -79,7 +80,7 @@ def main(argv=None):
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'
     print(f'\n{device}, torch {torch.__version__}, {args.epochs} epochs on {args.train_samples} images, '
           f'seed 0\n')
-    print(common.markdown_table(
+    print(study_tables.markdown_table(
         ['variant', 'precision', 'optim wrapper', 'student computes in', 'last loss', 'top-1', 'loss scale',
          'train s'],
         [[r['variant'], r['precision'], r['wrapper'], ', '.join(r['dtypes']), f'{r["loss"]:.4f}', f'{r["top1"]:.2f}',

@@ -22,6 +22,11 @@ import statistics
 import time
 
 import common
+import options
+import pool
+import reporting
+import study_tables
+import task_runs
 from common import INFERENCE_STEPS, Row
 
 FMKT = 'fmkt_resnet18_w16_to_resnet18_w4.py'
@@ -45,19 +50,19 @@ QUICK_ROWS = ['student alone', 'KD (tau 4)', 'FM-KT rectified / mlp / N=8', 'FM-
 
 
 def parse_args(argv=None):
-    parser = common.parser(__doc__)
-    common.add_cls_sizes(parser)
+    parser = options.parser(__doc__)
+    options.add_cls_sizes(parser)
     parser.add_argument('--rows', nargs='+', metavar='NAME',
                         help='rows to run, by exact name: ' + '; '.join(repr(r.name) for r in CLS_ROWS))
-    common.add_jobs(parser)
-    common.add_output(parser, common.EFFICACY_DIR, 'efficacy_cls.md')
-    common.add_quick(parser)
+    options.add_jobs(parser)
+    options.add_output(parser, common.EFFICACY_DIR, 'efficacy_cls.md')
+    options.add_quick(parser)
     args = parser.parse_args(argv)
     if args.quick:
-        common.shrink(args)
+        options.shrink(args)
         args.rows = args.rows or QUICK_ROWS
-    args.rows = common.pick_rows(parser, CLS_ROWS, args.rows)
-    common.finish_output(args, 'efficacy_cls.md')
+    args.rows = options.pick_rows(parser, CLS_ROWS, args.rows)
+    options.finish_output(args, 'efficacy_cls.md')
     return args
 
 
@@ -81,16 +86,16 @@ def cls_table(results, teacher_top1: float):
         if row.name not in rows:
             continue
         runs = rows[row.name]
-        top1 = common.mean_std([r['top1'] for r in runs])
+        top1 = study_tables.mean_std([r['top1'] for r in runs])
         curve = '-'
         if runs[0]['steps']:
             curve = ' / '.join(f'{statistics.fmean(r["steps"][n] for r in runs):.2f}' for n in INFERENCE_STEPS)
         speed = statistics.median(r['sec_per_iter'] for r in runs)
-        cells.append([row.name, common.fmt(*top1), curve, f'{speed:.3f}', len(runs)])
+        cells.append([row.name, study_tables.fmt(*top1), curve, f'{speed:.3f}', len(runs)])
         summary[row.name] = dict(top1_mean=top1[0], top1_std=top1[1], seeds=[r['seed'] for r in runs])
     header = ['method', 'top-1 (%)', 'ensemble top-1 at N = ' + ' / '.join(map(str, INFERENCE_STEPS)),
               's / iter', 'seeds']
-    return common.markdown_table(header, cells), summary
+    return study_tables.markdown_table(header, cells), summary
 
 
 def plot_cls(results, work_dir: str):
@@ -132,10 +137,10 @@ def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.work_dir, exist_ok=True)
     start = time.time()
-    out = common.provenance(__file__, argv)
-    teacher_checkpoint, teacher_top1, _ = common.train_cls_teacher(args)
-    results = common.run_jobs(
-        jobs(args, teacher_checkpoint), common.run_cls, args.jobs,
+    out = reporting.provenance(__file__, argv)
+    teacher_checkpoint, teacher_top1, _ = task_runs.train_cls_teacher(args)
+    results = pool.run_jobs(
+        jobs(args, teacher_checkpoint), task_runs.run_cls, args.jobs,
         lambda r: print(f'[cls] {r["row"]} seed {r["seed"]}: {r["top1"]:.2f}', flush=True))
     table, summary = cls_table(results, teacher_top1)
     out['cls'] = dict(teacher_top1=teacher_top1, runs=results, summary=summary, table=table,
@@ -143,7 +148,7 @@ def main(argv=None):
     text = [f'Fashion-MNIST classification: {args.train_samples} training images, {args.epochs} epochs, '
             f'seeds {args.seeds}, top-1 on {args.test_samples or 10000} test images (mean ± std over seeds)',
             '', table, '']
-    return common.finish(args, out, text, start)
+    return reporting.finish(args, out, text, start)
 
 
 if __name__ == '__main__':

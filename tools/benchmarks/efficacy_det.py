@@ -19,6 +19,11 @@ import statistics
 import time
 
 import common
+import options
+import pool
+import reporting
+import study_tables
+import task_runs
 from common import Row
 
 #: the rows whose flows predict are scored at each ``--det-steps``
@@ -30,20 +35,20 @@ DET_ROWS = [Row('student alone RetinaNet R18 w16', 'retinanet_r18w16_student.py'
 
 
 def parse_args(argv=None):
-    parser = common.parser(__doc__)
-    common.add_det_sizes(parser)
+    parser = options.parser(__doc__)
+    options.add_det_sizes(parser)
     parser.add_argument('--det-rows', nargs='+', metavar='NAME',
                         help='rows to run (the teacher always), by exact name: '
                              + '; '.join(repr(r.name) for r in DET_ROWS))
-    common.add_det_steps(parser)
-    common.add_jobs(parser)
-    common.add_output(parser, common.EFFICACY_DIR, 'efficacy_det.md')
-    common.add_quick(parser)
+    options.add_det_steps(parser)
+    options.add_jobs(parser)
+    options.add_output(parser, common.EFFICACY_DIR, 'efficacy_det.md')
+    options.add_quick(parser)
     args = parser.parse_args(argv)
-    args.det_rows = common.pick_rows(parser, DET_ROWS, args.det_rows)
+    args.det_rows = options.pick_rows(parser, DET_ROWS, args.det_rows)
     if args.quick:
-        common.shrink(args)
-    common.finish_output(args, 'efficacy_det.md')
+        options.shrink(args)
+    options.finish_output(args, 'efficacy_det.md')
     return args
 
 
@@ -66,30 +71,31 @@ def det_table(teacher_metrics: dict, results, steps):
         runs = [r for r in results if r['row'] == row.name]
         if not runs:
             continue
-        scores = {k: common.mean_std([100 * r['metrics'].get(f'coco/bbox_{k}', 0.0) for r in runs]) for k in kinds}
+        scores = {k: study_tables.mean_std([100 * r['metrics'].get(f'coco/bbox_{k}', 0.0) for r in runs])
+                  for k in kinds}
         curve = None
         if runs[0]['map_by_steps'] is not None:
             curve = {n: statistics.fmean(100 * r['map_by_steps'][n] for r in runs) for n in steps}
         minutes = statistics.fmean(r['seconds'] for r in runs) / 60
         summary[row.name] = dict(seeds=[r['seed'] for r in runs], map_by_steps=curve,
                                  **{k: dict(mean=m, std=sd) for k, (m, sd) in scores.items()})
-        cells.append([row.name] + [common.fmt(m, sd, digits=1) for m, sd in scores.values()]
+        cells.append([row.name] + [study_tables.fmt(m, sd, digits=1) for m, sd in scores.values()]
                      + [' / '.join(f'{v:.1f}' for v in curve.values()) if curve else '-', len(runs),
                         f'{minutes:.1f}'])
     header = ['method', 'bbox mAP', 'mAP@50', 'mAP@75', f'mAP at N={"/".join(str(n) for n in steps)}', 'seeds',
               'train time (min)']
-    return common.markdown_table(header, cells), summary
+    return study_tables.markdown_table(header, cells), summary
 
 
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.work_dir, exist_ok=True)
     start = time.time()
-    out = common.provenance(__file__, argv)
-    data_root = common.det_data(args.work_dir, args.det_train, args.det_val)
-    teacher_checkpoint, teacher_metrics, teacher_seconds = common.train_det_teacher(args, data_root)
-    results = common.run_jobs(
-        jobs(args, data_root, teacher_checkpoint), common.run_det, args.jobs,
+    out = reporting.provenance(__file__, argv)
+    data_root = task_runs.det_data(args.work_dir, args.det_train, args.det_val)
+    teacher_checkpoint, teacher_metrics, teacher_seconds = task_runs.train_det_teacher(args, data_root)
+    results = pool.run_jobs(
+        jobs(args, data_root, teacher_checkpoint), task_runs.run_det, args.jobs,
         lambda r: print(f'[det] {r["row"]} seed {r["seed"]}: {r["bbox_map"]:.1f}', flush=True))
     table, summary = det_table(teacher_metrics, results, args.det_steps)
     out['det'] = dict(teacher=dict(metrics={k: float(v) for k, v in teacher_metrics.items()},
@@ -98,7 +104,7 @@ def main(argv=None):
     text = [f'Fashion-MNIST detection: {args.det_train} train / {args.det_val} val images (128 px), teacher '
             f'{args.det_teacher_epochs} epochs, students {args.det_epochs} epochs, seeds {args.det_seeds}, '
             f'COCO mAP (pycocotools; mean ± std over seeds)', '', table, '']
-    return common.finish(args, out, text, start)
+    return reporting.finish(args, out, text, start)
 
 
 if __name__ == '__main__':

@@ -41,7 +41,10 @@ import json
 import os
 import os.path as osp
 
-import common
+import options
+import pool
+import study_tables
+import task_runs
 from common import Job
 
 TEACHER_CONFIG = 'teacher_resnet18_w16.py'
@@ -199,7 +202,7 @@ def table(results, scores, steps) -> str:
         fmt(r['roundtrip'][f's2t2s_steps{n}']), fmt(r['roundtrip'][f't2s2t_steps{n}'])] for r in results]
     header = ['model'] + [h for h, _, _ in scores] + ['s / iter', f's->t->s N={n1}', f's->t->s N={n}',
                                                       f't->s->t N={n}']
-    return common.markdown_table(header, cells)
+    return study_tables.markdown_table(header, cells)
 
 
 def report(args, results, scores, steps, name: str, **info) -> None:
@@ -219,7 +222,7 @@ def main_cls(args):
         teacher = train_teacher(args)
     print(f'teacher: {teacher}')
     jobs = [cls_job(args, name, ROWS[name][1], osp.join(args.work_dir, name), teacher) for name in args.rows]
-    results = common.run_jobs(jobs, functools.partial(run_row, verbose=args.verbose), on_result=lambda r: print(
+    results = pool.run_jobs(jobs, functools.partial(run_row, verbose=args.verbose), on_result=lambda r: print(
         f"{r['row']}: top-1 {r['top1']:.2f}, {r['seconds_per_iter']:.3f} s/iter, "
         f"{r['iterations']} iterations, {r['seconds']:.0f} s", flush=True))
     report(args, results, CLS_SCORES, ROUNDTRIP_STEPS, 'flowdistill_results.json', teacher=teacher,
@@ -229,7 +232,7 @@ def main_cls(args):
 
 def main_det(args):
     from fmkt_mm import experiment
-    data_root = common.det_data(args.work_dir, args.det_train, args.det_val)
+    data_root = task_runs.det_data(args.work_dir, args.det_train, args.det_val)
     teacher = args.det_teacher
     if teacher is None:
         job = Job('teacher', 'retinanet_r18_teacher.py', 0, osp.join(args.work_dir, 'det', 'teacher'),
@@ -239,7 +242,7 @@ def main_det(args):
     print(f'detection teacher: {teacher}')
     jobs = [Job(name, DET_ROWS[name][1], 0, osp.join(args.work_dir, 'det', name), teacher_checkpoint=teacher,
                 epochs=args.det_epochs, data_root=data_root, threads=None) for name in args.det_rows]
-    results = common.run_jobs(jobs, functools.partial(run_det_row, verbose=args.verbose), on_result=lambda r: print(
+    results = pool.run_jobs(jobs, functools.partial(run_det_row, verbose=args.verbose), on_result=lambda r: print(
         f"det {r['row']}: mAP {r['mAP']:.1f}, {r['seconds_per_iter']:.3f} s/iter, "
         f"{r['iterations']} iterations, {r['seconds']:.0f} s", flush=True))
     report(args, results, DET_SCORES, DET_ROUNDTRIP_STEPS, 'flowdistill_det_results.json', teacher=teacher,
@@ -248,7 +251,7 @@ def main_det(args):
 
 
 def parse_args(argv=None):
-    parser = common.parser(__doc__)
+    parser = options.parser(__doc__)
     parser.add_argument('--task', choices=['cls', 'det', 'all'], default='cls')
     parser.add_argument('--epochs', type=int, default=6)
     parser.add_argument('--train-samples', type=int, default=10000)
@@ -259,11 +262,11 @@ def parse_args(argv=None):
     parser.add_argument('--teacher', default=None,
                         help='teacher checkpoint (default: work_dirs/fashion_mnist/teacher.pth if it '
                         'exists, else one is trained)')
-    common.add_det_sizes(parser, seeds=False)
+    options.add_det_sizes(parser, seeds=False)
     parser.add_argument('--det-rows', nargs='+', default=list(DET_ROWS), choices=list(DET_ROWS))
     parser.add_argument('--det-teacher', default=None, help='RetinaNet R18 teacher checkpoint '
                         '(default: trained first)')
-    common.add_output(parser, osp.join('work_dirs', 'flowdistill'))
+    options.add_output(parser, osp.join('work_dirs', 'flowdistill'))
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--verbose', action='store_true', help="print MMEngine's training logs")
     parser.add_argument('--quick', action='store_true',
@@ -272,7 +275,7 @@ def parse_args(argv=None):
     if args.quick:
         args.epochs, args.train_samples, args.test_samples, args.batch_size = 1, 256, 128, 64
         args.det_train, args.det_val, args.det_epochs, args.det_teacher_epochs = 8, 4, 1, 1
-    common.finish_output(args)
+    options.finish_output(args)
     return args
 
 

@@ -23,6 +23,11 @@ import time
 from typing import Tuple
 
 import common
+import options
+import pool
+import reporting
+import study_tables
+import task_runs
 from common import Row
 
 TWO_CLS = 'fmkt_2teachers_resnet18_w16-w8_to_resnet18_w4.py'
@@ -51,18 +56,18 @@ MASK_ROWS = [Row('student alone Mask R-CNN R18 w16', 'mask-rcnn_r18w16_student.p
 
 
 def parse_args(argv=None):
-    parser = common.parser(__doc__)
+    parser = options.parser(__doc__)
     parser.add_argument('--task', nargs='+', choices=['cls', 'det', 'mask', 'all'], default=['all'],
                         help='the comparisons to run (several: e.g. cls det)')
-    common.add_cls_sizes(parser)
-    common.add_det_sizes(parser)
-    common.add_jobs(parser)
-    common.add_output(parser, common.EFFICACY_DIR, 'multi_teacher.md')
-    common.add_quick(parser)
+    options.add_cls_sizes(parser)
+    options.add_det_sizes(parser)
+    options.add_jobs(parser)
+    options.add_output(parser, common.EFFICACY_DIR, 'multi_teacher.md')
+    options.add_quick(parser)
     args = parser.parse_args(argv)
     if args.quick:
-        common.shrink(args)
-    common.finish_output(args, 'multi_teacher.md')
+        options.shrink(args)
+    options.finish_output(args, 'multi_teacher.md')
     return args
 
 
@@ -77,25 +82,25 @@ def teachers_table(runs, rows, metrics, single) -> Tuple[str, dict]:
         mine = sorted((r for r in runs if r['row'] == name), key=lambda r: r['seed'])
         if not mine:
             continue
-        values = {key: common.mean_std([r[key] for r in mine]) for _, key in metrics}
+        values = {key: study_tables.mean_std([r[key] for r in mine]) for _, key in metrics}
         diffs = []
         if best is not None and name not in single:
             reference = {r['seed']: r for r in runs if r['row'] == best}
             key = metrics[0][1]
             diffs = [r[key] - reference[r['seed']][key] for r in mine if r['seed'] in reference]
-        diff = common.mean_std(diffs) if diffs else None
+        diff = study_tables.mean_std(diffs) if diffs else None
         peaks = [r['peak_mib'] for r in mine if r.get('peak_mib')]
         summary[name] = dict(seeds=[r['seed'] for r in mine], diff=diff, wins=sum(d > 0 for d in diffs),
                              sec_per_iter=statistics.fmean(r['sec_per_iter'] for r in mine),
                              params=mine[0]['params'], peak_mib=max(peaks) if peaks else None,
                              **{key: dict(mean=m, std=sd) for key, (m, sd) in values.items()})
-        cells.append([name] + [common.fmt(*values[key]) for _, key in metrics] + [
-            common.fmt(*diff) if diff else '-', f'{summary[name]["wins"]}/{len(diffs)}' if diffs else '-',
+        cells.append([name] + [study_tables.fmt(*values[key]) for _, key in metrics] + [
+            study_tables.fmt(*diff) if diff else '-', f'{summary[name]["wins"]}/{len(diffs)}' if diffs else '-',
             f'{summary[name]["sec_per_iter"]:.3f}', f'{summary[name]["params"]:,}',
             f'{summary[name]["peak_mib"]:.0f}' if peaks else '-'])
     header = ['row'] + [label for label, _ in metrics] + [
         f'minus {best} (paired)', 'seeds won', 's / iter', 'trainable params', 'peak MiB']
-    return common.markdown_table(header, cells), summary
+    return study_tables.markdown_table(header, cells), summary
 
 
 def compare(args, rows, record: str, run, teachers, seeds, metrics, **fields) -> dict:
@@ -108,7 +113,7 @@ def compare(args, rows, record: str, run, teachers, seeds, metrics, **fields) ->
                     teacher_checkpoint=teachers if not row.distiller else
                     [teachers[j] for j in row.distiller['keep_teachers']], **fields)
             for seed in seeds for row in rows]
-    runs = common.run_recorded(jobs, run, osp.join(args.work_dir, record), args.jobs,
+    runs = pool.run_recorded(jobs, run, osp.join(args.work_dir, record), args.jobs,
                                folder.replace('_', ' '), key=metrics[0][1])
     names = [r.name for r in rows]
     table, summary = teachers_table(runs, names, metrics, names[:2])
@@ -119,13 +124,13 @@ def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.work_dir, exist_ok=True)
     start = time.time()
-    out = common.provenance(__file__, argv)
+    out = reporting.provenance(__file__, argv)
     tasks = ('cls', 'det', 'mask') if 'all' in args.task else args.task
     text = []
     if 'cls' in tasks:
-        teachers = [common.train_cls_teacher(args),
-                    common.train_cls_teacher(args, 'cls_teacher_w8', config='teacher_resnet18_w8.py')]
-        result = compare(args, TEACHER_CLS_ROWS, 'teachers_cls.jsonl', common.run_cls, [t[0] for t in teachers],
+        teachers = [task_runs.train_cls_teacher(args),
+                    task_runs.train_cls_teacher(args, 'cls_teacher_w8', config='teacher_resnet18_w8.py')]
+        result = compare(args, TEACHER_CLS_ROWS, 'teachers_cls.jsonl', task_runs.run_cls, [t[0] for t in teachers],
                          args.seeds, [('top-1 (%)', 'top1')], epochs=args.epochs,
                          train_samples=args.train_samples, test_samples=args.test_samples)
         out['teachers_cls'] = dict(teachers={name: dict(checkpoint=t[0], top1=t[1])
@@ -135,12 +140,12 @@ def main(argv=None):
                  f'{args.epochs} epochs, seeds {args.seeds}, top-1 at N=8 on {args.test_samples or 10000} test '
                  f'images', '', result['table'], '']
     if 'det' in tasks or 'mask' in tasks:
-        data_root = common.det_data(args.work_dir, args.det_train, args.det_val)
+        data_root = task_runs.det_data(args.work_dir, args.det_train, args.det_val)
         sizes = f'{args.det_train} / {args.det_val} images, {args.det_epochs} epochs, seeds {args.det_seeds}'
     if 'det' in tasks:
-        teachers = [common.train_det_teacher(args, data_root),
-                    common.train_det_teacher(args, data_root, 'fcos_r18_teacher.py', 'det_teacher_fcos')]
-        result = compare(args, TEACHER_DET_ROWS, 'teachers_det.jsonl', common.run_det, [t[0] for t in teachers],
+        teachers = [task_runs.train_det_teacher(args, data_root),
+                    task_runs.train_det_teacher(args, data_root, 'fcos_r18_teacher.py', 'det_teacher_fcos')]
+        result = compare(args, TEACHER_DET_ROWS, 'teachers_det.jsonl', task_runs.run_det, [t[0] for t in teachers],
                          args.det_seeds, [('bbox mAP', 'bbox_map')], epochs=args.det_epochs, data_root=data_root)
         out['teachers_det'] = dict(teachers={name: dict(checkpoint=t[0], bbox_mAP=100 * t[1].get('coco/bbox_mAP', 0.0))
                                              for name, t in zip(('RetinaNet', 'FCOS'), teachers)}, **result)
@@ -148,15 +153,15 @@ def main(argv=None):
         text += [f'Two teachers, composed detection set (teachers\' bbox mAP: {maps}): {sizes}', '',
                  result['table'], '']
     if 'mask' in tasks:
-        teacher = common.train_det_teacher(args, data_root, 'mask-rcnn_r18_teacher.py', 'det_teacher_mask-rcnn')
-        result = compare(args, MASK_ROWS, 'mask.jsonl', common.run_det, teacher[0], args.det_seeds,
+        teacher = task_runs.train_det_teacher(args, data_root, 'mask-rcnn_r18_teacher.py', 'det_teacher_mask-rcnn')
+        result = compare(args, MASK_ROWS, 'mask.jsonl', task_runs.run_det, teacher[0], args.det_seeds,
                          [('bbox mAP', 'bbox_map'), ('segm mAP', 'segm_map')], epochs=args.det_epochs,
                          data_root=data_root)
         scores = {k: 100 * teacher[1].get(f'coco/{k}_mAP', 0.0) for k in ('bbox', 'segm')}
         out['mask'] = dict(teacher=scores, **result)
         text += [f'Mask R-CNN, composed detection set (teacher bbox {scores["bbox"]:.1f} / segm '
                  f'{scores["segm"]:.1f} mAP): {sizes}', '', result['table'], '']
-    return common.finish(args, out, text, start)
+    return reporting.finish(args, out, text, start)
 
 
 if __name__ == '__main__':

@@ -18,6 +18,11 @@ import os.path as osp
 import time
 
 import common
+import options
+import pool
+import reporting
+import study_tables
+import task_runs
 from common import Row
 
 FMKT = 'fmkt_resnet18_w16_to_resnet18_w4.py'
@@ -39,29 +44,29 @@ RECORD = 'study.jsonl'
 
 
 def parse_args(argv=None):
-    parser = common.parser(__doc__)
-    common.add_cls_sizes(parser)
-    common.add_study_rows(parser, '--rows', STUDY_ROWS, 'DIST')
-    common.add_jobs(parser)
-    common.add_output(parser, common.EFFICACY_DIR, 'recipes_cls.md')
-    common.add_quick(parser)
+    parser = options.parser(__doc__)
+    options.add_cls_sizes(parser)
+    options.add_study_rows(parser, '--rows', STUDY_ROWS, 'DIST')
+    options.add_jobs(parser)
+    options.add_output(parser, common.EFFICACY_DIR, 'recipes_cls.md')
+    options.add_quick(parser)
     args = parser.parse_args(argv)
-    args.rows = common.study_rows(parser, args, 'rows', STUDY_ROWS)
-    common.finish_output(args, 'recipes_cls.md')
+    args.rows = options.study_rows(parser, args, 'rows', STUDY_ROWS)
+    options.finish_output(args, 'recipes_cls.md')
     return args
 
 
 def study(args) -> dict:
     """Every row x teacher x seed, resumable (``study.jsonl``)."""
-    teachers = {'full': common.train_cls_teacher(args),
-                'half': common.train_cls_teacher(args, 'cls_teacher_half', max(1, args.teacher_epochs // 2))}
+    teachers = {'full': task_runs.train_cls_teacher(args),
+                'half': task_runs.train_cls_teacher(args, 'cls_teacher_half', max(1, args.teacher_epochs // 2))}
     # seed by seed: an interrupted study holds whole seeds, paired on both teachers
     jobs = [row.job(seed, osp.join(args.work_dir, 'study', teacher, f'{common.slug(row.name)}_seed{seed}'),
                     teacher=teacher, teacher_checkpoint=checkpoint, epochs=args.epochs,
                     train_samples=args.train_samples, test_samples=args.test_samples)
             for seed in args.seeds for teacher, (checkpoint, *_) in teachers.items() for row in args.rows]
-    runs = common.run_recorded(jobs, common.run_cls, osp.join(args.work_dir, RECORD), args.jobs, 'study')
-    table, summary = common.study_table(runs, {k: v[1] for k, v in teachers.items()}, args.rows)
+    runs = pool.run_recorded(jobs, task_runs.run_cls, osp.join(args.work_dir, RECORD), args.jobs, 'study')
+    table, summary = study_tables.study_table(runs, {k: v[1] for k, v in teachers.items()}, args.rows)
     return dict(teachers={k: dict(checkpoint=v[0], top1=v[1]) for k, v in teachers.items()},
                 runs=runs, summary=summary, table=table)
 
@@ -70,12 +75,12 @@ def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.work_dir, exist_ok=True)
     start = time.time()
-    out = common.provenance(__file__, argv)
+    out = reporting.provenance(__file__, argv)
     out['study'] = study(args)
     text = [f'Recipe study, Fashion-MNIST: {args.train_samples} training images, {args.epochs} epochs, seeds '
             f'{args.seeds}, two teachers ({args.teacher_epochs} and {max(1, args.teacher_epochs // 2)} epochs), '
             f'top-1 at N=8 on {args.test_samples or 10000} test images', '', out['study']['table'], '']
-    return common.finish(args, out, text, start)
+    return reporting.finish(args, out, text, start)
 
 
 if __name__ == '__main__':

@@ -18,7 +18,9 @@ command resumes::
 import os
 import time
 
-import common
+import options
+import reporting
+import task_runs
 from common import Row
 
 DET_STUDENT = 'fmkt_retinanet_r18_to_r18w16_deploy-student.py'
@@ -55,20 +57,20 @@ DET_STUDY_ROWS = [
 
 
 def parse_args(argv=None):
-    return common.det_study_args(__doc__, DET_STUDY_ROWS, 'recipes_det.md', argv)
+    return options.det_study_args(__doc__, DET_STUDY_ROWS, 'recipes_det.md', argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.work_dir, exist_ok=True)
     start = time.time()
-    out = common.provenance(__file__, argv)
-    out['study_det'] = common.det_study(args)
+    out = reporting.provenance(__file__, argv)
+    out['study_det'] = task_runs.det_study(args)
     maps = ', '.join(f'{k} {v["bbox_mAP"]:.1f}' for k, v in out['study_det']['teachers'].items())
     text = [f'Detection recipe study, composed set: {args.det_train} / {args.det_val} images, {args.det_epochs} '
             f'epochs, seeds {args.det_seeds}, two RetinaNet R18 teachers ({args.det_teacher_epochs} and '
             f'{max(1, args.det_teacher_epochs // 2)} epochs; bbox mAP {maps})', '', out['study_det']['table'], '']
-    return common.finish(args, out, text, start)
+    return reporting.finish(args, out, text, start)
 
 
 if __name__ == '__main__':

@@ -20,7 +20,9 @@ the same command resumes::
 import os
 import time
 
-import common
+import options
+import reporting
+import task_runs
 from common import Row
 
 FMKT = 'fmkt_rtmdet_s_to_tiny.py'
@@ -37,21 +39,21 @@ RTMDET_ROWS = [
 
 
 def parse_args(argv=None):
-    return common.det_study_args(__doc__, RTMDET_ROWS, 'recipes_rtmdet.md', argv)
+    return options.det_study_args(__doc__, RTMDET_ROWS, 'recipes_rtmdet.md', argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.work_dir, exist_ok=True)
     start = time.time()
-    out = common.provenance(__file__, argv)
-    out['study_rtmdet'] = common.det_study(args, 'rtmdet_s_teacher.py', 'rtmdet')
+    out = reporting.provenance(__file__, argv)
+    out['study_rtmdet'] = task_runs.det_study(args, 'rtmdet_s_teacher.py', 'rtmdet')
     maps = ', '.join(f'{k} {v["bbox_mAP"]:.1f}' for k, v in out['study_rtmdet']['teachers'].items())
     text = [f'RTMDet study, composed set: {args.det_train} / {args.det_val} images, {args.det_epochs} epochs, '
             f'seeds {args.det_seeds}, two RTMDet-s teachers ({args.det_teacher_epochs} and '
             f'{max(1, args.det_teacher_epochs // 2)} epochs; bbox mAP {maps}), student RTMDet-tiny',
             '', out['study_rtmdet']['table'], '']
-    return common.finish(args, out, text, start)
+    return reporting.finish(args, out, text, start)
 
 
 if __name__ == '__main__':

@@ -25,6 +25,10 @@ from dataclasses import asdict
 from typing import Dict, List
 
 import common
+import options
+import pool
+import reporting
+import study_tables
 from common import Job, Row
 
 CONFIGS = osp.join(common.ROOT, 'configs', 'fashion_seg')
@@ -134,21 +138,21 @@ def tables(runs: List[dict], teachers: Dict[str, float], rows: List[Row]) -> str
             ops, base_ops = mean_of(mine, 'train_ops'), mean_of(base.values(), 'train_ops')
             peak, base_peak = mean_of(mine, 'peak_mib'), mean_of(base.values(), 'peak_mib')
             first = row.name == baseline
-            cells.append([row.name, common.fmt(*common.mean_std([r['miou'] for r in mine])),
-                          '-' if first else common.fmt(*common.mean_std(diffs)),
+            cells.append([row.name, study_tables.fmt(*study_tables.mean_std([r['miou'] for r in mine])),
+                          '-' if first else study_tables.fmt(*study_tables.mean_std(diffs)),
                           '-' if first else f'{sum(d > 0 for d in diffs)}/{len(diffs)}', curve,
                           f'{statistics.fmean(r["sec_per_iter"] for r in mine):.3f}',
                           f'{ops:.0f} ({ops / base_ops:.2f}x)',
                           '-' if peak is None else f'{peak:.0f} ({peak / base_peak:.2f}x)'])
         header = ['row', 'mIoU', f'minus {baseline} (paired)', 'seeds won', 'mIoU at N=1/2/4/8', 's / iter',
                   f'operators / step (x {baseline})', f'peak MiB (x {baseline})']
-        lines += [f'Teacher {teacher!r} ({score:.2f} mIoU):', '', common.markdown_table(header, cells), '']
-    verdict_lines, _, _ = common.verdicts(runs, baseline, 'miou', [r.name for r in rows])
+        lines += [f'Teacher {teacher!r} ({score:.2f} mIoU):', '', study_tables.markdown_table(header, cells), '']
+    verdict_lines, _, _ = study_tables.verdicts(runs, baseline, 'miou', [r.name for r in rows])
     return '\n'.join(lines + verdict_lines)
 
 
 def parse_args(argv=None):
-    parser = common.parser(__doc__)
+    parser = options.parser(__doc__)
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--rows', nargs='+', help='a subset of the rows (the baseline always runs)')
     parser.add_argument('--num-train', type=int, default=600)
@@ -156,13 +160,13 @@ def parse_args(argv=None):
     parser.add_argument('--epochs', type=int, default=8)
     parser.add_argument('--teacher-epochs', type=int, default=16)
     parser.add_argument('--jobs', type=int, default=1, help='runs in parallel, each in its own process')
-    common.add_output(parser, osp.join('work_dirs', 'study_seg'), 'study_seg.md')
-    common.add_quick(parser)
+    options.add_output(parser, osp.join('work_dirs', 'study_seg'), 'study_seg.md')
+    options.add_quick(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.num_train, args.num_val, args.epochs, args.teacher_epochs, args.seeds = 8, 4, 1, 1, [0]
-    args.rows = common.pick_rows(parser, ROWS, args.rows, keep_first=True)
-    common.finish_output(args, 'study_seg.md')
+    args.rows = options.pick_rows(parser, ROWS, args.rows, keep_first=True)
+    options.finish_output(args, 'study_seg.md')
     return args
 
 
@@ -171,21 +175,22 @@ def main(argv=None):
     from fmkt_mm.datasets import make_segmentation_set
     os.makedirs(args.work_dir, exist_ok=True)
     start = time.time()
-    out = common.provenance(__file__, argv)
+    out = reporting.provenance(__file__, argv)
     data_root = osp.join(args.work_dir, 'data')
     make_segmentation_set(data_root, args.num_train, args.num_val)
     record = osp.join(args.work_dir, RECORD)
-    # the runs keep torch's default thread count
+    # one torch thread per run when runs share the cores (more oversubscribe them), else torch's default
+    threads = 1 if args.jobs > 1 else None
     teacher_jobs = [Job(name, TEACHER, 0, osp.join(args.work_dir, f'teacher_{name}'), epochs=epochs,
-                        data_root=data_root, test_steps=(), threads=None)
+                        data_root=data_root, test_steps=(), threads=threads)
                     for name, epochs in (('full', args.teacher_epochs), ('half', max(1, args.teacher_epochs // 2)))]
-    runs = common.run_recorded(teacher_jobs, run_job, record, min(args.jobs, 2), 'seg teachers', key='miou')
+    runs = pool.run_recorded(teacher_jobs, run_job, record, min(args.jobs, 2), 'seg teachers', key='miou')
     teachers = {r['row']: r for r in runs if r['teacher'] is None}
     jobs = [row.job(seed, osp.join(args.work_dir, f'{teacher}_{row.name.replace(" ", "-").replace("+", "")}_s{seed}'),
                     teacher=teacher, teacher_checkpoint=teachers[teacher]['checkpoint'], epochs=args.epochs,
-                    data_root=data_root, test_steps=(), threads=None)
+                    data_root=data_root, test_steps=(), threads=threads)
             for seed in args.seeds for teacher in ('full', 'half') for row in args.rows]
-    runs = common.run_recorded(jobs, run_job, record, args.jobs, 'seg', key='miou')
+    runs = pool.run_recorded(jobs, run_job, record, args.jobs, 'seg', key='miou')
     names = [r.name for r in args.rows]
     runs = [r for r in runs if r['teacher'] is not None and r['seed'] in args.seeds and r['row'] in names]
     floor = background_floor(data_root)
@@ -197,7 +202,7 @@ def main(argv=None):
     out['seg'] = dict(background_miou=floor, runs=runs, table=table,
                       teachers={n: dict(checkpoint=teachers[n]['checkpoint'], miou=teachers[n]['miou'])
                                 for n in ('full', 'half')})
-    return common.finish(args, out, [header, '', table, ''], start)
+    return reporting.finish(args, out, [header, '', table, ''], start)
 
 
 if __name__ == '__main__':
