@@ -4,7 +4,6 @@ project's tools start from it, made reproducible, and built into its runner
 preparation lives below the runner, in :mod:`fmkt_mm.config_prep`; its
 functions are re-exported here."""
 import os
-import os.path as osp
 from typing import ContextManager, Optional
 
 from mmengine.config import Config
@@ -13,12 +12,12 @@ from mmengine.runner import Runner
 
 from .config_prep import (  # noqa: F401  (re-exported: the functions tools and tests call)
     DURABLE_CHECKPOINT_HOOK,
-    TEACHER_PREFIX,
     apply_distiller,
     distill_ema,
     keeps_flow_ema,
     prepare_config,
     prepare_work_dir,
+    set_work_dir,
     teacher_from_checkpoint,
     use_distill_log_processor,
     use_durable_checkpoints,
@@ -94,10 +93,7 @@ def tool_config(config_path: str, cfg_options: Optional[dict] = None, launcher: 
         cfg.merge_from_dict(cfg_options)
     check_config_form(cfg, config_path)
     cfg.launcher = launcher
-    if work_dir is not None:
-        cfg.work_dir = work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+    set_work_dir(cfg, config_path, work_dir)
     return cfg
 
 

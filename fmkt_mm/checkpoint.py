@@ -337,8 +337,9 @@ def load_state(model: nn.Module, state: Dict[str, torch.Tensor], strict: bool = 
     return problems
 
 
-#: a distiller's state-dict prefixes (``BaseDistiller``'s student and teacher)
-_STUDENT, _TEACHER = 'student.', 'teacher.'
+#: a distiller's state-dict prefixes (``BaseDistiller``'s student and teacher):
+#: the one home of these names
+STUDENT_PREFIX, TEACHER_PREFIX = 'student.', 'teacher.'
 
 
 def check_fit(model: nn.Module, state: Dict[str, torch.Tensor], what: str = 'checkpoint',
@@ -357,17 +358,17 @@ def check_fit(model: nn.Module, state: Dict[str, torch.Tensor], what: str = 'che
       student entirely: the student starts from it, the flows are new.
     """
     own = model.state_dict()
-    distiller = any(k.startswith(_STUDENT) for k in own)
-    holds_distiller = any(k.startswith(_STUDENT) for k in state)
-    plain_for_distiller = distiller and not any(k.startswith((_STUDENT, _TEACHER)) for k in state) and \
-        any(_STUDENT + k in own for k in state)
+    distiller = any(k.startswith(STUDENT_PREFIX) for k in own)
+    holds_distiller = any(k.startswith(STUDENT_PREFIX) for k in state)
+    plain_for_distiller = distiller and not any(k.startswith((STUDENT_PREFIX, TEACHER_PREFIX)) for k in state) and \
+        any(STUDENT_PREFIX + k in own for k in state)
     if plain_for_distiller and plain_student_ok:
         problems = fit_problems(model.student, state)
         cause = ('this plain model checkpoint was trained as another student (backbone depth, widths, '
                  'num_classes, ...) than the config\'s')
     else:
-        optional = (_TEACHER, ) if any(k.startswith(_TEACHER) for k in own) and \
-            not any(k.startswith(_TEACHER) for k in state) else ()
+        optional = (TEACHER_PREFIX, ) if any(k.startswith(TEACHER_PREFIX) for k in own) and \
+            not any(k.startswith(TEACHER_PREFIX) for k in state) else ()
         problems = fit_problems(model, state, optional)
         if plain_for_distiller:
             cause = ('it is a plain model checkpoint, and this is a distillation config. Test it with '

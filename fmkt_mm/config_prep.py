@@ -12,15 +12,13 @@ from mmengine.hooks import CheckpointHook, EMAHook
 from mmengine.optim import AmpOptimWrapper
 from mmengine.runner import LogProcessor
 
-from .checkpoint import extract_state_dict, safe_torch_load
+from .checkpoint import TEACHER_PREFIX, extract_state_dict, safe_torch_load
 from .config_types import is_type
 from .hooks import DurableCheckpointHook, FiniteGradientHook, FlowEMAHook, RandomStateHook, SafeCheckpointHook
 from .launch import setup_launcher
 from .optim import enable_amp
 from .registry import HOOKS, LOG_PROCESSORS, OPTIM_WRAPPERS
 from .train_loop import resumable_loop
-
-TEACHER_PREFIX = 'teacher.'
 
 
 def apply_distiller(cfg: Config) -> Config:
@@ -89,6 +87,15 @@ def prepare_config(cfg: Config) -> Config:
     return cfg
 
 
+def set_work_dir(cfg: Config, config_path: str, work_dir: Optional[str] = None) -> None:
+    """``cfg.work_dir``: ``work_dir`` when given, else the config's own, else
+    ``work_dirs/<config name>`` (as mmdet's tools choose it)."""
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
 def prepare_work_dir(cfg: Config, config_path: str, work_dir: Optional[str] = None) -> str:
     """Set ``cfg.work_dir`` and what every run gets:
 
@@ -107,10 +114,7 @@ def prepare_work_dir(cfg: Config, config_path: str, work_dir: Optional[str] = No
       MMEngine's ``EMAHook`` (RTMDet's, YOLOX's): the EMA of the student
       (and deployed flows), without a copy of the teacher.
     """
-    if work_dir is not None:
-        cfg.work_dir = work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+    set_work_dir(cfg, config_path, work_dir)
     is_distiller = isinstance(cfg.get('model'), dict) and 'student' in cfg.model
     hooks = [distill_ema(h) if is_distiller else h for h in cfg.get('custom_hooks', [])]
     needed = [SafeCheckpointHook, RandomStateHook, FiniteGradientHook] + \

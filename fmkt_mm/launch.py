@@ -98,4 +98,11 @@ def shutdown_process_group() -> None:
     """
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+        destroy_process_group()
+
+
+def destroy_process_group() -> None:
+    """Destroy the default process group, if one is initialised (the one
+    place the package closes it)."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -38,6 +38,7 @@ from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from .checkpoint import CheckpointMismatchError, check_fit, extract_state_dict, safe_torch_load
 from .config_prep import prepare_config, teacher_from_checkpoint
+from .launch import destroy_process_group
 from .registry import RUNNERS
 from .runner_guard import guard_runners
 from .storage import CorruptCheckpointError, remove_leftovers, seal
@@ -202,12 +203,7 @@ def close_process_group_at_exit() -> None:
     if _CLOSING_AT_EXIT or not (dist.is_available() and dist.is_initialized()):
         return
     _CLOSING_AT_EXIT = True
-
-    def close() -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-    atexit.register(close)
+    atexit.register(destroy_process_group)
 
 
 def empty_detection_result(cfg: Config, evaluator: Any, metrics: Optional[dict]) -> Optional[str]:

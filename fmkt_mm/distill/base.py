@@ -10,12 +10,12 @@ from mmengine.model import BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
 
+from ..checkpoint import STUDENT_PREFIX, TEACHER_PREFIX
 from ..flow.plan import check_step_counts
 from .loss_terms import NonFiniteLossError, check_finite, parse_loss_terms  # noqa: F401 (also imported from here)
 from .taps import get_module, run_until_tapped
 from .teacher import TEACHER_FLOWS, TEACHER_KEYS, TeacherSet, build_teacher, build_teachers
 
-STUDENT_PREFIX = 'student.'
 #: losses-dict keys ending with this hold per-step values, logged only
 STEP_LOG_SUFFIX = '_step'
 
@@ -342,7 +342,7 @@ class BaseDistiller(BaseModel):
         # ``load_from=<plain student checkpoint>``: map the stock model's keys
         # onto the student. Runs before the children read the same dict.
         own = [k for k in state_dict if k.startswith(prefix)]
-        if own and not any(k.startswith(prefix + STUDENT_PREFIX) or k.startswith(prefix + 'teacher.')
+        if own and not any(k.startswith(prefix + STUDENT_PREFIX) or k.startswith(prefix + TEACHER_PREFIX)
                            for k in own):
             student_keys = set(self.student.state_dict())
             mapped = 0

@@ -176,12 +176,6 @@ def check_options(options: LevelDistillerOptions) -> None:
         raise ValueError('flow.head is the per-level adapter; configure levels.adapter (adapter=) instead')
 
 
-def deploy_mode_of(cfg: dict, default: str) -> str:
-    """The deploy mode a distiller config asks for (grouped or flat)."""
-    deploy = cfg.get('deploy') or {}
-    return deploy.get('mode', cfg.get('deploy_mode', default))
-
-
 def check_level_condition(cfg: Optional[Union[str, dict, Sequence, 'nn.Module']]) -> None:
     """A level's flow condition: never a class condition (a level holds many
     objects)."""

@@ -52,7 +52,7 @@ from ..flow import FlowOutput, FlowTransfer, RoundTrip
 from ..losses.base import scaled
 from ..registry import MODELS
 from ..utils import build_from_registry
-from .detection_options import LevelDistillerOptions, check_level_condition, deploy_mode_of, group_options
+from .detection_options import LevelDistillerOptions, check_level_condition, group_options
 from .flow_ema import FlowEMA
 from .level_flows import LevelFlows, build_level_flows, level_roundtrip_errors
 from .levels import LevelDistiller, TeacherShape, check_scales
@@ -220,7 +220,8 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
 
     @classmethod
     def deploy_mode_of(cls, cfg: dict) -> str:
-        return deploy_mode_of(cfg, cls.defaults.deploy.mode)
+        deploy = cfg.get('deploy') or {}  # grouped or flat
+        return deploy.get('mode', cfg.get('deploy_mode', cls.defaults.deploy.mode))
 
     # -- the flows on the levels -------------------------------------------------
     def flow_of(self, j: int, k: int, flows: Optional[LevelFlows] = None) -> FlowTransfer:
