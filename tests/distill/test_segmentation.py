@@ -279,7 +279,7 @@ def test_fmkt_segmentation_under_bf16_autocast_and_two_processes(seg_set, tmp_pa
     assert 'fmkt_mm.CPUAmpOptimWrapper' in (tmp_path / 'amp' / osp.basename(config)).read_text()
     import json
     scalars = [json.loads(line) for line in open(next((tmp_path / 'amp').glob('*/vis_data/scalars.json')))]
-    flow_losses = [r['loss_flow_l3'] for r in scalars if 'loss_flow_l3' in r]
+    flow_losses = [r['loss_flow_l0'] for r in scalars if 'loss_flow_l0' in r]  # the logits' flow
     assert flow_losses and all(np.isfinite(flow_losses))
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=PYTHON, PORT=str(free_port()),
                PYTHONPATH=os.pathsep.join([osp.dirname(osp.dirname(osp.abspath(__file__))), ROOT]))

@@ -273,7 +273,7 @@ def test_benchmark_tables_rows_and_outputs(tmp_path):
 
 
 @pytest.mark.parametrize('script', ['amp', 'cost', 'efficacy_cls', 'efficacy_det', 'flowdistill', 'multi_teacher',
-                                    'recipes_cls', 'recipes_det', 'recipes_rtmdet', 'seg'])
+                                    'profile_step', 'recipes_cls', 'recipes_det', 'recipes_rtmdet', 'seg'])
 def test_every_benchmark_answers_help(script):
     import subprocess
     done = subprocess.run([sys.executable, osp.join(BENCHMARKS, f'{script}.py'), '--help'], capture_output=True,
@@ -302,3 +302,42 @@ def test_the_segmentation_floor_is_iou_metrics_score_of_background_everywhere(tm
                              gt_sem_seg=dict(data=torch.from_numpy(m)[None].long())) for m in maps])
     expected = metric.compute_metrics(metric.results)['mIoU']
     assert seg.background_floor(str(tmp_path)) == pytest.approx(expected, abs=0.01)  # IoUMetric rounds to 0.01
+
+
+def test_the_step_profile_counts_what_each_component_saves_for_backward():
+    """Each storage autograd keeps is counted once, for the component whose
+    forward saved it; a part that stops by raising (a tapped teacher) hands
+    the count back to its caller."""
+    import torch
+    from torch import nn
+    profile_step = load_tool('profile_step')
+
+    class Stop(Exception):
+        pass
+
+    class Tapped(nn.Module):
+        def forward(self, x):
+            raise Stop
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.student = nn.ModuleDict(dict(backbone=nn.Linear(8, 8)))
+            self.teacher = Tapped()
+            self.flows = nn.ModuleList([nn.Linear(8, 8)])
+
+        def forward(self, x):
+            h = self.student['backbone'](x)
+            try:
+                self.teacher(x)
+            except Stop:
+                pass
+            y = self.flows[0](h)
+            return (y * y).sum()  # the distiller's own product: saves y (once, though twice used)
+
+    model = Model()
+    x = torch.randn(4, 8, requires_grad=True)
+    saved = profile_step.saved_by_component(model, lambda: model(x).backward())
+    bytes_of = 4 * 8 * 4  # one (4, 8) float32 tensor
+    # the backbone saves its input x; the flow saves h; the distiller saves y
+    assert saved == {'student.backbone': bytes_of, 'flows.0': bytes_of, 'distiller': bytes_of}

@@ -62,7 +62,18 @@ import options
 import pool
 import reporting
 import study_tables
-from cost_rows import DET_CONFIG, DET_TEACHER, LABELS, build, flow_width, input_size, make_batch, method, specs
+from cost_rows import (
+    DET_CONFIG,
+    DET_TEACHER,
+    LABELS,
+    build,
+    flow_width,
+    input_size,
+    make_batch,
+    method,
+    specs,
+    training_step,
+)
 
 from fmkt_mm.studies import count_operators
 
@@ -91,23 +102,6 @@ def prepare(spec, args, device):
     model.to(device).train()
     size, batch = input_size(spec[0], args)
     return model, plain, model.data_preprocessor(make_batch(spec[0], batch, size), True)
-
-
-def training_step(model):
-    """``(step, trainable parameters)``: one training iteration (EMA
-    advance, forward, losses, backward, an SGD update with ``foreach``)."""
-    import torch
-    params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=True)
-
-    def step(data):
-        if getattr(model, 'ema_flows', None) is not None:  # what FlowEMAHook does before every iteration
-            model.update_ema()
-        loss, _ = model.parse_losses(model(data['inputs'], data['data_samples'], mode='loss'))
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-    return step, params
 
 
 def inference_runs(spec, model, plain, args, device) -> dict:

@@ -1,4 +1,5 @@
-"""The rows of the cost tables (tools/benchmarks/cost.py), as data: each
+"""The rows of the cost tables (tools/benchmarks/cost.py), as data, and the
+training step they are measured by (:func:`training_step`). Each
 :class:`Method` names the distiller it builds from the measured FM-KT config
 and its overrides; :func:`specs` lists the configurations a command line
 asks for and :func:`build` makes one, with random batches of the task's
@@ -177,3 +178,20 @@ def input_size(task, args):
 def input_shape(size):
     """``(3, height, width)`` of an :func:`input_size` size."""
     return (3, size, size) if isinstance(size, int) else (3, *size)
+
+
+def training_step(model):
+    """``(step, trainable parameters)``: one training iteration (EMA
+    advance, forward, losses, backward, an SGD update with ``foreach``)."""
+    import torch
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=True)
+
+    def step(data):
+        if getattr(model, 'ema_flows', None) is not None:  # what FlowEMAHook does before every iteration
+            model.update_ema()
+        loss, _ = model.parse_losses(model(data['inputs'], data['data_samples'], mode='loss'))
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+    return step, params
