@@ -29,19 +29,15 @@ student's heads read:
 The student's own ``loss``/``predict`` then run unchanged, so the task losses
 keep their mmdet names and ``predict`` returns mmdet ``DetDataSample`` s.
 
-FlowDistill options: conditional flows (``flow.condition``: ``'pooled'``
-and/or ``'level'``; with ``flow.shared_encoder`` one meta-encoder for all
-levels, told by the level embedding which it carries, and with
-``flow.batch_levels`` all levels in one call per step), per-level
-multipliers of the level weights (:attr:`DetectionDistiller.level_scales`,
-set by :class:`~fmkt_mm.hooks.ProgressiveDistillationHook`; 0 switches a
-level's loss off while its flow still runs), cycle consistency
+FlowDistill options: conditional flows (``flow.condition``, with
+``flow.shared_encoder`` and ``flow.batch_levels``), per-level multipliers of
+the level weights (:attr:`DetectionDistiller.level_scales`, set by
+:class:`~fmkt_mm.hooks.ProgressiveDistillationHook`), cycle consistency
 (``roundtrip_loss_weight``) and :meth:`DetectionDistiller.roundtrip_errors`.
 
-The parts: the options in groups (:mod:`.detection_options`), the flows keyed
-by teacher and level (:class:`~fmkt_mm.distill.level_flows.LevelFlows`), the
-tap rewrite (:mod:`.tap_rewrite`); the flows' EMA is advanced by
-:class:`~fmkt_mm.hooks.FlowEMAHook` before every training iteration.
+The parts: the options (:mod:`.detection_options`), the flows by teacher and
+level (:class:`~fmkt_mm.distill.level_flows.LevelFlows`), the tap rewrite
+(:mod:`.tap_rewrite`); :class:`~fmkt_mm.hooks.FlowEMAHook` advances the EMA.
 """
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -54,9 +50,10 @@ from ..registry import MODELS
 from ..utils import build_from_registry
 from .detection_options import LevelDistillerOptions, check_level_condition, group_options
 from .flow_ema import FlowEMA
-from .level_flows import LevelFlows, build_level_flows, level_roundtrip_errors
-from .levels import LevelDistiller, TeacherShape, check_scales
+from .level_flows import LevelFlows, build_level_flows
+from .levels import LevelDistiller, TeacherShape, as_levels, check_scales
 from .tap_rewrite import rewrite_tap
+from .taps import run_until_tapped
 from .teacher import weighted, with_teacher_condition
 
 
@@ -373,7 +370,22 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
         another space; its teacher-space points are then the flow's own
         images. ``num_steps`` defaults to ``eval_steps``. With several
         teachers, each teacher's flow is keyed ``'..._l{l}_t{j}'``."""
-        return level_roundtrip_errors(self, inputs, data_samples, num_steps or self.eval_steps, refine)
+        out = run_until_tapped(self.student, [self.student_tap],
+                               lambda: self.student(inputs, data_samples, mode='tensor'), 'student')
+        levels = as_levels(out[self.student_tap], self.student_tap, 'student')
+        flows, teachers = self._inference_flows(), {}  # teacher j's levels, read where compared in the flow's space
+        errors: Dict[str, RoundTrip] = {}
+        for k, (s, t) in enumerate(self.level_pairs):
+            for j in range(len(self.teacher_models())):
+                if self.teacher_adapter(j, k) is None and j not in teachers:
+                    teachers[j] = self.teacher_levels(inputs, data_samples, j)
+                x_teacher = teachers[j][t] if self.teacher_adapter(j, k) is None else None
+                level = flows.roundtrip(j, k, levels[s], num_steps or self.eval_steps, x_teacher, refine)
+                suffix = f'_l{s}_t{j}' if self.multi_teacher else f'_l{s}'
+                for key, value in level.items():
+                    errors[key + suffix] = value
+                    errors[key] = errors[key] + value if key in errors else value
+        return errors
 
     # -- inference -----------------------------------------------------------------
     def predict(self, inputs: Tensor, data_samples: Optional[list] = None) -> list:

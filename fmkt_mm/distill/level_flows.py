@@ -18,7 +18,7 @@ of saved distillers (``flows.{i}.…``, ``ema_flows.{i}.…``) stay valid.
 Adapters into each teacher's shape are not run here: their owner (the
 distiller) calls them with the teacher level's size.
 """
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -26,13 +26,7 @@ from torch import Tensor, nn
 from ..flow import META_ENCODERS, FlowOutput, FlowTransfer, build_condition
 from ..flow.encoders import PositionContext
 from ..flow.reduction import ChannelReduction
-from ..flow.reverse import RoundTrip
-from .levels import as_levels
-from .taps import run_until_tapped
 from .teacher import stack_for_teachers, weighted
-
-if TYPE_CHECKING:
-    from .detector import DetectionDistiller
 
 Shape = Tuple[int, ...]
 
@@ -165,29 +159,4 @@ def build_level_flows(flow_cfg: dict, level_pairs: Sequence[Tuple[int, int]], st
     return LevelFlows(flows, len(level_pairs), shared=shared_teachers)
 
 
-@torch.no_grad()
-def level_roundtrip_errors(distiller: 'DetectionDistiller', inputs: Tensor, data_samples: Optional[list],
-                           num_steps: int, refine: int) -> Dict[str, RoundTrip]:
-    """:meth:`DetectionDistiller.roundtrip_errors <fmkt_mm.distill.DetectionDistiller.roundtrip_errors>`
-    of a level distiller's flows (the EMA flows in eval mode when kept)."""
-    out = run_until_tapped(distiller.student, [distiller.student_tap],
-                           lambda: distiller.student(inputs, data_samples, mode='tensor'), 'student')
-    levels = as_levels(out[distiller.student_tap], distiller.student_tap, 'student')
-    teachers = {}  # teacher j's levels, read where its level is in the flow's space
-    errors: Dict[str, RoundTrip] = {}
-    for k, (s, t) in enumerate(distiller.level_pairs):
-        for j in range(len(distiller.teacher_models())):
-            x_teacher = None
-            if distiller.teacher_adapter(j, k) is None:
-                if j not in teachers:
-                    teachers[j] = distiller.teacher_levels(inputs, data_samples, j)
-                x_teacher = teachers[j][t]
-            level = distiller._inference_flows().roundtrip(j, k, levels[s], num_steps, x_teacher, refine)
-            suffix = f'_l{s}_t{j}' if distiller.multi_teacher else f'_l{s}'
-            for key, value in level.items():
-                errors[key + suffix] = value
-                errors[key] = errors[key] + value if key in errors else value
-    return errors
-
-
-__all__ = ['LevelFlows', 'build_level_flows', 'level_roundtrip_errors']
+__all__ = ['LevelFlows', 'build_level_flows']

@@ -41,7 +41,9 @@ ROWS = [Row('CWD', 'cwd_pspnet_r18w32_to_r18w8.py'),
         Row('FM-KT logits, deploy flow', 'fmkt_pspnet_r18w32_to_r18w8_deploy-flow.py'),
         Row('FM-KT logits, deploy student + CWD on the raw logits',
             'fmkt_pspnet_r18w32_to_r18w8_deploy-student_cwd-raw.py'),
-        Row('FM-KT backbone stage (PKD), deploy student', 'fmkt_pspnet_r18w32_to_r18w8_deploy-student_backbone.py')]
+        Row('FM-KT backbone stage (PKD), deploy student', 'fmkt_pspnet_r18w32_to_r18w8_deploy-student_backbone.py'),
+        # what the row above adds beyond its metric at the same place and weight
+        Row('PKD on the backbone stage (control)', 'pkd_pspnet_r18w32_to_r18w8.py')]
 RECORD = 'study_seg.jsonl'
 
 
