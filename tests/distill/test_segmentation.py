@@ -156,27 +156,15 @@ def run(args, cwd=ROOT):
 
 
 @pytest.mark.slow
-def test_fmkt_deploy_flow_trains_tests_by_step_count(seg_set, tmp_path):
-    config = user_config(tmp_path, 'fmkt_pspnet_r18w32_to_r18w8_deploy-flow.py', seg_set, seg_teacher(tmp_path))
-    work_dir = str(tmp_path / 'work')
-    run([osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir', work_dir])
-    state = torch.load(osp.join(work_dir, 'epoch_1.pth'), weights_only=True)['state_dict']
-    assert any(k.startswith('flows.') for k in state) and any(k.startswith('teacher.') for k in state)
-    assert any(k.startswith('teacher.decode_head') for k in state)  # the whole teacher, as loaded
-    log = run([osp.join(ROOT, 'tools', 'test.py'), config, osp.join(work_dir, 'epoch_1.pth'),
-               '--work-dir', str(tmp_path / 'test')])
-    assert 'mIoU' in log
-    for n in (1, 2, 4):
-        assert f'N={n}: ' in log  # FlowStepsHook scored each count with IoUMetric
-
-
-@pytest.mark.slow
 def test_fmkt_deploy_student_exports_a_plain_mmseg_segmentor(seg_set, tmp_path):
     config = user_config(tmp_path, 'fmkt_pspnet_r18w32_to_r18w8_deploy-student_cwd-raw.py', seg_set,
                          seg_teacher(tmp_path))
     work_dir = str(tmp_path / 'work')
     log = run([osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir', work_dir])
     assert 'loss_flow' in log and 'loss_raw' in log and 'loss_theta' in log
+    state = torch.load(osp.join(work_dir, 'epoch_1.pth'), weights_only=True)['state_dict']
+    assert any(k.startswith('flows.') for k in state)  # the flows are trained and saved beside the student
+    assert any(k.startswith('teacher.decode_head') for k in state)  # the whole teacher, as loaded
     out = run([osp.join(ROOT, 'tools', 'export_student.py'), config, osp.join(work_dir, 'epoch_1.pth'),
                str(tmp_path / 'student.pth')])
     assert 'the config is plain' in out
@@ -268,7 +256,7 @@ def test_cityscapes_configs_train_two_iterations(config, cityscapes_like, tmp_pa
 def test_fmkt_segmentation_under_bf16_autocast_and_two_processes(seg_set, tmp_path):
     """The segmentation distiller under --amp (bf16 autocast on a CPU) and
     under DDP with 2 gloo processes (tools/dist_train.sh): equal weights on
-    both ranks; then resumed from its own checkpoint."""
+    both ranks. (Resuming is the runner's, tested with the other tasks.)"""
     from tiny_runs import free_port
     teacher = seg_teacher(tmp_path)
     (tmp_path / 'ddp').mkdir()  # where SaveRankStateHook writes each rank's weights
@@ -290,6 +278,3 @@ def test_fmkt_segmentation_under_bf16_autocast_and_two_processes(seg_set, tmp_pa
     assert any(n.startswith('flows.') for n in states[0]['params'])
     for name, value in states[0]['params'].items():
         assert torch.equal(value, states[1]['params'][name]), name
-    log = run([osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir', str(tmp_path / 'amp'),
-               '--resume', '--cfg-options', 'train_cfg.max_epochs=2'])
-    assert 'resumed' in log.lower()

@@ -28,6 +28,14 @@ def load_tool(name):
 ONE_THREAD = True
 
 
+@pytest.fixture(scope='module')
+def efficacy_dir(tmp_path_factory):
+    """One work dir for the efficacy, recipe and several-teacher scripts, as
+    they share ``work_dirs/benchmark_efficacy``: each teacher is trained once
+    and reused by the scripts after it."""
+    return str(tmp_path_factory.mktemp('benchmark_efficacy'))
+
+
 def test_cost_benchmark_measures_every_configuration(tmp_path):
     cost = load_tool('cost')
     out = str(tmp_path / 'cost' / 'results.md')
@@ -79,9 +87,9 @@ def test_cost_benchmark_counts_operators_and_arithmetic(tmp_path):
 
 
 @pytest.mark.slow
-def test_efficacy_benchmark_trains_teacher_baselines_and_fmkt(tmp_path):
+def test_efficacy_benchmark_trains_teacher_baselines_and_fmkt(efficacy_dir):
     efficacy = load_tool('efficacy_cls')
-    out = str(tmp_path / 'eff')
+    out = efficacy_dir
     result = efficacy.main(['--quick', '--rows', 'student alone', 'KD (tau 4)',
                             'FM-KT rectified / mlp / N=8', '--work-dir', out])
     rows = [r['row'] for r in result['cls']['runs']]
@@ -95,9 +103,9 @@ def test_efficacy_benchmark_trains_teacher_baselines_and_fmkt(tmp_path):
 
 
 @pytest.mark.slow
-def test_recipe_study_pairs_rows_with_dist_for_two_teachers_and_resumes(tmp_path, capsys):
+def test_recipe_study_pairs_rows_with_dist_for_two_teachers_and_resumes(efficacy_dir, capsys):
     recipes = load_tool('recipes_cls')
-    out = str(tmp_path / 'study')
+    out = efficacy_dir
     args = ['--quick', '--work-dir', out]
     result = recipes.main(args)
     runs = result['study']['runs']
@@ -119,9 +127,9 @@ def test_recipe_study_pairs_rows_with_dist_for_two_teachers_and_resumes(tmp_path
 
 
 @pytest.mark.slow
-def test_detection_study_pairs_rows_with_pkd_for_two_teachers_and_resumes(tmp_path, capsys):
+def test_detection_study_pairs_rows_with_pkd_for_two_teachers_and_resumes(efficacy_dir, capsys):
     recipes = load_tool('recipes_det')
-    args = ['--quick', '--det-rows', 'FM-KT deploy flow', '--det-steps', '1', '--work-dir', str(tmp_path)]
+    args = ['--quick', '--det-rows', 'FM-KT deploy flow', '--det-steps', '1', '--work-dir', efficacy_dir]
     result = recipes.main(args)['study_det']
     runs = result['runs']
     assert sorted((r['teacher'], r['row']) for r in runs) == sorted(
@@ -145,9 +153,9 @@ def test_detection_study_pairs_rows_with_pkd_for_two_teachers_and_resumes(tmp_pa
 
 
 @pytest.mark.slow
-def test_two_teacher_benchmark_pairs_both_teachers_with_the_best_single_one(tmp_path, capsys):
+def test_two_teacher_benchmark_pairs_both_teachers_with_the_best_single_one(efficacy_dir, capsys):
     multi_teacher = load_tool('multi_teacher')
-    args = ['--quick', '--task', 'cls', '--work-dir', str(tmp_path)]
+    args = ['--quick', '--task', 'cls', '--work-dir', efficacy_dir]
     result = multi_teacher.main(args)['teachers_cls']
     runs = {r['row']: r for r in result['runs']}
     assert sorted(runs) == sorted(r.name for r in multi_teacher.TEACHER_CLS_ROWS)
@@ -167,10 +175,10 @@ def test_two_teacher_benchmark_pairs_both_teachers_with_the_best_single_one(tmp_
 
 
 @pytest.mark.slow
-def test_efficacy_benchmark_scores_the_detection_flow_at_each_step_count(tmp_path, capsys):
+def test_efficacy_benchmark_scores_the_detection_flow_at_each_step_count(efficacy_dir, capsys):
     efficacy = load_tool('efficacy_det')
     result = efficacy.main(['--quick', '--det-rows', 'FM-KT deploy flow (paper)',
-                            '--det-seeds', '0', '--work-dir', str(tmp_path)])
+                            '--det-seeds', '0', '--work-dir', efficacy_dir])
     runs = result['det']['runs']
     assert [(r['row'], r['seed']) for r in runs] == [('FM-KT deploy flow (paper)', 0)]
     for run in runs:

@@ -58,8 +58,11 @@ def parse_args(argv=None):
 
 def study(args) -> dict:
     """Every row x teacher x seed, resumable (``study.jsonl``)."""
-    teachers = {'full': task_runs.train_cls_teacher(args),
-                'half': task_runs.train_cls_teacher(args, 'cls_teacher_half', max(1, args.teacher_epochs // 2))}
+    half = max(1, args.teacher_epochs // 2)
+    teachers = {'full': task_runs.train_cls_teacher(args)}
+    # at one epoch (--quick) the half teacher is the full one: trained once
+    teachers['half'] = teachers['full'] if half == args.teacher_epochs else \
+        task_runs.train_cls_teacher(args, 'cls_teacher_half', half)
     # seed by seed: an interrupted study holds whole seeds, paired on both teachers
     jobs = [row.job(seed, osp.join(args.work_dir, 'study', teacher, f'{common.slug(row.name)}_seed{seed}'),
                     teacher=teacher, teacher_checkpoint=checkpoint, epochs=args.epochs,

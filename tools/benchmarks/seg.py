@@ -183,11 +183,14 @@ def main(argv=None):
     record = osp.join(args.work_dir, RECORD)
     # one torch thread per run when runs share the cores (more oversubscribe them), else torch's default
     threads = 1 if args.jobs > 1 else None
-    teacher_jobs = [Job(name, TEACHER, 0, osp.join(args.work_dir, f'teacher_{name}'), epochs=epochs,
+    # at one epoch (--quick) the half teacher is the full one: trained once
+    epochs = dict(full=args.teacher_epochs, half=max(1, args.teacher_epochs // 2))
+    teacher_jobs = [Job(name, TEACHER, 0, osp.join(args.work_dir, f'teacher_{name}'), epochs=n,
                         data_root=data_root, test_steps=(), threads=threads)
-                    for name, epochs in (('full', args.teacher_epochs), ('half', max(1, args.teacher_epochs // 2)))]
+                    for name, n in epochs.items() if name == 'full' or n != epochs['full']]
     runs = pool.run_recorded(teacher_jobs, run_job, record, min(args.jobs, 2), 'seg teachers', key='miou')
     teachers = {r['row']: r for r in runs if r['teacher'] is None}
+    teachers.setdefault('half', teachers['full'])
     jobs = [row.job(seed, osp.join(args.work_dir, f'{teacher}_{row.name.replace(" ", "-").replace("+", "")}_s{seed}'),
                     teacher=teacher, teacher_checkpoint=teachers[teacher]['checkpoint'], epochs=args.epochs,
                     data_root=data_root, test_steps=(), threads=threads)

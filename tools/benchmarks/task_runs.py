@@ -177,9 +177,11 @@ def det_study(args: argparse.Namespace, teacher_config: str = 'retinanet_r18_tea
     configs/fashion_det), ``--det-teacher-epochs`` and half of them."""
     data_root = det_data(args.work_dir, args.det_train, args.det_val)
     teacher = 'det_teacher' if name == 'det' else f'{name}_teacher'
-    teachers = {'full': train_det_teacher(args, data_root, teacher_config, name=teacher),
-                'half': train_det_teacher(args, data_root, teacher_config, name=f'{teacher}_half',
-                                          epochs=max(1, args.det_teacher_epochs // 2))}
+    half = max(1, args.det_teacher_epochs // 2)
+    teachers = {'full': train_det_teacher(args, data_root, teacher_config, name=teacher)}
+    # at one epoch (--quick) the half teacher is the full one: trained once
+    teachers['half'] = teachers['full'] if half == args.det_teacher_epochs else \
+        train_det_teacher(args, data_root, teacher_config, name=f'{teacher}_half', epochs=half)
     # seed by seed: an interrupted study holds whole seeds, paired on both teachers
     jobs = [row.job(seed, osp.join(args.work_dir, f'study_{name}', teacher, f'{slug(row.name)}_seed{seed}'),
                     teacher=teacher, teacher_checkpoint=checkpoint, epochs=args.det_epochs, data_root=data_root,
