@@ -3,6 +3,9 @@
 
     python tools/study_stats.py docs/benchmarks/study_det.jsonl --baseline PKD --key bbox_map
     python tools/study_stats.py docs/benchmarks/study_cls_8epochs.jsonl --baseline DIST --key top1
+    python tools/study_stats.py docs/benchmarks/study_seg.jsonl --baseline CWD --key miou
+
+Records of the teachers' own trainings (no ``teacher``) are left out.
 """
 import argparse
 import json
@@ -18,6 +21,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     with open(args.records) as f:
         records = [json.loads(line) for line in f if line.strip()]
+    records = [r for r in records if r.get('teacher') is not None]  # not a teacher's own training
     print(table(records, args.baseline, args.key))
 
 
