@@ -1,7 +1,11 @@
-"""The options of a level distiller, grouped.
+"""The options of a level distiller: the one place where its two config
+forms meet.
 
-:class:`~fmkt_mm.distill.DetectionDistiller` takes its options in four
-groups, as mmdet's semi-supervised detectors take ``semi_train_cfg``::
+Every shipped config writes the options one level deep, as the classifier's
+are written (``levels=(0, 1, 2, 3)``, ``level_weights=10.0``,
+``deploy_mode='student'``, ``ema_momentum=...``, ``teacher_flows=``, a list
+in ``teachers=``, ...). The distiller also accepts them in four groups, as
+mmdet's semi-supervised detectors take ``semi_train_cfg``::
 
     distiller = dict(
         type='fmkt_mm.DetectionDistiller',
@@ -15,10 +19,8 @@ groups, as mmdet's semi-supervised detectors take ``semi_train_cfg``::
                     ema_momentum=None, ema_warmup=2000),
         teachers=dict(models=[...], flows='separate', deploy='mean'))   # several teachers
 
-The flat keys of earlier configs (``level_weights=``, ``deploy_mode=``,
-``ema_momentum=``, ``teacher_flows=``, ``levels=(0, 1, 2, 3)``, a list in
-``teachers=``, ...) are accepted and mapped into their group; a key given
-both ways, or an unknown key, is an error that names it.
+:data:`FLAT_KEYS` maps the one form into the other; a key given both ways,
+or an unknown key, is an error that names it.
 """
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union

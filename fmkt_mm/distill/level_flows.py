@@ -95,8 +95,8 @@ class LevelFlows(nn.ModuleList):
         type='mlp'))``) and one flow per teacher."""
         if self.shared:
             raise ValueError("flow.batch_levels carries every level in one call per teacher; with "
-                             "teachers=dict(flows='shared') the teachers already share one call per "
-                             "level: use flows='separate' or batch_levels=False")
+                             "teacher_flows='shared' the teachers already share one call per "
+                             "level: use teacher_flows='separate' or batch_levels=False")
         for j in range(len(self) // self.num_levels):
             encoders = {id(self.flow(j, k).encoder) for k in range(self.num_levels)}
             encoder = self.flow(j, 0).encoder

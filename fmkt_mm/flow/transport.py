@@ -30,6 +30,17 @@ from .reduction import ChannelReduction
 from .reverse import ReverseSampler
 
 
+def recompute_mode(recompute: Union[bool, str, None]) -> Optional[str]:
+    """``None`` (keep every activation), ``'loop'`` (``True``) or ``'step'``."""
+    if recompute in (None, False):
+        return None
+    if recompute is True or recompute == 'loop':
+        return 'loop'
+    if recompute == 'step':
+        return 'step'
+    raise ValueError(f"recompute={recompute!r}: use False, True (or 'loop': the whole loop) or 'step' "
+                     f'(each meta-encoder call)')
+
 class FlowOutput:
     """What one run of the transfer produced.
 
@@ -162,10 +173,14 @@ class FlowTransport(ReverseSampler, nn.Module):
             (``X_S - v_i``, the authors' logit mode; the state still moves
             step by step, and the round trip, which inverts the serial
             path, needs ``'state'``).
-        recompute: activation checkpointing of the loop: training keeps
-            none of the ``N`` steps' encoder activations and recomputes
-            them in backward (one more forward of the loop per step, about
-            a third more flow compute); values and gradients are the same.
+        recompute: activation checkpointing, values and gradients the
+            same: ``True`` (or ``'loop'``) checkpoints the whole loop
+            (training keeps none of the ``N`` steps' encoder activations
+            and reruns the loop in backward: less kept, but the rerun
+            holds every step's activations at once); ``'step'`` checkpoints
+            each meta-encoder call (one step's activations at a time in
+            backward: the lower peak). Either costs about a third more flow
+            compute.
         width: run the flow on a learned ``width``-channel projection of the
             representation (``width < channels``; or a built
             :class:`~fmkt_mm.flow.reduction.ChannelReduction` shared by
@@ -192,7 +207,7 @@ class FlowTransport(ReverseSampler, nn.Module):
                  condition_level: int = 0,
                  estimate: str = 'state',
                  compile: Union[bool, dict] = False,
-                 recompute: bool = False,
+                 recompute: Union[bool, str] = False,
                  width: Optional[Union[int, ChannelReduction]] = None) -> None:
         super().__init__()
         if estimate not in ('state', 'student'):
@@ -234,11 +249,17 @@ class FlowTransport(ReverseSampler, nn.Module):
         self._plans: Dict[int, List[StepPlan]] = {}
         self._coefficients: Dict[tuple, Tensor] = {}
         self._compile_options = compile
-        self.recompute = bool(recompute)
+        self.recompute = recompute_mode(recompute)
         self._compiled_step = None  # built at the first call
 
     def _encoder_step(self, state: Tensor, conditioning) -> Tensor:
-        """The meta-encoder on a ``(B, C, H, W)`` state at one step."""
+        """The meta-encoder on a ``(B, C, H, W)`` state at one step (its
+        activations rerun in backward with ``recompute='step'``)."""
+        if self.recompute == 'step' and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._encoder_call, state, conditioning, use_reentrant=False)
+        return self._encoder_call(state, conditioning)
+
+    def _encoder_call(self, state: Tensor, conditioning) -> Tensor:
         if not self._compile_options:
             return self.encoder(state, conditioning=conditioning)
         if self._compiled_step is None:
@@ -323,7 +344,7 @@ class FlowTransport(ReverseSampler, nn.Module):
         context = self._resolve_context(x_student, context, labels)
         is_vector = x_student.dim() == 2
         x = x_student.reshape(*x_student.shape, 1, 1) if is_vector else x_student
-        if self.recompute and torch.is_grad_enabled():  # keep no step's activations: rerun them in backward
+        if self.recompute == 'loop' and torch.is_grad_enabled():  # keep no step's activations: rerun them
             estimates = torch.utils.checkpoint.checkpoint(self._transport, x, n, context, use_reentrant=False)
         else:
             estimates = self._transport(x, n, context)

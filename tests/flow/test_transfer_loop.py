@@ -275,16 +275,18 @@ def saved_bytes(fn) -> int:
     return total, out
 
 
+@pytest.mark.parametrize('mode', [True, 'step'])
 @pytest.mark.parametrize('encoder', ['mlp', 'conv'])
-def test_recompute_keeps_no_step_activations_and_changes_nothing(encoder):
-    """``recompute=True`` (activation checkpointing of the loop): the same
-    estimates and gradients, and what autograd keeps for backward no longer
-    grows with the steps' activations."""
+def test_recompute_keeps_no_step_activations_and_changes_nothing(encoder, mode):
+    """``recompute=True`` (activation checkpointing of the loop) and
+    ``'step'`` (of each meta-encoder call): the same estimates and
+    gradients, and what autograd keeps for backward no longer grows with the
+    steps' activations."""
     torch.manual_seed(0)
     plain = FlowTransfer(8, encoder=dict(type=encoder), num_steps=4, loss=dict(type='MSELoss'))
     random_encoder(plain)
     recomputed = FlowTransfer(8, encoder=dict(type=encoder), num_steps=4, loss=dict(type='MSELoss'),
-                              recompute=True)
+                              recompute=mode)
     recomputed.load_state_dict(plain.state_dict())
     x, target = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
     grads, kept, losses = [], [], []
@@ -300,3 +302,8 @@ def test_recompute_keeps_no_step_activations_and_changes_nothing(encoder):
     assert kept[1] < 0.5 * kept[0], kept
     with torch.no_grad():  # inference never checkpoints
         torch.testing.assert_close(plain(x), recomputed(x), rtol=0, atol=0)
+
+
+def test_an_unknown_recompute_mode_names_the_known_ones():
+    with pytest.raises(ValueError, match="recompute='steps': use False, True \\(or 'loop'"):
+        FlowTransfer(8, encoder=dict(type='mlp'), recompute='steps')

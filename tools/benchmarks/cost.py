@@ -66,6 +66,7 @@ from cost_rows import (
     DET_CONFIG,
     DET_TEACHER,
     LABELS,
+    METHODS,
     build,
     flow_width,
     input_size,
@@ -303,9 +304,8 @@ def parse_args(argv=None):
                         help='detection image width (default: --det-size, square); COCO: '
                              '--det-size 800 --det-width 1333')
     parser.add_argument('--det-methods', nargs='+', metavar='METHOD',
-                        help='detection rows to measure besides student and pkd (default: all): mgd fmkt '
-                             'fmkt_student fmkt_recompute fmkt_batched fmkt_batched_recompute fmkt_reduced '
-                             'fmkt_reduced_batched')
+                        help='detection rows to measure besides student and pkd (default: all): '
+                             + ' '.join(m.name for m in METHODS['det'][2:]))
     parser.add_argument('--det-flow-width', type=int, default=64,
                         help='the reduced width of the fmkt_reduced rows (flow=dict(width=...))')
     parser.add_argument('--det-config', default=DET_CONFIG,

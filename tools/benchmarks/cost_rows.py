@@ -53,6 +53,8 @@ METHODS: Dict[str, List[Method]] = dict(
          Method('fmkt_student', 'FM-KT, training-only flows', 'flow', deploy='student',
                 distiller=dict(ema_momentum=None)),
          Method('fmkt_recompute', 'FM-KT, loop recomputed in backward', 'flow', flow=dict(recompute=True)),
+         Method('fmkt_recompute_steps', 'FM-KT, each encoder call recomputed in backward', 'flow',
+                flow=dict(recompute='step')),
          Method('fmkt_batched', 'FM-KT, levels batched (shared mlp, level embedding)', 'flow', flow=BATCHED,
                 encoder='mlp'),
          Method('fmkt_batched_recompute', 'FM-KT, levels batched and loop recomputed', 'flow',
