@@ -366,9 +366,8 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
         kept) on a batch: ``'s2t2s_l{l}'`` (student level -> teacher space ->
         back) and ``'t2s2t_l{l}'`` (teacher level -> student space ->
         forward again), plus their sums over levels, ``'s2t2s'`` and
-        ``'t2s2t'``. A level compared through an adapter has its teacher in
-        another space; its teacher-space points are then the flow's own
-        images. ``num_steps`` defaults to ``eval_steps``. With several
+        ``'t2s2t'`` (through an adapter, the flow's own teacher-space
+        images). ``num_steps`` defaults to ``eval_steps``; with several
         teachers, each teacher's flow is keyed ``'..._l{l}_t{j}'``."""
         out = run_until_tapped(self.student, [self.student_tap],
                                lambda: self.student(inputs, data_samples, mode='tensor'), 'student')
@@ -377,9 +376,10 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
         errors: Dict[str, RoundTrip] = {}
         for k, (s, t) in enumerate(self.level_pairs):
             for j in range(len(self.teacher_models())):
-                if self.teacher_adapter(j, k) is None and j not in teachers:
-                    teachers[j] = self.teacher_levels(inputs, data_samples, j)
-                x_teacher = teachers[j][t] if self.teacher_adapter(j, k) is None else None
+                x_teacher = None  # through an adapter the teacher is in another space
+                if self.teacher_adapter(j, k) is None:  # each teacher's levels read once
+                    teachers[j] = teachers.get(j) or self.teacher_levels(inputs, data_samples, j)
+                    x_teacher = teachers[j][t]
                 level = flows.roundtrip(j, k, levels[s], num_steps or self.eval_steps, x_teacher, refine)
                 suffix = f'_l{s}_t{j}' if self.multi_teacher else f'_l{s}'
                 for key, value in level.items():

@@ -47,16 +47,13 @@ The tables go to ``--out`` (default ``work_dirs/benchmark_cost/results.md``,
 measurements as JSON beside them.
 """
 
-import argparse
 import os
 import os.path as osp
 import platform
 import resource
 import statistics
 import time
-from dataclasses import dataclass
 from functools import partial
-from typing import Optional
 
 import options
 import pool
@@ -67,6 +64,7 @@ from cost_rows import (
     DET_TEACHER,
     LABELS,
     METHODS,
+    ConfigJob,
     build,
     flow_width,
     input_size,
@@ -355,7 +353,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.count:
         return main_counts(args, argv)
-    jobs = [Measurement(spec, args) for spec in specs(args)]
+    jobs = [ConfigJob(spec, args) for spec in specs(args)]
 
     def show(result):
         print(f'{result["task"]} {label(result)}: {result["train_ms"]:.1f} ms/iter, '
@@ -371,15 +369,7 @@ def main(argv=None):
     return results
 
 
-@dataclass(frozen=True)
-class Measurement:
-    """One configuration to measure (a job of ``pool.run_jobs``)."""
-    spec: tuple
-    args: argparse.Namespace
-    threads: Optional[int] = None  # measure() sets --threads itself
-
-
-def measure_job(job: Measurement) -> dict:
+def measure_job(job: ConfigJob) -> dict:
     return measure(job.spec, job.args)
 
 

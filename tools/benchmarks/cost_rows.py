@@ -4,6 +4,7 @@ training step they are measured by (:func:`training_step`). Each
 and its overrides; :func:`specs` lists the configurations a command line
 asks for and :func:`build` makes one, with random batches of the task's
 input size (:func:`make_batch`)."""
+import argparse
 import copy
 import os.path as osp
 from dataclasses import dataclass, field
@@ -197,3 +198,11 @@ def training_step(model):
         loss.backward()
         optim.step()
     return step, params
+
+
+@dataclass(frozen=True)
+class ConfigJob:
+    """One configuration to run in a process of its own (a job of ``pool.run_jobs``)."""
+    spec: tuple  # (task, method, steps, encoder), as :func:`specs` lists them
+    args: argparse.Namespace
+    threads: Optional[int] = None  # the scripts set --threads themselves

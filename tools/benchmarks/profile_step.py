@@ -25,18 +25,27 @@ process)::
         --det-size 800 --det-width 1333 --det-batch 2 --method pkd fmkt --steps 4
     python tools/benchmarks/profile_step.py --quick        # a smoke run
 """
-import argparse
 import os.path as osp
 import time
-from dataclasses import dataclass
 from functools import partial
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import options
 import pool
 import reporting
 import study_tables
-from cost_rows import DET_CONFIG, DET_TEACHER, LABELS, build, input_size, make_batch, training_step
+from cost_rows import (
+    DET_CONFIG,
+    DET_TEACHER,
+    LABELS,
+    METHODS,
+    ConfigJob,
+    build,
+    input_size,
+    make_batch,
+    method,
+    training_step,
+)
 
 
 def component(name: str) -> str:
@@ -110,15 +119,7 @@ def profile(spec, args) -> dict:
                 profiled_seconds=seconds)
 
 
-@dataclass(frozen=True)
-class Profile:
-    """One configuration to profile (a job of ``pool.run_jobs``)."""
-    spec: tuple
-    args: argparse.Namespace
-    threads: Optional[int] = None
-
-
-def profile_job(job: Profile) -> dict:
+def profile_job(job: ConfigJob) -> dict:
     return profile(job.spec, job.args)
 
 
@@ -157,7 +158,7 @@ def parse_args(argv=None):
     if args.quick:
         args.det_size, args.det_width, args.det_batch, args.steps, args.top = 128, 128, 1, 1, 5
     args.out = args.out or osp.join('work_dirs', 'benchmark_cost', 'quick' if args.quick else '', 'profile.md')
-    unknown = [m for m in args.method if m not in LABELS or m == 'dist' or m == 'kd' or m == 'fmkt_theta']
+    unknown = [m for m in args.method if m not in {row.name for row in METHODS['det']}]
     if unknown:
         parser.error(f'unknown detection rows {unknown}; see tools/benchmarks/cost_rows.py')
     return args
@@ -165,10 +166,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    specs = [('det', m, args.steps if m.startswith('fmkt') else None, args.encoder if m.startswith('fmkt') else None)
-             for m in args.method]
+    flows = {m: method('det', m).kind == 'flow' for m in args.method}
+    specs = [('det', m, args.steps if flows[m] else None, args.encoder if flows[m] else None) for m in args.method]
     # each row in a fresh process, one at a time: nothing of one leaks into the next
-    results = pool.run_jobs([Profile(spec, args) for spec in specs], profile_job, isolate=True)
+    results = pool.run_jobs([ConfigJob(spec, args) for spec in specs], profile_job, isolate=True)
     import torch
     header = (f'{time.strftime("%Y-%m-%d")}, torch {torch.__version__}, {osp.basename(args.det_config)}, '
               f'{args.det_size}x{args.det_width}, batch {args.det_batch}: '
