@@ -1,4 +1,5 @@
 """Multi-process launch that also works on CPU-only machines (gloo)."""
+import gc
 import os
 import shutil
 import subprocess
@@ -91,18 +92,27 @@ def setup_launcher(cfg: Config, launcher: str) -> Config:
 def shutdown_process_group() -> None:
     """Wait for every rank, then destroy the process group, if there is one.
 
-    Called by the tools after training or testing: a rank that exits while
-    the others still finish their last collective, or a gloo group left to
-    the interpreter's teardown, can abort a process (``terminate called
-    without an active exception``) after the work is done.
+    Called by the tools after training or testing, once they have dropped
+    their runner: a rank that exits while the others still finish their last
+    collective, or a gloo group destroyed by the interpreter's teardown, can
+    abort a process (``terminate called without an active exception``,
+    SIGABRT) after the work is done.
     """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()  # a dropped runner's DDP wrapper (a reference cycle) still holds the group
         dist.barrier()
         destroy_process_group()
 
 
 def destroy_process_group() -> None:
     """Destroy the default process group, if one is initialised (the one
-    place the package closes it)."""
+    place the package closes it), and free it while the interpreter is whole.
+
+    A group kept alive by a reference cycle (MMEngine's Runner and its loops
+    hold each other, the Runner holds the DDP wrapper, the wrapper the group)
+    is otherwise freed by the collector during interpreter finalisation,
+    where gloo's threads releasing tensors abort the finished process.
+    """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        gc.collect()

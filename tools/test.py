@@ -81,6 +81,7 @@ def main():
     if args.out is not None:
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
     runner.test()
+    del runner  # free the DDP wrapper, which holds the process group, before closing it
     shutdown_process_group()
 
 

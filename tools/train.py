@@ -82,6 +82,7 @@ def main():
         cfg.allow_partial_load = True
     runner = build_runner(cfg)
     runner.train()
+    del runner  # free the DDP wrapper, which holds the process group, before closing it
     shutdown_process_group()
 
 
