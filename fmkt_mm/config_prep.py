@@ -12,12 +12,13 @@ from mmengine.hooks import CheckpointHook, EMAHook
 from mmengine.optim import AmpOptimWrapper
 from mmengine.runner import LogProcessor
 
-from .checkpoint import TEACHER_PREFIX, extract_state_dict, safe_torch_load
+from .checkpoint import extract_state_dict, safe_torch_load
 from .config_types import is_type
 from .hooks import DurableCheckpointHook, FiniteGradientHook, FlowEMAHook, RandomStateHook, SafeCheckpointHook
 from .launch import setup_launcher
 from .optim import enable_amp
 from .registry import HOOKS, LOG_PROCESSORS, OPTIM_WRAPPERS
+from .state_fit import TEACHER_PREFIX
 from .train_loop import resumable_loop
 
 

@@ -8,9 +8,10 @@ from typing import Dict, List, Optional, Tuple
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
-from .checkpoint import STUDENT_PREFIX, atomic_torch_save, atomic_write, extract_state_dict, safe_torch_load
+from .checkpoint import atomic_torch_save, atomic_write, extract_state_dict, safe_torch_load
 from .config_prep import DURABLE_CHECKPOINT_HOOK, apply_distiller
 from .distill.teacher import build_model
+from .state_fit import STUDENT_PREFIX
 from .train_loop import RESUMABLE_LOOP
 
 __all__ = ['atomic_torch_save', 'deploy_mode_of', 'export_student', 'export_student_from_cfg',

@@ -36,11 +36,12 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-from .checkpoint import CheckpointMismatchError, check_fit, extract_state_dict, safe_torch_load
+from .checkpoint import CheckpointMismatchError, extract_state_dict, safe_torch_load
 from .config_prep import prepare_config, teacher_from_checkpoint
 from .launch import destroy_process_group
 from .registry import RUNNERS
 from .runner_guard import guard_runners
+from .state_fit import check_fit, refuse_older_layout
 from .storage import CorruptCheckpointError, remove_leftovers, seal
 from .work_dir import WorkDirLock, WorkDirLockedError, WorkDirSnapshot
 
@@ -175,6 +176,8 @@ class DistillRunner(Runner):
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
         state = _revised(extract_state_dict(checkpoint), revise_keys)
+        if self._resuming and checkpoint.get('optimizer') is not None:
+            refuse_older_layout(model, state, filename)
         problems = check_fit(model, state, what=f'checkpoint {filename!r}',
                              lenient=bool(self.cfg.get('allow_partial_load')),
                              plain_student_ok=self._role == 'train' and not self._resuming)

@@ -10,8 +10,8 @@ from mmengine.model import BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
 
-from ..checkpoint import STUDENT_PREFIX, TEACHER_PREFIX
 from ..flow.plan import check_step_counts
+from ..state_fit import STUDENT_PREFIX, TEACHER_PREFIX
 from .loss_terms import NonFiniteLossError, check_finite, parse_loss_terms  # noqa: F401 (also imported from here)
 from .taps import get_module, run_until_tapped
 from .teacher import TEACHER_FLOWS, TEACHER_KEYS, TeacherSet, build_teacher, build_teachers

@@ -134,7 +134,7 @@ def group_options(flow: Optional[dict] = None, levels: Optional[Union[dict, Sequ
         levels = dict(pairs=levels)
     if teachers is not None and not isinstance(teachers, dict):
         teachers = dict(models=teachers)
-    flow = dict(flow or {})
+    flow = {k: v for k, v in (flow or {}).items() if not (k == 'channels' and v is None)}
     extras = {f.name: flow.pop(f.name) for f in fields(FlowExtras) if f.name in flow}
     groups = dict(levels=_group('levels', levels, LevelOptions),
                   deploy=_group('deploy', deploy, DeployOptions),
@@ -156,7 +156,7 @@ def group_options(flow: Optional[dict] = None, levels: Optional[Union[dict, Sequ
 
 
 def check_options(options: LevelDistillerOptions) -> None:
-    """The value checks that need no model."""
+    """The value checks that need no model (``options`` is only read)."""
     deploy = options.deploy
     if deploy.mode not in DEPLOY_MODES:
         raise ValueError(f'unknown deploy_mode {deploy.mode!r} (deploy.mode); choose one of {list(DEPLOY_MODES)}')
@@ -172,10 +172,11 @@ def check_options(options: LevelDistillerOptions) -> None:
                          f"width={options.flow['width']} has none; drop flow.width or the round-trip loss")
     if options.levels.raw_loss_weight < 0:
         raise ValueError(f'raw_loss_weight must be >= 0, got {options.levels.raw_loss_weight}')
-    if options.flow.pop('channels', None) is not None:
+    if 'channels' in options.flow:
         raise ValueError('flow.channels is inferred per level from the student; remove it')
     if 'head' in options.flow:
-        raise ValueError('flow.head is the per-level adapter; configure levels.adapter (adapter=) instead')
+        raise ValueError("a level's flow has no head: the distiller maps each level into the teacher's "
+                         'shape with its adapter; configure levels.adapter (adapter=) instead')
 
 
 def check_level_condition(cfg: Optional[Union[str, dict, Sequence, 'nn.Module']]) -> None:

@@ -50,8 +50,8 @@ from ..registry import MODELS
 from ..utils import build_from_registry
 from .detection_options import LevelDistillerOptions, check_level_condition, group_options
 from .flow_ema import FlowEMA
-from .level_flows import LevelFlows, build_level_flows
-from .levels import LevelDistiller, TeacherShape, as_levels, check_scales
+from .level_flows import LevelFlowFactory, LevelFlows
+from .levels import LevelDistiller, as_levels, check_scales
 from .tap_rewrite import rewrite_tap
 from .taps import run_until_tapped
 from .teacher import weighted, with_teacher_condition
@@ -142,15 +142,7 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
             opts_levels.pairs, opts_levels.weights, opts_levels.student_tap, opts_levels.teacher_tap,
             opts_levels.dummy_input_shape, opts_levels.teacher_norm)
         flow_cfg = self._flow_config(options)
-        self.flows = self._build_flows(options, flow_cfg, student_shapes, teacher_shapes)
-        #: several teachers sharing the flows: each teacher's adapters
-        #: (identity where shapes agree), teacher-major
-        self.teacher_adapters = None
-        if self.flows.shared:
-            self.teacher_adapters = nn.ModuleList([
-                self.level_adapter(opts_levels.adapter, s, t, student_shapes[s], teacher_shapes[j][t],
-                                   why=self._why(j)) or nn.Identity()
-                for j in range(len(self.teacher_models())) for s, t in self.level_pairs])
+        self._build_flows(options, flow_cfg, student_shapes, teacher_shapes)
         self.theta_loss = None
         if self.deploy_mode == 'student':
             self.theta_loss = build_from_registry(MODELS, opts_deploy.theta_loss or flow_cfg['loss'], 'loss')
@@ -179,21 +171,38 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
         return flow
 
     def _build_flows(self, options: LevelDistillerOptions, flow_cfg: dict, student_shapes,
-                     teacher_shapes) -> LevelFlows:
+                     teacher_shapes) -> None:
+        """``self.flows`` and ``self.teacher_adapters``: the adapter of each
+        teacher ``j`` and level pair ``k`` (identity where the shapes agree),
+        teacher-major, owned and applied here. Each separate flow's adapter
+        is built just before its flow, a shared flow's after all flows: the
+        order fixes the initial weights."""
         flow_cfg = dict(flow_cfg)
         condition_cfg = flow_cfg.pop('condition', None)
         check_level_condition(condition_cfg)
         shared_teachers = self.multi_teacher and self.teacher_flows == 'shared'
         if shared_teachers:  # one flow per level, told by a teacher embedding which teacher it follows
             condition_cfg = with_teacher_condition(condition_cfg)
-        adapter = options.levels.adapter
+        num_teachers = len(self.teacher_models())
+        factory = LevelFlowFactory(flow_cfg, self.level_pairs, student_shapes, num_teachers, shared_teachers,
+                                   options.flow_extras.shared_encoder, condition_cfg)
 
-        def adapter_of(j: int, k: int) -> Optional[TeacherShape]:
+        def adapter(j: int, k: int) -> nn.Module:
             s, t = self.level_pairs[k]
-            return self.level_adapter(adapter, s, t, student_shapes[s], teacher_shapes[j][t], why=self._why(j))
+            return self.level_adapter(options.levels.adapter, s, t, student_shapes[s], teacher_shapes[j][t],
+                                      why=self._why(j)) or nn.Identity()
 
-        return build_level_flows(flow_cfg, self.level_pairs, student_shapes, len(self.teacher_models()),
-                                 shared_teachers, options.flow_extras.shared_encoder, condition_cfg, adapter_of)
+        flows, adapters = [], []
+        for j in range(factory.sets):
+            factory.start_set()
+            for k in range(len(self.level_pairs)):
+                if not shared_teachers:
+                    adapters.append(adapter(j, k))
+                flows.append(factory.flow(k))
+        self.flows = factory.flows(flows)
+        if shared_teachers:
+            adapters = [adapter(j, k) for j in range(num_teachers) for k in range(len(self.level_pairs))]
+        self.teacher_adapters = nn.ModuleList(adapters)
 
     def _why(self, j: int) -> str:
         return f": the flow's estimates cannot be compared with {self.teacher_label(j)}'s" \
@@ -225,25 +234,6 @@ class DetectionDistiller(FlowEMA, LevelDistiller):
         """The flow of level pair ``k`` toward teacher ``j`` (in ``flows``,
         the training flows by default)."""
         return (self.flows if flows is None else flows).flow(j, k)
-
-    def teacher_adapter(self, j: int, k: int) -> Optional[nn.Module]:
-        """The module mapping student space to teacher ``j``'s at level pair
-        ``k`` (a :class:`TeacherShape`), or None where the shapes agree."""
-        adapter = self.flows.flow(j, k).head if self.teacher_adapters is None else \
-            self.teacher_adapters[j * len(self.level_pairs) + k]
-        return adapter if isinstance(adapter, TeacherShape) else None
-
-    def to_teacher_space(self, j: int, k: int, x: Tensor, target: Tensor) -> Tensor:
-        """``x`` (student space, level pair ``k``; ``(B, C, H, W)``, or steps
-        stacked ``(N, B, C, H, W)``) in the shape of teacher ``j``'s level
-        ``target``: through its adapter, or as it is where the shapes agree."""
-        adapter = self.teacher_adapter(j, k)
-        if adapter is None:
-            return x
-        size = tuple(target.shape[-2:])
-        if x.dim() == 4:
-            return adapter(x, size)
-        return adapter(x.flatten(0, 1), size).unflatten(0, x.shape[:2])
 
     def level_runs(self, k: int, level: Tensor, num_steps: int, targets: Sequence[Tensor]) -> List[FlowOutput]:
         """One training run of level pair ``k`` per teacher, each run's

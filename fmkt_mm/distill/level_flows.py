@@ -15,10 +15,11 @@ separate and shared flows:
 The module is an ``nn.ModuleList`` in the order ``teacher 0's level pairs,
 teacher 1's, ...`` (one set of level pairs when shared): the parameter names
 of saved distillers (``flows.{i}.…``, ``ema_flows.{i}.…``) stay valid.
-Adapters into each teacher's shape are not run here: their owner (the
-distiller) calls them with the teacher level's size.
+Adapters into each teacher's shape are neither held nor run here: the
+distiller owns them (``teacher_adapters``) and applies them with the teacher
+level's size.
 """
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -116,47 +117,65 @@ class LevelFlows(nn.ModuleList):
         return flow.roundtrip(level, num_steps, x_teacher=x_teacher, refine=refine, context=context)
 
 
-def build_level_flows(flow_cfg: dict, level_pairs: Sequence[Tuple[int, int]], student_shapes: Sequence[Shape],
-                      num_teachers: int, shared_teachers: bool, shared_encoder: bool,
-                      condition_cfg: Optional[Union[str, dict, list, nn.Module]],
-                      adapter_of: Callable[[int, int], Optional[nn.Module]]) -> LevelFlows:
-    """The :class:`LevelFlows` of a level distiller, built teacher by
-    teacher, level by level (the order fixes the initial weights).
+class LevelFlowFactory:
+    """Builds the flows of a level distiller set by set (a set of level
+    pairs per teacher, or one set shared by the teachers), level by level:
+    :meth:`start_set` builds what a set's flows share (the encoder, its
+    condition and width reduction with ``shared_encoder``), :meth:`flow`
+    one level pair's flow. The caller builds its own modules between these
+    calls (the distiller its adapters), so the build order, which fixes the
+    initial weights, stays the caller's to keep.
 
     ``flow_cfg``: :class:`~fmkt_mm.flow.FlowTransfer` arguments besides
-    ``channels``, ``head`` and ``condition``, with the ``encoder`` config (a
-    shared encoder shares the ``width`` reduction too);
-    ``condition_cfg``: the flows' condition config; ``adapter_of(j, k)``:
-    builds the head of teacher ``j``'s flow at pair ``k`` (separate flows
-    only: a shared flow has no per-teacher head)."""
-    flow_cfg = dict(flow_cfg)
-    encoder_cfg, width = flow_cfg.pop('encoder'), flow_cfg.pop('width', None)
+    ``channels`` and ``condition``, with the ``encoder`` config (a shared
+    encoder shares the ``width`` reduction too); ``condition_cfg``: the
+    flows' condition config.
+    """
 
-    def make_condition(channels: int):
-        return build_condition(condition_cfg, channels, num_levels=len(level_pairs), num_teachers=num_teachers)
+    def __init__(self, flow_cfg: dict, level_pairs: Sequence[Tuple[int, int]], student_shapes: Sequence[Shape],
+                 num_teachers: int, shared_teachers: bool, shared_encoder: bool,
+                 condition_cfg: Optional[Union[str, dict, list, nn.Module]]) -> None:
+        self.flow_cfg = dict(flow_cfg)
+        self.encoder_cfg, self.width = self.flow_cfg.pop('encoder'), self.flow_cfg.pop('width', None)
+        self.level_pairs, self.student_shapes = level_pairs, student_shapes
+        self.num_teachers, self.shared_teachers = num_teachers, shared_teachers
+        self.shared_encoder, self.condition_cfg = shared_encoder, condition_cfg
+        #: the sets of level pairs: one per teacher, or one shared by all
+        self.sets = 1 if shared_teachers else num_teachers
+        self._shared: Optional[tuple] = None
 
-    flows = []
-    for j in range(1 if shared_teachers else num_teachers):
-        shared_condition = shared = shared_width = None
-        if shared_encoder:
-            channels = sorted({student_shapes[s][1] for s, _ in level_pairs})
-            if len(channels) > 1:
-                raise ValueError(f'shared_encoder=True needs equal channels on every distilled student '
-                                 f'level, got {channels}; distil levels of one width or set '
-                                 f'shared_encoder=False')
-            shared_condition = make_condition(channels[0])
-            context = {} if shared_condition is None else dict(context_dim=shared_condition.dim)
-            shared_width = None if width is None else ChannelReduction(channels[0], width)
-            shared = META_ENCODERS.build(encoder_cfg, channels=width or channels[0], **context)
-        for k, (s, _) in enumerate(level_pairs):
-            head = None if shared_teachers else adapter_of(j, k)
-            if shared is not None:
-                condition, encoder, level_width = shared_condition, shared, shared_width
-            else:
-                condition, encoder, level_width = make_condition(student_shapes[s][1]), encoder_cfg, width
-            flows.append(FlowTransfer(channels=student_shapes[s][1], head=head, encoder=encoder,
-                                      condition=condition, condition_level=k, width=level_width, **flow_cfg))
-    return LevelFlows(flows, len(level_pairs), shared=shared_teachers)
+    def _condition(self, channels: int):
+        return build_condition(self.condition_cfg, channels, num_levels=len(self.level_pairs),
+                               num_teachers=self.num_teachers)
+
+    def start_set(self) -> None:
+        """Build what the next set's flows share (with ``shared_encoder``)."""
+        if not self.shared_encoder:
+            return
+        channels = sorted({self.student_shapes[s][1] for s, _ in self.level_pairs})
+        if len(channels) > 1:
+            raise ValueError(f'shared_encoder=True needs equal channels on every distilled student '
+                             f'level, got {channels}; distil levels of one width or set '
+                             f'shared_encoder=False')
+        condition = self._condition(channels[0])
+        context = {} if condition is None else dict(context_dim=condition.dim)
+        width = None if self.width is None else ChannelReduction(channels[0], self.width)
+        encoder = META_ENCODERS.build(self.encoder_cfg, channels=self.width or channels[0], **context)
+        self._shared = (condition, encoder, width)
+
+    def flow(self, k: int) -> FlowTransfer:
+        """The flow of level pair ``k`` in the current set."""
+        channels = self.student_shapes[self.level_pairs[k][0]][1]
+        if self._shared is not None:
+            condition, encoder, width = self._shared
+        else:
+            condition, encoder, width = self._condition(channels), self.encoder_cfg, self.width
+        return FlowTransfer(channels=channels, encoder=encoder, condition=condition, condition_level=k,
+                            width=width, **self.flow_cfg)
+
+    def flows(self, built: Sequence[FlowTransfer]) -> LevelFlows:
+        """The :class:`LevelFlows` of the flows built, set-major."""
+        return LevelFlows(built, len(self.level_pairs), shared=self.shared_teachers)
 
 
-__all__ = ['LevelFlows', 'build_level_flows']
+__all__ = ['LevelFlows', 'LevelFlowFactory']

@@ -6,7 +6,8 @@ shapes on a zero batch, and maps a student level to the teacher's shape with
 an adapter where the two differ. :class:`LevelDistiller` does this once for
 the FM-KT detection distiller and the PKD-style feature distiller.
 """
-from typing import List, Optional, Sequence, Tuple, Union
+import re
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.logging import print_log
@@ -97,12 +98,39 @@ def as_levels(output: Union[Tensor, Sequence[Tensor]], tap: str, who: str) -> Li
     return levels
 
 
+#: a separate flow's adapter as distillers saved it while each flow held its
+#: own (``flows.{i}.head.*``; the EMA's copy ``ema_flows.{i}.head.*``)
+_FLOW_HELD_ADAPTER = re.compile(r'(ema_)?flows\.(\d+)\.head\.')
+
+
+def upgrade_adapter_keys(state: Dict[str, object], prefix: str = '') -> int:
+    """Rename, in ``state`` and in place, the keys of a level distiller saved
+    while each separate flow held its teacher's adapter: ``flows.{i}.head.*``
+    becomes ``teacher_adapters.{i}.*`` (the same teacher-major index); the
+    EMA's copies, ``ema_flows.{i}.head.*``, which inference never ran, are
+    dropped. Only keys under ``prefix`` are read. Returns the number of keys
+    renamed or dropped."""
+    changed = 0
+    for key in [k for k in state if k.startswith(prefix)]:
+        match = _FLOW_HELD_ADAPTER.match(key, len(prefix))
+        if match is None:
+            continue
+        value = state.pop(key)
+        if not match.group(1):
+            state[f'{prefix}teacher_adapters.{match.group(2)}.{key[match.end():]}'] = value
+        changed += 1
+    return changed
+
+
 class LevelDistiller(BaseDistiller):
     """Base of the distillers of neck levels (see the module docstring).
 
     :meth:`setup_levels` sets ``student_tap``, ``teacher_tap``,
     ``level_pairs`` and ``level_weights`` and returns both sides' level
-    shapes; :meth:`level_adapter` gives the adapter of one pair.
+    shapes; :meth:`level_adapter` builds the adapter of one pair. A
+    distiller that keeps them per teacher in ``teacher_adapters``
+    (teacher-major, an identity where the shapes agree) applies them with
+    :meth:`to_teacher_space`.
     """
 
     def setup_levels(self, levels: Sequence[LevelSpec], level_weights: Union[float, Sequence[float]],
@@ -161,6 +189,34 @@ class LevelDistiller(BaseDistiller):
                 f'{s_shape[1]} -> {t_shape[1]} channels, bilinear resize), configure one, e.g. '
                 f"adapter=dict(type='FeatureAdapter'), or pair other levels.")
         return None
+
+    def teacher_adapter(self, j: int, k: int) -> Optional[nn.Module]:
+        """The module mapping student space to teacher ``j``'s at level pair
+        ``k`` (a :class:`TeacherShape` in ``teacher_adapters``), or None
+        where the shapes agree."""
+        adapter = self.teacher_adapters[j * len(self.level_pairs) + k]
+        return adapter if isinstance(adapter, TeacherShape) else None
+
+    def to_teacher_space(self, j: int, k: int, x: Tensor, target: Tensor) -> Tensor:
+        """``x`` (student space, level pair ``k``; ``(B, C, H, W)``, or steps
+        stacked ``(N, B, C, H, W)``) in the shape of teacher ``j``'s level
+        ``target``: through its adapter, or as it is where the shapes agree."""
+        adapter = self.teacher_adapter(j, k)
+        if adapter is None:
+            return x
+        size = tuple(target.shape[-2:])
+        if x.dim() == 4:
+            return adapter(x, size)
+        return adapter(x.flatten(0, 1), size).unflatten(0, x.shape[:2])
+
+    def upgrade_state_dict(self, state: dict, prefix: str = '') -> int:
+        """Checkpoints saved while each separate flow held its adapter load
+        (:func:`upgrade_adapter_keys`, in place)."""
+        return upgrade_adapter_keys(state, prefix)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.upgrade_state_dict(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def _infer_level_shapes(self, dummy_input_shape) -> Tuple[List[Shape], List[List[Shape]]]:

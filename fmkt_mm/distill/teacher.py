@@ -8,7 +8,7 @@ from mmengine.hub import get_config
 from mmengine.registry import MODELS as ROOT_MODELS
 from torch import Tensor, nn
 
-from ..checkpoint import load_weights
+from ..state_fit import load_weights
 
 if TYPE_CHECKING:
     from ..flow import FlowTransport

@@ -253,11 +253,54 @@ def test_heterogeneous_pair_gets_its_adapters_by_itself(teachers, monkeypatch):
                       adapter=dict(type='FeatureAdapter'), deploy_mode='student')
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in auto.state_dict().items())
     assert auto.state_dict().keys() == model.state_dict().keys()
-    assert model.flows[0].channels == 32 and model.flows[0].head.adapter.proj.out_channels == 64
+    assert model.flows[0].channels == 32 and model.teacher_adapters[0].adapter.proj.out_channels == 64
+    assert isinstance(model.flows[0].head, torch.nn.Identity)  # the distiller owns and applies the adapters
     model.train()
     loss, _ = model.parse_losses(model(**batch(model), mode='loss'))
     loss.backward()
     assert all(p.grad is not None for p in model.flows.parameters())
+
+
+def test_checkpoints_with_adapters_saved_inside_the_flows_load(tmp_path):
+    """A distiller saved while each separate flow held its teacher's adapter
+    (``flows.{i}.head.*``; the EMA's copies ``ema_flows.{i}.head.*``), as
+    written by fmkt_mm 0.1.0 up to commit 8347306 (two teachers, separate
+    flows, adapters on both levels, an EMA; tests/data): it fits the
+    distiller of today's layout, loads every tensor into its new place, and
+    predicts what it predicted when saved. Resuming it is refused, naming the
+    fix: its optimizer state lists the parameters in the old order."""
+    from mmengine.registry import MODELS
+
+    from fmkt_mm.checkpoint import CheckpointMismatchError
+    from fmkt_mm.state_fit import check_fit, refuse_older_layout
+    saved = torch.load(osp.join(ROOT, 'tests', 'data', 'level_distiller_adapters_in_flows.pth'),
+                       weights_only=True)
+    teachers = []
+    for j, fpn in enumerate((16, 24)):  # the teachers' weights are not in the file (nor needed to predict)
+        model = retinanet(8, fpn)
+        torch.manual_seed(j)
+        torch.save(MODELS.build(model).state_dict(), tmp_path / f't{j}.pth')
+        teachers.append(dict(config=model, checkpoint=str(tmp_path / f't{j}.pth')))
+    model = DetectionDistiller(student=retinanet(4, 8), teachers=teachers, levels=(0, 1), ema_momentum=0.5,
+                               flow=dict(encoder=dict(type='mlp'), num_steps=2), dummy_input_shape=(3, SIZE, SIZE))
+    state = dict(saved['state_dict'])
+    assert check_fit(model, state, what='legacy') == []
+    incompatible = model.load_state_dict(dict(state), strict=False)
+    assert incompatible.unexpected_keys == [] and all(k.startswith('teacher.') for k in incompatible.missing_keys)
+    for i in range(4):  # teacher-major: teacher j's level pair k at j * 2 + k
+        assert torch.equal(model.teacher_adapters[i].adapter.proj.weight, state[f'flows.{i}.head.adapter.proj.weight'])
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()
+               if k in state and not k.startswith('teacher_adapters.'))
+    model.eval()
+    with torch.no_grad():
+        outputs = model(**batch(model, seed=3, train=False), mode='tensor')
+    for now, then in zip(outputs, saved['outputs']):
+        for x, y in zip(now, then):  # the weights are equal bit for bit; kernels may sum in another order
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    with pytest.raises(CheckpointMismatchError, match='optimizer state follows the old parameter order') as err:
+        refuse_older_layout(model, state, 'iter_2.pth')
+    assert "load_from='iter_2.pth' and resume=False" in str(err.value)
+    refuse_older_layout(model, model.state_dict(), 'iter_3.pth')  # today's layout resumes
 
 
 @pytest.mark.parametrize('deploy_mode', ['flow', 'student'])
