@@ -54,11 +54,17 @@ def upgraded(model: nn.Module, state: Dict[str, torch.Tensor]) -> Dict[str, torc
 
 def refuse_older_layout(model: nn.Module, state: Dict[str, torch.Tensor], filename: str) -> None:
     """Refuse to resume a checkpoint in an older saved layout of ``model``
-    (one :func:`upgraded` renames): its optimizer state lists the
-    parameters in the old order, and restored by position it would give
-    their moments to other parameters."""
-    renamed = sorted(set(state) - set(upgraded(model, state)))
-    if renamed:
+    whose upgrade moves parameters to other places in the parameter order
+    (the count its ``upgrade_state_dict`` returns): the checkpoint's
+    optimizer state lists the parameters in the old order, and restored by
+    position it would give their moments to other parameters. A plain
+    rename resumes."""
+    upgrade = getattr(model, 'upgrade_state_dict', None)
+    if upgrade is None:
+        return
+    new = dict(state)
+    if upgrade(new):
+        renamed = sorted(set(state) - set(new))
         raise CheckpointMismatchError(
             f'checkpoint {filename!r} was saved with another parameter layout (e.g. {renamed[0]!r}; '
             f'{len(renamed)} keys renamed since): its weights load, but its optimizer state follows the '

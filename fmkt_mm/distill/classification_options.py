@@ -39,13 +39,17 @@ def resolve_mode(deploy_mode: Optional[str] = None, online: Optional[bool] = Non
     return mode, bool(online)
 
 
-
 class ClassifierTail(nn.Module):
     """neck (optional) + head of an mmpretrain classifier: feature -> logits."""
 
     def __init__(self, neck: Optional[nn.Module], head: nn.Module) -> None:
         super().__init__()
         self.neck, self.head = neck, head
+
+    @classmethod
+    def of(cls, classifier: nn.Module) -> 'ClassifierTail':
+        """The tail of an mmpretrain ``ImageClassifier`` (its own modules)."""
+        return cls(getattr(classifier, 'neck', None), classifier.head)
 
     def forward(self, feature: Tensor) -> Tensor:
         feats = (feature,)

@@ -152,10 +152,11 @@ class ClassificationDistiller(BaseDistiller):
         self.curriculum_fraction = 1.0
 
     def _build_flows(self, flow: dict) -> None:
-        """``self.flow`` (one teacher or none) or ``self.flows`` (several),
-        reading the student's tail (deploy mode 'flow') or a copy of it."""
+        """``self.flows``: one flow (one teacher, or none), a flow per
+        teacher, or one shared by the teachers, reading the student's tail
+        (deploy mode 'flow') or a copy of it."""
         flow = dict(flow)
-        student_tail = ClassifierTail(getattr(self.student, 'neck', None), self.student.head)
+        student_tail = ClassifierTail.of(self.student)
         # 'flow': the student's own classifier reads the flow; 'student': the
         # student's head stays the deployable plain head and the flows get a copy
         flow_tail = student_tail if self.deploy_mode == 'flow' else copy.deepcopy(student_tail)
@@ -169,7 +170,7 @@ class ClassificationDistiller(BaseDistiller):
             return FlowTransfer(head=flow_tail, condition=condition, **flow)
 
         if not self.multi_teacher:
-            self.flow = make_flow(condition)
+            self.flows = LevelFlows([make_flow(condition)], 1)
         elif self.teacher_flows == 'separate':  # a flow per teacher, all reading one tail
             self.flows = LevelFlows([make_flow(condition) for _ in self.teacher_models()], 1)
         else:  # one flow, told by a teacher embedding which teacher it carries toward
@@ -179,9 +180,19 @@ class ClassificationDistiller(BaseDistiller):
     def flow_of(self, j: int) -> FlowTransfer:
         """The flow that carries the student toward teacher ``j`` (the one
         flow with one teacher, or shared by all)."""
-        if not self.multi_teacher:
-            return self.flow
         return self.flows.flow(j, 0)
+
+    def upgrade_state_dict(self, state: dict, prefix: str = '') -> int:
+        """Checkpoints saved while one teacher's flow was ``flow`` (today
+        ``flows.0``) load: renamed in place, in the same place of the
+        parameter order (returns 0: nothing moved)."""
+        for key in [k for k in state if k.startswith(prefix + 'flow.')]:
+            state[prefix + 'flows.0.' + key[len(prefix + 'flow.'):]] = state.pop(key)
+        return 0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.upgrade_state_dict(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def deploy_mode(self) -> str:
@@ -250,9 +261,7 @@ class ClassificationDistiller(BaseDistiller):
         """One run of the flow per teacher in ``teachers`` (all by default;
         one run without a teacher): separate flows run in turn, the shared
         flow once on the stacked batch (:meth:`LevelFlows.runs`)."""
-        if not self.multi_teacher:
-            return [self.flow.run(feature, num_steps, labels=labels)]
-        teachers = range(len(self.teacher_models())) if teachers is None else teachers
+        teachers = range(max(len(self.teacher_models()), 1)) if teachers is None else teachers
         return self.flows.runs(0, feature, num_steps, teachers, labels)
 
     # -- training --------------------------------------------------------------
@@ -357,7 +366,7 @@ class ClassificationDistiller(BaseDistiller):
         feature = self.student_feature(inputs)
         steps = num_steps or self.eval_steps
         if not self.multi_teacher:
-            return self.flow.roundtrip(feature, steps, refine=refine)
+            return self.flows.roundtrip(0, 0, feature, steps, refine=refine)
         errors: Dict[str, RoundTrip] = {}
         for j in range(len(self.teacher_models())):
             for key, value in self.flows.roundtrip(j, 0, feature, steps, refine=refine).items():
@@ -366,16 +375,12 @@ class ClassificationDistiller(BaseDistiller):
         return errors
 
     def student_logits_from_feature(self, feature: Tensor) -> Tensor:
-        feats = (feature,)
-        if getattr(self.student, 'neck', None) is not None:
-            feats = self.student.neck(feats)
-        return self.student.head(feats)
+        """The plain student's logits from its feature (its own tail)."""
+        return ClassifierTail.of(self.student)(feature)
 
     # -- inference -------------------------------------------------------------
     def flow_logits(self, feature: Tensor, steps: int) -> Tensor:
         """The deployed flows' implicit ensemble (logits) at ``steps`` steps."""
-        if not self.multi_teacher:
-            return self.flow(feature, steps)
         return self.flow_ensembles(feature, [steps])[steps]
 
     def predict(self, inputs: Tensor, data_samples: Optional[list] = None) -> list:

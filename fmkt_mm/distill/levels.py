@@ -109,7 +109,7 @@ def upgrade_adapter_keys(state: Dict[str, object], prefix: str = '') -> int:
     becomes ``teacher_adapters.{i}.*`` (the same teacher-major index); the
     EMA's copies, ``ema_flows.{i}.head.*``, which inference never ran, are
     dropped. Only keys under ``prefix`` are read. Returns the number of keys
-    renamed or dropped."""
+    renamed or dropped: each changes its place in the parameter order."""
     changed = 0
     for key in [k for k in state if k.startswith(prefix)]:
         match = _FLOW_HELD_ADAPTER.match(key, len(prefix))

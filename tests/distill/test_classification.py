@@ -389,3 +389,37 @@ def test_the_teacher_runs_without_autograd_and_the_student_with_it(teacher_check
     data = model.data_preprocessor(batch, True)
     model(data['inputs'], data['data_samples'], mode='loss')
     assert grad_enabled == dict(teacher=False, student=True)
+
+
+def test_checkpoints_of_one_teachers_flow_named_flow_load_and_resume(tmp_path):
+    """A classification distiller saved while one teacher's flow was
+    ``flow`` (today ``flows.0``, as with several teachers), written by
+    fmkt_mm 0.1.0 up to commit 8347306 (tests/data): it fits, loads every
+    tensor, and predicts the logits it predicted when saved. The rename
+    keeps each parameter's place in the order, so it also resumes."""
+    from mmengine.registry import MODELS as ROOT_MODELS
+    from mmengine.registry import DefaultScope
+
+    from fmkt_mm import experiment
+    from fmkt_mm.state_fit import check_fit, refuse_older_layout
+    saved = torch.load(osp.join(ROOT, 'tests', 'data', 'classification_distiller_single_flow.pth'),
+                       weights_only=True)
+    teacher = Config.fromfile(osp.join(CONFIGS, 'teacher_resnet18_w16.py'))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        torch.save(ROOT_MODELS.build(teacher.model).state_dict(), tmp_path / 'teacher.pth')
+        cfg = experiment.load(osp.join(CONFIGS, VARIANT_CONFIGS['fmkt']))
+        experiment.set_teacher(cfg, str(tmp_path / 'teacher.pth'))
+        cfg = experiment.finalize(cfg, 'legacy', str(tmp_path))
+        model = ROOT_MODELS.build(cfg.model)
+    state = saved['state_dict']
+    assert any(k.startswith('flow.') for k in state) and check_fit(model, state, what='legacy') == []
+    incompatible = model.load_state_dict(dict(state), strict=False)
+    assert incompatible.unexpected_keys == [] and all(k.startswith('teacher.') for k in incompatible.missing_keys)
+    for key, value in model.state_dict().items():
+        if not key.startswith('teacher.'):
+            assert torch.equal(value, state[key.replace('flows.0.', 'flow.', 1)]), key
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(3)), mode='tensor')
+    torch.testing.assert_close(logits, saved['logits'], rtol=1e-5, atol=1e-6)
+    refuse_older_layout(model, state, 'epoch_1.pth')  # a plain rename: resumes

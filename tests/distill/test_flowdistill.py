@@ -478,8 +478,8 @@ def test_runner_classification_conditional(teacher_checkpoint, tmp_path):
     runner = Runner.from_cfg(tiny_cls_cfg('fmkt_resnet18_w16_to_resnet18_w4_conditional.py', tmp_path,
                                           teacher_checkpoint))
     model = runner.model
-    assert isinstance(model.flow.condition, PooledCondition)
-    assert model.flow.encoder.context_dim == model.flow.channels
+    assert isinstance(model.flow_of(0).condition, PooledCondition)
+    assert model.flow_of(0).encoder.context_dim == model.flow_of(0).channels
     runner.train()
     assert math.isfinite(runner.message_hub.get_scalar('train/loss_flow').current())
     assert 'val/accuracy/top1' in runner.message_hub.log_scalars
@@ -487,7 +487,7 @@ def test_runner_classification_conditional(teacher_checkpoint, tmp_path):
     model.zero_grad()
     batch = next(iter(runner.train_dataloader))
     grads_after_one_loss(model, batch)
-    assert model.flow.encoder.context_mlp[0].weight.grad.abs().sum() > 0
+    assert model.flow_of(0).encoder.context_mlp[0].weight.grad.abs().sum() > 0
 
 
 @needs_data
@@ -498,8 +498,8 @@ def test_runner_classification_class_conditional_theta(teacher_checkpoint, tmp_p
                        teacher_checkpoint, deploy_mode='student',
                        theta_loss=dict(type='fmkt_mm.KDLoss', tau=4.0))
     runner = Runner.from_cfg(cfg)
-    assert isinstance(runner.model.flow.condition, ClassCondition)
-    assert runner.model.flow.condition.num_classes == 10
+    assert isinstance(runner.model.flow_of(0).condition, ClassCondition)
+    assert runner.model.flow_of(0).condition.num_classes == 10
     runner.train()
     assert 'train/loss_theta' in runner.message_hub.log_scalars
     assert 0.0 <= runner.test()['accuracy/top1'] <= 100.0
@@ -510,7 +510,7 @@ def test_runner_classification_class_conditional_theta(teacher_checkpoint, tmp_p
                                                         ('conditional-class-none', 'none', 0.5)])
 def test_class_condition_configs(name, inference, drop_prob, teacher_checkpoint, tmp_path):
     cfg = tiny_cls_cfg(f'fmkt_resnet18_w16_to_resnet18_w4_{name}.py', tmp_path, teacher_checkpoint)
-    condition = Runner.from_cfg(cfg).model.flow.condition
+    condition = Runner.from_cfg(cfg).model.flow_of(0).condition
     assert isinstance(condition, ClassCondition)
     assert (condition.inference, condition.drop_prob) == (inference, drop_prob)
 
@@ -523,8 +523,8 @@ def test_runner_classification_progressive(teacher_checkpoint, tmp_path):
                 curriculum=dict(milestones=[1], values=[0.5, 1.0]))
     runner = Runner.from_cfg(cfg)
     steps_seen = []
-    original = runner.model.flow.run
-    runner.model.flow.run = lambda x, n=None, *a, **k: steps_seen.append(n) or original(x, n, *a, **k)
+    original = runner.model.flow_of(0).run
+    runner.model.flow_of(0).run = lambda x, n=None, *a, **k: steps_seen.append(n) or original(x, n, *a, **k)
     runner.train()
     assert steps_seen[:2] == [2, 4]  # the two training iterations
     logs = runner.message_hub.log_scalars

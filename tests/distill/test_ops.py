@@ -149,7 +149,7 @@ def test_two_processes_train_as_one_process_with_the_whole_batch(teacher_checkpo
     one = trainable(runner.model)
     assert set(one) == set(two)
     moved = [n for n in one if not torch.equal(one[n], start[n])]
-    assert any(n.startswith('student.') for n in moved) and any(n.startswith('flow.') for n in moved)
+    assert any(n.startswith('student.') for n in moved) and any(n.startswith('flows.') for n in moved)
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6, msg=name)
 
@@ -474,7 +474,7 @@ def test_fmkt_after_the_stop_keeps_training_its_flow_on_the_task(teacher_checkpo
     runner.register_hook(recorder)
     runner.train()
     assert recorder.loss_names[1] == ['loss', 'loss_cls'] and len(recorder.teacher_calls) == 1
-    flow_before = {k: v for k, v in recorder.before_iter.items() if k.startswith('flow.encoder')}
+    flow_before = {k: v for k, v in recorder.before_iter.items() if k.startswith('flows.0.encoder')}
     moved = [k for k, v in flow_before.items() if not torch.equal(v, dict(runner.model.named_parameters())[k])]
     assert moved
 

@@ -203,7 +203,7 @@ def test_mmpretrains_own_dist_train_distils_in_two_processes(teacher_checkpoint,
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     states = [torch.load(osp.join(work_dir, f'rank{r}.pth'), weights_only=True) for r in (0, 1)]
     assert [s['world_size'] for s in states] == [2, 2]
-    assert any(n.startswith('flow.') for n in states[0]['params'])
+    assert any(n.startswith('flows.') for n in states[0]['params'])
     for name, value in states[0]['params'].items():
         assert torch.equal(value, states[1]['params'][name]), name
     assert_distilled(osp.join(work_dir, 'iter_2.pth'))
