@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 
 from torch import Tensor, nn
 
-from .detection_options import DEPLOY_MODES
+from .level_options import DEPLOY_MODES
 
 #: the earlier ``variant`` names -> ``(deploy_mode, online)``
 VARIANTS = dict(fmkt=('flow', False), fmkt_theta=('student', False), ofmkt=('student', True))

@@ -1,6 +1,6 @@
 """FM-KT for mmseg segmentors (``EncoderDecoder``: any backbone and decode head).
 
-The same flows as :class:`~fmkt_mm.distill.detector.DetectionDistiller`, on a
+The level flows of :class:`~fmkt_mm.distill.level_flow_distiller.LevelFlowDistiller`, on a
 segmentor's tapped outputs, so nothing here knows a decode head:
 
 * **features** (``student_tap='backbone'``, ``levels=(3, )``): a flow carries
@@ -23,18 +23,18 @@ zero inference cost) and ``'flow'`` (prediction runs the flow; with
 ``pred_sem_seg_steps{N}`` and mmseg's ``IoUMetric`` scores every count).
 The teacher runs only until its tap; several teachers, adapters for other
 widths or sizes, the EMA of the flows, raw-loss and round-trip options are
-the detection distiller's.
+the level distiller's.
 """
 
 from ..registry import MODELS
-from .detection_options import DeployOptions, LevelDistillerOptions, LevelOptions
-from .detector import DetectionDistiller
+from .level_flow_distiller import LevelFlowDistiller
+from .level_options import DeployOptions, LevelDistillerOptions, LevelOptions
 
 
 @MODELS.register_module()
-class SegmentationDistiller(DetectionDistiller):
+class SegmentationDistiller(LevelFlowDistiller):
     """FM-KT for an mmseg ``EncoderDecoder`` student and teacher (see the
-    module docstring); the arguments are :class:`DetectionDistiller`'s, with
+    module docstring); the arguments are :class:`LevelFlowDistiller`'s, with
     segmentation defaults: the last backbone stage, deploy mode ``'student'``.
     """
 

@@ -16,7 +16,7 @@ class FlowEMAHook(Hook):
     """Advance the exponential moving average of the flows before every
     training iteration, i.e. after the previous optimizer update (as mmdet's
     ``MeanTeacherHook`` advances its teacher): the distiller's
-    :meth:`~fmkt_mm.distill.DetectionDistiller.update_ema`, with the
+    :meth:`~fmkt_mm.distill.LevelFlowDistiller.update_ema`, with the
     momentum and warm-up of its ``deploy.ema_momentum`` /
     ``deploy.ema_warmup``. The EMA and its update count live in the
     distiller's state, so a resumed run continues it.

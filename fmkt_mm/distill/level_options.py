@@ -1,5 +1,5 @@
-"""The options of a level distiller: the one place where its two config
-forms meet.
+"""The options of a level distiller (detection, segmentation): the one place
+where its two config forms meet, and the deploy modes every distiller knows.
 
 Every shipped config writes the options one level deep, as the classifier's
 are written (``levels=(0, 1, 2, 3)``, ``level_weights=10.0``,

@@ -1,0 +1,408 @@
+"""FM-KT on a model's levels: the distiller the detection and segmentation
+distillers share (one flow per distilled level pair and teacher).
+
+A forward hook on the student's ``student_tap`` module (an FPN ``neck``, a
+backbone, a head's last convolution) receives its tuple of levels
+``(B, C_l, H_l, W_l)``. For every distilled level ``l`` a
+:class:`~fmkt_mm.flow.FlowTransfer` in the student's channel space carries
+the level toward the teacher's level in ``N`` serial steps; each step's
+endpoint estimate is mapped into the teacher's shape (by the distiller's
+adapter, or unchanged when the shapes match) and compared with the teacher's
+level by the flow's metric loss. The hook then returns the tuple the
+student's downstream modules read:
+
+* ``deploy_mode='flow'`` (the paper's setting): the flows' implicit ensemble
+  (mean of the endpoint estimates, in the student's space) replaces each
+  distilled level, in training and at inference. The deployed model is the
+  student plus its flows.
+* ``deploy_mode='student'`` (zero inference cost): the downstream modules
+  read the raw student levels; an extra loss pulls each raw level toward the
+  detached ensemble, ``D(X_S, stopgrad(mean_i Xhat_i))``. Inference is the
+  unchanged student and :meth:`student_state_dict` is a plain model
+  checkpoint.
+
+The student's own ``loss``/``predict`` then run unchanged, so the task
+losses keep their names and ``predict`` returns the task's data samples.
+
+FlowDistill options: conditional flows (``flow.condition``, with
+``flow.shared_encoder`` and ``flow.batch_levels``), per-level multipliers of
+the level weights (:attr:`LevelFlowDistiller.level_scales`, set by
+:class:`~fmkt_mm.hooks.ProgressiveDistillationHook`), cycle consistency
+(``roundtrip_loss_weight``) and :meth:`LevelFlowDistiller.roundtrip_errors`.
+
+The parts: the options (:mod:`.level_options`), the flows by teacher and
+level (:class:`~fmkt_mm.distill.level_flows.LevelFlows`), the adapters and
+level shapes (:class:`~fmkt_mm.distill.levels.LevelDistiller`), the tap
+rewrite (:mod:`.tap_rewrite`); :class:`~fmkt_mm.hooks.FlowEMAHook` advances
+the EMA. :class:`~fmkt_mm.distill.DetectionDistiller` and
+:class:`~fmkt_mm.distill.SegmentationDistiller` name the task.
+"""
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..flow import FlowOutput, FlowTransfer, RoundTrip
+from ..losses.base import scaled
+from ..registry import MODELS
+from ..utils import build_from_registry
+from .flow_ema import FlowEMA
+from .level_flows import LevelFlowFactory, LevelFlows
+from .level_options import LevelDistillerOptions, check_level_condition, group_options
+from .levels import LevelDistiller, as_levels, check_scales
+from .tap_rewrite import rewrite_tap
+from .taps import run_until_tapped
+from .teacher import weighted, with_teacher_condition
+
+
+class LevelFlowDistiller(FlowEMA, LevelDistiller):
+    """FM-KT on the levels of a tapped module (see the module docstring);
+    a subclass names the task (``prediction_field``, ``defaults``).
+
+    Args:
+        student, teacher, data_preprocessor, init_cfg: see
+            :class:`BaseDistiller`. The student is any model whose
+            ``levels.student_tap`` module returns a ``(B, C, H, W)`` tensor
+            or a tuple of them.
+        flow: :class:`~fmkt_mm.flow.FlowTransfer` arguments shared by all
+            levels (``path``, ``encoder``, ``num_steps``, ``loss``,
+            ``condition``, ``recompute``, ...; ``channels`` is inferred per
+            level; defaults: 4 steps, a one-block ``conv`` meta-encoder,
+            ``PKDLoss``), plus ``shared_encoder`` (one meta-encoder and
+            condition for all levels of equal channels; pair it with
+            ``condition=dict(type='level')``), ``batch_levels`` (with a
+            shared token-wise ``mlp`` encoder: every level in one encoder call
+            per step), ``width`` (each flow on a learned ``width``-channel
+            projection of its level, moving it by a low-rank correction: the
+            encoder's activations kept for backward shrink with the width;
+            one projection for all levels with ``shared_encoder``) and
+            ``roundtrip_loss_weight`` (``loss_roundtrip_l{l}``).
+        levels: ``pairs``: an int ``l`` pairs student level ``l`` with teacher
+            level ``l``, a pair ``(s, t)`` student level ``s`` with teacher
+            level ``t`` (default: the first four, as in the paper);
+            ``weights``: each level's flow-loss weight (a float or one per
+            level; the paper uses 10 for RetinaNet, 6 for Faster R-CNN);
+            ``student_tap`` / ``teacher_tap``: the modules whose outputs are
+            the levels (the teacher's forward stops there); ``adapter``: the
+            module mapping a student level to the teacher level's shape
+            (``in_channels`` / ``out_channels`` filled in, called as
+            ``adapter(x, size)``, e.g. ``dict(type='FeatureAdapter')``),
+            required where a pair differs in channels or size;
+            ``raw_loss_weight`` / ``raw_loss``: FM-KT plus direct feature
+            distillation, ``loss_raw_l{l}`` between each raw student level
+            (through its adapter) and the teacher's level (the metric
+            defaults to the flow's, e.g. PKD's term on top of the flows');
+            ``dummy_input_shape``: ``(C, H, W)`` of the zero batch that reads
+            both sides' level shapes at build time.
+        deploy: ``mode``: ``'flow'`` (heads read the flows' ensemble) or
+            ``'student'`` (heads read the raw student; zero inference cost);
+            ``eval_steps``: flow steps at inference (default: the training
+            ``num_steps``); ``theta_loss`` / ``theta_loss_weight``: the metric
+            of mode 'student' that pulls each raw level toward the detached
+            ensemble (default: the flow's); ``ema_momentum``: keep an EMA of
+            the flows for inference in mode 'flow' (MMEngine's convention:
+            the weight of the new weights, e.g. ``0.0002``-``0.001``), with
+            ``ema_warmup`` as mmdet's ``ExpMomentumEMA``: update ``k`` (from
+            1) uses ``m_k = (1 - m) exp(-k / ema_warmup) + m``; the update
+            count is a buffer (``ema_updates``), so resuming continues it.
+        teachers: several teachers (see :class:`BaseDistiller`): ``models``,
+            ``flows`` (``'separate'``: a flow per teacher and level;
+            ``'shared'``: one flow per level conditioned on
+            the teacher, run once on the level stacked per teacher), and
+            ``deploy`` (the deployed teacher or ``'mean'``). Losses and, in
+            mode 'flow', the levels the heads read weigh the teachers by
+            their weights; ``flow_l{l}_t{j}`` logs each teacher's flow loss.
+
+    Each group also takes its earlier flat keys (``level_weights``,
+    ``deploy_mode``, ``ema_momentum``, ``teacher_flows``, ...; see
+    :data:`~fmkt_mm.distill.level_options.FLAT_KEYS`).
+    """
+
+    #: the defaults of the grouped options (a segmentation subclass has its own)
+    defaults = LevelDistillerOptions()
+    #: the data-sample field the student's ``predict`` fills
+    prediction_field: str
+
+    def __init__(self, student: dict, teacher: Optional[dict] = None, flow: Optional[dict] = None,
+                 levels: Optional[Union[dict, Sequence]] = None, deploy: Optional[dict] = None,
+                 teachers: Optional[Union[dict, Sequence[dict]]] = None, data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None, **flat: Any) -> None:
+        options = group_options(flow, levels, deploy, teachers, self.defaults, **flat)
+        opts_levels, opts_deploy, opts_teachers = options.levels, options.deploy, options.teachers
+        if teacher is None and opts_teachers.models is None:
+            raise ValueError(f'{type(self).__name__} needs a teacher: teacher=dict(config=..., checkpoint=...) '
+                             'or teachers=[dict(config=..., checkpoint=...), ...]')
+        super().__init__(student, teacher, data_preprocessor, init_cfg, teachers=opts_teachers.models,
+                         teacher_flows=opts_teachers.flows, deploy_teacher=opts_teachers.deploy)
+        self._deploy_mode = opts_deploy.mode
+        self.theta_loss_weight = opts_deploy.theta_loss_weight
+        student_shapes, teacher_shapes = self.setup_levels(
+            opts_levels.pairs, opts_levels.weights, opts_levels.student_tap, opts_levels.teacher_tap,
+            opts_levels.dummy_input_shape, opts_levels.teacher_norm)
+        flow_cfg = self._flow_config(options)
+        self._build_flows(options, flow_cfg, student_shapes, teacher_shapes)
+        self.theta_loss = None
+        if self.deploy_mode == 'student':
+            self.theta_loss = build_from_registry(MODELS, opts_deploy.theta_loss or flow_cfg['loss'], 'loss')
+        self.setup_ema(opts_deploy.ema_momentum, opts_deploy.ema_warmup)
+        self.eval_steps = opts_deploy.eval_steps or self.flows[0].num_steps
+        #: extra step counts predicted in the same pass (set_eval_steps):
+        #: each sample gets ``pred_instances_steps{N}`` besides ``pred_instances``
+        self.extra_eval_steps: List[int] = []
+        #: per-level multipliers of the level weights (set_level_scales)
+        self.level_scales: List[float] = [1.0] * len(self.level_pairs)
+        self.roundtrip_loss_weight = options.flow_extras.roundtrip_loss_weight
+        self.batch_levels = options.flow_extras.batch_levels
+        if self.batch_levels:
+            self.flows.check_batchable()
+        self.raw_loss_weight = opts_levels.raw_loss_weight
+        self.raw_loss = None
+        if self.raw_loss_weight > 0:
+            self.raw_loss = build_from_registry(MODELS, opts_levels.raw_loss or flow_cfg['loss'], 'loss')
+
+    # -- building ----------------------------------------------------------------
+    def _flow_config(self, options: LevelDistillerOptions) -> dict:
+        flow = dict(options.flow)
+        flow.setdefault('num_steps', 4)
+        flow.setdefault('encoder', dict(type='conv', num_blocks=1))
+        flow.setdefault('loss', dict(type='PKDLoss'))
+        return flow
+
+    def _build_flows(self, options: LevelDistillerOptions, flow_cfg: dict, student_shapes,
+                     teacher_shapes) -> None:
+        """``self.flows`` and ``self.teacher_adapters``: the adapter of each
+        teacher ``j`` and level pair ``k`` (identity where the shapes agree),
+        teacher-major, owned and applied here. Each separate flow's adapter
+        is built just before its flow, a shared flow's after all flows: the
+        order fixes the initial weights."""
+        flow_cfg = dict(flow_cfg)
+        condition_cfg = flow_cfg.pop('condition', None)
+        check_level_condition(condition_cfg)
+        shared_teachers = self.multi_teacher and self.teacher_flows == 'shared'
+        if shared_teachers:  # one flow per level, told by a teacher embedding which teacher it follows
+            condition_cfg = with_teacher_condition(condition_cfg)
+        num_teachers = len(self.teacher_models())
+        factory = LevelFlowFactory(flow_cfg, self.level_pairs, student_shapes, num_teachers, shared_teachers,
+                                   options.flow_extras.shared_encoder, condition_cfg)
+
+        def adapter(j: int, k: int) -> nn.Module:
+            s, t = self.level_pairs[k]
+            return self.level_adapter(options.levels.adapter, s, t, student_shapes[s], teacher_shapes[j][t],
+                                      why=self._why(j)) or nn.Identity()
+
+        flows, adapters = [], []
+        for j in range(factory.sets):
+            factory.start_set()
+            for k in range(len(self.level_pairs)):
+                if not shared_teachers:
+                    adapters.append(adapter(j, k))
+                flows.append(factory.flow(k))
+        self.flows = factory.flows(flows)
+        if shared_teachers:
+            adapters = [adapter(j, k) for j in range(num_teachers) for k in range(len(self.level_pairs))]
+        self.teacher_adapters = nn.ModuleList(adapters)
+
+    def _why(self, j: int) -> str:
+        return f": the flow's estimates cannot be compared with {self.teacher_label(j)}'s" \
+            if self.multi_teacher else ": the flow's estimates cannot be compared with the teacher"
+
+    def check_level_scales(self, scales: Sequence[float]) -> None:
+        check_scales(scales, len(self.level_pairs))
+
+    @property
+    def steps_prediction_field(self) -> Optional[str]:
+        """The data-sample field that ``extra_eval_steps`` fill, one per count
+        (``pred_instances_steps{N}``), for the evaluator's metrics to score;
+        ``None`` when prediction does not run the flows."""
+        return self.prediction_field if self.deploy_mode == 'flow' else None
+
+    @property
+    def deploy_mode(self) -> str:
+        """``'flow'`` if prediction runs the flows, ``'student'`` if the plain
+        student alone predicts."""
+        return self._deploy_mode
+
+    @classmethod
+    def deploy_mode_of(cls, cfg: dict) -> str:
+        deploy = cfg.get('deploy') or {}  # grouped or flat
+        return deploy.get('mode', cfg.get('deploy_mode', cls.defaults.deploy.mode))
+
+    # -- the flows on the levels -------------------------------------------------
+    def flow_of(self, j: int, k: int, flows: Optional[LevelFlows] = None) -> FlowTransfer:
+        """The flow of level pair ``k`` toward teacher ``j`` (in ``flows``,
+        the training flows by default)."""
+        return (self.flows if flows is None else flows).flow(j, k)
+
+    def level_runs(self, k: int, level: Tensor, num_steps: int, targets: Sequence[Tensor]) -> List[FlowOutput]:
+        """One training run of level pair ``k`` per teacher, each run's
+        steps in its teacher's shape (``targets`` give the sizes)."""
+        outs = self.flows.runs(k, level, num_steps, range(len(targets)))
+        return [out.with_steps(self.to_teacher_space(j, k, out.estimates, target))
+                for j, (out, target) in enumerate(zip(outs, targets))]
+
+    def deployed_ensemble(self, k: int, level: Tensor, num_steps: int) -> Tensor:
+        """What the heads read for level pair ``k`` at inference: the
+        implicit ensemble (student space) of the deployed teacher's flow, or
+        the weighted mean over all teachers' flows."""
+        teachers, weights = self.deployed_teachers()
+        return self._inference_flows().ensemble(k, level, num_steps, teachers, weights)
+
+    def deployed_levels(self, levels: Sequence[Tensor], num_steps: Optional[int] = None) -> List[Tensor]:
+        """The levels the heads read at inference in deploy mode ``'flow'``."""
+        levels, steps = list(levels), num_steps or self.eval_steps
+        if self.batch_levels:
+            teachers, weights = self.deployed_teachers()
+            flows = self._inference_flows()
+            runs = [flows.batched_runs(j, [levels[s] for s, _ in self.level_pairs], steps) for j in teachers]
+            for k, (s, _) in enumerate(self.level_pairs):
+                levels[s] = weighted([run[k].mean_estimate() for run in runs], weights)
+            return levels
+        for k, (s, _) in enumerate(self.level_pairs):
+            levels[s] = self.deployed_ensemble(k, levels[s], steps)
+        return levels
+
+    def distilled_levels(self, levels: Sequence[Tensor], teacher_levels: Sequence[Sequence[Tensor]],
+                         losses: Dict[str, Tensor]) -> List[Tensor]:
+        """Training: run the flows on the student's levels, put each level's
+        losses into ``losses`` and return the levels the heads read."""
+        levels = list(levels)
+        batched = self._batched_level_runs(levels, teacher_levels) if self.batch_levels else None
+        for k, (s, t) in enumerate(self.level_pairs):
+            weight = self.level_weights[k] * self.level_scales[k]
+            targets = [teacher[t] for teacher in teacher_levels]
+            outs = batched[k] if batched is not None else \
+                self.level_runs(k, levels[s], self.flow_of(0, k).draw_num_steps(), targets)
+            ensemble = self._level_losses(k, levels[s], outs, targets, weight, losses)
+            if ensemble is not None:  # deploy mode 'flow': what the heads read at inference too
+                levels[s] = ensemble
+        return levels
+
+    def _batched_level_runs(self, levels: Sequence[Tensor],
+                            teacher_levels: Sequence[Sequence[Tensor]]) -> List[List[FlowOutput]]:
+        """``flow.batch_levels``: per level pair, one run per teacher, every
+        pair's from one batched run per teacher (one step count drawn for all)."""
+        n = self.flow_of(0, 0).draw_num_steps()
+        runs = [self.flows.batched_runs(j, [levels[s] for s, _ in self.level_pairs], n)
+                for j in range(len(teacher_levels))]
+        return [[run[k].with_steps(self.to_teacher_space(j, k, run[k].estimates, teacher_levels[j][t]))
+                 for j, run in enumerate(runs)] for k, (_, t) in enumerate(self.level_pairs)]
+
+    def _level_losses(self, k: int, level: Tensor, outs: List[FlowOutput], targets: Sequence[Tensor],
+                      weight: float, losses: Dict[str, Tensor]) -> Optional[Tensor]:
+        """Level pair ``k``'s losses (see :meth:`loss`); returns the deployed
+        ensemble in deploy mode 'flow', else None."""
+        s = self.level_pairs[k][0]
+        weights = self.teacher_weights()
+        per_teacher = [self.flow_of(j, k).step_losses(out, target)  # (N,), one loss call each
+                       for j, (out, target) in enumerate(zip(outs, targets))]
+        step_losses = weighted(per_teacher, weights)
+        losses[f'loss_flow_l{s}'] = weight * step_losses.sum()
+        if self.roundtrip_loss_weight > 0:
+            losses[f'loss_roundtrip_l{s}'] = self.roundtrip_loss_weight * weighted(
+                [self.flow_of(j, k).roundtrip_loss(level, out) for j, out in enumerate(outs)], weights)
+        if self.raw_loss is not None:
+            losses[f'loss_raw_l{s}'] = weight * self.raw_loss_weight * weighted(
+                [self.raw_loss(self.to_teacher_space(j, k, level, target), target)
+                 for j, target in enumerate(targets)], weights)
+        losses[f'flow_l{s}_step'] = scaled(step_losses, outs[0].steps.shape[0])  # logged only, per step
+        if self.multi_teacher:  # each teacher's flow loss on the level, logged only
+            for j, values in enumerate(per_teacher):
+                losses[f'flow_l{s}_t{j}'] = values.detach().sum()
+        ensembles = [out.mean_estimate() for out in outs]
+        if self.deploy_mode == 'flow':
+            chosen, chosen_weights = self.deployed_teachers()
+            return weighted([ensembles[j] for j in chosen], chosen_weights)
+        losses[f'loss_theta_l{s}'] = weight * self.theta_loss_weight * weighted(
+            [self.theta_loss(level, e.detach()) for e in ensembles], weights)
+        return None
+
+    # -- training ------------------------------------------------------------------
+    def loss(self, inputs: Tensor, data_samples: list) -> Dict[str, Tensor]:
+        """The student's task losses (its own names) plus, per distilled level
+        ``l``: ``loss_flow_l{l}`` (sum over steps, times the level weight),
+        ``loss_theta_l{l}`` in deploy mode 'student', ``loss_raw_l{l}`` with
+        ``raw_loss_weight``, and the per-step values
+        ``flow_l{l}_step{k}`` (logged only)."""
+        self.check_ema_driven()
+        teacher_levels = [self.teacher_levels(inputs, data_samples, j)
+                          for j in range(len(self.teacher_models()))]
+        distilled: Dict[str, Tensor] = {}
+        with rewrite_tap(self.student, self.student_tap,
+                         lambda levels: self.distilled_levels(levels, teacher_levels, distilled)):
+            losses = dict(self.student.loss(inputs, data_samples))
+        clash = set(losses) & set(distilled)
+        if clash:
+            raise RuntimeError(f'the student\'s losses {sorted(clash)} collide with the distiller\'s')
+        losses.update(distilled)
+        return losses
+
+    def task_losses(self, inputs: Tensor, data_samples: list) -> Dict[str, Tensor]:
+        """Distillation switched off: the task losses of the deployed model.
+        In deploy mode ``'flow'`` the flows' ensemble still replaces the
+        distilled levels (and the EMA keeps following); in ``'student'`` the
+        plain student trains alone."""
+        if self.deploy_mode != 'flow':
+            return super().task_losses(inputs, data_samples)
+        self.check_ema_driven()
+        with rewrite_tap(self.student, self.student_tap, self.deployed_levels):
+            return dict(self.student.loss(inputs, data_samples))
+
+    @torch.no_grad()
+    def roundtrip_errors(self, inputs: Tensor, data_samples: Optional[list] = None,
+                         num_steps: Optional[int] = None, refine: int = 0) -> Dict[str, RoundTrip]:
+        """Invertibility of each level's flow (the EMA flows in eval mode when
+        kept) on a batch: ``'s2t2s_l{l}'`` (student level -> teacher space ->
+        back) and ``'t2s2t_l{l}'`` (teacher level -> student space ->
+        forward again), plus their sums over levels, ``'s2t2s'`` and
+        ``'t2s2t'`` (through an adapter, the flow's own teacher-space
+        images). ``num_steps`` defaults to ``eval_steps``; with several
+        teachers, each teacher's flow is keyed ``'..._l{l}_t{j}'``."""
+        out = run_until_tapped(self.student, [self.student_tap],
+                               lambda: self.student(inputs, data_samples, mode='tensor'), 'student')
+        levels = as_levels(out[self.student_tap], self.student_tap, 'student')
+        flows, teachers = self._inference_flows(), {}  # teacher j's levels, read where compared in the flow's space
+        errors: Dict[str, RoundTrip] = {}
+        for k, (s, t) in enumerate(self.level_pairs):
+            for j in range(len(self.teacher_models())):
+                x_teacher = None  # through an adapter the teacher is in another space
+                if self.teacher_adapter(j, k) is None:  # each teacher's levels read once
+                    teachers[j] = teachers.get(j) or self.teacher_levels(inputs, data_samples, j)
+                    x_teacher = teachers[j][t]
+                level = flows.roundtrip(j, k, levels[s], num_steps or self.eval_steps, x_teacher, refine)
+                suffix = f'_l{s}_t{j}' if self.multi_teacher else f'_l{s}'
+                for key, value in level.items():
+                    errors[key + suffix] = value
+                    errors[key] = errors[key] + value if key in errors else value
+        return errors
+
+    # -- inference -----------------------------------------------------------------
+    def predict(self, inputs: Tensor, data_samples: Optional[list] = None) -> list:
+        """The student's data samples with ``prediction_field`` filled, as its own ``predict``.
+
+        With ``extra_eval_steps`` (deploy mode ``'flow'``), each sample also
+        gets ``pred_instances_steps{N}``: the detections with the flows'
+        ensemble at ``N`` steps; ``pred_instances`` stays the one at
+        ``eval_steps``. The student's own ``predict`` runs once per count
+        (backbone included: nothing of the student is patched)."""
+        if self.deploy_mode == 'student':
+            return self.student.predict(inputs, data_samples)
+        with rewrite_tap(self.student, self.student_tap, self.deployed_levels):
+            samples = self.student.predict(inputs, data_samples)
+        counts = [n for n in dict.fromkeys(self.extra_eval_steps) if n != self.eval_steps]
+        field = self.prediction_field
+        main = [sample.get(field) for sample in samples]  # predict writes into the samples it is given
+        extra = {}
+        for steps in counts:
+            with rewrite_tap(self.student, self.student_tap, lambda levels: self.deployed_levels(levels, steps)):
+                extra[steps] = [sample.get(field) for sample in self.student.predict(inputs, data_samples)]
+        for k, sample in enumerate(samples if counts else []):
+            setattr(sample, field, main[k])  # through the sample type's own property
+            for steps, predictions in extra.items():
+                sample.set_field(predictions[k], f'{field}_steps{steps}')
+        return samples
+
+    def _forward(self, inputs: Tensor, data_samples=None):
+        if self.deploy_mode == 'student':
+            return self.student(inputs, data_samples, mode='tensor')
+        with rewrite_tap(self.student, self.student_tap, self.deployed_levels):
+            return self.student(inputs, data_samples, mode='tensor')
