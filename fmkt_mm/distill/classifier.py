@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from ..flow import FlowOutput, FlowTransfer, RoundTrip, build_condition
+from ..flow.conditions import with_teacher_condition
 from ..losses.base import scaled
 from ..registry import MODELS
 from ..utils import build_from_registry
@@ -49,7 +50,7 @@ from .base import BaseDistiller, hard_labels
 from .classification_options import ClassifierTail, resolve_mode
 from .level_flows import LevelFlows
 from .taps import run_until_tapped, select
-from .teacher import weighted, with_teacher_condition
+from .teacher import weighted
 
 
 @MODELS.register_module()
@@ -175,7 +176,7 @@ class ClassificationDistiller(BaseDistiller):
             self.flows = LevelFlows([make_flow(condition) for _ in self.teacher_models()], 1)
         else:  # one flow, told by a teacher embedding which teacher it carries toward
             self.flows = LevelFlows([make_flow(with_teacher_condition(condition), len(self.teacher_models()))],
-                                    1, shared=True)
+                                    1, teachers_share=True)
 
     def flow_of(self, j: int) -> FlowTransfer:
         """The flow that carries the student toward teacher ``j`` (the one
@@ -300,7 +301,7 @@ class ClassificationDistiller(BaseDistiller):
         if self.deploy_mode == 'student':
             logits = self.student_logits_from_feature(feature)
         if logits is not None and len(outs) == 1 and self._theta_shares_flow_loss and mask is None \
-                and not (self.flow_of(0).training and self.flow_of(0).beta_d < 1.0):
+                and not (self.flow_of(0).training and self.flow_of(0).objective.beta_d < 1.0):
             # the flow's steps and the plain head in one call of the shared metric loss
             flow_losses, theta = self.flow_of(0).step_losses(outs[0], targets[0] if targets else None,
                                                              labels, extra=(logits, None))

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from ..flow import FlowOutput, FlowTransfer, RoundTrip
+from ..flow.conditions import with_teacher_condition
 from ..losses.base import scaled
 from ..registry import MODELS
 from ..utils import build_from_registry
@@ -52,7 +53,7 @@ from .level_options import LevelDistillerOptions, check_level_condition, group_o
 from .levels import LevelDistiller, as_levels, check_scales
 from .tap_rewrite import rewrite_tap
 from .taps import run_until_tapped
-from .teacher import weighted, with_teacher_condition
+from .teacher import weighted
 
 
 class LevelFlowDistiller(FlowEMA, LevelDistiller):
@@ -178,11 +179,11 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
         flow_cfg = dict(flow_cfg)
         condition_cfg = flow_cfg.pop('condition', None)
         check_level_condition(condition_cfg)
-        shared_teachers = self.multi_teacher and self.teacher_flows == 'shared'
-        if shared_teachers:  # one flow per level, told by a teacher embedding which teacher it follows
+        teachers_share = self.multi_teacher and self.teacher_flows == 'shared'
+        if teachers_share:  # one flow per level, told by a teacher embedding which teacher it follows
             condition_cfg = with_teacher_condition(condition_cfg)
         num_teachers = len(self.teacher_models())
-        factory = LevelFlowFactory(flow_cfg, self.level_pairs, student_shapes, num_teachers, shared_teachers,
+        factory = LevelFlowFactory(flow_cfg, self.level_pairs, student_shapes, num_teachers, teachers_share,
                                    options.flow_extras.shared_encoder, condition_cfg)
 
         def adapter(j: int, k: int) -> nn.Module:
@@ -194,11 +195,11 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
         for j in range(factory.sets):
             factory.start_set()
             for k in range(len(self.level_pairs)):
-                if not shared_teachers:
+                if not teachers_share:
                     adapters.append(adapter(j, k))
                 flows.append(factory.flow(k))
         self.flows = factory.flows(flows)
-        if shared_teachers:
+        if teachers_share:
             adapters = [adapter(j, k) for j in range(num_teachers) for k in range(len(self.level_pairs))]
         self.teacher_adapters = nn.ModuleList(adapters)
 
@@ -233,7 +234,7 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
         the training flows by default)."""
         return (self.flows if flows is None else flows).flow(j, k)
 
-    def level_runs(self, k: int, level: Tensor, num_steps: int, targets: Sequence[Tensor]) -> List[FlowOutput]:
+    def teacher_runs(self, k: int, level: Tensor, num_steps: int, targets: Sequence[Tensor]) -> List[FlowOutput]:
         """One training run of level pair ``k`` per teacher, each run's
         steps in its teacher's shape (``targets`` give the sizes)."""
         outs = self.flows.runs(k, level, num_steps, range(len(targets)))
@@ -245,7 +246,7 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
         implicit ensemble (student space) of the deployed teacher's flow, or
         the weighted mean over all teachers' flows."""
         teachers, weights = self.deployed_teachers()
-        return self._inference_flows().ensemble(k, level, num_steps, teachers, weights)
+        return self._inference_flows().weighted_ensemble(k, level, num_steps, teachers, weights)
 
     def deployed_levels(self, levels: Sequence[Tensor], num_steps: Optional[int] = None) -> List[Tensor]:
         """The levels the heads read at inference in deploy mode ``'flow'``."""
@@ -266,18 +267,18 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
         """Training: run the flows on the student's levels, put each level's
         losses into ``losses`` and return the levels the heads read."""
         levels = list(levels)
-        batched = self._batched_level_runs(levels, teacher_levels) if self.batch_levels else None
+        batched = self._batched_teacher_runs(levels, teacher_levels) if self.batch_levels else None
         for k, (s, t) in enumerate(self.level_pairs):
             weight = self.level_weights[k] * self.level_scales[k]
             targets = [teacher[t] for teacher in teacher_levels]
             outs = batched[k] if batched is not None else \
-                self.level_runs(k, levels[s], self.flow_of(0, k).draw_num_steps(), targets)
+                self.teacher_runs(k, levels[s], self.flow_of(0, k).draw_num_steps(), targets)
             ensemble = self._level_losses(k, levels[s], outs, targets, weight, losses)
             if ensemble is not None:  # deploy mode 'flow': what the heads read at inference too
                 levels[s] = ensemble
         return levels
 
-    def _batched_level_runs(self, levels: Sequence[Tensor],
+    def _batched_teacher_runs(self, levels: Sequence[Tensor],
                             teacher_levels: Sequence[Sequence[Tensor]]) -> List[List[FlowOutput]]:
         """``flow.batch_levels``: per level pair, one run per teacher, every
         pair's from one batched run per teacher (one step count drawn for all)."""

@@ -8,8 +8,9 @@ separate and shared flows:
 * :meth:`LevelFlows.runs`: one training run of a level per teacher (separate
   flows run in turn; a shared flow runs once on the level stacked per
   teacher, told by its teacher condition which copy follows which teacher);
-* :meth:`LevelFlows.ensemble`: what the heads read at inference, the weighted
-  implicit ensemble in the student's space;
+* :meth:`LevelFlows.weighted_ensemble`: what the heads read at inference,
+  the teachers' weighted mean of their implicit ensembles, in the student's
+  space;
 * :meth:`LevelFlows.flow`: the flow of one teacher and level pair.
 
 The module is an ``nn.ModuleList`` in the order ``teacher 0's level pairs,
@@ -21,11 +22,10 @@ level's size.
 """
 from typing import List, Optional, Sequence, Tuple, Union
 
-import torch
 from torch import Tensor, nn
 
 from ..flow import META_ENCODERS, FlowOutput, FlowTransfer, build_condition
-from ..flow.encoders import PositionContext
+from ..flow.batching import batching_problem, run_batched
 from ..flow.reduction import ChannelReduction
 from .teacher import stack_for_teachers, weighted
 
@@ -38,21 +38,22 @@ class LevelFlows(nn.ModuleList):
 
     Args:
         flows: the flows, teacher-major (``j * num_levels + k``); one set of
-            ``num_levels`` when ``shared``.
+            ``num_levels`` when ``teachers_share``.
         num_levels: distilled level pairs.
-        shared: one flow per level for every teacher (a ``'teacher'``
-            condition tells it which teacher a copy follows).
+        teachers_share: one flow per level for every teacher (a
+            ``'teacher'`` condition tells it which teacher a copy follows;
+            ``teacher_flows='shared'``).
     """
 
-    def __init__(self, flows: Sequence[FlowTransfer], num_levels: int, shared: bool = False) -> None:
+    def __init__(self, flows: Sequence[FlowTransfer], num_levels: int, teachers_share: bool = False) -> None:
         super().__init__(flows)
         if len(flows) % num_levels:
             raise ValueError(f'{len(flows)} flows do not split into sets of {num_levels} level pairs')
-        self.num_levels, self.shared = num_levels, shared
+        self.num_levels, self.teachers_share = num_levels, teachers_share
 
     def flow(self, j: int, k: int) -> FlowTransfer:
         """The flow of level pair ``k`` toward teacher ``j``."""
-        return self[k if self.shared else j * self.num_levels + k]
+        return self[k if self.teachers_share else j * self.num_levels + k]
 
     def runs(self, k: int, level: Tensor, num_steps: int, teachers: Sequence[int],
              labels: Optional[Tensor] = None) -> List[FlowOutput]:
@@ -60,13 +61,13 @@ class LevelFlows(nn.ModuleList):
         in that order (``estimates`` in the student's space; a shared flow's
         runs are the parts of one run on the stacked level). ``labels`` feed
         a class condition in training."""
-        if not self.shared:
+        if not self.teachers_share:
             return [self.flow(j, k).run(level, num_steps, labels=labels) for j in teachers]
         flow = self.flow(0, k)
         stacked, stacked_labels, context = stack_for_teachers(flow, level, teachers, labels)
         return flow.run(stacked, num_steps, context, stacked_labels).split(len(teachers))
 
-    def ensemble(self, k: int, level: Tensor, num_steps: int, teachers: Sequence[int],
+    def weighted_ensemble(self, k: int, level: Tensor, num_steps: int, teachers: Sequence[int],
                  weights: Sequence[float]) -> Tensor:
         """The implicit ensemble of level pair ``k`` (student space),
         weighted over ``teachers``."""
@@ -74,45 +75,30 @@ class LevelFlows(nn.ModuleList):
 
     def batched_runs(self, j: int, levels: Sequence[Tensor], num_steps: int) -> List[FlowOutput]:
         """One run toward teacher ``j`` of every level pair at once, one per
-        pair in order (``levels``: the student's level of each pair). The
-        pairs' flows share one token-wise meta-encoder: every level's
-        positions are concatenated into one ``(B, C, 1, P)`` token map,
-        each keeping its own level's context (a
-        :class:`~fmkt_mm.flow.encoders.PositionContext`), so a step calls
-        the encoder once instead of once per level; the estimates are then
-        split back into the levels' shapes."""
-        flows = [self.flow(j, k) for k in range(self.num_levels)]
-        counts = [x.shape[2] * x.shape[3] for x in levels]
-        tokens = torch.cat([x.flatten(2) for x in levels], dim=2)[:, :, None]
-        contexts = [flow.make_context(x) for flow, x in zip(flows, levels)]
-        context = None if contexts[0] is None else PositionContext(torch.stack(contexts), counts)
-        estimates = flows[0].run(tokens, num_steps, context).estimates.split(counts, dim=-1)
-        return [FlowOutput(part.reshape(*part.shape[:3], *x.shape[2:]), context=ctx)
-                for part, x, ctx in zip(estimates, levels, contexts)]
+        pair in order (``levels``: the student's level of each pair), in one
+        meta-encoder call per step (:func:`~fmkt_mm.flow.batching.run_batched`)."""
+        return run_batched([self.flow(j, k) for k in range(self.num_levels)], levels, num_steps)
 
     def check_batchable(self) -> None:
         """Level batching needs one token-wise meta-encoder for every level
         pair of a teacher (``flow=dict(shared_encoder=True, encoder=dict(
         type='mlp'))``) and one flow per teacher."""
-        if self.shared:
+        if self.teachers_share:
             raise ValueError("flow.batch_levels carries every level in one call per teacher; with "
                              "teacher_flows='shared' the teachers already share one call per "
                              "level: use teacher_flows='separate' or batch_levels=False")
         for j in range(len(self) // self.num_levels):
-            encoders = {id(self.flow(j, k).encoder) for k in range(self.num_levels)}
-            encoder = self.flow(j, 0).encoder
-            if len(encoders) > 1 or not getattr(encoder, 'token_wise', False):
-                raise ValueError(
-                    f'flow.batch_levels needs one token-wise meta-encoder shared by every level '
-                    f'(flow=dict(shared_encoder=True, encoder=dict(type=\'mlp\'))); got '
-                    f'{len(encoders)} encoder(s) of type {type(encoder).__name__}')
+            problem = batching_problem([self.flow(j, k) for k in range(self.num_levels)])
+            if problem:
+                raise ValueError(f'flow.batch_levels needs one token-wise meta-encoder shared by every level '
+                                 f"(flow=dict(shared_encoder=True, encoder=dict(type='mlp'))); got {problem}")
 
     def roundtrip(self, j: int, k: int, level: Tensor, num_steps: int, x_teacher: Optional[Tensor] = None,
                   refine: int = 0) -> dict:
-        """:meth:`~fmkt_mm.flow.ReverseSampler.roundtrip` of teacher ``j``'s
+        """:meth:`~fmkt_mm.flow.FlowTransfer.roundtrip` of teacher ``j``'s
         flow at level pair ``k`` (a shared flow at teacher ``j``'s context)."""
         flow, context = self.flow(j, k), None
-        if self.shared:
+        if self.teachers_share:
             level, _, context = stack_for_teachers(flow, level, [j])
         return flow.roundtrip(level, num_steps, x_teacher=x_teacher, refine=refine, context=context)
 
@@ -133,15 +119,15 @@ class LevelFlowFactory:
     """
 
     def __init__(self, flow_cfg: dict, level_pairs: Sequence[Tuple[int, int]], student_shapes: Sequence[Shape],
-                 num_teachers: int, shared_teachers: bool, shared_encoder: bool,
+                 num_teachers: int, teachers_share: bool, shared_encoder: bool,
                  condition_cfg: Optional[Union[str, dict, list, nn.Module]]) -> None:
         self.flow_cfg = dict(flow_cfg)
         self.encoder_cfg, self.width = self.flow_cfg.pop('encoder'), self.flow_cfg.pop('width', None)
         self.level_pairs, self.student_shapes = level_pairs, student_shapes
-        self.num_teachers, self.shared_teachers = num_teachers, shared_teachers
+        self.num_teachers, self.teachers_share = num_teachers, teachers_share
         self.shared_encoder, self.condition_cfg = shared_encoder, condition_cfg
         #: the sets of level pairs: one per teacher, or one shared by all
-        self.sets = 1 if shared_teachers else num_teachers
+        self.sets = 1 if teachers_share else num_teachers
         self._shared: Optional[tuple] = None
 
     def _condition(self, channels: int):
@@ -175,7 +161,7 @@ class LevelFlowFactory:
 
     def flows(self, built: Sequence[FlowTransfer]) -> LevelFlows:
         """The :class:`LevelFlows` of the flows built, set-major."""
-        return LevelFlows(built, len(self.level_pairs), shared=self.shared_teachers)
+        return LevelFlows(built, len(self.level_pairs), teachers_share=self.teachers_share)
 
 
 __all__ = ['LevelFlows', 'LevelFlowFactory']

@@ -182,12 +182,8 @@ def check_options(options: LevelDistillerOptions) -> None:
 def check_level_condition(cfg: Optional[Union[str, dict, Sequence, 'nn.Module']]) -> None:
     """A level's flow condition: never a class condition (a level holds many
     objects)."""
-    from ..flow.conditions import ClassCondition
-    items = cfg if isinstance(cfg, (list, tuple)) else [cfg]
-    for item in items:
-        name = item.get('type') if isinstance(item, dict) else item
-        if isinstance(item, ClassCondition) or (isinstance(name, str) and (
-                name.split('.')[-1] in ('class', 'ClassCondition'))):
-            raise ValueError("condition type 'class' conditions a classifier's flow on the image's "
-                             "class; a detection level holds many objects: use 'pooled' and/or "
-                             "'level'")
+    from ..flow.conditions import ClassCondition, names_condition
+    if names_condition(cfg, ClassCondition):
+        raise ValueError("condition type 'class' conditions a classifier's flow on the image's "
+                         "class; a detection level holds many objects: use 'pooled' and/or "
+                         "'level'")

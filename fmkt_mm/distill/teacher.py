@@ -11,10 +11,7 @@ from torch import Tensor, nn
 from ..state_fit import load_weights
 
 if TYPE_CHECKING:
-    from ..flow import FlowTransport
-
-#: a flow condition config: a name, a dict, a built module, or a list of them
-ConditionConfig = Union[None, str, dict, nn.Module, Sequence[Union[str, dict, nn.Module]]]
+    from ..flow import FlowTransfer
 
 
 def model_config(config: Union[str, dict, Config], what: str) -> Tuple[dict, Optional[str], Optional[dict]]:
@@ -139,18 +136,7 @@ def weighted(values: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
     return sum(w * v for w, v in zip(weights, values))
 
 
-def with_teacher_condition(condition: ConditionConfig) -> ConditionConfig:
-    """A flow condition config plus the ``'teacher'`` condition (unless it
-    already has one)."""
-    items = [] if condition is None else list(condition) if isinstance(condition, (list, tuple)) \
-        else [condition]
-    if any((item.get('type') if isinstance(item, dict) else item) in ('teacher', 'TeacherCondition')
-           for item in items):
-        return condition
-    return items + [dict(type='teacher')]
-
-
-def stack_for_teachers(flow: 'FlowTransport', x: Tensor, teachers: Sequence[int],
+def stack_for_teachers(flow: 'FlowTransfer', x: Tensor, teachers: Sequence[int],
                        labels: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """The input of one flow shared by several teachers (a ``'teacher'``
     condition): ``x`` stacked once per teacher in ``teachers``

@@ -1,5 +1,6 @@
 """The method's math in plain PyTorch: paths, meta-encoders, conditions, the
-transfer loop and its reverse sampler.
+serial solver and its reverse, the FM-KT objective, and the flow that puts
+them together (:class:`FlowTransfer`).
 
 This package imports torch only (``import fmkt_mm.flow`` works without
 MMEngine). Parts are named through the plain catalogs of
@@ -23,18 +24,20 @@ from .encoders import (
                          TransformerMetaEncoder,
                          sinusoidal_embedding,
 )
+from .field import FieldEncoder
 from .objective import FMKTObjective
+from .output import FlowOutput
 from .paths import FlowPath, RectifiedPath, VEPath, VPPath
 from .plan import StepPlan, plan_steps
 from .reduction import ChannelReduction
-from .reverse import ReverseSampler, RoundTrip
+from .reverse import RoundTrip
+from .solver import SerialSolver
 from .transfer import FlowTransfer
-from .transport import FieldEncoder, FlowOutput, FlowTransport
 
 __all__ = [
     'FlowPath', 'RectifiedPath', 'VPPath', 'VEPath', 'MetaEncoder', 'MLPMetaEncoder', 'ConvMetaEncoder',
-    'TransformerMetaEncoder', 'FieldEncoder', 'sinusoidal_embedding', 'FlowTransfer', 'FlowTransport',
-    'FMKTObjective', 'ReverseSampler', 'FlowOutput', 'RoundTrip', 'StepPlan', 'plan_steps', 'FlowCondition',
+    'TransformerMetaEncoder', 'FieldEncoder', 'sinusoidal_embedding', 'FlowTransfer', 'SerialSolver',
+    'FMKTObjective', 'FlowOutput', 'RoundTrip', 'StepPlan', 'plan_steps', 'FlowCondition',
     'PooledCondition', 'LevelCondition', 'ClassCondition', 'TeacherCondition', 'CompositeCondition',
     'build_condition', 'ChannelReduction', 'Catalog', 'FLOW_PATHS', 'META_ENCODERS', 'CONDITIONS', 'LOSSES'
 ]

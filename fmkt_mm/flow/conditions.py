@@ -20,7 +20,7 @@ Conditions (``type`` in a config):
   levels it tells the shared network which level it transports.
 * ``'teacher'``: a learned embedding of the teacher a sample is carried
   toward (multi-teacher distillation with one shared flow): every run gets
-  the ``(B,)`` teacher indices (:meth:`~fmkt_mm.flow.FlowTransport.make_context`).
+  the ``(B,)`` teacher indices (:meth:`~fmkt_mm.flow.FlowTransfer.make_context`).
 * ``'class'``: a learned class embedding. Training uses the ground-truth
   label (replaced by a learned "no class" entry with probability
   ``drop_prob``); inference has no label and uses ``inference``:
@@ -264,3 +264,30 @@ def build_condition(cfg: Union[None, str, dict, Sequence, nn.Module], channels: 
                              'classifier\'s flow on the class (set num_classes=... in the condition)')
         cfg.setdefault('num_classes', num_classes)
     return cls(**cfg)
+
+
+def names_condition(cfg: Union[None, str, dict, Sequence, nn.Module], kind: type) -> bool:
+    """Whether a condition config (a name, a dict with ``type``, a built
+    module, or a list of them) holds a condition of class ``kind``; a name
+    may carry a scope (``'fmkt_mm.class'``)."""
+    items = [] if cfg is None else list(cfg) if isinstance(cfg, (list, tuple)) else [cfg]
+    for item in items:
+        if isinstance(item, nn.Module):
+            found = type(item)
+        else:
+            name = item.get('type') if isinstance(item, dict) else item
+            found = name if isinstance(name, type) else \
+                CONDITIONS.get(name.split('.')[-1]) if isinstance(name, str) else None
+        if found is not None and issubclass(found, kind):
+            return True
+    return False
+
+
+def with_teacher_condition(cfg: Union[None, str, dict, Sequence, nn.Module]) -> Union[str, dict, list, nn.Module]:
+    """A condition config plus the ``'teacher'`` condition (unless it
+    already holds one): one flow shared by several teachers."""
+    if names_condition(cfg, TeacherCondition):
+        return cfg
+    items = [] if cfg is None else list(cfg) if isinstance(cfg, (list, tuple)) else [cfg]
+    return items + [dict(type='teacher')]
+

@@ -1,6 +1,7 @@
-"""The FM-KT objective on top of the transport: the metric loss on every
-step of a training run, pair decoupling, the step-count draw, a curriculum
-mask and the cycle-consistency loss."""
+"""The FM-KT objective of a flow: the metric loss on every step of a
+training run, pair decoupling, the step-count draw, a curriculum mask and
+the cycle-consistency loss. It holds no module of its own: the metric loss
+is the flow's (``FlowTransfer.loss_fn``), which it reads."""
 import functools
 import inspect
 from typing import Optional, Sequence, Tuple, Union
@@ -8,8 +9,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .catalog import LOSSES
-from .transport import FlowOutput
+from .output import FlowOutput
+from .plan import check_step_counts
 
 
 @functools.lru_cache(maxsize=None)
@@ -18,31 +19,34 @@ def _takes_scale(loss_type: type) -> bool:
 
 
 class FMKTObjective:
-    """The training side of :class:`~fmkt_mm.flow.FlowTransfer` (a mixin of
-    a :class:`~fmkt_mm.flow.transport.FlowTransport`): ``loss_fn``,
-    ``beta_d`` and the step choices are set by :meth:`init_objective`."""
+    """The training objective of one flow (see the module docstring).
 
-    def init_objective(self, loss: Optional[Union[dict, nn.Module]], beta_d: float,
-                       num_steps_choices: Optional[Sequence[int]]) -> None:
+    Args:
+        loss_fn: the metric loss ``D`` (a module with ``forward_steps``), or
+            None for a flow that only transports.
+        beta_d: pair decoupling; a fraction ``1 - beta_d`` of the batch gets
+            its targets (and labels) permuted within that fraction.
+        num_steps_choices: if given, each training run draws ``N`` from it.
+    """
+
+    def __init__(self, loss_fn: Optional[nn.Module], beta_d: float = 1.0,
+                 num_steps_choices: Optional[Sequence[int]] = None) -> None:
         if not 0.0 <= beta_d <= 1.0:
             raise ValueError(f'beta_d must lie in [0, 1], got {beta_d}')
-        self.beta_d = beta_d
-        self.num_steps_choices = None if num_steps_choices is None else \
-            tuple(self._check_steps(n) for n in num_steps_choices)
+        self.loss_fn, self.beta_d = loss_fn, beta_d
+        self.num_steps_choices = None if num_steps_choices is None else check_step_counts(*num_steps_choices)
         self._configured_choices = self.num_steps_choices
-        self.loss_fn = LOSSES.build(loss)
 
-    def set_train_steps(self, n: int) -> None:
-        """Train with ``n`` steps from now on. A flow that draws ``N`` from
-        ``num_steps_choices`` draws from its configured choices up to ``n``
-        (``(n,)`` when none is that small)."""
-        self.num_steps = self._check_steps(n)
+    def limit_choices(self, n: int) -> None:
+        """Draw from the configured choices up to ``n`` from now on (``(n,)``
+        when none is that small)."""
         if self._configured_choices is not None:
             self.num_steps_choices = tuple(c for c in self._configured_choices if c <= n) or (n, )
 
-    def draw_num_steps(self) -> int:
+    def draw_num_steps(self, num_steps: int) -> int:
+        """A training run's ``N``: ``num_steps``, or a draw from the choices."""
         if self.num_steps_choices is None:
-            return self.num_steps
+            return num_steps
         # torch's generator, so that runs seeded through MMEngine repeat exactly
         return self.num_steps_choices[int(torch.randint(len(self.num_steps_choices), ()).item())]
 
@@ -73,9 +77,10 @@ class FMKTObjective:
 
     def step_losses(self, out: FlowOutput, target: Optional[Tensor] = None,
                     labels: Optional[Tensor] = None, sample_mask: Optional[Tensor] = None,
-                    extra: Optional[Tuple[Tensor, Optional[Tensor]]] = None) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+                    extra: Optional[Tuple[Tensor, Optional[Tensor]]] = None,
+                    training: bool = True) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         """``(N,)``: ``D(step_k, target) / N`` for every step ``k`` of a run
-        (:meth:`~fmkt_mm.flow.FlowTransport.run`), in one call of the metric
+        (:meth:`~fmkt_mm.flow.FlowTransfer.run`), in one call of the metric
         loss on the stacked steps; its sum is the flow's loss. The one entry
         to the metric loss for every distiller. ``target=None``: the run's
         own detached ensemble (OFM-KT).
@@ -90,10 +95,11 @@ class FMKTObjective:
         (a curriculum): each step's loss is the metric's mean over the kept
         samples only. With no kept sample the losses are zero (and still
         connected to the graph, so every parameter receives a gradient).
+        Pairs are decoupled in ``training`` only.
         """
         self._require_loss()
         if extra is not None:
-            return self._with_extra(out, target, labels, sample_mask, extra)
+            return self._with_extra(out, target, labels, sample_mask, extra, training)
         steps = out.steps
         n = steps.shape[0]
         if target is None:
@@ -101,7 +107,7 @@ class FMKTObjective:
         else:
             self.check_target(target, out)
             target = target.detach() if target.requires_grad else target
-        if self.training and self.beta_d < 1.0:
+        if training and self.beta_d < 1.0:
             target, labels = self.decouple_pairs(target, labels)
         if sample_mask is not None:
             sample_mask = sample_mask.reshape(-1).bool()
@@ -115,8 +121,9 @@ class FMKTObjective:
         return self.scaled_step_losses(steps, target, labels, 1.0 / n)
 
     def _with_extra(self, out: FlowOutput, target: Optional[Tensor], labels: Optional[Tensor],
-                    sample_mask: Optional[Tensor], extra: Tuple[Tensor, Optional[Tensor]]) -> Tuple[Tensor, Tensor]:
-        if sample_mask is not None or (self.training and self.beta_d < 1.0):
+                    sample_mask: Optional[Tensor], extra: Tuple[Tensor, Optional[Tensor]],
+                    training: bool) -> Tuple[Tensor, Tensor]:
+        if sample_mask is not None or (training and self.beta_d < 1.0):
             raise ValueError('step_losses(extra=...) shares one metric call between the steps and '
                              'another output; it cannot mask samples or decouple pairs')
         n = out.steps.shape[0]
@@ -146,16 +153,11 @@ class FMKTObjective:
             return self.loss_fn.forward_steps(steps, target, labels, scale=scale)
         return self.loss_fn.forward_steps(steps, target, labels) * scale
 
-    def roundtrip_loss(self, x_student: Tensor, out: FlowOutput) -> Tensor:
-        """Cycle consistency of a training run: ``||reverse(Z_0) - X_S||^2 /
-        ||X_S||^2`` (mean over the batch), differentiable, with the explicit
-        reverse sampler over the same ``N`` steps. Penalising it drives the
-        learnt field toward trajectories that the reverse sampler retraces
-        (straighter, smaller Lipschitz constant), at the cost of ``N`` extra
-        meta-encoder calls per iteration. ``X_S`` is the target (detached);
-        a conditional flow is reversed at the context of ``out``."""
-        self._check_serial('cycle-consistency loss')
-        back = self.reverse(out.state, out.steps.shape[0], out.context)
+    @staticmethod
+    def roundtrip_loss(back: Tensor, x_student: Tensor) -> Tensor:
+        """Cycle consistency: ``||back - X_S||^2 / ||X_S||^2``, mean over the
+        batch, for ``back`` the reverse of a run's end state; ``X_S`` is the
+        target (detached)."""
         x = x_student.detach().float()
         dims = tuple(range(1, x.dim()))
         err = (back.float() - x).pow(2).sum(dims) / x.pow(2).sum(dims).clamp(min=1e-12)

@@ -358,7 +358,7 @@ def test_progressive_hook_changes_the_settings_at_the_milestones():
     for it in range(25):
         runner.iter = it
         hook.before_train_iter(runner, it)
-        seen[it] = (model.flows[0].num_steps, model.flows[1].num_steps_choices, model.eval_steps,
+        seen[it] = (model.flows[0].num_steps, model.flows[1].objective.num_steps_choices, model.eval_steps,
                     list(model.level_scales), model.curriculum_fraction)
     assert seen[0] == (1, (1, ), 1, [0.0, 1.0], 0.5)
     assert seen[4] == seen[0]

@@ -253,7 +253,7 @@ def test_random_steps_and_pair_decoupling():
     assert seen == {1, 2, 4}
     target = torch.arange(8.0)[:, None].repeat(1, 4)
     labels = torch.arange(8)
-    shuffled, shuffled_labels = flow.decouple_pairs(target, labels)
+    shuffled, shuffled_labels = flow.objective.decouple_pairs(target, labels)
     moved = (shuffled[:, 0] != target[:, 0]).sum()
     assert 0 < moved <= 4  # only half of the batch may move
     assert torch.equal(shuffled[:, 0].long(), shuffled_labels)  # pairs stay consistent
@@ -283,4 +283,4 @@ def test_every_flow_name_builds_from_a_config_dict():
         assert META_ENCODERS.build(dict(type=name, channels=8)).channels == 8
     flow = MODELS.build(dict(type='FlowTransfer', channels=8, path=dict(type='vp', schedule='trig'),
                              encoder=dict(type='transformer', num_heads=2), loss=dict(type='KDLoss')))
-    assert isinstance(flow.path, VPPath) and flow.path.schedule == 'trig'
+    assert isinstance(flow.solver.path, VPPath) and flow.solver.path.schedule == 'trig'

@@ -20,7 +20,7 @@ def reference_run(flow: FlowTransfer, x: torch.Tensor, n: int, context=None, vel
     """The serial loop of the method, one formula at a time, as written in
     the paper (scalar times as tensors, the head and the time embedding
     recomputed at every step)."""
-    path, enc = flow.path, flow.encoder
+    path, enc = flow.solver.path, flow.encoder
     vector = x.dim() == 2
     state = path.b(1.0).to(x.dtype) * x
     estimates, steps = [], []
@@ -33,7 +33,7 @@ def reference_run(flow: FlowTransfer, x: torch.Tensor, n: int, context=None, vel
             cond = cond + enc.context_mlp(context)
         out = enc.body(z + cond[:, :, None, None])
         out = out[:, :, 0, 0] if vector else out
-        if flow.parameterization == 'velocity':
+        if flow.solver.parameterization == 'velocity':
             velocity, endpoint = out, path.endpoint_from_velocity(state, out, t)
         else:
             endpoint = state + out
@@ -42,7 +42,7 @@ def reference_run(flow: FlowTransfer, x: torch.Tensor, n: int, context=None, vel
         if velocities is not None:
             velocities.append(velocity)
         steps.append(flow.head(endpoint))
-        state = path.step(state, endpoint, velocity, t, t_next, flow.update) if i > 1 else endpoint
+        state = path.step(state, endpoint, velocity, t, t_next, flow.solver.update) if i > 1 else endpoint
     return torch.stack(estimates), torch.stack(steps), state
 
 
@@ -237,8 +237,8 @@ def test_student_estimate_is_the_authors_logit_mode(path, shape):
     x = torch.randn(*shape)
     velocities = []
     reference_run(flow, x, 4, velocities=velocities)  # the serial run as written in the paper
-    start = flow.path.b(1.0).to(x.dtype) * x
-    expected = torch.stack([flow.path.endpoint_from_velocity(start, v, torch.tensor(1.0, dtype=torch.float64))
+    start = flow.solver.path.b(1.0).to(x.dtype) * x
+    expected = torch.stack([flow.solver.path.endpoint_from_velocity(start, v, torch.tensor(1.0, dtype=torch.float64))
                             for v in velocities])
     estimates = flow.run(x, 4).estimates
     torch.testing.assert_close(estimates, expected, rtol=1e-5, atol=1e-5)
@@ -258,7 +258,7 @@ def test_drawn_step_counts_follow_torch_seed_and_the_progressive_cap():
     flow.set_train_steps(4)
     assert {flow.draw_num_steps() for _ in range(100)} == {1, 2, 4}
     flow.set_train_steps(16)
-    assert flow.num_steps_choices == (1, 2, 4, 8, 16)
+    assert flow.objective.num_steps_choices == (1, 2, 4, 8, 16)
 
 
 def saved_bytes(fn) -> int:
