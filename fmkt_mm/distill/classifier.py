@@ -148,6 +148,10 @@ class ClassificationDistiller(BaseDistiller):
         if roundtrip_loss_weight < 0:
             raise ValueError(f'roundtrip_loss_weight must be >= 0, got {roundtrip_loss_weight}')
         self.roundtrip_loss_weight = roundtrip_loss_weight
+        if roundtrip_loss_weight > 0:
+            for flow in self.flows:
+                flow.check_invertible('round-trip loss (roundtrip_loss_weight)',
+                                      fix='drop flow.width or the round-trip loss')
         #: fraction of each batch (easiest first, by teacher confidence) that
         #: receives the distillation loss (set_curriculum)
         self.curriculum_fraction = 1.0

@@ -153,6 +153,10 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
         #: per-level multipliers of the level weights (set_level_scales)
         self.level_scales: List[float] = [1.0] * len(self.level_pairs)
         self.roundtrip_loss_weight = options.flow_extras.roundtrip_loss_weight
+        if self.roundtrip_loss_weight > 0:
+            for flow in self.flows:
+                flow.check_invertible('round-trip loss (roundtrip_loss_weight)',
+                                      fix='drop flow.width or the round-trip loss')
         self.batch_levels = options.flow_extras.batch_levels
         if self.batch_levels:
             self.flows.check_batchable()

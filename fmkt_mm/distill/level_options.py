@@ -167,9 +167,6 @@ def check_options(options: LevelDistillerOptions) -> None:
         raise ValueError(f'ema_warmup must be a positive number of updates or None, got {deploy.ema_warmup}')
     if options.flow_extras.roundtrip_loss_weight < 0:
         raise ValueError(f'roundtrip_loss_weight must be >= 0, got {options.flow_extras.roundtrip_loss_weight}')
-    if options.flow_extras.roundtrip_loss_weight > 0 and options.flow.get('width') is not None:
-        raise ValueError(f"roundtrip_loss_weight needs the flow's reverse, and a flow of "
-                         f"width={options.flow['width']} has none; drop flow.width or the round-trip loss")
     if options.levels.raw_loss_weight < 0:
         raise ValueError(f'raw_loss_weight must be >= 0, got {options.levels.raw_loss_weight}')
     if 'channels' in options.flow:

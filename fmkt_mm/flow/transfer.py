@@ -205,14 +205,18 @@ class FlowTransfer(nn.Module):
                 f'Set channels={x.shape[1] if x.dim() > 1 else "?"} or configure an adapter that maps '
                 f'the student to {self.channels} channels.')
 
-    def _check_serial(self, what: str, estimate: bool = True) -> None:
-        """The reverse inverts the serial path in the representation's own
-        space: refused for a reduced-width flow (and, for the round trip and
-        its loss, for ``estimate='student'``)."""
+    def check_invertible(self, what: str, fix: str = 'drop width to invert the flow',
+                         estimate: bool = True) -> None:
+        """Refuse what needs the reverse (``what``; ``fix`` says what to
+        change): it inverts the serial path in the representation's own
+        space, which a reduced-width flow does not move along (and, for the
+        round trip and its loss, which ``estimate='student'`` does not
+        estimate from). The one check of it, for the flow, the distillers'
+        round-trip losses and :class:`~fmkt_mm.hooks.FlowRoundTripHook`."""
         if self.reduction is not None:
             raise ValueError(f'the {what} inverts the serial path in the representation\'s own space; '
                              f'a flow of width={self.reduction.width} moves it by a low-rank correction '
-                             f'and has none: drop width to invert the flow')
+                             f'and has none: {fix}')
         if estimate and self.solver.estimate != 'state':
             raise ValueError(f"the {what} inverts the serial path and needs estimate='state'; "
                              f'this flow estimates from the {self.solver.estimate}')
@@ -301,7 +305,7 @@ class FlowTransfer(nn.Module):
         (:meth:`make_context` on its student representation): the inverse is
         taken at a fixed context. ``x_teacher``: ``(B, C)`` or ``(B, C, H,
         W)``; returns the same shape."""
-        self._check_serial('reverse sampler', estimate=False)
+        self.check_invertible('reverse sampler', estimate=False)
         self._check_input(x_teacher)
         n = self._check_steps(num_steps)
         if refine < 0:
@@ -325,7 +329,7 @@ class FlowTransfer(nn.Module):
         ``Y`` the ``x_teacher`` given in the flow's space, else the flow's
         own image ``run(X_S).state``). Both are zero for an exactly
         invertible flow."""
-        self._check_serial('round trip')
+        self.check_invertible('round trip')
         n = self._check_steps(num_steps)
         context = self._resolve_context(x_student, context, labels)
         if x_teacher is not None:
@@ -360,6 +364,6 @@ class FlowTransfer(nn.Module):
         (straighter, smaller Lipschitz constant), at the cost of ``N`` extra
         meta-encoder calls per iteration. A conditional flow is reversed at
         the context of ``out``."""
-        self._check_serial('cycle-consistency loss')
+        self.check_invertible('cycle-consistency loss')
         back = self.reverse(out.state, out.steps.shape[0], out.context)
         return self.objective.roundtrip_loss(back, x_student)

@@ -6,7 +6,7 @@ from mmengine.dist import all_reduce
 from mmengine.hooks import Hook
 from mmengine.hooks.hook import DATA_BATCH
 
-from ..flow import RoundTrip
+from ..flow import FlowTransfer, RoundTrip
 from ..registry import HOOKS
 from .utils import unwrap
 
@@ -59,12 +59,11 @@ class FlowRoundTripHook(Hook):
 
     def before_run(self, runner: 'Runner') -> None:
         """Refuses, before any training, a distiller whose flows have no
-        reverse (a reduced ``width``): the first validation would fail."""
-        reduced = sorted({m.reduction.width for m in unwrap(runner.model).modules()
-                          if getattr(m, 'reduction', None) is not None and hasattr(m, 'reverse')})
-        if reduced:
-            raise ValueError(f'FlowRoundTripHook inverts the flows, and flows of width={reduced[0]} have no '
-                             f'reverse sampler; remove the hook from custom_hooks or drop flow.width')
+        reverse (:meth:`~fmkt_mm.flow.FlowTransfer.check_invertible`): the
+        first validation would fail."""
+        for module in unwrap(runner.model).modules():
+            if isinstance(module, FlowTransfer):
+                module.check_invertible('FlowRoundTripHook', fix='remove the hook from custom_hooks or drop flow.width')
 
     def _measure(self, runner, batch_idx, data_batch):
         if self.max_batches is not None and batch_idx >= self.max_batches:

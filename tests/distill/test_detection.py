@@ -670,7 +670,8 @@ def test_reduced_width_flows_on_the_levels(teachers):
     losses = model(**batch(model), mode='loss')
     total, _ = model.parse_losses(losses)
     assert torch.isfinite(total) and 'loss_flow_l0' in losses
-    with pytest.raises(ValueError, match='roundtrip_loss_weight needs the flow.s reverse.*width=4'):
+    with pytest.raises(ValueError, match=r'round-trip loss \(roundtrip_loss_weight\).*width=4.*'
+                                         r'drop flow.width or the round-trip loss'):
         distiller(retinanet(8, 32), teachers['retinanet'], flow=dict(width=4, roundtrip_loss_weight=0.1))
 
 

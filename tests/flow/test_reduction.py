@@ -93,7 +93,8 @@ def test_the_roundtrip_hook_refuses_reduced_flows_before_the_run():
     hook = FlowRoundTripHook()
     hook.before_run(SimpleNamespace(model=torch.nn.ModuleList([FlowTransfer(16, encoder=dict(type='mlp'))])))
     reduced = SimpleNamespace(model=torch.nn.ModuleList([FlowTransfer(16, encoder=dict(type='mlp'), width=4)]))
-    with pytest.raises(ValueError, match='flows of width=4 have no reverse sampler.*drop flow.width'):
+    with pytest.raises(ValueError, match='FlowRoundTripHook inverts.*width=4.*has none: remove the hook.*drop '
+                                         'flow.width'):
         hook.before_run(reduced)
 
 
