@@ -369,3 +369,15 @@ def hard_labels(data_samples: Optional[list]) -> Optional[torch.Tensor]:
     if 'gt_label' in data_samples[0]:
         return torch.cat([s.gt_label for s in data_samples])
     return None
+
+
+def check_roundtrip_weight(weight: float, flows) -> float:
+    """``roundtrip_loss_weight``, refused below 0 and, above 0, for flows
+    that cannot be inverted (:meth:`~fmkt_mm.flow.FlowTransfer.check_invertible`)."""
+    if weight < 0:
+        raise ValueError(f'roundtrip_loss_weight must be >= 0, got {weight}')
+    if weight > 0:
+        for flow in flows:
+            flow.check_invertible('round-trip loss (roundtrip_loss_weight)',
+                                  fix='drop flow.width or the round-trip loss')
+    return weight

@@ -46,7 +46,7 @@ from ..flow.conditions import with_teacher_condition
 from ..losses.base import scaled
 from ..registry import MODELS
 from ..utils import build_from_registry
-from .base import BaseDistiller, hard_labels
+from .base import BaseDistiller, check_roundtrip_weight, hard_labels
 from .classification_options import ClassifierTail, resolve_mode
 from .level_flows import LevelFlows
 from .taps import run_until_tapped, select
@@ -145,13 +145,7 @@ class ClassificationDistiller(BaseDistiller):
         self.eval_steps = eval_steps or self.flow_of(0).num_steps
         #: extra step counts evaluated in the same pass (set_eval_steps)
         self.extra_eval_steps: List[int] = []
-        if roundtrip_loss_weight < 0:
-            raise ValueError(f'roundtrip_loss_weight must be >= 0, got {roundtrip_loss_weight}')
-        self.roundtrip_loss_weight = roundtrip_loss_weight
-        if roundtrip_loss_weight > 0:
-            for flow in self.flows:
-                flow.check_invertible('round-trip loss (roundtrip_loss_weight)',
-                                      fix='drop flow.width or the round-trip loss')
+        self.roundtrip_loss_weight = check_roundtrip_weight(roundtrip_loss_weight, self.flows)
         #: fraction of each batch (easiest first, by teacher confidence) that
         #: receives the distillation loss (set_curriculum)
         self.curriculum_fraction = 1.0

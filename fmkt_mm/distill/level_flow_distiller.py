@@ -47,6 +47,7 @@ from ..flow.conditions import with_teacher_condition
 from ..losses.base import scaled
 from ..registry import MODELS
 from ..utils import build_from_registry
+from .base import check_roundtrip_weight
 from .flow_ema import FlowEMA
 from .level_flows import LevelFlowFactory, LevelFlows
 from .level_options import LevelDistillerOptions, check_level_condition, group_options
@@ -152,11 +153,7 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
         self.extra_eval_steps: List[int] = []
         #: per-level multipliers of the level weights (set_level_scales)
         self.level_scales: List[float] = [1.0] * len(self.level_pairs)
-        self.roundtrip_loss_weight = options.flow_extras.roundtrip_loss_weight
-        if self.roundtrip_loss_weight > 0:
-            for flow in self.flows:
-                flow.check_invertible('round-trip loss (roundtrip_loss_weight)',
-                                      fix='drop flow.width or the round-trip loss')
+        self.roundtrip_loss_weight = check_roundtrip_weight(options.flow_extras.roundtrip_loss_weight, self.flows)
         self.batch_levels = options.flow_extras.batch_levels
         if self.batch_levels:
             self.flows.check_batchable()

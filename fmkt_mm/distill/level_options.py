@@ -165,8 +165,6 @@ def check_options(options: LevelDistillerOptions) -> None:
                          f'got {deploy.ema_momentum}')
     if deploy.ema_warmup is not None and not deploy.ema_warmup > 0:
         raise ValueError(f'ema_warmup must be a positive number of updates or None, got {deploy.ema_warmup}')
-    if options.flow_extras.roundtrip_loss_weight < 0:
-        raise ValueError(f'roundtrip_loss_weight must be >= 0, got {options.flow_extras.roundtrip_loss_weight}')
     if options.levels.raw_loss_weight < 0:
         raise ValueError(f'raw_loss_weight must be >= 0, got {options.levels.raw_loss_weight}')
     if 'channels' in options.flow:

@@ -91,3 +91,54 @@ def test_stacked_loss_takes_one_target_per_step(name, make, shape):
     torch.testing.assert_close(loss.forward_steps(steps, targets, labels), per_step, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match='per-step targets'):
         loss.forward_steps(steps, targets[:2], labels)
+
+
+def standardise_and_subtract(steps, teacher):
+    """PKD's stacked steps by its definition: each step and the teacher
+    standardised per channel over batch and positions, then the halved mean
+    square of their difference (the unbiased factor and eps as PKDLoss's)."""
+    from fmkt_mm.losses.pkd import EPS, biased_standardize
+    n, b, c = steps.shape[:3]
+    count = teacher.numel() // c
+    c2 = (count - 1) / count
+    student = biased_standardize(steps.transpose(0, 1).reshape(b, n * c, *steps.shape[3:]), c2 * EPS**2)
+    diff = student.view(b, n, c, *steps.shape[3:]) - biased_standardize(teacher, c2 * EPS**2)[:, None]
+    return diff.pow(2).mean((0, *range(2, diff.dim()))) * (c2 / 2)
+
+
+@pytest.mark.parametrize('shape', [(B, C, 4, 5), (B, C)], ids=['map', 'vector'])
+@pytest.mark.parametrize('near', [False, True], ids=['random', 'near-the-teacher'])
+def test_pkd_steps_equal_standardise_and_subtract_and_keep_one_copy(shape, near):
+    """PKD's stacked form (moments of the steps, never the standardised
+    steps) equals the definition in values and gradients, in float64 to
+    rounding and in float32 where the steps are near the teacher (the loss
+    small); backward keeps the steps once and the teacher-sized target,
+    where the definition keeps two copies of the steps."""
+    gen = torch.Generator().manual_seed(1)
+    teacher = torch.randn(*shape, generator=gen, dtype=torch.float64) * 3
+    steps = teacher * 1.5 + (0.01 if near else 1.0) * torch.randn(N, *shape, generator=gen, dtype=torch.float64)
+    for dtype, tol in ((torch.float64, dict(rtol=1e-10, atol=1e-12)), (torch.float32, dict(rtol=1e-3, atol=1e-7))):
+        x = steps.to(dtype).requires_grad_()
+        lean, direct = PKDLoss().compute_steps(x, teacher.to(dtype)), standardise_and_subtract(x, teacher.to(dtype))
+        torch.testing.assert_close(lean, direct, **tol)
+        weights = torch.arange(1.0, N + 1, dtype=dtype)
+        grad_lean, = torch.autograd.grad((lean * weights).sum(), x)
+        grad_direct, = torch.autograd.grad((direct * weights).sum(), x)
+        torch.testing.assert_close(grad_lean, grad_direct, rtol=tol['rtol'], atol=tol['atol'] * 10)
+
+    if len(shape) == 2:
+        return
+    saved = {}
+
+    def pack(tensor):
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    x, target = torch.randn(N, B, C, 16, 16, generator=gen).requires_grad_(), torch.randn(B, C, 16, 16, generator=gen)
+    copies = {}
+    for name, form in (('lean', PKDLoss().compute_steps), ('direct', standardise_and_subtract)):
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            form(x, target)
+        copies[name] = sum(saved.values()) / (x.numel() * 4)
+    assert copies['lean'] < 1 + 1 / N + 0.01 and copies['direct'] > 2, copies  # the steps, the target

@@ -259,6 +259,15 @@ def test_jobs_run_in_their_order_in_fresh_processes_and_records_resume(tmp_path,
     assert again == [json.loads(json.dumps(dataclasses.asdict(j))) for j in jobs[:3]] + [dataclasses.asdict(jobs[3])]
     assert len(open(record).read().splitlines()) == 4
 
+    # jobs that differ only in their teacher's label (and work dir) run once, recorded under each label
+    calls = []
+    twins = [common.Job('row', 'c.py', 0, str(tmp_path / t), teacher=t, teacher_checkpoint=ckpt, threads=None)
+             for t, ckpt in (('full', 't.pth'), ('half', 't.pth'), ('other', 'o.pth'))]
+    runs = pool.run_recorded(twins, lambda job: calls.append(job.teacher) or dataclasses.asdict(job),
+                             str(tmp_path / 'twins.jsonl'), label='t', key='seed')
+    assert calls == ['full', 'other'] and [r['teacher'] for r in runs] == ['full', 'half', 'other']
+    assert runs[1] == dict(runs[0], teacher='half') and len(open(tmp_path / 'twins.jsonl').read().splitlines()) == 3
+
 
 def test_benchmark_tables_rows_and_outputs(tmp_path):
     common, options, reporting = load_tool('common'), load_tool('options'), load_tool('reporting')

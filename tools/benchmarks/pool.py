@@ -6,6 +6,7 @@ import json
 import os
 import os.path as osp
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from multiprocessing import get_context
 from typing import Callable, List, Optional, Sequence
 
@@ -73,13 +74,23 @@ def run_recorded(jobs: Sequence[Job], run: Callable[[Job], dict], record: str, w
     todo = [j for j in jobs if (j.teacher, j.row, j.seed) not in done]
     print(f'[{label}] {len(results)} runs recorded, {len(todo)} to run', flush=True)
     os.makedirs(osp.dirname(record) or '.', exist_ok=True)
+    # jobs that differ only in their teacher's label (a quick study's half teacher is the full
+    # one) are one run: it runs once and is recorded under each label
+    first, same = {}, {}
+    for job in todo:
+        run_key = repr(replace(job, teacher=None, work_dir=''))
+        if run_key in first:
+            same.setdefault((first[run_key].teacher, job.row, job.seed), []).append(job.teacher)
+        else:
+            first[run_key] = job
 
     def keep(result: dict) -> None:
-        results.append(result)
-        with open(record, 'a') as f:
-            f.write(json.dumps(result) + '\n')
-        print(f'[{label}] {result.get("teacher") or ""} {result["row"]}, seed {result["seed"]}: '
-              f'{result[key]:.2f}', flush=True)
+        for teacher in [result.get('teacher')] + same.get((result.get('teacher'), result['row'], result['seed']), []):
+            labelled = dict(result, teacher=teacher)
+            results.append(labelled)
+            with open(record, 'a') as f:
+                f.write(json.dumps(labelled) + '\n')
+            print(f'[{label}] {teacher or ""} {result["row"]}, seed {result["seed"]}: {result[key]:.2f}', flush=True)
 
-    run_jobs(todo, run, workers, keep)
+    run_jobs(list(first.values()), run, workers, keep)
     return results

@@ -68,9 +68,10 @@ dry_skip() {  # dry_skip NAME WHERE
 if [ "$TINY" = 1 ]; then
     NUM_TRAIN=8; NUM_VAL=4; TEACHER_EPOCHS=1; STUDENT_EPOCHS=1; DET_BATCH=4
     # the dry run measures one flow row beside the references with an R50 teacher (its --det-teacher
-    # comes last and wins; the GPU run: every row, the X101 teacher)
+    # comes last and wins; the GPU run: every row, the X101 teacher; the rows' own smoke runs are in
+    # tests/tools/test_benchmarks.py)
     COST_ARGS=(--quick --in-process)
-    COCO_ARGS=(--quick --in-process --det-width 192 --det-methods fmkt fmkt_reduced_batched
+    COCO_ARGS=(--quick --in-process --det-width 192 --det-methods fmkt
                --det-teacher mmdet::retinanet/retinanet_r50_fpn_2x_coco.py)
     DATA="$WORK/fashion_det"
 else
