@@ -358,3 +358,17 @@ def test_the_step_profile_counts_what_each_component_saves_for_backward():
     bytes_of = 4 * 8 * 4  # one (4, 8) float32 tensor
     # the backbone saves its input x; the flow saves h; the distiller saves y
     assert saved == {'student.backbone': bytes_of, 'flows.0': bytes_of, 'distiller': bytes_of}
+
+
+def test_loss_steps_table_counts_the_copies_each_loss_keeps(tmp_path):
+    """tools/benchmarks/loss_steps.py at a tiny level: a row per loss with the
+    bytes kept for backward in copies of the steps (PKD keeps the steps once
+    and its target, MSE the steps once), operators and times beside the
+    per-step calls."""
+    loss_steps = load_tool('loss_steps')
+    out = loss_steps.main(['--quick', '--out', str(tmp_path / 'loss_steps.md')])
+    copies = {row['loss']: row['stacked']['saved'] / out['copy_bytes'] for row in out['rows']}
+    assert set(copies) == {'PKD', 'MSE', 'CWD', 'pixel KD'}
+    assert copies['MSE'] == 1.0 and 1.0 < copies['PKD'] < 1.5
+    text = (tmp_path / 'loss_steps.md').read_text()
+    assert '| loss | kept for backward, MiB | copies | operators | x per step |' in text
