@@ -2,7 +2,7 @@
 switching distillation off, and the check for non-finite losses."""
 import copy
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.logging import print_log
@@ -371,7 +371,7 @@ def hard_labels(data_samples: Optional[list]) -> Optional[torch.Tensor]:
     return None
 
 
-def check_roundtrip_weight(weight: float, flows) -> float:
+def check_roundtrip_weight(weight: float, flows: Iterable[torch.nn.Module]) -> float:
     """``roundtrip_loss_weight``, refused below 0 and, above 0, for flows
     that cannot be inverted (:meth:`~fmkt_mm.flow.FlowTransfer.check_invertible`)."""
     if weight < 0:

@@ -21,24 +21,42 @@ def biased_standardize(feat: Tensor, eps: float) -> Tensor:
 EPS = 1e-6
 
 
-def pkd_steps(steps: Tensor, target: Tensor, eps: float) -> Tensor:
+class StandardisedMeanSquare(torch.autograd.Function):
     """``(N,)``: the mean square between each step of ``steps`` ``(N, B, C,
     ...)``, standardised per step and channel over the batch and positions
     (biased variance plus ``eps``), and the standardised ``target`` ``(B, C,
-    ...)``, without forming the standardised steps: per channel,
+    ...)``.
 
-        mean (s^ - t^)^2 = var / (var + eps) - 2 (mean(x t^) - mean(x) mean(t^)) / sqrt(var + eps)
-                           + mean(t^^2)
+    Backward keeps the steps themselves (one copy of them), their per-channel
+    moments and the target, and recomputes the standardised steps from them
+    (batch norm's backward formula), where autograd through standardising
+    and subtracting would keep two copies of the steps. Values and gradients
+    equal the direct form to rounding (tests)."""
 
-    so backward keeps the steps themselves (one copy of them) and the
-    target, where standardising the steps and subtracting keep two copies.
-    Equal to the direct form up to float rounding (tests)."""
-    dims = (1, *range(3, steps.dim()))  # batch and positions, per step and channel
-    target_dims = (0, *range(2, target.dim()))
-    var, mean = torch.var_mean(steps, dim=dims, correction=0)  # (N, C)
-    inv_std = torch.rsqrt(var + eps)
-    cross = ((steps * target).mean(dims) - mean * target.mean(target_dims)) * inv_std
-    return (var * inv_std.square() - 2 * cross + target.square().mean(target_dims)).mean(1)
+    @staticmethod
+    def forward(ctx, steps: Tensor, target: Tensor, eps: float) -> Tensor:
+        dims = (1, *range(3, steps.dim()))  # batch and positions, per step and channel
+        var, mean = torch.var_mean(steps, dim=dims, correction=0, keepdim=True)
+        inv_std = torch.rsqrt(var + eps)
+        ctx.save_for_backward(steps, target, mean, inv_std)
+        ctx.dims = dims
+        diff = (steps - mean).mul_(inv_std).sub_(target)
+        return diff.square_().mean((*dims, 2))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        steps, target, mean, inv_std = ctx.saved_tensors
+        dims = ctx.dims
+        standardised = (steps - mean).mul_(inv_std)
+        diff = standardised - target
+        # d loss / d standardised = G = scale * diff; batch norm's backward:
+        # inv_std * (G - mean(G) - standardised * mean(G * standardised)), per step and channel
+        scale = (grad * (2.0 / steps[0].numel())).view(-1, *([1] * (steps.dim() - 1)))
+        diff_mean = diff.mean(dims, keepdim=True)
+        correlation = (diff * standardised).mean(dims, keepdim=True)
+        out = diff.sub_(diff_mean).sub_(standardised.mul_(correlation))
+        return out.mul_(inv_std * scale), None, None
 
 
 @MODELS.register_module()
@@ -107,7 +125,7 @@ class PKDLoss(MetricLoss):
         # applied once to the mean square
         c2 = (count - 1) / count
         eps = c2 * EPS**2
-        return pkd_steps(steps, biased_standardize(teacher, eps), eps) * (c2 / 2)
+        return StandardisedMeanSquare.apply(steps, biased_standardize(teacher, eps), eps) * (c2 / 2)
 
     def extra_repr(self) -> str:
         return (f'resize_student={self.resize_student}, '

@@ -109,15 +109,15 @@ def standardise_and_subtract(steps, teacher):
 @pytest.mark.parametrize('shape', [(B, C, 4, 5), (B, C)], ids=['map', 'vector'])
 @pytest.mark.parametrize('near', [False, True], ids=['random', 'near-the-teacher'])
 def test_pkd_steps_equal_standardise_and_subtract_and_keep_one_copy(shape, near):
-    """PKD's stacked form (moments of the steps, never the standardised
-    steps) equals the definition in values and gradients, in float64 to
-    rounding and in float32 where the steps are near the teacher (the loss
+    """PKD's stacked form (backward from the steps and their moments)
+    equals the definition in values and gradients, in float64 to rounding
+    and in float32 also where the steps are near the teacher (the loss
     small); backward keeps the steps once and the teacher-sized target,
     where the definition keeps two copies of the steps."""
     gen = torch.Generator().manual_seed(1)
     teacher = torch.randn(*shape, generator=gen, dtype=torch.float64) * 3
     steps = teacher * 1.5 + (0.01 if near else 1.0) * torch.randn(N, *shape, generator=gen, dtype=torch.float64)
-    for dtype, tol in ((torch.float64, dict(rtol=1e-10, atol=1e-12)), (torch.float32, dict(rtol=1e-3, atol=1e-7))):
+    for dtype, tol in ((torch.float64, dict(rtol=1e-10, atol=1e-12)), (torch.float32, dict(rtol=1e-4, atol=1e-7))):
         x = steps.to(dtype).requires_grad_()
         lean, direct = PKDLoss().compute_steps(x, teacher.to(dtype)), standardise_and_subtract(x, teacher.to(dtype))
         torch.testing.assert_close(lean, direct, **tol)
