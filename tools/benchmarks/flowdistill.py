@@ -155,7 +155,7 @@ def cls_job(args, name: str, config: str, work_dir: str, teacher_checkpoint=None
 
 def train_teacher(args) -> str:
     from fmkt_mm import experiment
-    sizes = dict(epochs=1, train_samples=256) if args.quick else {}
+    sizes = dict(epochs=1, train_samples=128) if args.quick else {}
     cfg = build_cfg(cls_job(args, 'teacher', TEACHER_CONFIG, osp.join(args.work_dir, 'teacher'), **sizes),
                     args.verbose)
     return experiment.save_weights(experiment.train_and_test(cfg, test=False),
@@ -270,10 +270,10 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--verbose', action='store_true', help="print MMEngine's training logs")
     parser.add_argument('--quick', action='store_true',
-                        help='a smoke run: 1 epoch of 4 iterations on 256 images, 128 test images')
+                        help='a smoke run: 1 epoch of 2 iterations on 128 images, 64 test images')
     args = parser.parse_args(argv)
     if args.quick:
-        args.epochs, args.train_samples, args.test_samples, args.batch_size = 1, 256, 128, 64
+        args.epochs, args.train_samples, args.test_samples, args.batch_size = 1, 128, 64, 64
         args.det_train, args.det_val, args.det_epochs, args.det_teacher_epochs = 8, 4, 1, 1
     options.finish_output(args)
     return args
