@@ -1,4 +1,6 @@
 """PKD: feature distillation with Pearson correlation (Cao et al., 2022)."""
+from typing import Any, Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -34,7 +36,7 @@ class StandardisedMeanSquare(torch.autograd.Function):
     equal the direct form to rounding (tests)."""
 
     @staticmethod
-    def forward(ctx, steps: Tensor, target: Tensor, eps: float) -> Tensor:
+    def forward(ctx: Any, steps: Tensor, target: Tensor, eps: float) -> Tensor:
         dims = (1, *range(3, steps.dim()))  # batch and positions, per step and channel
         var, mean = torch.var_mean(steps, dim=dims, correction=0, keepdim=True)
         inv_std = torch.rsqrt(var + eps)
@@ -45,7 +47,7 @@ class StandardisedMeanSquare(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:
         steps, target, mean, inv_std = ctx.saved_tensors
         dims = ctx.dims
         standardised = (steps - mean).mul_(inv_std)
