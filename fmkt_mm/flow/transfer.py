@@ -308,8 +308,6 @@ class FlowTransfer(nn.Module):
         self.check_invertible('reverse sampler', estimate=False)
         self._check_input(x_teacher)
         n = self._check_steps(num_steps)
-        if refine < 0:
-            raise ValueError(f'refine must be >= 0, got {refine}')
         if context is None and self.condition is not None:
             raise ValueError('a conditional flow is inverted at a fixed context: pass '
                              'context=flow.make_context(x_student) of the sample')
