@@ -81,18 +81,24 @@ def summary(records: List[dict], baseline: str, key: str) -> Dict[str, str]:
     return {n: verdict(paired_diffs(records, n, baseline, key)) for n in names}
 
 
-def count_operators(fn: Callable[[], Any]) -> int:
-    """aten operators dispatched by one call of ``fn`` (views and in-place
+def operator_histogram(fn: Callable[[], Any]) -> Dict[str, int]:
+    """``{aten operator: calls}`` of one call of ``fn`` (views and in-place
     updates included: each is one trip through the dispatcher)."""
+    from collections import Counter
+
     from torch.utils._python_dispatch import TorchDispatchMode
+    calls: Dict[str, int] = Counter()
 
-    class Counter(TorchDispatchMode):
-        count = 0
-
+    class Histogram(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Counter.count += 1
+            calls[func.overloadpacket.__name__] += 1
             return func(*args, **(kwargs or {}))
 
-    with Counter():
+    with Histogram():
         fn()
-    return Counter.count
+    return dict(calls)
+
+
+def count_operators(fn: Callable[[], Any]) -> int:
+    """aten operators dispatched by one call of ``fn`` (:func:`operator_histogram`'s total)."""
+    return sum(operator_histogram(fn).values())

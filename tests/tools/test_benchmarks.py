@@ -67,6 +67,19 @@ def test_cost_benchmark_lists_the_reduced_width_rows():
     assert [cost.flow_width(s[1], args) for s in cost.specs(args)] == [None, None, 48, 48]
     row = dict(method='fmkt_reduced_batched', steps=4, encoder='mlp', width=48)
     assert cost.label(row) == 'FM-KT, flows of width 48, levels batched (mlp, N=4)'
+    args = cost.parse_args(['--task', 'det', '--det-steps', '4', '--det-encoders', 'mlp', '--det-methods',
+                            'fmkt', 'fmkt_levels', '--det-flow-levels', '1', '2', '3', '4'])
+    assert [cost.describe(s, args)['levels'] for s in cost.specs(args)] == [None, None, None, [1, 2, 3, 4]]
+    row = dict(method='fmkt_levels', steps=4, encoder='mlp', levels=[1, 2, 3, 4])
+    assert cost.label(row) == 'FM-KT, flows on the neck levels 1, 2, 3, 4 (mlp, N=4)'
+
+
+def test_operators_above_the_floor_are_listed_by_name():
+    cost = load_tool('cost')
+    floor = dict(train_ops=10, train_ops_by_name=dict(add=4, mm=6))
+    row = dict(train_ops=15, train_ops_by_name=dict(add=8, mm=5, gelu=2))
+    assert cost.above_floor(row, floor) == '+5 in all (add +4, gelu +2, mm -1)'
+    assert cost.above_floor(floor, floor) == '+0 in all'
 
 
 @pytest.mark.slow
@@ -84,6 +97,10 @@ def test_cost_benchmark_counts_operators_and_arithmetic(tmp_path):
         ops[('fmkt', 2)]
     text = open(osp.join(tmp_path, 'counts.md')).read()
     assert '| FM-KT (mlp, N=2) |' in text and '| operators / step |' in text
+    by_name = {(r['method'], r['steps']): r['train_ops_by_name'] for r in results}
+    assert all(sum(by_name[k].values()) == ops[k] for k in ops)  # the histogram is the count, by name
+    assert by_name[('fmkt', 2)]['convolution'] > by_name[('kd', None)]['convolution']  # the encoder's 1x1 layers
+    assert f'- FM-KT (mlp, N=2): +{ops[("fmkt", 2)] - ops[("kd", None)]} in all (' in text
 
 
 @pytest.mark.slow
@@ -150,6 +167,20 @@ def test_detection_study_pairs_rows_with_pkd_for_two_teachers_and_resumes(effica
     with pytest.raises(SystemExit):
         recipes.parse_args(['--det-rows', 'student alone RetinaNet R18 w16'])
     assert "the rows are ['PKD'" in capsys.readouterr().err
+
+
+def test_a_detection_study_pairs_with_the_row_named_instead_of_pkd(capsys):
+    recipes = load_tool('recipes_det')
+    lean = 'FM-KT deploy flow, flows of width 32, level-batched'
+    args = recipes.parse_args(['--paired-with', 'FM-KT deploy flow', '--det-rows', lean])
+    assert [r.name for r in args.det_rows] == ['FM-KT deploy flow', lean]  # the baseline first, no PKD
+    assert [r.name for r in recipes.parse_args([]).det_rows][0] == 'PKD'
+    with pytest.raises(SystemExit):
+        recipes.parse_args(['--paired-with', 'FM-KT deploy flow, N = 3'])
+    assert 'unknown rows' in capsys.readouterr().err
+    faster = load_tool('recipes_faster')  # every FM-KT row of the level study names its levels
+    assert [dict(r.distiller or {}).get('levels') for r in faster.FASTER_ROWS] == \
+        [(0, 1, 2, 3), (1, 2, 3, 4), (0, 1, 2, 3), None]
 
 
 @pytest.mark.slow
@@ -290,7 +321,8 @@ def test_benchmark_tables_rows_and_outputs(tmp_path):
 
 
 @pytest.mark.parametrize('script', ['amp', 'cost', 'efficacy_cls', 'efficacy_det', 'flowdistill', 'multi_teacher',
-                                    'profile_step', 'recipes_cls', 'recipes_det', 'recipes_rtmdet', 'seg'])
+                                    'profile_step', 'recipes_cls', 'recipes_det', 'recipes_faster', 'recipes_rtmdet',
+                                    'seg'])
 def test_every_benchmark_answers_help(script):
     import subprocess
     done = subprocess.run([sys.executable, osp.join(BENCHMARKS, f'{script}.py'), '--help'], capture_output=True,

@@ -66,6 +66,7 @@ from cost_rows import (
     METHODS,
     ConfigJob,
     build,
+    flow_levels,
     flow_width,
     input_size,
     make_batch,
@@ -74,7 +75,7 @@ from cost_rows import (
     training_step,
 )
 
-from fmkt_mm.studies import count_operators
+from fmkt_mm.studies import count_operators, operator_histogram
 
 #: targets reported next to the measurements (not enforced)
 TARGETS = dict(cls_train=1.25, det_train=1.15, memory=1.25)
@@ -168,7 +169,8 @@ def measure(spec, args):
 
 def describe(spec, args) -> dict:
     task, name, steps, encoder = spec
-    return dict(task=task, method=name, steps=steps, encoder=encoder, width=flow_width(name, args))
+    return dict(task=task, method=name, steps=steps, encoder=encoder, width=flow_width(name, args),
+                levels=flow_levels(name, args))
 
 
 def step_gflop(model, data) -> float:
@@ -191,7 +193,8 @@ def count(spec, args):
     model, plain, data = prepare(spec, args, torch.device('cpu'))
     step, _ = training_step(model)
     step(data)  # the first step builds caches (time tables, momentum buffers)
-    result = dict(describe(spec, args), train_ops=count_operators(partial(step, data)),
+    by_name = operator_histogram(partial(step, data))
+    result = dict(describe(spec, args), train_ops=sum(by_name.values()), train_ops_by_name=by_name,
                   train_gflop=step_gflop(model, data))
     runs = inference_runs(spec, model, plain, args, torch.device('cpu'))
     deployed = runs.get('ensemble') or runs.get('student') or runs.get('exported student')
@@ -234,15 +237,29 @@ def counts_table(results, args) -> str:
                             [inference, f'{inference / base["inference_ops"]:.2f}']))
         lines += [f'**{title}**: one training step (forward, losses, backward, SGD) and one inference batch', '',
                   study_tables.markdown_table(['training', 'operators / step', f'x {name}', 'GFLOP / step', f'x {name}',
-                                         'operators / inference batch', 'x student'], cells), '']
+                                         'operators / inference batch', 'x student'], cells), '',
+                  f'Operators of a training step above {name}\'s, by aten operator (the largest differences):', '']
+        lines += [f'- {label(r)}: {above_floor(r, floor)}' for r in rows if r is not floor and r is not base]
+        lines.append('')
     return '\n'.join(lines)
+
+
+def above_floor(row: dict, floor: dict, top: int = 10) -> str:
+    """``row``'s training operators minus ``floor``'s, the ``top`` largest
+    differences by aten operator first."""
+    mine, theirs = row.get('train_ops_by_name') or {}, floor.get('train_ops_by_name') or {}
+    diffs = sorted(((mine.get(k, 0) - theirs.get(k, 0), k) for k in {*mine, *theirs}),
+                   key=lambda d: (-abs(d[0]), d[1]))
+    shown = ', '.join(f'{k} {d:+d}' for d, k in diffs[:top] if d)
+    return f'{row["train_ops"] - floor["train_ops"]:+d} in all' + (f' ({shown})' if shown else '')
 
 
 # -- the table ------------------------------------------------------------------------------
 
 
 def label(r):
-    name = LABELS[r['method']].format(width=r.get('width'))
+    levels = r.get('levels')
+    name = LABELS[r['method']].format(width=r.get('width'), levels=levels and ', '.join(map(str, levels)))
     if r['steps'] is not None:
         name += f' ({r["encoder"]}, N={r["steps"]})'
     return name
@@ -306,6 +323,9 @@ def parse_args(argv=None):
                              + ' '.join(m.name for m in METHODS['det'][2:]))
     parser.add_argument('--det-flow-width', type=int, default=64,
                         help='the reduced width of the fmkt_reduced rows (flow=dict(width=...))')
+    parser.add_argument('--det-flow-levels', type=int, nargs='+', default=[0, 1, 2, 3],
+                        help='the neck levels of the fmkt_levels rows (distiller levels=...), e.g. 0 1 2 3: '
+                             'Faster R-CNN\'s P2-P5')
     parser.add_argument('--det-config', default=DET_CONFIG,
                         help='the FM-KT detection config whose student (and flows) are measured, e.g. '
                              'configs/mmdet/fmkt_faster-rcnn_r101_to_r50_fpn_2x_coco_deploy-flow.py')

@@ -21,7 +21,7 @@ DET_TEACHER = 'mmdet::retinanet/retinanet_r101_fpn_2x_coco.py'
 class Method:
     """One kind of row of the cost tables."""
     name: str  # its key on the command line (--det-methods) and in the JSON
-    label: str  # its words in the tables; '{width}' is the reduced flows' width
+    label: str  # its words in the tables; '{width}' is the reduced flows' width, '{levels}' the flows' levels
     kind: str  # 'student' alone, 'logit' / 'feature' (a one-loss baseline) or 'flow' (the config's FM-KT)
     loss: Optional[dict] = None  # a baseline's metric (None: the FM-KT config's own, applied once)
     level_weights: float = 1.0  # a feature baseline's
@@ -31,6 +31,7 @@ class Method:
     encoder: Optional[str] = None  # a flow row measured once: its encoder (None: the first asked for)
     sweep: bool = False  # a flow row measured at every encoder x step count asked for
     reduced: bool = False  # the flows on a --det-flow-width projection of their level
+    levels: bool = False  # the flows on the --det-flow-levels of the neck instead of the config's
 
     def predicts_with_flows(self) -> bool:
         return self.kind == 'flow' and self.deploy == 'flow'
@@ -62,7 +63,13 @@ METHODS: Dict[str, List[Method]] = dict(
                 flow=dict(BATCHED, recompute=True), encoder='mlp'),
          Method('fmkt_reduced', 'FM-KT, flows of width {width}', 'flow', reduced=True),
          Method('fmkt_reduced_batched', 'FM-KT, flows of width {width}, levels batched', 'flow', flow=BATCHED,
-                encoder='mlp', reduced=True)])
+                encoder='mlp', reduced=True),
+         Method('fmkt_student_reduced_batched', 'FM-KT, training-only flows of width {width}, levels batched',
+                'flow', deploy='student', flow=BATCHED, distiller=dict(ema_momentum=None), encoder='mlp',
+                reduced=True),
+         Method('fmkt_levels', 'FM-KT, flows on the neck levels {levels}', 'flow', levels=True),
+         Method('fmkt_levels_recompute_steps', 'FM-KT, flows on the neck levels {levels}, each encoder call '
+                'recomputed in backward', 'flow', flow=dict(recompute='step'), levels=True)])
 LABELS = {m.name: m.label for methods in METHODS.values() for m in methods}
 
 
@@ -126,11 +133,14 @@ def build(task, name, steps, encoder, args):
             flow = dict(distiller['flow'])
             configured = dict(flow.get('encoder') or {})
             # the configured encoder (with its width) when its type is asked for, else the type's defaults
-            flow.update(num_steps=steps, recompute=False,
+            # the configured recompute (the shipped recipe) unless the row sets it
+            flow.update(num_steps=steps,
                         encoder=configured if configured.get('type') == encoder else dict(type=encoder))
             flow.update(copy.deepcopy(row.flow))
             if row.reduced:  # the flows on a channel-reduced projection
                 flow['width'] = args.det_flow_width
+            if row.levels:
+                distiller['levels'] = tuple(args.det_flow_levels)
             # item by item: a ConfigDict's update() would merge the flow into the configured one
             for key, value in dict(parts, dummy_input_shape=shape, flow=flow, deploy_mode=row.deploy,
                                    **copy.deepcopy(row.distiller)).items():
@@ -146,6 +156,11 @@ def build(task, name, steps, encoder, args):
 def flow_width(name, args):
     """The flows' reduced width of a configuration (None: all channels)."""
     return args.det_flow_width if any(m.reduced for m in METHODS['det'] if m.name == name) else None
+
+
+def flow_levels(name, args):
+    """The flows' levels of a configuration when a row sets them (None: the config's)."""
+    return list(args.det_flow_levels) if any(m.levels for m in METHODS['det'] if m.name == name) else None
 
 def make_batch(task, batch, size, seed=0):
     """A random batch of ``size`` (a side, or ``(height, width)``) images."""
