@@ -125,11 +125,16 @@ def det_study_args(doc: str, rows: Sequence[Row], report: str,
     parser_ = parser(doc)
     add_det_sizes(parser_)
     add_study_rows(parser_, '--det-rows', rows, rows[0].name)
+    parser_.add_argument('--paired-with', metavar='NAME',
+                         help=f'the row every other is paired with, run in any case (default: {rows[0].name!r})')
     add_det_steps(parser_)
     add_jobs(parser_)
     add_output(parser_, EFFICACY_DIR, report)
     add_quick(parser_)
     args = parser_.parse_args(argv)
+    if args.paired_with is not None:  # that row first: the tables pair every run with the first row's
+        baseline = pick_rows(parser_, rows, [args.paired_with])
+        rows = baseline + [r for r in rows if r.name != args.paired_with]
     args.det_rows = study_rows(parser_, args, 'det_rows', rows)
     finish_output(args, report)
     return args

@@ -14,6 +14,9 @@ command resumes::
     python tools/benchmarks/recipes_det.py --det-train 400 --det-val 200 --det-epochs 5 \\
         --det-teacher-epochs 10 --det-seeds 0 1 2 3 4 --jobs 2
     python tools/benchmarks/recipes_det.py --quick          # a smoke run (tiny sizes)
+
+``--paired-with NAME`` pairs every row with another row than PKD (e.g. a
+cheaper recipe with the recipe it would replace).
 """
 import os
 import time
@@ -53,6 +56,10 @@ DET_STUDY_ROWS = [
     Row('FM-KT deploy student + PKD on the raw levels, flows of width 32, level-batched', DET_STUDENT,
         distiller=dict(raw_loss_weight=1.0, flow=dict(width=32, shared_encoder=True, batch_levels=True,
                                                       condition=dict(type='level')))),
+    # the COCO configs' lean switches on the deploy-flow recipe (pair it with 'FM-KT deploy flow':
+    # --paired-with)
+    Row('FM-KT deploy flow, flows of width 32, level-batched', DET_FLOW,
+        distiller=dict(flow=dict(width=32, shared_encoder=True, batch_levels=True, condition=dict(type='level')))),
 ]
 
 
