@@ -120,6 +120,31 @@ def test_losses_and_every_parameter_gets_a_gradient(teachers, detector, deploy_m
     assert all(not p.requires_grad for p in model.teacher.parameters())
 
 
+def test_recomputed_steps_train_faster_rcnn_exactly_as_kept_ones(teachers):
+    """The shipped Faster R-CNN recipe checkpoints each meta-encoder call
+    (``recompute='step'``): the same losses and gradients, bit for bit, as
+    keeping every step's activations (deploy flow, an EMA of the flows)."""
+    results = []
+    for recompute in (False, 'step'):
+        model = distiller(faster_rcnn(8, 32), teachers['faster_rcnn'], deploy_mode='flow', ema_momentum=0.0002,
+                          flow=dict(encoder=dict(type='mlp', hidden_ratio=1.0, num_blocks=1), num_steps=4,
+                                    loss=dict(type='fmkt_mm.PKDLoss'), recompute=recompute))
+        model.init_weights()
+        for flow in model.flows:  # moving flows: the estimates differ from the student's levels
+            torch.nn.init.normal_(flow.encoder.output.weight, std=0.1)
+        model.train()
+        model.update_ema()  # what FlowEMAHook does before each training step
+        torch.manual_seed(1)  # the RPN's and RoI head's samplers draw alike
+        losses = model(**batch(model), mode='loss')
+        loss, _ = model.parse_losses(losses)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (plain, plain_grads), (recomputed, recomputed_grads) = results
+    assert torch.equal(plain, recomputed)
+    assert plain_grads.keys() == recomputed_grads.keys()
+    assert [n for n in plain_grads if not torch.equal(plain_grads[n], recomputed_grads[n])] == []
+
+
 def test_untrained_flows_are_the_identity_and_trained_ones_feed_the_head(teachers):
     model = distiller(retinanet(8, 32), teachers['retinanet'], deploy_mode='flow', eval_steps=2)
     model.eval()
@@ -372,6 +397,8 @@ def test_coco_configs_parse():
         assert cfg.model.deploy_mode in path and cfg.model.levels == (0, 1, 2, 3)
         assert cfg.model.level_weights == (6.0 if 'faster-rcnn' in path else 10.0)
         assert cfg.model.student.type in ('RetinaNet', 'FasterRCNN')
+        # P2's flows rerun each encoder call in backward (the same values, a lower peak)
+        assert cfg.model.flow.get('recompute', False) == ('step' if 'faster-rcnn' in path else False), path
         lean = path.endswith('_lean.py')  # flows of width 64, levels batched
         assert (cfg.model.flow.get('width'), cfg.model.flow.get('batch_levels', False)) == \
             ((64, True) if lean else (None, False)), path
