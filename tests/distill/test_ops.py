@@ -73,17 +73,19 @@ def run_dist(cfg, work_dir, procs=2):
 
 
 def evaluate_with_one_and_two_processes(config, checkpoint, tmp_path):
-    """``(tools/test.py, tools/dist_test.sh with 2 processes)`` on one checkpoint:
-    the finished processes, each asserted to have succeeded."""
-    single = subprocess.run([PYTHON, osp.join(ROOT, 'tools', 'test.py'), config, checkpoint,
-                             '--work-dir', str(tmp_path / 'test1')],
-                            capture_output=True, text=True, env=ENV, timeout=300)
-    assert single.returncode == 0, single.stderr[-3000:]
-    multi = subprocess.run(['bash', osp.join(ROOT, 'tools', 'dist_test.sh'), config, checkpoint, '2',
-                            '--work-dir', str(tmp_path / 'test2')],
-                           capture_output=True, text=True, env=ENV, timeout=300)
-    assert multi.returncode == 0, multi.stderr[-3000:]
-    return single, multi
+    """``(tools/test.py, tools/dist_test.sh with 2 processes)`` on one checkpoint,
+    run side by side: the finished processes, each asserted to have succeeded."""
+    def start(command, name):
+        return subprocess.Popen(command + ['--work-dir', str(tmp_path / name)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=ENV)
+
+    launched = [start([PYTHON, osp.join(ROOT, 'tools', 'test.py'), config, checkpoint], 'test1'),
+                start(['bash', osp.join(ROOT, 'tools', 'dist_test.sh'), config, checkpoint, '2'], 'test2')]
+    outputs = [p.communicate(timeout=300) for p in launched]  # then the return codes are set
+    done = [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(launched, outputs)]
+    for process in done:
+        assert process.returncode == 0, process.stderr[-3000:]
+    return tuple(done)
 
 
 def rank_states(work_dir, procs=2):
