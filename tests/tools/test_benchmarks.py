@@ -74,6 +74,13 @@ def test_cost_benchmark_lists_the_reduced_width_rows():
     assert cost.label(row) == 'FM-KT, flows on the neck levels 1, 2, 3, 4 (mlp, N=4)'
 
 
+def test_a_single_step_count_scores_the_evaluators_own_number():
+    task_runs = load_tool('task_runs')
+    assert task_runs.step_curve({}, (4, ), 0.29) == {4: 0.29}  # one count: the hook logs none
+    assert task_runs.step_curve({1: 0.2, 4: 0.3}, (1, 4), 0.3) == {1: 0.2, 4: 0.3}
+    assert task_runs.step_curve({4: 0.3}, (1, 4), 0.3) == {1: 0.0, 4: 0.3}  # nothing predicted at N=1
+
+
 def test_operators_above_the_floor_are_listed_by_name():
     cost = load_tool('cost')
     floor = dict(train_ops=10, train_ops_by_name=dict(add=4, mm=6))
@@ -157,6 +164,8 @@ def test_detection_study_pairs_rows_with_pkd_for_two_teachers_and_resumes(effica
         pkd = next(r for r in runs if r['teacher'] == teacher and r['row'] == 'PKD')
         assert summary[teacher]['diff'][0] == fmkt['bbox_map'] - pkd['bbox_map']  # paired on the seed
         assert sorted(summary[teacher]['curve']) == [1]  # the flows predict: scored per step count
+        # one count: the evaluator's own number (the hook logs counts only when there are several)
+        assert list(fmkt['map_by_steps'].values()) == [fmkt['metrics'].get('coco/bbox_mAP', 0.0)]
     assert result['summary']['rows']['PKD']['full']['curve'] == {}  # the plain student predicts
     assert set(result['teachers']) == {'full', 'half'}
     assert 'minus PKD (paired)' in result['table'] and 'bbox mAP at N=1 |' in result['table']

@@ -18,11 +18,7 @@ command resumes::
 ``--paired-with NAME`` pairs every row with another row than PKD (e.g. a
 cheaper recipe with the recipe it would replace).
 """
-import os
-import time
-
 import options
-import reporting
 import task_runs
 from common import Row
 
@@ -68,16 +64,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    os.makedirs(args.work_dir, exist_ok=True)
-    start = time.time()
-    out = reporting.provenance(__file__, argv)
-    out['study_det'] = task_runs.det_study(args)
-    maps = ', '.join(f'{k} {v["bbox_mAP"]:.1f}' for k, v in out['study_det']['teachers'].items())
-    text = [f'Detection recipe study, composed set: {args.det_train} / {args.det_val} images, {args.det_epochs} '
-            f'epochs, seeds {args.det_seeds}, two RetinaNet R18 teachers ({args.det_teacher_epochs} and '
-            f'{max(1, args.det_teacher_epochs // 2)} epochs; bbox mAP {maps})', '', out['study_det']['table'], '']
-    return reporting.finish(args, out, text, start)
+    return task_runs.det_study_report(__file__, argv, parse_args(argv), 'retinanet_r18_teacher.py', 'det',
+                                      'Detection recipe study', 'RetinaNet R18')
 
 
 if __name__ == '__main__':

@@ -18,11 +18,7 @@ same command resumes::
         --det-teacher-epochs 10 --det-seeds 0 1 2 --jobs 2
     python tools/benchmarks/recipes_faster.py --quick          # a smoke run (tiny sizes)
 """
-import os
-import time
-
 import options
-import reporting
 import task_runs
 from common import Row
 
@@ -45,17 +41,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    os.makedirs(args.work_dir, exist_ok=True)
-    start = time.time()
-    out = reporting.provenance(__file__, argv)
-    out['study_faster'] = task_runs.det_study(args, 'faster-rcnn_r18_teacher.py', 'faster')
-    maps = ', '.join(f'{k} {v["bbox_mAP"]:.1f}' for k, v in out['study_faster']['teachers'].items())
-    text = [f'Faster R-CNN level study, composed set: {args.det_train} / {args.det_val} images, '
-            f'{args.det_epochs} epochs, seeds {args.det_seeds}, two Faster R-CNN R18 teachers '
-            f'({args.det_teacher_epochs} and {max(1, args.det_teacher_epochs // 2)} epochs; bbox mAP {maps}), '
-            f'student R18 of a quarter width', '', out['study_faster']['table'], '']
-    return reporting.finish(args, out, text, start)
+    return task_runs.det_study_report(__file__, argv, parse_args(argv), 'faster-rcnn_r18_teacher.py', 'faster',
+                                      'Faster R-CNN level study', 'Faster R-CNN R18', 'R18 of a quarter width')
 
 
 if __name__ == '__main__':

@@ -17,11 +17,7 @@ the same command resumes::
         --det-teacher-epochs 16 --det-seeds 0 1 2 --jobs 2
     python tools/benchmarks/recipes_rtmdet.py --quick          # a smoke run (tiny sizes)
 """
-import os
-import time
-
 import options
-import reporting
 import task_runs
 from common import Row
 
@@ -43,17 +39,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    os.makedirs(args.work_dir, exist_ok=True)
-    start = time.time()
-    out = reporting.provenance(__file__, argv)
-    out['study_rtmdet'] = task_runs.det_study(args, 'rtmdet_s_teacher.py', 'rtmdet')
-    maps = ', '.join(f'{k} {v["bbox_mAP"]:.1f}' for k, v in out['study_rtmdet']['teachers'].items())
-    text = [f'RTMDet study, composed set: {args.det_train} / {args.det_val} images, {args.det_epochs} epochs, '
-            f'seeds {args.det_seeds}, two RTMDet-s teachers ({args.det_teacher_epochs} and '
-            f'{max(1, args.det_teacher_epochs // 2)} epochs; bbox mAP {maps}), student RTMDet-tiny',
-            '', out['study_rtmdet']['table'], '']
-    return reporting.finish(args, out, text, start)
+    return task_runs.det_study_report(__file__, argv, parse_args(argv), 'rtmdet_s_teacher.py', 'rtmdet',
+                                      'RTMDet study', 'RTMDet-s', 'RTMDet-tiny')
 
 
 if __name__ == '__main__':

@@ -4,9 +4,12 @@ composed detection set (:func:`det_config`, :func:`run_det`,
 :func:`train_det_teacher`, and the detection study :func:`det_study`)."""
 import argparse
 import copy
+import os
 import os.path as osp
-from typing import TYPE_CHECKING, Optional, Tuple
+import time
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
+import reporting
 from common import Job, slug
 from pool import run_recorded
 from study_tables import study_table
@@ -137,9 +140,8 @@ def run_det(job: Job) -> dict:
     run = experiment.train_and_test(cfg)
     curve = None
     if flow_tested:
-        # CocoMetric reports nothing when no box was predicted: 0 mAP, as for the rows
-        by_steps = run.by_steps('test/flow/coco/bbox_mAP_steps')
-        curve = {n: by_steps.get(n, 0.0) for n in job.test_steps}
+        curve = step_curve(run.by_steps('test/flow/coco/bbox_mAP_steps'), job.test_steps,
+                           run.metrics.get('coco/bbox_mAP', 0.0))
     result = dict(row=job.row, seed=job.seed, metrics={k: float(v) for k, v in run.metrics.items()},
                   seconds=run.seconds, map_by_steps=curve, sec_per_iter=run.seconds / max(1, run.iters),
                   **footprint(run))
@@ -148,6 +150,16 @@ def run_det(job: Job) -> dict:
     if job.teacher is not None:
         result['teacher'] = job.teacher
     return result
+
+
+def step_curve(by_steps: Dict[int, float], steps: Sequence[int], evaluated: float) -> Dict[int, float]:
+    """``{N: score}`` at each of ``steps`` from FlowStepsHook's per-count
+    scalars ``by_steps``: the last count is the evaluator's own number
+    ``evaluated`` (the hook logs the counts only when there are several);
+    a count with nothing logged scores 0 (CocoMetric reports nothing when no
+    box was predicted), as the rows do."""
+    logged = {steps[-1]: evaluated, **by_steps}
+    return {n: logged.get(n, 0.0) for n in steps}
 
 
 def train_det_teacher(args: argparse.Namespace, data_root: str, config: str = 'retinanet_r18_teacher.py',
@@ -196,3 +208,21 @@ def det_study(args: argparse.Namespace, teacher_config: str = 'retinanet_r18_tea
                                  curve_key='map_steps', steps=tuple(args.det_steps))
     return dict(teachers={k: dict(checkpoint=v[0], bbox_mAP=scores[k]) for k, v in teachers.items()},
                 runs=runs, summary=summary, table=table)
+
+
+def det_study_report(script: str, argv: Optional[Sequence[str]], args: argparse.Namespace, teacher_config: str,
+                     name: str, title: str, teachers: str, student: Optional[str] = None) -> dict:
+    """A detection study's whole run (:func:`det_study` of ``teacher_config``
+    and ``name``) and its report, headed ``title`` with the composed set,
+    the seeds, the ``teachers`` (e.g. ``'RetinaNet R18'``: their epochs and
+    bbox mAP) and the ``student``."""
+    os.makedirs(args.work_dir, exist_ok=True)
+    start = time.time()
+    out = reporting.provenance(script, argv)
+    study = out[f'study_{name}'] = det_study(args, teacher_config, name)
+    maps = ', '.join(f'{k} {v["bbox_mAP"]:.1f}' for k, v in study['teachers'].items())
+    text = [f'{title}, composed set: {args.det_train} / {args.det_val} images, {args.det_epochs} epochs, seeds '
+            f'{args.det_seeds}, two {teachers} teachers ({args.det_teacher_epochs} and '
+            f'{max(1, args.det_teacher_epochs // 2)} epochs; bbox mAP {maps})'
+            + (f', student {student}' if student else ''), '', study['table'], '']
+    return reporting.finish(args, out, text, start)
