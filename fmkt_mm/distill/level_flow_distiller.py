@@ -94,6 +94,11 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
             distillation, ``loss_raw_l{l}`` between each raw student level
             (through its adapter) and the teacher's level (the metric
             defaults to the flow's, e.g. PKD's term on top of the flows');
+            ``raw_pairs`` / ``raw_weights``: level pairs distilled by the raw
+            loss alone, without a flow (``loss_raw_l{l}``, times the pair's
+            weight; default weight: ``weights`` when one float), e.g. PKD on
+            Faster R-CNN's P2 with flows on P3-P5; the heads read these
+            levels unchanged;
             ``dummy_input_shape``: ``(C, H, W)`` of the zero batch that reads
             both sides' level shapes at build time.
         deploy: ``mode``: ``'flow'`` (heads read the flows' ensemble) or
@@ -141,6 +146,8 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
         student_shapes, teacher_shapes = self.setup_levels(
             opts_levels.pairs, opts_levels.weights, opts_levels.student_tap, opts_levels.teacher_tap,
             opts_levels.dummy_input_shape, opts_levels.teacher_norm)
+        self.setup_raw_levels(opts_levels.raw_pairs, opts_levels.raw_weights, opts_levels.weights,
+                              student_shapes, teacher_shapes)
         flow_cfg = self._flow_config(options)
         self._build_flows(options, flow_cfg, student_shapes, teacher_shapes)
         self.theta_loss = None
@@ -159,7 +166,7 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
             self.flows.check_batchable()
         self.raw_loss_weight = opts_levels.raw_loss_weight
         self.raw_loss = None
-        if self.raw_loss_weight > 0:
+        if self.raw_loss_weight > 0 or self.raw_pairs:
             self.raw_loss = build_from_registry(MODELS, opts_levels.raw_loss or flow_cfg['loss'], 'loss')
 
     # -- building ----------------------------------------------------------------
@@ -203,10 +210,15 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
         if teachers_share:
             adapters = [adapter(j, k) for j in range(num_teachers) for k in range(len(self.level_pairs))]
         self.teacher_adapters = nn.ModuleList(adapters)
+        # the raw pairs' adapters last: with none, the flows' initial weights are as without raw pairs
+        self.raw_adapters = nn.ModuleList([
+            self.level_adapter(options.levels.adapter, s, t, student_shapes[s], teacher_shapes[j][t],
+                               why=self._why(j, 'student level')) or nn.Identity()
+            for j in range(num_teachers) for s, t in self.raw_pairs])
 
-    def _why(self, j: int) -> str:
-        return f": the flow's estimates cannot be compared with {self.teacher_label(j)}'s" \
-            if self.multi_teacher else ": the flow's estimates cannot be compared with the teacher"
+    def _why(self, j: int, what: str = "flow's estimates") -> str:
+        return f": the {what} cannot be compared with {self.teacher_label(j)}'s" \
+            if self.multi_teacher else f": the {what} cannot be compared with the teacher"
 
     def check_level_scales(self, scales: Sequence[float]) -> None:
         check_scales(scales, len(self.level_pairs))
@@ -277,7 +289,20 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
             ensemble = self._level_losses(k, levels[s], outs, targets, weight, losses)
             if ensemble is not None:  # deploy mode 'flow': what the heads read at inference too
                 levels[s] = ensemble
+        self._raw_level_losses(levels, teacher_levels, losses)
         return levels
+
+    def _raw_level_losses(self, levels: Sequence[Tensor], teacher_levels: Sequence[Sequence[Tensor]],
+                          losses: Dict[str, Tensor]) -> None:
+        """``loss_raw_l{s}`` of every raw pair (``levels.raw_pairs``): the raw
+        loss between the student's level (through its adapter) and each
+        teacher's, weighted over the teachers, times the pair's weight. The
+        heads read these levels as the student made them."""
+        weights = self.teacher_weights()
+        for k, (s, t) in enumerate(self.raw_pairs):
+            per_teacher = [self.raw_loss(self.raw_to_teacher_space(j, k, levels[s], teacher[t]), teacher[t])
+                           for j, teacher in enumerate(teacher_levels)]
+            losses[f'loss_raw_l{s}'] = self.raw_weights[k] * weighted(per_teacher, weights)
 
     def _batched_teacher_runs(self, levels: Sequence[Tensor],
                             teacher_levels: Sequence[Sequence[Tensor]]) -> List[List[FlowOutput]]:
@@ -323,7 +348,7 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
         """The student's task losses (its own names) plus, per distilled level
         ``l``: ``loss_flow_l{l}`` (sum over steps, times the level weight),
         ``loss_theta_l{l}`` in deploy mode 'student', ``loss_raw_l{l}`` with
-        ``raw_loss_weight``, and the per-step values
+        ``raw_loss_weight`` and on each level of ``raw_pairs``, and the per-step values
         ``flow_l{l}_step{k}`` (logged only)."""
         self.check_ema_driven()
         teacher_levels = [self.teacher_levels(inputs, data_samples, j)

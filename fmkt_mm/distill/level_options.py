@@ -14,7 +14,7 @@ mmdet's semi-supervised detectors take ``semi_train_cfg``::
                   shared_encoder=False, roundtrip_loss_weight=0.0, batch_levels=False),
         levels=dict(pairs=(0, 1, 2, 3), weights=10.0, student_tap='neck', teacher_tap='neck',
                     adapter='auto', teacher_norm=False, raw_loss_weight=0.0, raw_loss=None,
-                    dummy_input_shape=(3, 128, 128)),
+                    raw_pairs=(), raw_weights=None, dummy_input_shape=(3, 128, 128)),
         deploy=dict(mode='student', eval_steps=None, theta_loss=None, theta_loss_weight=1.0,
                     ema_momentum=None, ema_warmup=2000),
         teachers=dict(models=[...], flows='separate', deploy='mean'))   # several teachers
@@ -38,6 +38,8 @@ FLAT_KEYS: Dict[str, Tuple[str, str]] = {
     'dummy_input_shape': ('levels', 'dummy_input_shape'),
     'raw_loss_weight': ('levels', 'raw_loss_weight'),
     'raw_loss': ('levels', 'raw_loss'),
+    'raw_levels': ('levels', 'raw_pairs'),
+    'raw_level_weights': ('levels', 'raw_weights'),
     'deploy_mode': ('deploy', 'mode'),
     'eval_steps': ('deploy', 'eval_steps'),
     'theta_loss': ('deploy', 'theta_loss'),
@@ -63,6 +65,11 @@ class LevelOptions:
     teacher_norm: bool = False
     raw_loss_weight: float = 0.0
     raw_loss: Optional[dict] = None
+    #: level pairs distilled by the raw loss alone, without a flow (e.g. PKD
+    #: on Faster R-CNN's P2, flows on P3-P5), and their weights (default:
+    #: ``weights`` when it is one float)
+    raw_pairs: Sequence[Union[int, Tuple[int, int]]] = ()
+    raw_weights: Optional[Union[float, Sequence[float]]] = None
     dummy_input_shape: Sequence[int] = (3, 128, 128)
 
 

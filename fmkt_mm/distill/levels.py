@@ -69,13 +69,13 @@ def parse_levels(levels: Sequence[LevelSpec]) -> List[Tuple[int, int]]:
     return pairs
 
 
-def parse_weights(weights: Union[float, Sequence[float]], n: int) -> List[float]:
-    """One weight per level from a float (shared) or a list of ``n``."""
+def parse_weights(weights: Union[float, Sequence[float]], n: int, option: str = 'level_weights') -> List[float]:
+    """One weight per level from a float (shared) or a list of ``n`` (``option`` names it)."""
     if isinstance(weights, (int, float)):
         return [float(weights)] * n
     weights = [float(w) for w in weights]
     if len(weights) != n:
-        raise ValueError(f'level_weights has {len(weights)} values for {n} distilled levels; '
+        raise ValueError(f'{option} has {len(weights)} values for {n} distilled levels; '
                          f'give one per level or a single float')
     return weights
 
@@ -152,15 +152,45 @@ class LevelDistiller(BaseDistiller):
         self.level_weights = parse_weights(level_weights, len(self.level_pairs))
         self._dummy_input_shape = tuple(dummy_input_shape)
         student_shapes, teacher_shapes = self._infer_level_shapes(dummy_input_shape)
+        self._check_levels_exist(self.level_pairs, 'levels', student_shapes, teacher_shapes)
+        return student_shapes, teacher_shapes
+
+    def _check_levels_exist(self, pairs: Sequence[Tuple[int, int]], option: str, student_shapes: List[Shape],
+                            teacher_shapes: List[List[Shape]]) -> None:
         for j, shapes in enumerate(teacher_shapes):
-            for s, t in self.level_pairs:
+            for s, t in pairs:
                 if not 0 <= s < len(student_shapes) or not 0 <= t < len(shapes):
                     raise ValueError(
-                        f'levels pairs student level {s} with teacher level {t}, but the student\'s '
-                        f'{student_tap!r} outputs {len(student_shapes)} levels and the '
-                        f'{self.teacher_label(j)}\'s {self.teacher_tap_of(j, teacher_tap)!r} '
+                        f'{option} pairs student level {s} with teacher level {t}, but the student\'s '
+                        f'{self.student_tap!r} outputs {len(student_shapes)} levels and the '
+                        f'{self.teacher_label(j)}\'s {self.teacher_tap_of(j, self.teacher_tap)!r} '
                         f'{len(shapes)}; choose levels that exist on both sides')
-        return student_shapes, teacher_shapes
+
+    def setup_raw_levels(self, pairs: Sequence[LevelSpec], weights: Optional[Union[float, Sequence[float]]],
+                         level_weights: Union[float, Sequence[float]], student_shapes: List[Shape],
+                         teacher_shapes: List[List[Shape]]) -> None:
+        """Sets ``raw_pairs`` and ``raw_weights``: the level pairs a
+        distiller compares directly, without a flow (after
+        :meth:`setup_levels`; none of them a student level of
+        ``level_pairs``). ``weights`` defaults to ``level_weights`` when that
+        is one float."""
+        self.raw_pairs = parse_levels(pairs) if len(pairs) else []
+        if not self.raw_pairs:
+            self.raw_weights = []
+            return
+        if weights is None:
+            if not isinstance(level_weights, (int, float)):
+                raise ValueError(f'levels.raw_pairs={list(pairs)} needs its own weights when levels.weights is '
+                                 f'one per flow level ({list(level_weights)}): set levels.raw_weights '
+                                 f'(raw_level_weights=), a float or one per raw level')
+            weights = level_weights
+        self.raw_weights = parse_weights(weights, len(self.raw_pairs), 'levels.raw_weights')
+        both = sorted({s for s, _ in self.level_pairs} & {s for s, _ in self.raw_pairs})
+        if both:
+            raise ValueError(f'student level(s) {both} are in both levels.pairs (distilled through a flow) and '
+                             f'levels.raw_pairs (distilled directly): name each level once; to add the raw '
+                             f'loss on top of a flow set levels.raw_loss_weight instead')
+        self._check_levels_exist(self.raw_pairs, 'levels.raw_pairs', student_shapes, teacher_shapes)
 
     def level_adapter(self, adapter: Optional[Union[str, dict]], s: int, t: int, s_shape: Shape,
                       t_shape: Shape, why: str = '') -> Optional[TeacherShape]:
@@ -201,7 +231,17 @@ class LevelDistiller(BaseDistiller):
         """``x`` (student space, level pair ``k``; ``(B, C, H, W)``, or steps
         stacked ``(N, B, C, H, W)``) in the shape of teacher ``j``'s level
         ``target``: through its adapter, or as it is where the shapes agree."""
-        adapter = self.teacher_adapter(j, k)
+        return self._in_shape_of(self.teacher_adapter(j, k), x, target)
+
+    def raw_to_teacher_space(self, j: int, k: int, x: Tensor, target: Tensor) -> Tensor:
+        """Student level ``x`` of raw pair ``k`` (``raw_pairs``) in the shape
+        of teacher ``j``'s level ``target``: through its adapter in
+        ``raw_adapters`` (teacher-major), or as it is where the shapes agree."""
+        adapter = self.raw_adapters[j * len(self.raw_pairs) + k]
+        return self._in_shape_of(adapter if isinstance(adapter, TeacherShape) else None, x, target)
+
+    @staticmethod
+    def _in_shape_of(adapter: Optional[TeacherShape], x: Tensor, target: Tensor) -> Tensor:
         if adapter is None:
             return x
         size = tuple(target.shape[-2:])

@@ -359,6 +359,77 @@ def test_raw_loss_is_the_pkd_baselines_term_on_top_of_the_flows(teachers, deploy
         distiller(retinanet(8, 32), teachers['retinanet'], raw_loss_weight=-1.0)
 
 
+@pytest.mark.parametrize('deploy_mode', ['flow', 'student'])
+def test_raw_pairs_distil_a_level_without_a_flow(teachers, deploy_mode):
+    """``levels.raw_pairs``: PKD alone on P2, flows on P3-P5 (the cheap
+    Faster R-CNN recipe). P2's ``loss_raw_l0`` is the PKD baseline's
+    ``loss_feat_l0`` times its weight, P2 has no flow and the heads read it
+    as the student made it; the flows' levels and their initial weights are
+    those of a distiller of P3-P5 alone."""
+    from fmkt_mm.distill import FeatureDistiller
+    common = dict(deploy_mode=deploy_mode, level_weights=6.0)
+    model = distiller(faster_rcnn(8, 32), teachers['faster_rcnn'], levels=dict(pairs=(1, 2, 3), raw_pairs=(0, )),
+                      **common)
+    flows_alone = distiller(faster_rcnn(8, 32), teachers['faster_rcnn'], levels=(1, 2, 3), **common)
+    assert len(model.flows) == 3 and model.raw_pairs == [(0, 0)] and model.raw_weights == [6.0]
+    extra = set(model.state_dict()) - set(flows_alone.state_dict())
+    assert extra == set()  # equal shapes: no adapter for P2
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in flows_alone.state_dict().items())
+    model.train()
+    data = batch(model)
+    seen, handle = [], model.student.rpn_head.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.no_grad():
+        student_p2 = model.student.neck(model.student.backbone(data['inputs']))[0]
+    losses = model(**data, mode='loss')
+    handle.remove()
+    assert torch.equal(seen[0][0], student_p2)  # P2 as the student made it
+    assert 'loss_flow_l0' not in losses and 'loss_theta_l0' not in losses
+    assert {f'loss_flow_l{s}' for s in (1, 2, 3)} <= set(losses)
+    model_cfg, path = teachers['faster_rcnn']
+    pkd = FeatureDistiller(student=faster_rcnn(8, 32), teacher=dict(config=model_cfg, checkpoint=path),
+                           loss=dict(type='fmkt_mm.PKDLoss'), levels=(0, ), level_weights=6.0,
+                           dummy_input_shape=(3, SIZE, SIZE))
+    pkd.student.load_state_dict(model.student.state_dict())
+    pkd.train()
+    torch.manual_seed(0)
+    torch.testing.assert_close(losses['loss_raw_l0'], pkd(**data, mode='loss')['loss_feat_l0'])
+    loss, _ = model.parse_losses(losses)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+
+
+def test_raw_pairs_adapters_weights_and_errors(teachers):
+    """A raw pair of unequal shapes gets its own adapter (after the flows'
+    adapters); raw weights default to the one level weight, need their own
+    when the level weights are per level; a level named twice, or missing
+    on a side, is refused with the fix."""
+    model = distiller(retinanet(8, 32), teachers['retinanet_fpn64'], deploy_mode='student',
+                      levels=dict(pairs=(1, 2), raw_pairs=(0, 3), raw_weights=[2.0, 3.0]))
+    assert [type(a.adapter).__name__ for a in model.raw_adapters] == ['FeatureAdapter'] * 2
+    assert len(model.teacher_adapters) == 2 and model.raw_weights == [2.0, 3.0]
+    model.train()
+    losses = model(**batch(model), mode='loss')
+    assert {'loss_raw_l0', 'loss_raw_l3', 'loss_flow_l1', 'loss_flow_l2'} <= set(losses)
+    loss, _ = model.parse_losses(losses)
+    loss.backward()
+    assert all(p.grad is not None for p in model.raw_adapters.parameters())
+    flat = distiller(retinanet(8, 32), teachers['retinanet'], levels=(1, 2), raw_levels=(0, ),
+                     raw_level_weights=4.0)
+    assert flat.raw_pairs == [(0, 0)] and flat.raw_weights == [4.0]
+    with pytest.raises(ValueError, match=r'levels.raw_weights'):
+        distiller(retinanet(8, 32), teachers['retinanet'], levels=dict(pairs=(1, 2), raw_pairs=(0, )),
+                  level_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match=r'student level\(s\) \[1\] are in both') as err:
+        distiller(retinanet(8, 32), teachers['retinanet'], levels=dict(pairs=(1, 2), raw_pairs=(1, )))
+    assert 'raw_loss_weight' in str(err.value)
+    with pytest.raises(ValueError, match=r'levels.raw_pairs pairs student level 7'):
+        distiller(retinanet(8, 32), teachers['retinanet'], levels=dict(pairs=(1, 2), raw_pairs=(7, )))
+    with pytest.raises(ValueError, match='adapter=None asks for equal shapes'):
+        distiller(retinanet(8, 32), teachers['retinanet_fpn64'], adapter=None,
+                  levels=dict(pairs=(1, ), raw_pairs=(0, )))
+
+
 def test_level_pairs_and_configuration_errors(teachers):
     # a 5-level student neck against the teacher's 4 levels, paired explicitly
     student = faster_rcnn(8, 32)

@@ -33,6 +33,9 @@ FASTER_ROWS = [
         distiller=dict(levels=(0, 1, 2, 3),
                        flow=dict(width=32, shared_encoder=True, batch_levels=True, condition=dict(type='level')))),
     Row('PKD on P2-P5', 'pkd_faster-rcnn_r18_to_r18w16.py'),
+    # P2 distilled by PKD alone (its own price there), flows on P3-P5 (a quarter of the positions)
+    Row('FM-KT deploy flow, PKD on P2, flows on P3-P5', FMKT,
+        distiller=dict(levels=dict(pairs=(1, 2, 3), raw_pairs=(0, )))),
 ]
 
 
