@@ -35,7 +35,7 @@ FASTER_ROWS = [
     Row('PKD on P2-P5', 'pkd_faster-rcnn_r18_to_r18w16.py'),
     # P2 distilled by PKD alone (its own price there), flows on P3-P5 (a quarter of the positions)
     Row('FM-KT deploy flow, PKD on P2, flows on P3-P5', FMKT,
-        distiller=dict(levels=dict(pairs=(1, 2, 3), raw_pairs=(0, )))),
+        distiller=dict(levels=(1, 2, 3), raw_levels=(0, ))),
 ]
 
 
