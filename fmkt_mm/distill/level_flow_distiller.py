@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from ..flow import FlowOutput, FlowTransfer, RoundTrip
+from ..flow.batching import BatchedRun
 from ..flow.conditions import with_teacher_condition
 from ..losses.base import scaled
 from ..registry import MODELS
@@ -269,7 +270,7 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
             flows = self._inference_flows()
             runs = [flows.batched_runs(j, [levels[s] for s, _ in self.level_pairs], steps) for j in teachers]
             for k, (s, _) in enumerate(self.level_pairs):
-                levels[s] = weighted([run[k].mean_estimate() for run in runs], weights)
+                levels[s] = weighted([run.outputs[k].mean_estimate() for run in runs], weights)
             return levels
         for k, (s, _) in enumerate(self.level_pairs):
             levels[s] = self.deployed_ensemble(k, levels[s], steps)
@@ -280,15 +281,20 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
         """Training: run the flows on the student's levels, put each level's
         losses into ``losses`` and return the levels the heads read."""
         levels = list(levels)
-        batched = self._batched_teacher_runs(levels, teacher_levels) if self.batch_levels else None
+        runs = self._batched_runs(levels, len(teacher_levels)) if self.batch_levels else None
+        # deploy mode 'student' with batched levels: every level's theta loss in one call per teacher
+        theta_at_once = runs is not None and self.theta_loss is not None and \
+            hasattr(self.theta_loss, 'forward_levels')
         for k, (s, t) in enumerate(self.level_pairs):
             weight = self.level_weights[k] * self.level_scales[k]
             targets = [teacher[t] for teacher in teacher_levels]
-            outs = batched[k] if batched is not None else \
+            outs = self._teacher_shaped(runs, k, targets) if runs is not None else \
                 self.teacher_runs(k, levels[s], self.flow_of(0, k).draw_num_steps(), targets)
-            ensemble = self._level_losses(k, levels[s], outs, targets, weight, losses)
+            ensemble = self._level_losses(k, levels[s], outs, targets, weight, losses, theta=not theta_at_once)
             if ensemble is not None:  # deploy mode 'flow': what the heads read at inference too
                 levels[s] = ensemble
+        if theta_at_once:
+            self._theta_losses_at_once(runs, losses)
         self._raw_level_losses(levels, teacher_levels, losses)
         return levels
 
@@ -304,20 +310,39 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
                            for j, teacher in enumerate(teacher_levels)]
             losses[f'loss_raw_l{s}'] = self.raw_weights[k] * weighted(per_teacher, weights)
 
-    def _batched_teacher_runs(self, levels: Sequence[Tensor],
-                            teacher_levels: Sequence[Sequence[Tensor]]) -> List[List[FlowOutput]]:
-        """``flow.batch_levels``: per level pair, one run per teacher, every
-        pair's from one batched run per teacher (one step count drawn for all)."""
+    def _batched_runs(self, levels: Sequence[Tensor], num_teachers: int) -> List[BatchedRun]:
+        """``flow.batch_levels``: one run of every level pair per teacher (one
+        step count drawn for all)."""
         n = self.flow_of(0, 0).draw_num_steps()
-        runs = [self.flows.batched_runs(j, [levels[s] for s, _ in self.level_pairs], n)
-                for j in range(len(teacher_levels))]
-        return [[run[k].with_steps(self.to_teacher_space(j, k, run[k].estimates, teacher_levels[j][t]))
-                 for j, run in enumerate(runs)] for k, (_, t) in enumerate(self.level_pairs)]
+        return [self.flows.batched_runs(j, [levels[s] for s, _ in self.level_pairs], n) for j in range(num_teachers)]
+
+    def _teacher_shaped(self, runs: Sequence[BatchedRun], k: int, targets: Sequence[Tensor]) -> List[FlowOutput]:
+        """Level pair ``k``'s output of each teacher's batched run, its steps in that teacher's shape."""
+        return [run.outputs[k].with_steps(self.to_teacher_space(j, k, run.outputs[k].estimates, target))
+                for j, (run, target) in enumerate(zip(runs, targets))]
+
+    def _theta_losses_at_once(self, runs: Sequence[BatchedRun], losses: Dict[str, Tensor]) -> None:
+        """``loss_theta_l{l}`` of every level pair from one call of the theta
+        loss per teacher on the batched run's tokens (``forward_levels``,
+        e.g. :meth:`PKDLoss.forward_levels <fmkt_mm.losses.PKDLoss.forward_levels>`):
+        the values of the per-level calls, in a fixed number of operators."""
+        scale = [self.level_weights[k] * self.level_scales[k] * self.theta_loss_weight
+                 for k in range(len(self.level_pairs))]
+        per_teacher = []
+        for run in runs:
+            with torch.no_grad():
+                ensemble = run.mean_estimate()
+            per_teacher.append(self.theta_loss.forward_levels(run.tokens.flatten(2), ensemble.flatten(2),
+                                                              run.counts, scale))
+        values = weighted(per_teacher, self.teacher_weights())
+        for (s, _), value in zip(self.level_pairs, values.unbind()):
+            losses[f'loss_theta_l{s}'] = value
 
     def _level_losses(self, k: int, level: Tensor, outs: List[FlowOutput], targets: Sequence[Tensor],
-                      weight: float, losses: Dict[str, Tensor]) -> Optional[Tensor]:
-        """Level pair ``k``'s losses (see :meth:`loss`); returns the deployed
-        ensemble in deploy mode 'flow', else None."""
+                      weight: float, losses: Dict[str, Tensor], theta: bool = True) -> Optional[Tensor]:
+        """Level pair ``k``'s losses (see :meth:`loss`; in deploy mode
+        'student', the theta loss unless ``theta`` is False); returns the
+        deployed ensemble in deploy mode 'flow', else None."""
         s = self.level_pairs[k][0]
         weights = self.teacher_weights()
         per_teacher = [self.flow_of(j, k).step_losses(out, target)  # (N,), one loss call each
@@ -335,12 +360,12 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
         if self.multi_teacher:  # each teacher's flow loss on the level, logged only
             for j, values in enumerate(per_teacher):
                 losses[f'flow_l{s}_t{j}'] = values.detach().sum()
-        ensembles = [out.mean_estimate() for out in outs]
         if self.deploy_mode == 'flow':
             chosen, chosen_weights = self.deployed_teachers()
-            return weighted([ensembles[j] for j in chosen], chosen_weights)
-        losses[f'loss_theta_l{s}'] = weight * self.theta_loss_weight * weighted(
-            [self.theta_loss(level, e.detach()) for e in ensembles], weights)
+            return weighted([outs[j].mean_estimate() for j in chosen], chosen_weights)
+        if theta:
+            losses[f'loss_theta_l{s}'] = weight * self.theta_loss_weight * weighted(
+                [self.theta_loss(level, out.mean_estimate().detach()) for out in outs], weights)
         return None
 
     # -- training ------------------------------------------------------------------

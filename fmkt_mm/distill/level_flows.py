@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 from torch import Tensor, nn
 
 from ..flow import META_ENCODERS, FlowOutput, FlowTransfer, build_condition
-from ..flow.batching import batching_problem, run_batched
+from ..flow.batching import BatchedRun, batching_problem, run_batched
 from ..flow.reduction import ChannelReduction
 from .teacher import stack_for_teachers, weighted
 
@@ -73,10 +73,11 @@ class LevelFlows(nn.ModuleList):
         weighted over ``teachers``."""
         return weighted([out.mean_estimate() for out in self.runs(k, level, num_steps, teachers)], weights)
 
-    def batched_runs(self, j: int, levels: Sequence[Tensor], num_steps: int) -> List[FlowOutput]:
+    def batched_runs(self, j: int, levels: Sequence[Tensor], num_steps: int) -> BatchedRun:
         """One run toward teacher ``j`` of every level pair at once, one per
         pair in order (``levels``: the student's level of each pair), in one
-        meta-encoder call per step (:func:`~fmkt_mm.flow.batching.run_batched`)."""
+        meta-encoder call per step (:func:`~fmkt_mm.flow.batching.run_batched`): a
+        :class:`~fmkt_mm.flow.batching.BatchedRun`, its ``outputs`` one per pair."""
         return run_batched([self.flow(j, k) for k in range(self.num_levels)], levels, num_steps)
 
     def check_batchable(self) -> None:

@@ -8,7 +8,7 @@ concatenated into one ``(B, C, 1, P)`` token map, each level keeping its own
 context (a :class:`~fmkt_mm.flow.encoders.PositionContext`), and the
 estimates are split back into the levels' shapes.
 """
-from typing import List, Sequence
+from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -29,18 +29,35 @@ def batching_problem(flows: Sequence[FlowTransfer]) -> str:
     return ''
 
 
-def run_batched(flows: Sequence[FlowTransfer], levels: Sequence[Tensor], num_steps: int) -> List[FlowOutput]:
+class BatchedRun(NamedTuple):
+    """One run of several flows in one meta-encoder call per step
+    (:func:`run_batched`): ``outputs``, one per level in its shape;
+    ``tokens``, the levels' positions concatenated, ``(B, C, 1, P)``;
+    ``estimates``, every step's estimates of them, ``(N, B, C, 1, P)``;
+    ``counts``, each level's positions, in order."""
+    outputs: List[FlowOutput]
+    tokens: Tensor
+    estimates: Tensor
+    counts: Tuple[int, ...]
+
+    def mean_estimate(self) -> Tensor:
+        """The implicit ensemble of every level's tokens, ``(B, C, 1, P)``."""
+        return self.estimates.mean(0)
+
+
+def run_batched(flows: Sequence[FlowTransfer], levels: Sequence[Tensor], num_steps: int) -> BatchedRun:
     """One run of each flow on its level (``flows[k]`` on ``levels[k]``,
     ``(B, C, H_k, W_k)``), all in one meta-encoder call per step (the flows
-    share their encoder, :func:`batching_problem`); the outputs in order,
+    share their encoder, :func:`batching_problem`); ``outputs`` in order,
     each in its level's shape with its own context."""
-    counts = [x.shape[2] * x.shape[3] for x in levels]
+    counts = tuple(x.shape[2] * x.shape[3] for x in levels)
     tokens = torch.cat([x.flatten(2) for x in levels], dim=2)[:, :, None]
     contexts = [flow.make_context(x) for flow, x in zip(flows, levels)]
     context = None if contexts[0] is None else PositionContext(torch.stack(contexts), counts)
-    estimates = flows[0].run(tokens, num_steps, context).estimates.split(counts, dim=-1)
-    return [FlowOutput(part.reshape(*part.shape[:3], *x.shape[2:]), context=ctx)
-            for part, x, ctx in zip(estimates, levels, contexts)]
+    estimates = flows[0].run(tokens, num_steps, context).estimates
+    outputs = [FlowOutput(part.reshape(*part.shape[:3], *x.shape[2:]), context=ctx)
+               for part, x, ctx in zip(estimates.split(counts, dim=-1), levels, contexts)]
+    return BatchedRun(outputs, tokens, estimates, counts)
 
 
-__all__ = ['batching_problem', 'run_batched']
+__all__ = ['BatchedRun', 'batching_problem', 'run_batched']

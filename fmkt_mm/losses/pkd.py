@@ -1,5 +1,6 @@
 """PKD: feature distillation with Pearson correlation (Cao et al., 2022)."""
-from typing import Any, Tuple
+import functools
+from typing import Any, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -7,7 +8,7 @@ from torch import Tensor
 
 from fmkt_mm.registry import MODELS
 
-from .base import Labels, MetricLoss, check_same_shape_steps, per_step_targets
+from .base import Labels, MetricLoss, as_target, check_same_shape_steps, per_step_targets
 
 
 def biased_standardize(feat: Tensor, eps: float) -> Tensor:
@@ -59,6 +60,67 @@ class StandardisedMeanSquare(torch.autograd.Function):
         correlation = (diff * standardised).mean(dims, keepdim=True)
         out = diff.sub_(diff_mean).sub_(standardised.mul_(correlation))
         return out.mul_(inv_std * scale), None, None
+
+
+@functools.lru_cache(maxsize=16)
+def segment_maps(counts: Tuple[int, ...], batch: int, device: torch.device,
+                 dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    """``(average, spread)`` of positions in segments of ``counts``:
+    ``v.sum(0) @ average`` (``average`` ``(P, L)``) is each segment's mean
+    over a batch of ``batch`` and its positions, ``m @ spread`` (``spread``
+    ``(L, P)``, zeros and ones) puts each segment's value at its positions.
+    Cached per segmentation (an FPN's level sizes repeat from batch to batch)."""
+    with torch.inference_mode(False), torch.no_grad():
+        lengths = torch.tensor(counts, device=device)
+        index = torch.repeat_interleave(torch.arange(len(counts), device=device), lengths)
+        spread = F.one_hot(index, len(counts)).t().to(dtype).contiguous()
+        average = (spread / (lengths.to(dtype) * batch)[:, None]).t().contiguous()
+    return average, spread
+
+
+def _segment_standardise(v: Tensor, average: Tensor, spread: Tensor, eps: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """``v`` ``(B, C, P)`` standardised per channel and segment over the
+    batch and the segment's positions (biased variance plus the segment's
+    ``eps``); with the means and inverse deviations, ``(C, L)``."""
+    mean = v.sum(0) @ average
+    centred = v - mean @ spread
+    inv_std = (centred.square().sum(0) @ average).add_(eps).rsqrt_()
+    return centred.mul_(inv_std @ spread), mean, inv_std
+
+
+class SegmentStandardisedMeanSquare(torch.autograd.Function):
+    """:class:`StandardisedMeanSquare` of several maps of different sizes at
+    once: ``x`` and ``target`` ``(B, C, P)`` hold the segments' positions
+    side by side (``average`` / ``spread``: :func:`segment_maps`); each
+    segment is standardised per channel on its own (biased variance plus its
+    ``eps``, ``(L,)``) and ``(L,)`` is returned: each segment's sum of
+    squared differences over the batch, channels and its positions, times
+    ``average``'s ``1 / (B P_l)`` and the segment's ``factor``. Backward
+    keeps ``x``, the standardised target and the per-segment moments and
+    recomputes the rest (batch norm's backward per segment)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, target: Tensor, average: Tensor, spread: Tensor, eps: Tensor,
+                factor: Tensor) -> Tensor:
+        standardised, mean, inv_std = _segment_standardise(x, average, spread, eps)
+        target = _segment_standardise(target, average, spread, eps)[0]
+        ctx.save_for_backward(x, target, mean, inv_std, average, spread, factor)
+        per_position = standardised.sub_(target).square_().sum((0, 1))
+        return (per_position @ average).mul_(factor)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None, None, None, None]:
+        x, target, mean, inv_std, average, spread, factor = ctx.saved_tensors
+        standardised = (x - mean @ spread).mul_(inv_std @ spread)
+        # d loss / d standardised = G = 2 factor_l grad_l / (B P_l) * diff; batch norm's backward
+        # per channel and segment: inv_std * (G - mean(G) - standardised * mean(G * standardised))
+        weight = average @ (grad * factor).mul_(2.0)  # (P,)
+        g = (standardised - target).mul_(weight)
+        g_mean = (g.sum(0) @ average) @ spread
+        correlation = ((g * standardised).sum(0) @ average) @ spread
+        out = g.sub_(g_mean).sub_(standardised.mul_(correlation))
+        return out.mul_(inv_std @ spread), None, None, None, None, None
 
 
 @MODELS.register_module()
@@ -128,6 +190,28 @@ class PKDLoss(MetricLoss):
         c2 = (count - 1) / count
         eps = c2 * EPS**2
         return StandardisedMeanSquare.apply(steps, biased_standardize(teacher, eps), eps) * (c2 / 2)
+
+    def forward_levels(self, student: Tensor, teacher: Tensor, counts: Sequence[int],
+                       scale: Sequence[float]) -> Tensor:
+        """The loss of several levels at once, ``(L,)``: ``student`` and
+        ``teacher`` ``(B, C, P)`` hold the positions of ``L`` levels side by
+        side (``counts`` of them each, in order); entry ``l`` equals
+        ``scale[l] * self(student level l, teacher level l)`` to rounding,
+        in a fixed number of operators whatever ``L`` (tests)."""
+        if student.shape != teacher.shape or student.dim() != 3 or sum(counts) != student.shape[2]:
+            raise ValueError(f'PKDLoss.forward_levels: student {tuple(student.shape)} and teacher '
+                             f'{tuple(teacher.shape)} must both be (B, C, P) with P = sum(counts) = {sum(counts)}')
+        student, teacher = student.float(), as_target(teacher).float()
+        b, c = student.shape[:2]
+        average, spread = segment_maps(tuple(int(n) for n in counts), b, student.device, student.dtype)
+        values = [b * n for n in counts]  # per channel and level
+        c2 = [(n - 1) / n for n in values]
+        # a level of one value per channel standardises to 0 (its factor is 0; eps 1 keeps it finite)
+        constants = torch.tensor([[c2_l * EPS**2 if c2_l else 1.0 for c2_l in c2],
+                                  [w * self.loss_weight * c2_l / (2 * c) for w, c2_l in zip(scale, c2)]],
+                                 device=student.device, dtype=student.dtype)
+        eps, factor = constants
+        return SegmentStandardisedMeanSquare.apply(student, teacher, average, spread, eps, factor)
 
     def extra_repr(self) -> str:
         return (f'resize_student={self.resize_student}, '

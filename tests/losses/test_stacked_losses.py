@@ -142,3 +142,45 @@ def test_pkd_steps_equal_standardise_and_subtract_and_keep_one_copy(shape, near)
             form(x, target)
         copies[name] = sum(saved.values()) / (x.numel() * 4)
     assert copies['lean'] < 1 + 1 / N + 0.01 and copies['direct'] > 2, copies  # the steps, the target
+
+
+def test_pkd_of_levels_side_by_side_equals_one_call_per_level():
+    """``PKDLoss.forward_levels``: levels of different sizes, their
+    positions side by side (a batched run's tokens), each standardised on its
+    own: the weighted per-level losses and their gradients of one call per
+    level, a level of one value per channel included (0, finite gradient),
+    in the same number of operators for 2 levels as for 5."""
+    from fmkt_mm.studies import count_operators
+    gen = torch.Generator().manual_seed(2)
+    sizes = [(8, 10), (4, 5), (2, 3), (1, 2), (1, 1)]
+    levels = [torch.randn(2, C, h, w, generator=gen) * 3 + 1 for h, w in sizes]
+    targets = [torch.randn(2, C, h, w, generator=gen) for h, w in sizes]
+    single = [torch.randn(1, C, 1, 1, generator=gen)]  # one value per channel
+    levels, targets = levels + single, targets + [torch.randn_like(single[0])]
+    scale = [10.0, 10.0, 6.0, 2.0, 1.0, 3.0]
+    loss = PKDLoss(loss_weight=0.7)
+    tol = dict(rtol=1e-5, atol=1e-6)  # float32 (the losses' precision) summed in another order
+    for part in (slice(0, 5), slice(5, 6)):  # one batch size per call: the levels of one batch
+        per_level = [x.clone().requires_grad_() for x in levels[part]]
+        expected = torch.stack([w * loss(x, t) for w, x, t in zip(scale[part], per_level, targets[part])])
+        side_by_side = [x.clone().requires_grad_() for x in levels[part]]
+        counts = [x.shape[2] * x.shape[3] for x in side_by_side]
+        got = loss.forward_levels(torch.cat([x.flatten(2) for x in side_by_side], 2),
+                                  torch.cat([t.flatten(2) for t in targets[part]], 2), counts, scale[part])
+        torch.testing.assert_close(got, expected, **tol)
+        weights = torch.arange(1.0, len(counts) + 1)
+        (expected * weights).sum().backward()
+        (got * weights).sum().backward()
+        for a, b in zip(per_level, side_by_side):
+            assert torch.isfinite(b.grad).all()
+            torch.testing.assert_close(b.grad, a.grad, **tol)
+
+    def ops(k):
+        x = torch.cat([t.flatten(2) for t in levels[:k]], 2).requires_grad_()
+        target = torch.cat([t.flatten(2) for t in targets[:k]], 2)
+        counts = [t.shape[2] * t.shape[3] for t in levels[:k]]
+        loss.forward_levels(x, target, counts, scale[:k])  # the level maps cached, as in training
+        return count_operators(lambda: loss.forward_levels(x, target, counts, scale[:k]).sum().backward())
+    assert ops(2) == ops(5)
+    with pytest.raises(ValueError, match=r'P = sum\(counts\) = 7'):
+        loss.forward_levels(torch.zeros(2, C, 8), torch.zeros(2, C, 8), [3, 4], [1.0, 1.0])
