@@ -67,6 +67,8 @@ METHODS: Dict[str, List[Method]] = dict(
          Method('fmkt_student_reduced_batched', 'FM-KT, training-only flows of width {width}, levels batched',
                 'flow', deploy='student', flow=BATCHED, distiller=dict(ema_momentum=None), encoder='mlp',
                 reduced=True),
+         Method('fmkt_p2_pkd', 'FM-KT, PKD alone on P2, flows on P3-P5', 'flow',
+                distiller=dict(levels=(1, 2, 3), raw_levels=(0, ))),
          Method('fmkt_levels', 'FM-KT, flows on the neck levels {levels}', 'flow', levels=True),
          Method('fmkt_levels_recompute_steps', 'FM-KT, flows on the neck levels {levels}, each encoder call '
                 'recomputed in backward', 'flow', flow=dict(recompute='step'), levels=True)])
