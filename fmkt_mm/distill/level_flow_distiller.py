@@ -252,8 +252,15 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
         """One training run of level pair ``k`` per teacher, each run's
         steps in its teacher's shape (``targets`` give the sizes)."""
         outs = self.flows.runs(k, level, num_steps, range(len(targets)))
-        return [out.with_steps(self.to_teacher_space(j, k, out.estimates, target))
-                for j, (out, target) in enumerate(zip(outs, targets))]
+        return [self._in_teacher_shape(j, k, out, target) for j, (out, target) in enumerate(zip(outs, targets))]
+
+    def _in_teacher_shape(self, j: int, k: int, out: FlowOutput, target: Tensor) -> FlowOutput:
+        """``out`` (level pair ``k``) with its steps in teacher ``j``'s shape:
+        through the adapter, or unchanged where the shapes agree (a reduced
+        flow's steps then stay factors)."""
+        if self.teacher_adapter(j, k) is None:
+            return out
+        return out.with_steps(self.to_teacher_space(j, k, out.estimates, target))
 
     def deployed_ensemble(self, k: int, level: Tensor, num_steps: int) -> Tensor:
         """What the heads read for level pair ``k`` at inference: the
@@ -318,7 +325,7 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
 
     def _teacher_shaped(self, runs: Sequence[BatchedRun], k: int, targets: Sequence[Tensor]) -> List[FlowOutput]:
         """Level pair ``k``'s output of each teacher's batched run, its steps in that teacher's shape."""
-        return [run.outputs[k].with_steps(self.to_teacher_space(j, k, run.outputs[k].estimates, target))
+        return [self._in_teacher_shape(j, k, run.outputs[k], target)
                 for j, (run, target) in enumerate(zip(runs, targets))]
 
     def _theta_losses_at_once(self, runs: Sequence[BatchedRun], losses: Dict[str, Tensor]) -> None:
@@ -356,7 +363,7 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
             losses[f'loss_raw_l{s}'] = weight * self.raw_loss_weight * weighted(
                 [self.raw_loss(self.to_teacher_space(j, k, level, target), target)
                  for j, target in enumerate(targets)], weights)
-        losses[f'flow_l{s}_step'] = scaled(step_losses, outs[0].steps.shape[0])  # logged only, per step
+        losses[f'flow_l{s}_step'] = scaled(step_losses, len(step_losses))  # logged only, per step
         if self.multi_teacher:  # each teacher's flow loss on the level, logged only
             for j, values in enumerate(per_teacher):
                 losses[f'flow_l{s}_t{j}'] = values.detach().sum()

@@ -69,9 +69,9 @@ class FMKTObjective:
 
     @staticmethod
     def check_target(target: Tensor, out: FlowOutput) -> None:
-        if target.shape != out.steps.shape[1:]:
+        if target.shape != out.steps_shape[1:]:
             raise ValueError(
-                f'flow output {tuple(out.steps.shape[1:])} and teacher target {tuple(target.shape)} '
+                f'flow output {tuple(out.steps_shape[1:])} and teacher target {tuple(target.shape)} '
                 f'differ in shape; configure an adapter (channels / spatial size) or a head '
                 f'that maps the flow to the teacher\'s shape')
 
@@ -91,6 +91,9 @@ class FMKTObjective:
         ensemble); returns ``(step losses (N,), its loss)``, the latter
         undivided. Not with a sample mask or pair decoupling.
 
+        A reduced-width flow's steps reach a metric loss that reads their
+        factors (``forward_factored_steps``, e.g. PKD's) as factors.
+
         ``sample_mask``: ``(B,)`` booleans, per-sample weights in ``{0, 1}``
         (a curriculum): each step's loss is the metric's mean over the kept
         samples only. With no kept sample the losses are zero (and still
@@ -100,8 +103,7 @@ class FMKTObjective:
         self._require_loss()
         if extra is not None:
             return self._with_extra(out, target, labels, sample_mask, extra, training)
-        steps = out.steps
-        n = steps.shape[0]
+        n = out.num_steps
         if target is None:
             target = out.ensemble.detach()
         else:
@@ -109,6 +111,11 @@ class FMKTObjective:
             target = target.detach() if target.requires_grad else target
         if training and self.beta_d < 1.0:
             target, labels = self.decouple_pairs(target, labels)
+        factored = out.factored_steps
+        if factored is not None and sample_mask is None and hasattr(self.loss_fn, 'forward_factored_steps'):
+            # a reduced flow's steps from their factors, the N full-width estimates never formed
+            return self.loss_fn.forward_factored_steps(factored, target, labels, scale=1.0 / n)
+        steps = out.steps
         if sample_mask is not None:
             sample_mask = sample_mask.reshape(-1).bool()
             if sample_mask.shape[0] != target.shape[0]:

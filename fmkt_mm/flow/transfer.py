@@ -109,6 +109,14 @@ class FlowTransfer(nn.Module):
             each estimate is the representation plus the flow's movement
             mapped back (:mod:`fmkt_mm.flow.reduction`). Training keeps the
             encoder's activations at ``width`` channels; no reverse sampler.
+        factored: with ``width``, keep a run's estimates as their factors
+            (:class:`~fmkt_mm.flow.reduction.FactoredSteps`): a metric loss
+            that reads factors (PKD's) computes every step's value from
+            moments over the positions, the ensemble comes from the mean
+            movement, and the ``N`` full-width estimates are never formed.
+            The same values and gradients to rounding; less memory and
+            elementwise work where positions are many (Faster R-CNN's P2),
+            more operators (about 150 per level).
         compile: compile the meta-encoder's step with ``torch.compile``
             (``True``, or a dict of ``torch.compile`` arguments such as
             ``dict(mode='reduce-overhead')``, which on a GPU also captures
@@ -130,6 +138,7 @@ class FlowTransfer(nn.Module):
                  compile: Union[bool, dict] = False,
                  recompute: Union[bool, str] = False,
                  width: Optional[Union[int, ChannelReduction]] = None,
+                 factored: bool = False,
                  num_steps_choices: Optional[Sequence[int]] = None,
                  loss: Optional[Union[dict, nn.Module]] = None,
                  beta_d: float = 1.0) -> None:
@@ -141,6 +150,10 @@ class FlowTransfer(nn.Module):
         self.condition_level = condition_level
         self.reduction = width if isinstance(width, ChannelReduction) or width is None else \
             ChannelReduction(channels, width)
+        if factored and self.reduction is None:
+            raise ValueError('factored=True keeps the estimates of a reduced-width flow as their factors; '
+                             'set width (e.g. width=64) or drop factored')
+        self.factored = bool(factored)
         if self.reduction is not None and self.reduction.channels != channels:
             raise ValueError(f'the shared ChannelReduction maps {self.reduction.channels} channels but this '
                              f'flow carries {channels}')
@@ -256,13 +269,20 @@ class FlowTransfer(nn.Module):
         context = self._resolve_context(x_student, context, labels)
         is_vector = x_student.dim() == 2
         x = x_student.reshape(*x_student.shape, 1, 1) if is_vector else x_student
-        if self.recompute == 'loop' and torch.is_grad_enabled():  # keep no step's activations: rerun them
+        head = None if isinstance(self.head, nn.Identity) else self.apply_head
+        recompute_loop = self.recompute == 'loop' and torch.is_grad_enabled()
+        if self.factored and not (is_vector or recompute_loop):
+            # the estimates kept as their factors: formed only where read (FlowOutput.factored)
+            z = self.reduction.down(x)
+            factored = self.reduction.factored(x, z, self._loop(z, n, context))
+            return FlowOutput(context=context, head=head, factored=factored)
+        if recompute_loop:  # keep no step's activations: rerun them
             estimates = torch.utils.checkpoint.checkpoint(self._transport, x, n, context, use_reentrant=False)
         else:
             estimates = self._transport(x, n, context)
         if is_vector:
             estimates = estimates.flatten(2)
-        return FlowOutput(estimates, context=context, head=self.apply_head)
+        return FlowOutput(estimates, context=context, head=head)
 
     def _transport(self, x: Tensor, n: int, context: Optional[Tensor]) -> Tensor:
         """Every step's estimate ``(N, B, C, H, W)`` of a run from ``x``: the
@@ -363,5 +383,5 @@ class FlowTransfer(nn.Module):
         meta-encoder calls per iteration. A conditional flow is reversed at
         the context of ``out``."""
         self.check_invertible('cycle-consistency loss')
-        back = self.reverse(out.state, out.steps.shape[0], out.context)
+        back = self.reverse(out.state, out.num_steps, out.context)
         return self.objective.roundtrip_loss(back, x_student)

@@ -123,6 +123,34 @@ class SegmentStandardisedMeanSquare(torch.autograd.Function):
         return out.mul_(inv_std @ spread), None, None, None, None, None
 
 
+def factored_standardised_mean_square(x: Tensor, moved: Tensor, up: Tensor, target: Tensor, eps: float) -> Tensor:
+    """``(N,)``: :class:`StandardisedMeanSquare` of the steps ``x + up
+    moved_k`` against the standardised ``target``, from the factors: ``x``
+    ``(B, C, P)``, ``moved`` ``(N, B, r, P)``, ``up`` ``(C, r)``, ``target``
+    ``(B, C, P)``. Per step and channel, with ``s = x + up moved_k`` and
+    ``t`` the target, both centred per channel: ``var(s) = E[x^2] + 2 up
+    E[x moved_k] + up E[moved_k moved_k^T] up^T``, ``E[s t] = E[x t] + up
+    E[moved_k t]``, and the mean square of the standardised difference is
+    ``var(s) / (var(s) + eps) - 2 E[s t] / sqrt(var(s) + eps) + E[t^2]``.
+    Every full-size tensor is ``(B, C, P)`` or one ``N r``-channel map,
+    never ``N`` of them: the moments are matrix products over the positions."""
+    n, b, r, p = moved.shape
+    values = b * p  # per channel
+    x = x - x.mean((0, 2), keepdim=True)
+    moved = moved - moved.mean((1, 3), keepdim=True)
+    tokens = moved.permute(1, 3, 0, 2).reshape(b, p, n * r)  # every step's movement side by side
+    x_moved = torch.bmm(x, tokens).sum(0).view(-1, n, r)  # (C, N, r)
+    t_moved = torch.bmm(target, tokens).sum(0).view(-1, n, r)
+    gram = torch.bmm(tokens.transpose(1, 2), tokens).sum(0).view(n, r, n, r)
+    gram = gram.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (N, r, r): each step's own
+    up_gram_up = (torch.matmul(up, gram) * up).sum(-1).t()  # (C, N)
+    var = (x.square().sum((0, 2))[:, None] + 2 * (x_moved * up[:, None]).sum(-1) + up_gram_up) / values
+    cross = ((x * target).sum((0, 2))[:, None] + (t_moved * up[:, None]).sum(-1)) / values
+    inv_std = (var.clamp(min=0) + eps).rsqrt()
+    per_channel = var * inv_std.square() - 2 * inv_std * cross + (target.square().sum((0, 2)) / values)[:, None]
+    return per_channel.mean(0)
+
+
 @MODELS.register_module()
 class PKDLoss(MetricLoss):
     r"""MSE between per-channel standardised feature maps.
@@ -190,6 +218,26 @@ class PKDLoss(MetricLoss):
         c2 = (count - 1) / count
         eps = c2 * EPS**2
         return StandardisedMeanSquare.apply(steps, biased_standardize(teacher, eps), eps) * (c2 / 2)
+
+    def forward_factored_steps(self, factored, teacher: Tensor, labels: Labels = None,
+                               scale: float = 1.0) -> Tensor:
+        """:meth:`forward_steps` of a reduced flow's steps given as their
+        factors (:class:`~fmkt_mm.flow.reduction.FactoredSteps`), without
+        forming the ``N`` full-width estimates
+        (:func:`factored_standardised_mean_square`): equal to
+        ``forward_steps(factored.materialise(), teacher, scale=scale)`` to
+        rounding (tests). A teacher of another size, or of one value per
+        channel, takes the formed steps."""
+        if factored.shape[1:] != teacher.shape or teacher.dim() < 3 or teacher.numel() == teacher.shape[1]:
+            return self.forward_steps(factored.materialise(), teacher, labels, scale)
+        teacher = as_target(teacher).float()
+        count = teacher.numel() // teacher.shape[1]  # values per channel
+        c2 = (count - 1) / count
+        eps = c2 * EPS**2
+        steps = factored_standardised_mean_square(
+            factored.base.float().flatten(2), factored.moved.float().flatten(3), factored.up_weight.float(),
+            biased_standardize(teacher, eps).flatten(2), eps)
+        return steps * (c2 / 2 * self.loss_weight * scale)
 
     def forward_levels(self, student: Tensor, teacher: Tensor, counts: Sequence[int],
                        scale: Sequence[float]) -> Tensor:

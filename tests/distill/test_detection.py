@@ -759,6 +759,47 @@ def test_batched_levels_equal_the_per_level_loop(teachers, deploy_mode, conditio
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize('deploy_mode', ['flow', 'student'])
+def test_factored_lean_flows_train_and_predict_as_the_formed_ones(teachers, deploy_mode):
+    """``flow.factored``: Faster R-CNN's lean flows (width, levels batched)
+    with PKD's step losses computed from the estimates' factors give the
+    losses, gradients and predictions of the formed estimates (float32
+    rounding)."""
+    flow = dict(num_steps=3, encoder=dict(type='mlp'), condition=dict(type='level'), shared_encoder=True,
+                width=8, batch_levels=True, loss=dict(type='fmkt_mm.PKDLoss'))
+    models = [distiller(faster_rcnn(8, 32), teachers['faster_rcnn'], deploy_mode=deploy_mode,
+                        flow=dict(flow, factored=factored)) for factored in (False, True)]
+    for name, p in models[0].flows.named_parameters():  # a flow that moves the features
+        if name.endswith('output.weight'):
+            torch.nn.init.normal_(p, std=0.3)
+    models[1].load_state_dict(models[0].state_dict())
+    data = batch(models[0])
+    results = []
+    for model in models:
+        model.train()
+        torch.manual_seed(1)  # the RPN's and RoI head's samplers draw alike
+        losses = model(**copy.deepcopy(data), mode='loss')
+        total, _ = model.parse_losses(losses)
+        grads = torch.autograd.grad(total, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+        results.append((losses, grads))
+    (formed, formed_grads), (factored, factored_grads) = results
+    assert set(formed) == set(factored)
+    for key in [k for k in formed if 'flow' in k or 'theta' in k]:
+        torch.testing.assert_close(factored[key], formed[key], rtol=1e-4, atol=1e-6)
+    for a, b in zip(formed_grads, factored_grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert float((b - a).norm()) <= 1e-3 * float(a.norm()) + 1e-7
+    test = batch(models[0], train=False)
+    with torch.no_grad():
+        for model in models:
+            model.eval()
+        outputs = [model(**copy.deepcopy(test), mode='tensor') for model in models]
+    for a, b in zip(*outputs):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)
+
+
 def test_reduced_width_flows_on_the_levels(teachers):
     """``flow.width``: every level's flow runs in a reduced projection of
     its own (one per level unless the encoder is shared); a round-trip loss,

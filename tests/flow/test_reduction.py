@@ -102,3 +102,71 @@ def test_a_shared_reduction_is_one_module():
     shared = ChannelReduction(16, 4)
     flows = [FlowTransfer(16, encoder=dict(type='mlp'), width=shared) for _ in range(2)]
     assert flows[0].reduction is flows[1].reduction is shared
+
+
+def kept_storage_bytes(fn):
+    """Bytes of the storages autograd keeps for backward while ``fn`` runs,
+    each storage once."""
+    kept = {}
+
+    def pack(tensor):
+        kept[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = fn()
+    return sum(kept.values()), out
+
+
+@pytest.mark.parametrize('path', ['rectified', 've'])
+def test_factored_steps_give_the_formed_steps_losses_and_keep_less(path):
+    """``factored=True``: PKD's step losses from the factors equal those of
+    the formed estimates (float32 rounding; the formula in float64 to 1e-12),
+    with their gradients, the ensemble and the last state; the ``N``
+    full-width estimates are never formed, so backward keeps less. A loss
+    without a factored form, and a sample mask, read the formed steps."""
+    from fmkt_mm.losses import PKDLoss
+    from fmkt_mm.losses.pkd import EPS, biased_standardize, factored_standardised_mean_square
+    torch.manual_seed(0)
+    kwargs = dict(encoder=dict(type='mlp'), num_steps=4, path=path, width=8, loss=dict(type='PKDLoss', loss_weight=2.0))
+    formed, factored = FlowTransfer(64, **kwargs), FlowTransfer(64, factored=True, **kwargs)
+    random_encoder(formed)
+    factored.load_state_dict(formed.state_dict())
+    x, target = torch.randn(2, 64, 12, 12) * 2 + 1, torch.randn(2, 64, 12, 12)
+    results = []
+    for flow in (formed, factored):
+        xs = x.clone().requires_grad_()
+        out = flow.run(xs)
+        assert (out.factored_steps is not None) == flow.factored
+        kept, loss = kept_storage_bytes(lambda: (flow.step_losses(flow.run(xs), target) * torch.arange(1.0, 5.0)).sum())
+        grads = torch.autograd.grad(loss, [xs] + list(flow.parameters()))
+        results.append((loss, grads, out.ensemble, out.state, kept))
+    (loss_a, grads_a, ens_a, state_a, kept_a), (loss_b, grads_b, ens_b, state_b, kept_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=0)
+    for a, b in zip(grads_a, grads_b):
+        assert float((b - a).norm()) <= 1e-4 * float(a.norm()) + 1e-8
+    torch.testing.assert_close(ens_b, ens_a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state_b, state_a, rtol=1e-5, atol=1e-5)
+    assert kept_b < 0.8 * kept_a, (kept_a, kept_b)  # the steps' 4 maps against 2 (x, target) and 1 of N r channels
+
+    # the formula itself, in float64
+    out = factored.double().run(x.double())
+    steps = out.factored_steps.materialise()
+    count = 2 * 12 * 12
+    eps = (count - 1) / count * EPS**2
+    want = PKDLoss().compute_steps(steps, target.double()) / ((count - 1) / count / 2)
+    got = factored_standardised_mean_square(x.double().flatten(2), out.factored.moved.flatten(3),
+                                            out.factored.up_weight, biased_standardize(target.double(), eps).flatten(2),
+                                            eps)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    factored.float()
+
+    mse = FlowTransfer(64, factored=True, **dict(kwargs, loss=dict(type='MSELoss')))
+    out = mse.run(x)
+    torch.testing.assert_close(mse.step_losses(out, target), mse.loss_fn.forward_steps(out.estimates, target) / 4)
+    mask = torch.tensor([True, False])
+    out = factored.run(x)
+    torch.testing.assert_close(factored.step_losses(out, target, sample_mask=mask),
+                               formed.step_losses(formed.run(x), target, sample_mask=mask), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match='factored=True keeps the estimates of a reduced-width flow.*set width'):
+        FlowTransfer(64, factored=True)

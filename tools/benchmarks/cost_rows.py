@@ -64,6 +64,8 @@ METHODS: Dict[str, List[Method]] = dict(
          Method('fmkt_reduced', 'FM-KT, flows of width {width}', 'flow', reduced=True),
          Method('fmkt_reduced_batched', 'FM-KT, flows of width {width}, levels batched', 'flow', flow=BATCHED,
                 encoder='mlp', reduced=True),
+         Method('fmkt_reduced_batched_factored', 'FM-KT, flows of width {width}, levels batched, the loss on '
+                'their factors', 'flow', flow=dict(BATCHED, factored=True), encoder='mlp', reduced=True),
          Method('fmkt_student_reduced_batched', 'FM-KT, training-only flows of width {width}, levels batched',
                 'flow', deploy='student', flow=BATCHED, distiller=dict(ema_momentum=None), encoder='mlp',
                 reduced=True),
