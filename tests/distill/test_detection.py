@@ -725,38 +725,21 @@ def test_batched_levels_equal_the_per_level_loop(teachers, deploy_mode, conditio
     models = [distiller(retinanet(8, 32), teachers['retinanet'], deploy_mode=deploy_mode,
                         flow=dict(flow, batch_levels=batched)) for batched in (False, True)]
     models[1].load_state_dict(models[0].state_dict())
-    for name, p in models[0].flows.named_parameters():  # a flow that moves the features
-        if name.endswith('output.weight'):
-            torch.nn.init.normal_(p, std=0.3)
-    models[1].load_state_dict(models[0].state_dict())
+    moving_twins(models)
     data = batch(models[0])
     results = []
     for model in models:
-        model.train()
         calls = []
         handle = model.flows[0].encoder.register_forward_hook(lambda *args: calls.append(1))
-        losses = model(**copy.deepcopy(data), mode='loss')
+        results.append((*train_step(model, data), len(calls)))
         handle.remove()
-        total, _ = model.parse_losses(losses)
-        grads = torch.autograd.grad(total, [p for p in model.parameters() if p.requires_grad],
-                                    allow_unused=True)
-        results.append((losses, grads, len(calls)))
     (loop_losses, loop_grads, loop_calls), (batched_losses, batched_grads, batched_calls) = results
     assert (loop_calls, batched_calls) == (3 * 4, 3)  # N per level, N for all four levels
     assert set(loop_losses) == set(batched_losses)
     for key, value in loop_losses.items():
         torch.testing.assert_close(batched_losses[key], value, rtol=1e-4, atol=1e-6)
-    for a, b in zip(loop_grads, batched_grads):  # float32 sums in another order: relative to each tensor
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert float((b - a).norm()) <= 1e-4 * float(a.norm()) + 1e-7
-    test = batch(models[0], train=False)
-    with torch.no_grad():
-        for model in models:
-            model.eval()
-        loop, batched = (model(**copy.deepcopy(test), mode='tensor') for model in models)
-    for a, b in zip(loop, batched):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert_grads_close(loop_grads, batched_grads, rtol=1e-4)
+    assert_same_predictions(models)
 
 
 @pytest.mark.parametrize('deploy_mode', ['flow', 'student'])
@@ -769,35 +752,49 @@ def test_factored_lean_flows_train_and_predict_as_the_formed_ones(teachers, depl
                 width=8, batch_levels=True, loss=dict(type='fmkt_mm.PKDLoss'))
     models = [distiller(faster_rcnn(8, 32), teachers['faster_rcnn'], deploy_mode=deploy_mode,
                         flow=dict(flow, factored=factored)) for factored in (False, True)]
-    for name, p in models[0].flows.named_parameters():  # a flow that moves the features
-        if name.endswith('output.weight'):
-            torch.nn.init.normal_(p, std=0.3)
-    models[1].load_state_dict(models[0].state_dict())
+    moving_twins(models)
     data = batch(models[0])
-    results = []
-    for model in models:
-        model.train()
-        torch.manual_seed(1)  # the RPN's and RoI head's samplers draw alike
-        losses = model(**copy.deepcopy(data), mode='loss')
-        total, _ = model.parse_losses(losses)
-        grads = torch.autograd.grad(total, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
-        results.append((losses, grads))
-    (formed, formed_grads), (factored, factored_grads) = results
+    (formed, formed_grads), (factored, factored_grads) = (train_step(model, data) for model in models)
     assert set(formed) == set(factored)
     for key in [k for k in formed if 'flow' in k or 'theta' in k]:
         torch.testing.assert_close(factored[key], formed[key], rtol=1e-4, atol=1e-6)
-    for a, b in zip(formed_grads, factored_grads):
+    assert_grads_close(formed_grads, factored_grads, rtol=1e-3)
+    assert_same_predictions(models)
+
+
+def moving_twins(models) -> None:
+    """Flows that move the features (random output layers) in ``models[0]``,
+    and its weights in ``models[1]``."""
+    for name, p in models[0].flows.named_parameters():
+        if name.endswith('output.weight'):
+            torch.nn.init.normal_(p, std=0.3)
+    models[1].load_state_dict(models[0].state_dict())
+
+
+def train_step(model, data):
+    """A training step's losses and the gradient of their total (the RPN's
+    and RoI head's samplers seeded alike)."""
+    model.train()
+    torch.manual_seed(1)
+    losses = model(**copy.deepcopy(data), mode='loss')
+    total, _ = model.parse_losses(losses)
+    return losses, torch.autograd.grad(total, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+
+
+def assert_grads_close(expected, got, rtol: float) -> None:
+    for a, b in zip(expected, got):  # float32 sums in another order: relative to each tensor
         assert (a is None) == (b is None)
         if a is not None:
-            assert float((b - a).norm()) <= 1e-3 * float(a.norm()) + 1e-7
+            assert float((b - a).norm()) <= rtol * float(a.norm()) + 1e-7
+
+
+def assert_same_predictions(models) -> None:
     test = batch(models[0], train=False)
     with torch.no_grad():
         for model in models:
             model.eval()
-        outputs = [model(**copy.deepcopy(test), mode='tensor') for model in models]
-    for a, b in zip(*outputs):
-        for x, y in zip(a, b):
-            torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)
+        first, second = (model(**copy.deepcopy(test), mode='tensor') for model in models)
+    torch.testing.assert_close(second, first, rtol=1e-4, atol=1e-5)
 
 
 def test_reduced_width_flows_on_the_levels(teachers):
