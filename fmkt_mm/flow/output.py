@@ -20,7 +20,7 @@ class FlowOutput:
     estimates themselves without a head); ``ensemble``, the mean of
     ``steps``; ``state``, the final state ``Z_0`` (the last estimate).
 
-    A reduced-width flow's run gives ``factored`` instead
+    A reduced-width flow built with ``factored=True`` gives ``factored`` instead
     (:class:`~fmkt_mm.flow.reduction.FactoredSteps`): the estimates are
     formed only when read, the implicit ensemble and the last state from the
     factors (one full-width map each), and a loss that reads factors takes
