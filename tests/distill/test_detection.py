@@ -455,7 +455,7 @@ def test_level_pairs_and_configuration_errors(teachers):
 def test_coco_configs_parse():
     configs = sorted(p for p in glob.glob(osp.join(ROOT, 'configs', 'mmdet', 'fmkt_*.py'))
                      if not re.search(r'fmkt_(rtmdet|yolox|dino|deformable)', p))  # test_modern_detectors.py
-    assert len(configs) == 10  # three pairs of deploy modes, the conv-encoder recipes, one full-width recipe
+    assert len(configs) == 11  # three pairs of deploy modes, the conv-encoder recipes, two width options
     for path in configs:
         cfg = apply_distiller(Config.fromfile(path))
         assert cfg.model.type == 'fmkt_mm.DetectionDistiller'
@@ -472,9 +472,12 @@ def test_coco_configs_parse():
         assert cfg.model.flow.get('recompute', False) == ('step' if 'faster-rcnn' in path else False), path
         # RetinaNet X101 -> R50: flows of width 64, levels batched (the paper's full-width recipe and
         # the conv encoder's in configs of their own)
-        lean = 'fmkt_retinanet_x101' in path and not path.endswith(('_full-width.py', '_conv.py'))
+        lean = ('fmkt_retinanet_x101' in path and not path.endswith(('_full-width.py', '_conv.py'))) or \
+            path.endswith('_lean.py')
         assert (cfg.model.flow.get('width'), cfg.model.flow.get('batch_levels', False)) == \
             ((64, True) if lean else (None, False)), path
+        # Faster R-CNN's lean flows: PKD's step losses from the estimates' factors (P2's N maps never formed)
+        assert cfg.model.flow.get('factored', False) == path.endswith('_lean.py'), path
     for path in sorted(glob.glob(osp.join(CONFIGS, 'fmkt_*.py'))):
         cfg = apply_distiller(Config.fromfile(path))
         assert cfg.model.student.backbone.init_cfg is None  # nothing to download
