@@ -72,6 +72,16 @@ def test_cost_benchmark_lists_the_reduced_width_rows():
     assert [cost.describe(s, args)['levels'] for s in cost.specs(args)] == [None, None, None, [1, 2, 3, 4]]
     row = dict(method='fmkt_levels', steps=4, encoder='mlp', levels=[1, 2, 3, 4])
     assert cost.label(row) == 'FM-KT, flows on the neck levels 1, 2, 3, 4 (mlp, N=4)'
+    # Faster R-CNN's cheaper recipes: PKD alone on P2, the lean flows' losses on their factors
+    args = cost.parse_args(['--task', 'det', '--det-steps', '4', '--det-encoders', 'mlp', '--det-methods',
+                            'fmkt_p2_pkd', 'fmkt_reduced_batched_factored'])
+    assert {s[1]: cost.flow_width(s[1], args) for s in cost.specs(args)} == \
+        dict(student=None, pkd=None, fmkt_p2_pkd=None, fmkt_reduced_batched_factored=64)
+    assert cost.label(dict(method='fmkt_reduced_batched_factored', steps=4, encoder='mlp', width=64)) == \
+        'FM-KT, flows of width 64, levels batched, the loss on their factors (mlp, N=4)'
+    rows = {m.name: m for m in load_tool('cost_rows').METHODS['det']}
+    assert rows['fmkt_p2_pkd'].distiller == dict(levels=(1, 2, 3), raw_levels=(0, ))
+    assert rows['fmkt_reduced_batched_factored'].flow['factored'] is True
 
 
 def test_a_single_step_count_scores_the_evaluators_own_number():
