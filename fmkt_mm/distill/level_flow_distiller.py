@@ -31,8 +31,9 @@ the level weights (:attr:`LevelFlowDistiller.level_scales`, set by
 (``roundtrip_loss_weight``) and :meth:`LevelFlowDistiller.roundtrip_errors`.
 
 The parts: the options (:mod:`.level_options`), the flows by teacher and
-level (:class:`~fmkt_mm.distill.level_flows.LevelFlows`), the adapters and
-level shapes (:class:`~fmkt_mm.distill.levels.LevelDistiller`), the tap
+level (:class:`~fmkt_mm.distill.level_flows.LevelFlows`), what it predicts
+with (:mod:`.level_prediction`), the adapters and level shapes
+(:class:`~fmkt_mm.distill.levels.LevelDistiller`), the tap
 rewrite (:mod:`.tap_rewrite`); :class:`~fmkt_mm.hooks.FlowEMAHook` advances
 the EMA. :class:`~fmkt_mm.distill.DetectionDistiller` and
 :class:`~fmkt_mm.distill.SegmentationDistiller` name the task.
@@ -52,13 +53,14 @@ from .base import check_roundtrip_weight
 from .flow_ema import FlowEMA
 from .level_flows import LevelFlowFactory, LevelFlows
 from .level_options import LevelDistillerOptions, check_level_condition, group_options
+from .level_prediction import LevelFlowPrediction
 from .levels import LevelDistiller, as_levels, check_scales
 from .tap_rewrite import rewrite_tap
 from .taps import run_until_tapped
 from .teacher import weighted
 
 
-class LevelFlowDistiller(FlowEMA, LevelDistiller):
+class LevelFlowDistiller(LevelFlowPrediction, FlowEMA, LevelDistiller):
     """FM-KT on the levels of a tapped module (see the module docstring);
     a subclass names the task (``prediction_field``, ``defaults``).
 
@@ -262,27 +264,6 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
             return out
         return out.with_steps(self.to_teacher_space(j, k, out.estimates, target))
 
-    def deployed_ensemble(self, k: int, level: Tensor, num_steps: int) -> Tensor:
-        """What the heads read for level pair ``k`` at inference: the
-        implicit ensemble (student space) of the deployed teacher's flow, or
-        the weighted mean over all teachers' flows."""
-        teachers, weights = self.deployed_teachers()
-        return self._inference_flows().weighted_ensemble(k, level, num_steps, teachers, weights)
-
-    def deployed_levels(self, levels: Sequence[Tensor], num_steps: Optional[int] = None) -> List[Tensor]:
-        """The levels the heads read at inference in deploy mode ``'flow'``."""
-        levels, steps = list(levels), num_steps or self.eval_steps
-        if self.batch_levels:
-            teachers, weights = self.deployed_teachers()
-            flows = self._inference_flows()
-            runs = [flows.batched_runs(j, [levels[s] for s, _ in self.level_pairs], steps) for j in teachers]
-            for k, (s, _) in enumerate(self.level_pairs):
-                levels[s] = weighted([run.outputs[k].mean_estimate() for run in runs], weights)
-            return levels
-        for k, (s, _) in enumerate(self.level_pairs):
-            levels[s] = self.deployed_ensemble(k, levels[s], steps)
-        return levels
-
     def distilled_levels(self, levels: Sequence[Tensor], teacher_levels: Sequence[Sequence[Tensor]],
                          losses: Dict[str, Tensor]) -> List[Tensor]:
         """Training: run the flows on the student's levels, put each level's
@@ -433,35 +414,3 @@ class LevelFlowDistiller(FlowEMA, LevelDistiller):
                     errors[key + suffix] = value
                     errors[key] = errors[key] + value if key in errors else value
         return errors
-
-    # -- inference -----------------------------------------------------------------
-    def predict(self, inputs: Tensor, data_samples: Optional[list] = None) -> list:
-        """The student's data samples with ``prediction_field`` filled, as its own ``predict``.
-
-        With ``extra_eval_steps`` (deploy mode ``'flow'``), each sample also
-        gets ``pred_instances_steps{N}``: the detections with the flows'
-        ensemble at ``N`` steps; ``pred_instances`` stays the one at
-        ``eval_steps``. The student's own ``predict`` runs once per count
-        (backbone included: nothing of the student is patched)."""
-        if self.deploy_mode == 'student':
-            return self.student.predict(inputs, data_samples)
-        with rewrite_tap(self.student, self.student_tap, self.deployed_levels):
-            samples = self.student.predict(inputs, data_samples)
-        counts = [n for n in dict.fromkeys(self.extra_eval_steps) if n != self.eval_steps]
-        field = self.prediction_field
-        main = [sample.get(field) for sample in samples]  # predict writes into the samples it is given
-        extra = {}
-        for steps in counts:
-            with rewrite_tap(self.student, self.student_tap, lambda levels: self.deployed_levels(levels, steps)):
-                extra[steps] = [sample.get(field) for sample in self.student.predict(inputs, data_samples)]
-        for k, sample in enumerate(samples if counts else []):
-            setattr(sample, field, main[k])  # through the sample type's own property
-            for steps, predictions in extra.items():
-                sample.set_field(predictions[k], f'{field}_steps{steps}')
-        return samples
-
-    def _forward(self, inputs: Tensor, data_samples=None):
-        if self.deploy_mode == 'student':
-            return self.student(inputs, data_samples, mode='tensor')
-        with rewrite_tap(self.student, self.student_tap, self.deployed_levels):
-            return self.student(inputs, data_samples, mode='tensor')

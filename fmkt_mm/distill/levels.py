@@ -174,7 +174,7 @@ class LevelDistiller(BaseDistiller):
         :meth:`setup_levels`; none of them a student level of
         ``level_pairs``). ``weights`` defaults to ``level_weights`` when that
         is one float."""
-        self.raw_pairs = parse_levels(pairs) if len(pairs) else []
+        self.raw_pairs = parse_levels(pairs) if pairs else []
         if not self.raw_pairs:
             self.raw_weights = []
             return

@@ -17,7 +17,7 @@ the identity and the heads of deploy mode ``'flow'`` read all ``C`` channels.
 ``X_S -> Xhat`` is no longer the path's serial transport in the student's
 space, so a reduced flow has no reverse sampler (round trips are refused).
 """
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -90,7 +90,7 @@ class FactoredSteps(NamedTuple):
         """The factors of batch rows ``rows``."""
         return FactoredSteps(self.base[rows], self.moved[:, rows], self.reduction)
 
-    def positions(self, start: int, stop: int, shape) -> 'FactoredSteps':
+    def positions(self, start: int, stop: int, shape: Sequence[int]) -> 'FactoredSteps':
         """The factors of flattened positions ``start:stop`` of a ``(.., 1, P)``
         token map, reshaped to the spatial ``shape``."""
         base, moved = self.base[..., start:stop], self.moved[..., start:stop]

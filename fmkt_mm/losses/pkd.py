@@ -1,6 +1,6 @@
 """PKD: feature distillation with Pearson correlation (Cao et al., 2022)."""
 import functools
-from typing import Any, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -9,6 +9,9 @@ from torch import Tensor
 from fmkt_mm.registry import MODELS
 
 from .base import Labels, MetricLoss, as_target, check_same_shape_steps, per_step_targets
+
+if TYPE_CHECKING:
+    from ..flow.reduction import FactoredSteps
 
 
 def biased_standardize(feat: Tensor, eps: float) -> Tensor:
@@ -219,7 +222,7 @@ class PKDLoss(MetricLoss):
         eps = c2 * EPS**2
         return StandardisedMeanSquare.apply(steps, biased_standardize(teacher, eps), eps) * (c2 / 2)
 
-    def forward_factored_steps(self, factored, teacher: Tensor, labels: Labels = None,
+    def forward_factored_steps(self, factored: 'FactoredSteps', teacher: Tensor, labels: Labels = None,
                                scale: float = 1.0) -> Tensor:
         """:meth:`forward_steps` of a reduced flow's steps given as their
         factors (:class:`~fmkt_mm.flow.reduction.FactoredSteps`), without

@@ -199,7 +199,7 @@ def test_a_detection_study_pairs_with_the_row_named_instead_of_pkd(capsys):
     assert 'unknown rows' in capsys.readouterr().err
     faster = load_tool('recipes_faster')  # every FM-KT row of the level study names its levels
     assert [dict(r.distiller or {}).get('levels') for r in faster.FASTER_ROWS] == \
-        [(0, 1, 2, 3), (1, 2, 3, 4), (0, 1, 2, 3), None]
+        [(0, 1, 2, 3), (1, 2, 3, 4), (0, 1, 2, 3), None, (1, 2, 3)]
 
 
 @pytest.mark.slow
