@@ -237,9 +237,10 @@ class PKDLoss(MetricLoss):
         count = teacher.numel() // teacher.shape[1]  # values per channel
         c2 = (count - 1) / count
         eps = c2 * EPS**2
-        steps = factored_standardised_mean_square(
-            factored.base.float().flatten(2), factored.moved.float().flatten(3), factored.up_weight.float(),
-            biased_standardize(teacher, eps).flatten(2), eps)
+        with torch.autocast(teacher.device.type, enabled=False):  # moments in float32, not autocast's half
+            steps = factored_standardised_mean_square(
+                factored.base.float().flatten(2), factored.moved.float().flatten(3), factored.up_weight.float(),
+                biased_standardize(teacher, eps).flatten(2), eps)
         return steps * (c2 / 2 * self.loss_weight * scale)
 
     def forward_levels(self, student: Tensor, teacher: Tensor, counts: Sequence[int],
@@ -262,7 +263,8 @@ class PKDLoss(MetricLoss):
                                   [w * self.loss_weight * c2_l / (2 * c) for w, c2_l in zip(scale, c2)]],
                                  device=student.device, dtype=student.dtype)
         eps, factor = constants
-        return SegmentStandardisedMeanSquare.apply(student, teacher, average, spread, eps, factor)
+        with torch.autocast(student.device.type, enabled=False):  # moments in float32, not autocast's half
+            return SegmentStandardisedMeanSquare.apply(student, teacher, average, spread, eps, factor)
 
     def extra_repr(self) -> str:
         return (f'resize_student={self.resize_student}, '

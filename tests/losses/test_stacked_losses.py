@@ -184,3 +184,25 @@ def test_pkd_of_levels_side_by_side_equals_one_call_per_level():
     assert ops(2) == ops(5)
     with pytest.raises(ValueError, match=r'P = sum\(counts\) = 7'):
         loss.forward_levels(torch.zeros(2, C, 8), torch.zeros(2, C, 8), [3, 4], [1.0, 1.0])
+
+
+def test_pkd_of_levels_and_of_factored_steps_stay_float32_under_autocast():
+    """Their moments are matrix products over the positions: under autocast
+    (bfloat16 on the CPU) they still run in float32 and give the values of
+    the run without autocast."""
+    from fmkt_mm.flow.reduction import ChannelReduction
+    gen = torch.Generator().manual_seed(3)
+    x, target = torch.randn(2, C, 30, generator=gen) * 3 + 1, torch.randn(2, C, 30, generator=gen)
+    reduction = ChannelReduction(C, 2)
+    with torch.no_grad():
+        factored = reduction.factored(x[..., None], reduction.down(x[..., None]),
+                                      torch.randn(3, 2, 2, 30, 1, generator=gen))
+    loss = PKDLoss()
+    plain = [loss.forward_levels(x, target, [20, 10], [1.0, 2.0]),
+             loss.forward_factored_steps(factored, target[..., None])]
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        mixed = [loss.forward_levels(x, target, [20, 10], [1.0, 2.0]),
+                 loss.forward_factored_steps(factored, target[..., None])]
+    for a, b in zip(plain, mixed):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a)
